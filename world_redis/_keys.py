@@ -1,0 +1,98 @@
+"""Every Redis key the engine uses, built in one place.
+
+All keys start with one prefix (default ``wf``). A run belongs to one partition, derived from its id
+and fixed for its life; the partition is the hash tag shared by the run's keys and the partition's
+queue, timers and indexes, so every script touches one slot (Redis Cluster safe).
+
+    wf:start                          stream  start requests from any service (global)
+    wf:{p0}:ready                     stream  wake-ups "run R has work", consumer group "workers"
+    wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
+    wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason
+    wf:{p0}:idx:all                   zset    run id -> created ms
+    wf:{p0}:idx:<status>              zset    run id -> created ms, one per status
+    wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
+    wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor)
+    wf:{p0}:workflows                 set     workflow names seen in the partition
+    wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
+    wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
+    wf:{p0}:run:<run id>:ent          hash    step and wait entities, fields "<id>|<attribute>"
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+GROUP = "workers"
+
+
+def partition_of(run_id: str, partitions: int) -> int:
+    """The partition of a run: stable for the run's life, the same in every process."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(run_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key builder for one prefix and partition count."""
+
+    prefix: str = "wf"
+    partitions: int = 1
+
+    def start_stream(self) -> str:
+        return f"{self.prefix}:start"
+
+    def tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition}}}"
+
+    def ready(self, partition: int) -> str:
+        return f"{self.tag(partition)}:ready"
+
+    def timers(self, partition: int) -> str:
+        return f"{self.tag(partition)}:timers"
+
+    def dlq(self, partition: int) -> str:
+        return f"{self.tag(partition)}:dlq"
+
+    def idx_all(self, partition: int) -> str:
+        return f"{self.tag(partition)}:idx:all"
+
+    def idx_done(self, partition: int) -> str:
+        return f"{self.tag(partition)}:idx:done"
+
+    def idx_status(self, partition: int, status: str) -> str:
+        return f"{self.tag(partition)}:idx:{status}"
+
+    def idx_workflow(self, partition: int, workflow: str) -> str:
+        return f"{self.tag(partition)}:idx:wf:{workflow}"
+
+    def workflows(self, partition: int) -> str:
+        return f"{self.tag(partition)}:workflows"
+
+    def partition(self, run_id: str) -> int:
+        return partition_of(run_id, self.partitions)
+
+    def run(self, run_id: str) -> str:
+        return f"{self.tag(self.partition(run_id))}:run:{run_id}"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:ev"
+
+    def entities(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:ent"
+
+    def run_keys(self, run_id: str) -> tuple[str, str, str]:
+        base = self.run(run_id)
+        return base, f"{base}:ev", f"{base}:ent"
+
+    def partition_keys(self, partition: int) -> list[str]:
+        """KEYS[1..9] of commit.lua: ready, timers, idx all, idx done, the five status indexes."""
+        return [
+            self.ready(partition),
+            self.timers(partition),
+            self.idx_all(partition),
+            self.idx_done(partition),
+            *(self.idx_status(partition, s) for s in STATUSES),
+        ]

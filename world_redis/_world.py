@@ -1,0 +1,478 @@
+"""RedisWorld: the World protocol on Redis Streams, hashes, sorted sets and Lua scripts."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.commands.core import AsyncScript
+
+from worker._events import Event, event_from_fields
+from worker._ids import new_event_id
+from worker._world import (
+    Acquired,
+    Commit,
+    CommitResult,
+    EventResult,
+    RunInfo,
+    StartRequest,
+    StepInfo,
+    Wakeup,
+)
+
+from ._keys import GROUP, STATUSES, Keys
+from ._retry import with_retry
+
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+_INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
+
+
+def _script_source(name: str) -> str:
+    return resources.files("world_redis").joinpath("lua", f"{name}.lua").read_text()
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisWorld:
+    """The engine's storage, queue and timers on one Redis server (or a Cluster, by partition)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "wf",
+        partitions: int = 1,
+        retention_s: int | None = None,
+        max_payload_bytes: int | None = None,
+        deployment: str | None = None,
+    ) -> None:
+        # redis-py's asyncio annotations are too loose for mypy --strict (bytes | str everywhere,
+        # Awaitable | value unions); the replies are decoded strings with decode_responses=True.
+        self.redis: Any = client
+        self.keys = Keys(prefix, partitions)
+        self.retention_s = retention_s or int(
+            os.environ.get("WORKFLOW_RETENTION_SECONDS", DEFAULT_RETENTION_S)
+        )
+        self.max_payload_bytes = max_payload_bytes or int(
+            os.environ.get("WORKFLOW_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD)
+        )
+        self.deployment = deployment or os.environ.get("WORKFLOW_DEPLOYMENT_ID", "dpl_redis")
+        self._scripts: dict[str, AsyncScript] = {}
+        self._groups_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisWorld:
+        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(client, **kwargs)
+
+    def _script(self, name: str) -> AsyncScript:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self.redis.register_script(_script_source(name))
+            self._scripts[name] = script
+        return script
+
+    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        script = self._script(name)
+        return await with_retry(script, keys=list(keys), args=list(args))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def create_run(
+        self, run_id: str, workflow: str, input_json: str, deployment: str = ""
+    ) -> bool:
+        k = self.keys
+        p = k.partition(run_id)
+        run, ev, _ = k.run_keys(run_id)
+        reply = await self._eval(
+            "create_run",
+            [
+                run,
+                ev,
+                k.ready(p),
+                k.idx_all(p),
+                k.idx_status(p, "pending"),
+                k.idx_workflow(p, workflow),
+                k.workflows(p),
+            ],
+            [run_id, workflow, input_json, new_event_id(), deployment or self.deployment],
+        )
+        return bool(reply[0] == "created")
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        data = await with_retry(self.redis.hgetall, self.keys.run(run_id))
+        return self._run_info(run_id, data) if data else None
+
+    @staticmethod
+    def _run_info(run_id: str, data: dict[str, str]) -> RunInfo:
+        ints: dict[str, Any] = {}
+        for f in _INT_RUN_FIELDS:
+            v = data.get(f)
+            ints[f] = int(v) if v not in (None, "") else None
+        return RunInfo(
+            run_id=run_id,
+            workflow=data.get("workflow", ""),
+            status=data.get("status", ""),
+            input=data.get("input", "[]"),
+            output=data.get("output"),
+            error=data.get("error"),
+            deployment=data.get("deployment", ""),
+            created_at=ints["created_at"] or 0,
+            started_at=ints["started_at"],
+            completed_at=ints["completed_at"],
+            updated_at=ints["updated_at"],
+            seq=ints["seq"] or 0,
+            lease_owner=data.get("lease_owner", ""),
+        )
+
+    async def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> tuple[list[RunInfo], str | None]:
+        """Runs newest first, filtered by status and/or workflow; ``cursor`` continues a listing."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
+        k = self.keys
+        max_score, after_id = "+inf", ""
+        if cursor:
+            score_text, _, after_id = cursor.partition(":")
+            max_score = score_text
+        candidates: list[tuple[float, str]] = []
+        for p in range(k.partitions):
+            if workflow is not None:
+                key = k.idx_workflow(p, workflow)
+            elif status is not None:
+                key = k.idx_status(p, status)
+            else:
+                key = k.idx_all(p)
+            rows = await with_retry(
+                self.redis.zrevrangebyscore,
+                key,
+                max_score,
+                "-inf",
+                start=0,
+                num=limit * 2 + 50,
+                withscores=True,
+            )
+            candidates.extend((float(score), member) for member, score in rows)
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        out: list[RunInfo] = []
+        last: tuple[float, str] | None = None
+        for score, run_id in candidates:
+            if cursor and (score, run_id) >= (float(max_score), after_id):
+                continue
+            info = await self.get_run(run_id)
+            last = (score, run_id)
+            if info is None or (status is not None and info.status != status):
+                continue
+            out.append(info)
+            if len(out) >= limit:
+                break
+        more = len(out) >= limit and last is not None
+        next_cursor = f"{int(last[0])}:{last[1]}" if more and last is not None else None
+        return out, next_cursor
+
+    async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        key = self.keys.events(run_id)
+        start = f"({after_seq}-0" if after_seq > 0 else "-"
+        rows = await with_retry(self.redis.xrange, key, start, "+")
+        return [
+            event_from_fields(int(_s(eid).split("-", 1)[0]), fields, run_id) for eid, fields in rows
+        ]
+
+    async def list_steps(self, run_id: str) -> list[StepInfo]:
+        data = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
+        grouped: dict[str, dict[str, str]] = {}
+        for field, value in data.items():
+            corr, _, attr = field.partition("|")
+            if corr.startswith("step_"):
+                grouped.setdefault(corr, {})[attr] = value
+        steps = [
+            StepInfo(
+                step_id=corr,
+                name=f.get("name", ""),
+                status=f.get("status", ""),
+                attempt=int(f.get("attempt", "0")),
+                input=f.get("input", "null"),
+                output=f.get("output"),
+                error=f.get("error"),
+                created_at=int(f.get("created_at", "0")),
+                started_at=int(f["started_at"]) if f.get("started_at") else None,
+                completed_at=int(f["completed_at"]) if f.get("completed_at") else None,
+                retry_after=int(f["retry_after"]) if f.get("retry_after", "0") != "0" else None,
+            )
+            for corr, f in grouped.items()
+        ]
+        steps.sort(key=lambda s: (s.created_at, s.step_id))
+        return steps
+
+    # -- the commit script -------------------------------------------------------------------
+
+    async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
+        """Append events for several runs; one script call per partition."""
+        by_partition: dict[int, list[int]] = {}
+        for i, c in enumerate(commits):
+            by_partition.setdefault(self.keys.partition(c.run_id), []).append(i)
+        results: list[CommitResult | None] = [None] * len(commits)
+        for p, idxs in by_partition.items():
+            batch = [commits[i] for i in idxs]
+            event_ids = [[new_event_id() for _ in c.events] for c in batch]
+            keys = self.keys.partition_keys(p)
+            args: list[Any] = [self.retention_s, len(batch)]
+            for c, ids in zip(batch, event_ids, strict=True):
+                keys.extend(self.keys.run_keys(c.run_id))
+                args += [c.run_id, c.token, c.expected_seq, c.wake, len(c.events)]
+                for ev, evid in zip(c.events, ids, strict=True):
+                    args += [ev.type, ev.corr, evid, len(ev.fields)]
+                    for name, value in ev.fields.items():
+                        args += [name, value]
+            reply = await self._eval("commit", keys, args)
+            for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
+                results[i] = self._commit_result(c, ids, r)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _commit_result(c: Commit, ids: list[str], reply: list[Any]) -> CommitResult:
+        code, seq, now = _s(reply[0]), int(reply[1]), int(reply[2])
+        results = [EventResult(_s(r[0]), int(r[1])) for r in reply[3]]
+        appended: list[Event] = []
+        ok_count = sum(1 for r in results if r.status == "ok")
+        s = seq - ok_count
+        for ev, evid, res in zip(c.events, ids, results, strict=False):
+            if res.status != "ok":
+                continue
+            s += 1
+            fields = {"type": ev.type, "id": evid, "ts": str(now), "corr": ev.corr, **ev.fields}
+            if ev.type == "step_started":
+                fields["attempt"] = str(res.extra)
+            elif ev.type == "wait_created":
+                fields["resume_at"] = str(res.extra)
+            appended.append(event_from_fields(s, fields))
+        return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
+
+    # -- the work queue ----------------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        if self._groups_ready:
+            return
+        streams = [self.keys.ready(p) for p in range(self.keys.partitions)]
+        streams.append(self.keys.start_stream())
+        for stream in streams:
+            try:
+                await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
+            except rexc.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def _wakeups(self, reply: Any) -> list[Wakeup]:
+        out: list[Wakeup] = []
+        for stream, entries in reply or []:
+            p = int(_s(stream).rsplit("{p", 1)[1].split("}", 1)[0])
+            for mid, fields in entries:
+                out.append(
+                    Wakeup(
+                        partition=p,
+                        message_id=_s(mid),
+                        run_id=(fields or {}).get("run", ""),
+                        reason=(fields or {}).get("reason", ""),
+                    )
+                )
+        return out
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        await self.ensure_groups()
+        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
+        reply = await with_retry(
+            self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+        )
+        return self._wakeups(reply)
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
+        """Take over wake-ups whose consumer stopped renewing them (a dead or stuck worker)."""
+        out: list[Wakeup] = []
+        for p in range(self.keys.partitions):
+            stream = self.keys.ready(p)
+            pending = await with_retry(
+                self.redis.xpending_range,
+                stream,
+                GROUP,
+                min="-",
+                max="+",
+                count=count,
+                idle=min_idle_ms,
+            )
+            if not pending:
+                continue
+            deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
+            claimed = await with_retry(
+                self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
+            )
+            missing = set(deliveries)
+            for mid, fields in claimed:
+                mid = _s(mid)
+                missing.discard(mid)
+                if fields is None:
+                    continue
+                out.append(
+                    Wakeup(
+                        partition=p,
+                        message_id=mid,
+                        run_id=fields.get("run", ""),
+                        reason=fields.get("reason", ""),
+                        deliveries=deliveries[mid] + 1,
+                    )
+                )
+            if missing:  # entries deleted from the stream but still pending: drop them
+                await with_retry(self.redis.xack, stream, GROUP, *missing)
+        return out
+
+    async def ack(self, wakeups: Sequence[Wakeup]) -> None:
+        if not wakeups:
+            return
+        by_stream: dict[str, list[str]] = {}
+        for w in wakeups:
+            by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def requeue(self, wakeup: Wakeup, reason: str) -> None:
+        """Hand a run over to any worker: a fresh wake-up, then the old message acknowledged."""
+        stream = self.keys.ready(wakeup.partition)
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(stream, {"run": wakeup.run_id, "reason": reason})
+            pipe.xack(stream, GROUP, wakeup.message_id)
+            pipe.xdel(stream, wakeup.message_id)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def acquire(self, run_id: str, token: str, lease_ms: int) -> Acquired:
+        r = await self._eval("acquire", [self.keys.run(run_id)], [token, lease_ms])
+        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), len(r) > 3 and int(r[3]) == 1)
+
+    async def release(self, run_id: str, token: str, seq: int) -> tuple[str, int]:
+        r = await self._eval("release", [self.keys.run(run_id)], [token, seq])
+        return _s(r[0]), int(r[1])
+
+    async def heartbeat(
+        self, token: str, run_ids: Sequence[str], wakeups: Sequence[Wakeup], lease_ms: int
+    ) -> dict[str, int]:
+        """Extend leases and reset the idle time of held wake-ups (XCLAIM JUSTID, no count bump)."""
+        out: dict[str, int] = {}
+        if run_ids:
+            seqs = await self._eval(
+                "heartbeat", [self.keys.run(r) for r in run_ids], [token, lease_ms]
+            )
+            out = {r: int(s) for r, s in zip(run_ids, seqs, strict=True)}
+        by_stream: dict[str, list[str]] = {}
+        for w in wakeups:
+            by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
+        for stream, ids in by_stream.items():
+            consumer = token.split("#", 1)[0]
+            await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
+        return out
+
+    async def promote_timers(self) -> int | None:
+        """Move due timers to the ready streams; the earliest remaining due time (ms) or None."""
+        nxt: int | None = None
+        for p in range(self.keys.partitions):
+            _, due = await self._eval(
+                "promote_timers", [self.keys.timers(p), self.keys.ready(p)], [500]
+            )
+            if int(due) >= 0:
+                nxt = int(due) if nxt is None else min(nxt, int(due))
+        return nxt
+
+    async def dead_letter(self, wakeup: Wakeup, reason: str) -> None:
+        """Copy the wake-up to the dead-letter stream, then acknowledge it (copy before ack)."""
+        dlq = self.keys.dlq(wakeup.partition)
+        await with_retry(
+            self.redis.xadd,
+            dlq,
+            {
+                "run": wakeup.run_id,
+                "reason": reason,
+                "message_id": wakeup.message_id,
+                "deliveries": str(wakeup.deliveries),
+                "host": socket.gethostname(),
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
+        await self.ack([wakeup])
+
+    async def read_start_requests(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[StartRequest]:
+        await self.ensure_groups()
+        reply = await with_retry(
+            self.redis.xreadgroup,
+            GROUP,
+            consumer,
+            {self.keys.start_stream(): ">"},
+            count=count,
+            block=block_ms or None,
+        )
+        out: list[StartRequest] = []
+        for _stream, entries in reply or []:
+            for mid, fields in entries:
+                out.append(StartRequest(message_id=_s(mid), fields=dict(fields or {})))
+        return out
+
+    async def reject_start_request(self, request: StartRequest, reason: str) -> None:
+        await with_retry(
+            self.redis.xadd,
+            f"{self.keys.start_stream()}:rejected",
+            {**request.fields, "message_id": request.message_id, "reason": reason},
+            maxlen=10_000,
+            approximate=True,
+        )
+
+    async def ack_start_requests(self, message_ids: Sequence[str]) -> None:
+        if not message_ids:
+            return
+        stream = self.keys.start_stream()
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(stream, GROUP, *message_ids)
+            pipe.xdel(stream, *message_ids)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def expire_indexes(self) -> int:
+        dropped = 0
+        for p in range(self.keys.partitions):
+            k = self.keys
+            names = await with_retry(self.redis.smembers, self.keys.workflows(p))
+            keys = [k.idx_done(p), k.idx_all(p), *(k.idx_status(p, s) for s in STATUSES)]
+            keys += [k.idx_workflow(p, n) for n in sorted(names)]
+            dropped += int(await self._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
+        return dropped

@@ -1,0 +1,218 @@
+-- commit.lua: validate and append events to the logs of one or more runs of ONE partition.
+--
+-- Every state change of a run goes through this script: it checks each event against the run and
+-- step state, appends it to the run's stream with the explicit id <seq>-0 (a stale writer cannot
+-- append: Redis refuses ids not above the last one), updates the run and step entities, moves the
+-- run between status indexes, arms timers and enqueues wake-ups, all in one atomic call.
+--
+-- KEYS[1]  partition ready stream (wake-ups)              wf:{pN}:ready
+-- KEYS[2]  partition timers zset (member run|corr, score due ms)  wf:{pN}:timers
+-- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
+-- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
+-- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
+-- then per run i (0-based) three keys at 10 + 3*i:
+--   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
+--
+-- ARGV[1]  retention of finished runs, seconds
+-- ARGV[2]  number of runs in this batch
+-- then per run:  run_id, lease token ("" = external writer), expected seq (-1 = no check),
+--                wake reason ("" = none), event count n, then n events, each:
+--                type, correlation id, event id, field count k, k field/value pairs
+--
+-- Reply: per run {code, seq, now_ms, results} where code is
+--   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
+--   "rejected" (an event was refused; later events of that run are skipped)
+-- and results has one {status, extra} per event processed:
+--   status "ok" | "exists" (harmless duplicate, skipped) | "terminal" | "not_found" |
+--          "too_early" | "stale" | "invalid"
+--   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early), else 0
+--
+-- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4.
+
+local retention = tonumber(ARGV[1])
+local nruns = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
+local TERMINAL = { completed = true, failed = true, cancelled = true }
+
+local replies = {}
+local a = 3
+for i = 0, nruns - 1 do
+  local run_key, ev_key, ent_key = KEYS[10 + 3 * i], KEYS[11 + 3 * i], KEYS[12 + 3 * i]
+  local run_id, token, expected = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local wake, nev = ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  -- skip this run's events in ARGV up front so every early exit leaves `a` right
+  local first = a
+  for _ = 1, nev do
+    a = a + 4 + 2 * tonumber(ARGV[a + 3])
+  end
+
+  local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner', 'workflow')
+  local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
+  local results = {}
+  local code = 'ok'
+  if not status then
+    code = 'no_run'
+  elseif token ~= '' and owner ~= token then
+    code = 'lease'
+  elseif expected >= 0 and seq ~= expected then
+    code = 'conflict'
+  else
+    local p = first
+    local appended = false
+    for _ = 1, nev do
+      local etype, corr, evid, nf = ARGV[p], ARGV[p + 1], ARGV[p + 2], tonumber(ARGV[p + 3])
+      local f = {}
+      for j = 0, nf - 1 do
+        f[ARGV[p + 4 + 2 * j]] = ARGV[p + 5 + 2 * j]
+      end
+      local fstart, fcount = p + 4, nf
+      p = p + 4 + 2 * nf
+
+      local res, extra = 'ok', 0
+      local extra_fields = {}
+      local entity = {}      -- HSET pairs on ent_key
+      local run_set = nil    -- HSET pairs on run_key
+      local new_status = nil
+      local step_status = nil
+      if corr ~= '' then
+        step_status = redis.call('HGET', ent_key, corr .. '|status')
+      end
+
+      if etype == 'run_started' then
+        if status == 'pending' then
+          new_status = 'running'
+          run_set = { 'started_at', now }
+        elseif status == 'running' then
+          res = 'exists'
+        else
+          res = 'terminal'
+        end
+      elseif etype == 'run_completed' or etype == 'run_failed' or etype == 'run_cancelled' then
+        if TERMINAL[status] then
+          if etype == 'run_cancelled' and status == 'cancelled' then res = 'exists' else res = 'terminal' end
+        else
+          new_status = (etype == 'run_completed') and 'completed'
+            or ((etype == 'run_failed') and 'failed' or 'cancelled')
+          run_set = { 'completed_at', now }
+          if f.output then table.insert(run_set, 'output'); table.insert(run_set, f.output) end
+          if f.error then table.insert(run_set, 'error'); table.insert(run_set, f.error) end
+        end
+      elseif etype == 'step_created' or etype == 'wait_created' then
+        if TERMINAL[status] then
+          res = 'terminal'
+        elseif step_status then
+          res = 'exists'
+        elseif etype == 'step_created' then
+          entity = { corr .. '|status', 'pending', corr .. '|name', f.name or '',
+                     corr .. '|attempt', 0, corr .. '|created_at', now,
+                     corr .. '|input', f.input or 'null' }
+        else
+          local resume_at = tonumber(f.until_ms or '') or (now + (tonumber(f.delay_ms or '0') or 0))
+          extra = resume_at
+          extra_fields = { 'resume_at', resume_at }
+          entity = { corr .. '|status', 'waiting', corr .. '|resume_at', resume_at,
+                     corr .. '|created_at', now }
+          redis.call('ZADD', KEYS[2], resume_at, run_id .. '|' .. corr)
+        end
+      elseif etype == 'wait_completed' then
+        if not step_status then
+          res = 'not_found'
+        elseif step_status ~= 'waiting' then
+          res = 'exists'
+        else
+          local due = tonumber(redis.call('HGET', ent_key, corr .. '|resume_at'))
+          if due > now then
+            res, extra = 'too_early', due
+          else
+            entity = { corr .. '|status', 'completed', corr .. '|completed_at', now }
+          end
+        end
+      elseif etype == 'step_started' or etype == 'step_completed'
+          or etype == 'step_failed' or etype == 'step_retrying' then
+        local attempt = tonumber(redis.call('HGET', ent_key, corr .. '|attempt') or '0')
+        if not step_status then
+          res = 'not_found'
+        elseif step_status == 'completed' or step_status == 'failed' then
+          res = 'terminal'
+        elseif TERMINAL[status] and step_status ~= 'running' then
+          res = 'terminal'
+        elseif etype == 'step_started' then
+          local ra = tonumber(redis.call('HGET', ent_key, corr .. '|retry_after') or '0')
+          if ra > now then
+            res, extra = 'too_early', ra
+          else
+            attempt = attempt + 1
+            extra = attempt
+            extra_fields = { 'attempt', attempt }
+            entity = { corr .. '|status', 'running', corr .. '|attempt', attempt,
+                       corr .. '|retry_after', 0 }
+            if attempt == 1 or not redis.call('HGET', ent_key, corr .. '|started_at') then
+              table.insert(entity, corr .. '|started_at'); table.insert(entity, now)
+            end
+          end
+        elseif step_status ~= 'running' or (f.attempt and tonumber(f.attempt) ~= attempt) then
+          res = 'stale'
+        elseif etype == 'step_completed' then
+          entity = { corr .. '|status', 'completed', corr .. '|completed_at', now,
+                     corr .. '|output', f.result or 'null' }
+        elseif etype == 'step_failed' then
+          entity = { corr .. '|status', 'failed', corr .. '|completed_at', now,
+                     corr .. '|error', f.error or 'null' }
+        else
+          local ra = tonumber(f.retry_after or '0') or 0
+          if ra < now then ra = now end
+          extra = ra
+          entity = { corr .. '|status', 'pending', corr .. '|error', f.error or 'null',
+                     corr .. '|retry_after', ra }
+          redis.call('ZADD', KEYS[2], ra, run_id .. '|' .. corr)
+        end
+      else
+        res = 'invalid'
+      end
+
+      if res == 'ok' then
+        seq = seq + 1
+        local args = { ev_key, seq .. '-0', 'type', etype, 'id', evid, 'ts', now }
+        if corr ~= '' then table.insert(args, 'corr'); table.insert(args, corr) end
+        for j = 0, fcount - 1 do
+          table.insert(args, ARGV[fstart + 2 * j]); table.insert(args, ARGV[fstart + 1 + 2 * j])
+        end
+        for j = 1, #extra_fields do table.insert(args, extra_fields[j]) end
+        -- the first write: refused by Redis if the stream already holds this position
+        redis.call('XADD', unpack(args))
+        appended = true
+        if #entity > 0 then redis.call('HSET', ent_key, unpack(entity)) end
+        local rs = { 'seq', seq, 'updated_at', now }
+        if run_set then for j = 1, #run_set do table.insert(rs, run_set[j]) end end
+        if new_status then
+          table.insert(rs, 'status'); table.insert(rs, new_status)
+          redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
+          local created = redis.call('ZSCORE', KEYS[3], run_id) or now
+          redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
+          if TERMINAL[new_status] then
+            redis.call('ZADD', KEYS[4], now, run_id)
+            redis.call('EXPIRE', ev_key, retention)
+            redis.call('EXPIRE', ent_key, retention)
+          end
+          status = new_status
+        end
+        redis.call('HSET', run_key, unpack(rs))
+        if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
+      end
+      table.insert(results, { res, extra })
+      if res ~= 'ok' and res ~= 'exists' then
+        code = 'rejected'
+        break
+      end
+    end
+    if appended and wake ~= '' then
+      redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', wake)
+    end
+  end
+  table.insert(replies, { code, seq or 0, now, results })
+end
+return replies

@@ -1,0 +1,35 @@
+-- create_run.lua: create a run (event run_created) and enqueue its first wake-up, idempotently.
+--
+-- KEYS[1]  run hash                wf:{pN}:run:<id>
+-- KEYS[2]  run event stream        wf:{pN}:run:<id>:ev
+-- KEYS[3]  partition ready stream  wf:{pN}:ready
+-- KEYS[4]  index of all runs       wf:{pN}:idx:all
+-- KEYS[5]  pending-status index    wf:{pN}:idx:pending
+-- KEYS[6]  index by workflow name  wf:{pN}:idx:wf:<name>
+-- KEYS[7]  set of workflow names seen in the partition  wf:{pN}:workflows
+--
+-- ARGV[1] run id   ARGV[2] workflow name   ARGV[3] input (JSON array of arguments)
+-- ARGV[4] event id ARGV[5] deployment id
+--
+-- Reply: {"created", now_ms} or {"exists", status}: starting the same run id twice returns the
+-- existing run and changes nothing.
+-- Events emitted: run_created (stream id 1-0).
+
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+  return { 'exists', status }
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- the first write; refused if a stream for this run already exists with entries
+redis.call('XADD', KEYS[2], '1-0', 'type', 'run_created', 'id', ARGV[4], 'ts', now,
+  'workflow', ARGV[2], 'input', ARGV[3], 'deployment', ARGV[5])
+redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
+  'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now, 'updated_at', now, 'seq', 1,
+  'lease_owner', '', 'lease_until', 0)
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'run', ARGV[1], 'reason', 'created')
+return { 'created', now }

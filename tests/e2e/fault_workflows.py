@@ -1,0 +1,117 @@
+"""Workflows for the fault and bad-input tests (kept apart from the ported scenarios)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from worker import FatalError, sleep, step, workflow
+
+
+@step
+async def slow_step(marker: str, seconds: float) -> str:
+    """Writes a marker file when it starts, so a test can kill the worker mid-step."""
+    Path(marker).write_text(str(os.getpid()))  # noqa: ASYNC240 -- tiny marker file for the test
+    await _asleep(seconds)
+    return f"done by {os.getpid()}"
+
+
+async def _asleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@workflow(name="killable")
+async def killable(marker: str, seconds: float) -> str:
+    result = await slow_step(marker, seconds)
+    return f"finished: {result.split()[0]}"
+
+
+class Unserializable:
+    """A plain object instance: not serializable on purpose."""
+
+
+@step
+async def returns_object() -> object:
+    return Unserializable()
+
+
+@workflow(name="bad_step_result")
+async def bad_step_result() -> str:
+    try:
+        await returns_object()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+@step
+async def echo(value: object) -> object:
+    return value
+
+
+@workflow(name="bad_step_args")
+async def bad_step_args() -> object:
+    return await echo({"conn": Unserializable()})
+
+
+@step
+async def big_result(size: int) -> str:
+    return "x" * size
+
+
+@workflow(name="oversize_result")
+async def oversize_result(size: int) -> str:
+    return await big_result(size)
+
+
+class WeirdError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.handle = Unserializable()
+        self.lock = __import__("threading").Lock()
+
+
+@step(max_retries=0)
+async def raises_weird() -> None:
+    raise WeirdError("weird failure with unserializable attributes")
+
+
+@workflow(name="weird_error")
+async def weird_error() -> None:
+    await raises_weird()
+
+
+@workflow(name="blocks_loop")
+async def blocks_loop(seconds: float) -> str:
+    time.sleep(seconds)  # noqa: ASYNC251 -- deliberately blocking: the worker must report it
+    return await echo("survived")
+
+
+@step
+async def fail_fatal() -> None:
+    raise FatalError("nope")
+
+
+@workflow(name="versioned")
+async def versioned() -> str:
+    """Its first step's name depends on WF_CODE_VERSION: a code change between two workers."""
+    if os.environ.get("WF_CODE_VERSION", "1") == "1":
+        first = await echo("v1")
+    else:
+        first = await big_result(2)
+    await sleep("60s")
+    return str(first)
+
+
+@workflow(name="sleeps_then_adds")
+async def sleeps_then_adds(x: int) -> int:
+    await sleep("1s")
+    return int(str(await echo(x + 1)))
+
+
+@workflow(name="echo_wf")
+async def echo_wf(value: object) -> object:
+    return await echo(value)

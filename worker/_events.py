@@ -130,6 +130,23 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
         ) from None
 
 
+_EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
+_INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
+
+
+def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> Event:
+    """The event as the log now holds it, built from what was appended (no round trip)."""
+    cls = EVENT_TYPES[new.type]
+    names = cls.__struct_fields__
+    data: dict[str, Any] = {
+        k: (int(v) if k in _INT_FIELDS else v) for k, v in new.fields.items() if k in names
+    }
+    extra_field = _EXTRA_FIELD.get(new.type)
+    if extra_field is not None:
+        data[extra_field] = extra
+    return cls(seq=seq, id=event_id, ts=ts, corr=new.corr, **data)
+
+
 class NewEvent(msgspec.Struct, frozen=True):
     """An event to append: its type, correlation id and payload fields (JSON text values)."""
 

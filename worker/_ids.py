@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import random
+import time
 
-from ulid import ULID
+_RFC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = bytes.maketrans(_RFC, _CROCKFORD)
+
+
+def _ulid_text(value: int) -> str:
+    """Crockford base32 of a 128-bit value, as ULID spells it (26 characters)."""
+    # 26 characters hold 130 bits: the value with two leading zero bits, padded to 160 bits for
+    # the RFC 4648 encoder (implemented in C), then mapped to the Crockford alphabet.
+    raw = base64.b32encode((value << 30).to_bytes(20, "big"))
+    return raw[:26].translate(_TO_CROCKFORD).decode()
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{ULID()}"
+    """A fresh id: prefix, underscore, ULID (48-bit ms timestamp + 80 random bits)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    return f"{prefix}_{_ulid_text(ms << 80 | rand)}"
 
 
 def new_run_id() -> str:
@@ -31,5 +47,4 @@ class DeterministicIds:
         self._ts = started_at_ms
 
     def next(self, prefix: str) -> str:
-        raw = self._ts.to_bytes(6, "big") + self._rng.getrandbits(80).to_bytes(10, "big")
-        return f"{prefix}_{ULID(raw)}"
+        return f"{prefix}_{_ulid_text(self._ts << 80 | self._rng.getrandbits(80))}"

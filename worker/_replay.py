@@ -82,7 +82,11 @@ class WaitCall:
 
 @dataclass
 class Outcome:
-    """What an advance ended with. ``kind`` is completed | failed | suspended."""
+    """What an advance ended with.
+
+    ``kind`` is completed | failed | suspended, or the tag of a terminal event already in the log
+    (run_completed | run_failed | run_cancelled) when the run ended before the code did.
+    """
 
     kind: str
     output: str = "null"
@@ -160,7 +164,10 @@ class WorkflowInstance:
         self.steps: dict[str, StepCall] = {}
         self.waits: dict[str, WaitCall] = {}
         self._waits_by_handle: dict[int, WaitCall] = {}
-        self._order: list[str] = []  # correlation ids in call order
+        self.call_order: list[str] = []  # correlation ids of every call, in call order
+        self._open: dict[str, None] = {}  # calls whose creation is not in the log yet, in order
+        self._active_steps: dict[str, StepCall] = {}  # created, not yet completed or failed
+        self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
         self._ids: DeterministicIds | None = None
         self.random: random.Random = random.Random(f"{run_id}:random")
         self._loop = ReplayLoop(self)
@@ -170,7 +177,6 @@ class WorkflowInstance:
         self.ended: str | None = None  # a terminal event is in the log (consumed or not)
         self.has_started = False
         self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
-        self._unconsumed_error: NondeterminismError | None = None
 
     # -- API used by the runtime -------------------------------------------------------------
 
@@ -219,14 +225,12 @@ class WorkflowInstance:
         self._loop._ready.clear()  # type: ignore[attr-defined]
 
     def pending_steps(self) -> list[StepCall]:
-        return [s for s in self.steps.values() if s.status in ("pending", "running")]
+        """Steps in the log that have not completed or failed yet (cost: the open ones only)."""
+        return list(self._active_steps.values())
 
     def pending_waits(self) -> list[WaitCall]:
-        return [
-            w
-            for w in self.waits.values()
-            if w.created and not w.done and not w.cancelled and w.corr not in self._waits_completed
-        ]
+        """Sleeps in the log whose wait_completed is not in the log yet."""
+        return [w for w in self._active_waits.values() if w.corr not in self._waits_completed]
 
     # -- calls made by workflow code ---------------------------------------------------------
 
@@ -239,7 +243,8 @@ class WorkflowInstance:
         corr = self._next_id("step")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self.steps[corr] = StepCall(corr, name, input_json, fn, fut)
-        self._order.append(corr)
+        self.call_order.append(corr)
+        self._open[corr] = None
         return fut
 
     def _register_wait(self, delay_ms: int, handle: asyncio.TimerHandle) -> None:
@@ -247,12 +252,15 @@ class WorkflowInstance:
         wait = WaitCall(corr, delay_ms, handle)
         self.waits[corr] = wait
         self._waits_by_handle[id(handle)] = wait
-        self._order.append(corr)
+        self.call_order.append(corr)
+        self._open[corr] = None
 
     def _cancel_wait(self, handle: asyncio.TimerHandle) -> None:
         wait = self._waits_by_handle.pop(id(handle), None)
         if wait is not None and not wait.done:
             wait.cancelled = True
+            self._open.pop(wait.corr, None)
+            self._active_waits.pop(wait.corr, None)
 
     # -- the driver ----------------------------------------------------------------------------
 
@@ -267,8 +275,6 @@ class WorkflowInstance:
             self._loop.run_ready()
             if self._task is not None and self._task.done():
                 return self._finish()
-            if self._unconsumed_error is not None:
-                return self._fail(self._unconsumed_error)
             try:
                 delivered = self._consume_until_resolution()
             except (NondeterminismError, CorruptEventError) as exc:
@@ -328,6 +334,8 @@ class WorkflowInstance:
                     f"{call.input}"
                 )
             call.created, call.status = True, "pending"
+            self._open.pop(call.corr, None)
+            self._active_steps[call.corr] = call
             return False
         if isinstance(ev, StepStarted):
             call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
@@ -337,11 +345,13 @@ class WorkflowInstance:
             return False
         if isinstance(ev, StepCompleted):
             call.status = "completed"
+            self._active_steps.pop(call.corr, None)
             if not call.future.done():
                 call.future.set_result(_serde.loads(ev.result))
             return True
         if isinstance(ev, StepFailed):
             call.status = "failed"
+            self._active_steps.pop(call.corr, None)
             if not call.future.done():
                 call.future.set_exception(_revive_error(ev.error))
             return True
@@ -353,9 +363,13 @@ class WorkflowInstance:
     def _consume_wait(self, call: WaitCall, ev: Event) -> bool:
         if isinstance(ev, WaitCreated):
             call.created, call.resume_at = True, ev.resume_at
+            self._open.pop(call.corr, None)
+            if not call.cancelled:
+                self._active_waits[call.corr] = call
             return False
         if isinstance(ev, WaitCompleted):
             call.done = True
+            self._active_waits.pop(call.corr, None)
             handle = call.handle
             if handle is not None and not handle.cancelled():
                 self._waits_by_handle.pop(id(handle), None)
@@ -368,25 +382,22 @@ class WorkflowInstance:
 
     def _suspend(self) -> Outcome:
         commands: list[NewEvent] = []
-        for corr in self._order:
+        for corr in self._open:
             step = self.steps.get(corr)
             if step is not None:
-                if not step.created and not step.future.done():
+                if not step.future.done():
                     commands.append(
                         NewEvent("step_created", corr, {"name": step.name, "input": step.input})
                     )
                 continue
             wait = self.waits[corr]
-            if not wait.created and not wait.cancelled:
+            if not wait.cancelled:
                 commands.append(NewEvent("wait_created", corr, {"delay_ms": str(wait.delay_ms)}))
         return Outcome(kind="suspended", commands=commands)
 
     def is_stuck(self) -> bool:
         """True when the code waits but has nothing durable outstanding to wait for."""
-        return not any(
-            s.status in ("new", "pending", "running") and not s.future.done()
-            for s in self.steps.values()
-        ) and not any(not w.done and not w.cancelled for w in self.waits.values())
+        return not self._open and not self._active_steps and not self._active_waits
 
     def _finish(self) -> Outcome:
         assert self._task is not None
@@ -398,6 +409,9 @@ class WorkflowInstance:
         exc = self._task.exception()
         if exc is not None:
             return self._fail(exc)
+        divergence = self._unreached_creation()
+        if divergence is not None:
+            return self._fail(divergence)
         try:
             output = _serde.dumps(
                 self._task.result(), what=f"result of workflow {self.workflow_name}"
@@ -406,6 +420,18 @@ class WorkflowInstance:
             return self._fail(err)
         self.finished = Outcome(kind="completed", output=output)
         return self.finished
+
+    def _unreached_creation(self) -> NondeterminismError | None:
+        """A step or sleep recorded in the log that the code finished without calling."""
+        for ev in self.log[self._pos :]:
+            if isinstance(ev, StepCreated | WaitCreated) and ev.corr not in self.steps:
+                if ev.corr in self.waits:
+                    continue
+                return NondeterminismError(
+                    f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) was recorded, but "
+                    "the workflow code now finishes without making that call"
+                )
+        return None
 
     def _fail(self, exc: BaseException) -> Outcome:
         self.finished = Outcome(kind="failed", error=error_json(exc))

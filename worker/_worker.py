@@ -35,7 +35,7 @@ from ._errors import (
     RetryableError,
     WorkflowNotRegisteredError,
 )
-from ._events import NewEvent
+from ._events import Event, NewEvent
 from ._ids import new_run_id
 from ._logging import get_logger
 from ._registry import StepFunction, convert_args, get_workflow, has_workflow
@@ -198,15 +198,17 @@ class Worker:
         run_id = held.run_id
         log = self.log.bind(run_id=run_id)
         try:
-            acq = await self.world.acquire(run_id, self.token, self.config.lease_ms)
+            cached = self._instance(run_id)
+            acq = await self.world.acquire(
+                run_id, self.token, self.config.lease_ms, cached.seq if cached else 0
+            )
             if acq.code != "ok":
                 await self.world.ack([held.wakeup])
                 return
             held.known_seq = acq.seq
             if acq.taken_over:
-                self._evict(run_id)
                 log.info("run_taken_over")
-            await self._drive(held, log)
+            await self._drive(held, log, acq.events)
         except Exception as exc:
             log.error("run_processing_failed", error=str(exc), exc_info=True)
             self._evict(run_id)
@@ -220,7 +222,7 @@ class Worker:
         try:
             await self.world.release(held.run_id, self.token, -1)
             if requeue:
-                await self.world.requeue(held.wakeup, "handoff")  # type: ignore[attr-defined]
+                await self.world.requeue(held.wakeup, "handoff")
         except Exception:
             pass
 
@@ -247,21 +249,25 @@ class Worker:
                 break
             old.close()
 
-    async def _load(self, held: Held) -> WorkflowInstance | None:
-        """The run's instance, caught up with the log."""
+    async def _load(self, held: Held, fresh: list[Event]) -> WorkflowInstance | None:
+        """The run's instance, caught up with the log (``fresh``: events already read)."""
         inst = self._instance(held.run_id)
         if inst is None:
-            events = await self.world.read_events(held.run_id)
+            events = fresh if fresh and fresh[0].seq == 1 else None
+            if events is None:
+                events = await self.world.read_events(held.run_id)
             if not events:
                 return None
-            first = events[0]
-            workflow = getattr(first, "workflow", "")
+            workflow = getattr(events[0], "workflow", "")
             wf = get_workflow(workflow)
             inst = WorkflowInstance(held.run_id, wf.name, wf.fn, wf.decode_args)
             inst.feed(events)
             self._remember(inst)
-        elif held.known_seq > inst.seq:
-            inst.feed(await self.world.read_events(held.run_id, inst.seq))
+        else:
+            if fresh and fresh[0].seq == inst.seq + 1:
+                inst.feed(fresh)
+            if held.known_seq > inst.seq:
+                inst.feed(await self.world.read_events(held.run_id, inst.seq))
         held.known_seq = max(held.known_seq, inst.seq)
         return inst
 
@@ -283,11 +289,12 @@ class Worker:
             inst.feed(res.appended)
         return res
 
-    async def _drive(self, held: Held, log: Any) -> None:
+    async def _drive(self, held: Held, log: Any, fresh: list[Event]) -> None:
         while True:
             held.nudge.clear()
             try:
-                inst = await self._load(held)
+                inst = await self._load(held, fresh)
+                fresh = []
             except WorkflowNotRegisteredError as exc:
                 await self._fail_unloadable(held, exc, log)
                 return
@@ -313,11 +320,10 @@ class Worker:
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)
                 return
-            code, seq = await self.world.release(held.run_id, self.token, inst.seq)
+            code, seq = await self.world.release(held.run_id, self.token, inst.seq, held.wakeup)
             if code == "changed":
                 held.known_seq = seq
                 continue
-            await self.world.ack([held.wakeup])
             if inst.finished is not None or inst.ended is not None:
                 self._evict(held.run_id)
             return
@@ -325,7 +331,8 @@ class Worker:
 
     async def _wait_nudge(self, held: Held, delay: float | None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(held.nudge.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await held.nudge.wait()
 
     @staticmethod
     def _next_due_in(inst: WorkflowInstance) -> float | None:
@@ -376,6 +383,11 @@ class Worker:
         res = await self._commit(held, inst, events)
         if res.code == "ok":
             attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+            if len(start) == 1 and not held.local:
+                # the common sequential case: run the step right here, no task, no wake-up
+                call = start[0]
+                await self._execute(held, inst, call, attempts.get(call.corr, call.attempt))
+                return True
             for call in start:
                 self._launch(held, inst, call, attempts.get(call.corr, call.attempt))
             return True
@@ -447,8 +459,7 @@ class Worker:
                 events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
             )
         )
-        await self.world.release(held.run_id, self.token, -1)
-        await self.world.ack([held.wakeup])
+        await self.world.release(held.run_id, self.token, -1, held.wakeup)
 
     # -- executing steps -----------------------------------------------------------------------
 
@@ -651,7 +662,7 @@ class Worker:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
-            await self.world.reject_start_request(req, reason)  # type: ignore[attr-defined]
+            await self.world.reject_start_request(req, reason)
             if fields.get("run_id", "").startswith("wrun_") and fields.get("workflow"):
                 await self._record_failed_start(fields["run_id"], fields["workflow"], exc)
 

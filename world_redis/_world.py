@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
-from worker._events import Event, event_from_fields
+from worker._errors import CorruptEventError
+from worker._events import Event, event_from_fields, make_event
 from worker._ids import new_event_id
 from worker._world import (
     Acquired,
@@ -31,6 +33,7 @@ from ._retry import with_retry
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
+_JSON = msgspec.json.Encoder()
 _INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
 
 
@@ -40,6 +43,13 @@ def _script_source(name: str) -> str:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def fields_dict(flat: Any) -> dict[str, str]:
+    """A stream entry's fields from a script reply (a flat list) or a client reply (a dict)."""
+    if isinstance(flat, dict):
+        return flat
+    return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 class RedisWorld:
@@ -234,14 +244,22 @@ class RedisWorld:
             batch = [commits[i] for i in idxs]
             event_ids = [[new_event_id() for _ in c.events] for c in batch]
             keys = self.keys.partition_keys(p)
-            args: list[Any] = [self.retention_s, len(batch)]
+            payload: list[Any] = []
             for c, ids in zip(batch, event_ids, strict=True):
                 keys.extend(self.keys.run_keys(c.run_id))
-                args += [c.run_id, c.token, c.expected_seq, c.wake, len(c.events)]
-                for ev, evid in zip(c.events, ids, strict=True):
-                    args += [ev.type, ev.corr, evid, len(ev.fields)]
-                    for name, value in ev.fields.items():
-                        args += [name, value]
+                payload.append(
+                    [
+                        c.run_id,
+                        c.token,
+                        c.expected_seq,
+                        c.wake,
+                        [
+                            [ev.type, ev.corr, evid, [x for kv in ev.fields.items() for x in kv]]
+                            for ev, evid in zip(c.events, ids, strict=True)
+                        ],
+                    ]
+                )
+            args = [self.retention_s, _JSON.encode(payload)]
             reply = await self._eval("commit", keys, args)
             for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
                 results[i] = self._commit_result(c, ids, r)
@@ -258,12 +276,7 @@ class RedisWorld:
             if res.status != "ok":
                 continue
             s += 1
-            fields = {"type": ev.type, "id": evid, "ts": str(now), "corr": ev.corr, **ev.fields}
-            if ev.type == "step_started":
-                fields["attempt"] = str(res.extra)
-            elif ev.type == "wait_created":
-                fields["resume_at"] = str(res.extra)
-            appended.append(event_from_fields(s, fields))
+            appended.append(make_event(ev, s, evid, now, res.extra))
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 
     # -- the work queue ----------------------------------------------------------------------
@@ -372,12 +385,29 @@ class RedisWorld:
 
         await with_retry(run)
 
-    async def acquire(self, run_id: str, token: str, lease_ms: int) -> Acquired:
-        r = await self._eval("acquire", [self.keys.run(run_id)], [token, lease_ms])
-        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), len(r) > 3 and int(r[3]) == 1)
+    async def acquire(
+        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1
+    ) -> Acquired:
+        run, ev, _ = self.keys.run_keys(run_id)
+        r = await self._eval("acquire", [run, ev], [token, lease_ms, after_seq])
+        events: list[Event] = []
+        if len(r) > 4:
+            try:
+                events = [
+                    event_from_fields(int(_s(eid).split("-", 1)[0]), fields_dict(fields), run_id)
+                    for eid, fields in r[4]
+                ]
+            except CorruptEventError:
+                events = []  # the caller reads the log itself and reports the corrupt event
 
-    async def release(self, run_id: str, token: str, seq: int) -> tuple[str, int]:
-        r = await self._eval("release", [self.keys.run(run_id)], [token, seq])
+        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), len(r) > 3 and int(r[3]) == 1, events)
+
+    async def release(
+        self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
+    ) -> tuple[str, int]:
+        keys = [self.keys.run(run_id), self.keys.ready(self.keys.partition(run_id))]
+        mid = wakeup.message_id if wakeup is not None else ""
+        r = await self._eval("release", keys, [token, seq, GROUP, mid])
         return _s(r[0]), int(r[1])
 
     async def heartbeat(

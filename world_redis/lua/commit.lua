@@ -14,10 +14,10 @@
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --
 -- ARGV[1]  retention of finished runs, seconds
--- ARGV[2]  number of runs in this batch
--- then per run:  run_id, lease token ("" = external writer), expected seq (-1 = no check),
---                wake reason ("" = none), event count n, then n events, each:
---                type, correlation id, event id, field count k, k field/value pairs
+-- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
+--          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
+--            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...]],
+--           ...]   -- run i of the batch uses the three run keys at 10 + 3*(i-1)
 --
 -- Reply: per run {code, seq, now_ms, results} where code is
 --   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
@@ -30,7 +30,7 @@
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4.
 
 local retention = tonumber(ARGV[1])
-local nruns = tonumber(ARGV[2])
+local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -38,17 +38,11 @@ local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancel
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 local replies = {}
-local a = 3
-for i = 0, nruns - 1 do
+for i = 0, #batch - 1 do
   local run_key, ev_key, ent_key = KEYS[10 + 3 * i], KEYS[11 + 3 * i], KEYS[12 + 3 * i]
-  local run_id, token, expected = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local wake, nev = ARGV[a + 3], tonumber(ARGV[a + 4])
-  a = a + 5
-  -- skip this run's events in ARGV up front so every early exit leaves `a` right
-  local first = a
-  for _ = 1, nev do
-    a = a + 4 + 2 * tonumber(ARGV[a + 3])
-  end
+  local c = batch[i + 1]
+  local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
+  local nev = #evs
 
   local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner', 'workflow')
   local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
@@ -61,16 +55,13 @@ for i = 0, nruns - 1 do
   elseif expected >= 0 and seq ~= expected then
     code = 'conflict'
   else
-    local p = first
     local appended = false
-    for _ = 1, nev do
-      local etype, corr, evid, nf = ARGV[p], ARGV[p + 1], ARGV[p + 2], tonumber(ARGV[p + 3])
+    for n = 1, nev do
+      local etype, corr, evid, flat = evs[n][1], evs[n][2], evs[n][3], evs[n][4]
       local f = {}
-      for j = 0, nf - 1 do
-        f[ARGV[p + 4 + 2 * j]] = ARGV[p + 5 + 2 * j]
+      for j = 1, #flat, 2 do
+        f[flat[j]] = flat[j + 1]
       end
-      local fstart, fcount = p + 4, nf
-      p = p + 4 + 2 * nf
 
       local res, extra = 'ok', 0
       local extra_fields = {}
@@ -178,9 +169,7 @@ for i = 0, nruns - 1 do
         seq = seq + 1
         local args = { ev_key, seq .. '-0', 'type', etype, 'id', evid, 'ts', now }
         if corr ~= '' then table.insert(args, 'corr'); table.insert(args, corr) end
-        for j = 0, fcount - 1 do
-          table.insert(args, ARGV[fstart + 2 * j]); table.insert(args, ARGV[fstart + 1 + 2 * j])
-        end
+        for j = 1, #flat do table.insert(args, flat[j]) end
         for j = 1, #extra_fields do table.insert(args, extra_fields[j]) end
         -- the first write: refused by Redis if the stream already holds this position
         redis.call('XADD', unpack(args))

@@ -21,7 +21,7 @@ from ._errors import (
     WorkflowTimeoutError,
 )
 from ._events import Event, NewEvent
-from ._ids import new_run_id
+from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
 from ._replay import current_instance
 from ._world import Commit, RunInfo, StepInfo, World
@@ -89,7 +89,7 @@ async def start(
         payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
         input_json = _serde.dumps(payload, what=f"arguments of workflow {name!r}")
     check_payload(w, input_json, f"arguments of workflow {name!r}")
-    rid = run_id or new_run_id()
+    rid = check_run_id(run_id) if run_id is not None else new_run_id()
     await w.create_run(rid, name, input_json)
     return Run(rid, world=w)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import os
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -26,9 +27,35 @@ class StepMetadata(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
 
 
-class StepContext(msgspec.Struct, frozen=True, kw_only=True):
-    step: StepMetadata
-    workflow: WorkflowMetadata
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a running step can ask about itself; metadata objects are built only when asked."""
+
+    step_id: str
+    step_name: str
+    attempt: int
+    started_ms: int
+    run_id: str
+    workflow_name: str
+    workflow_started_ms: int
+
+    @property
+    def step(self) -> StepMetadata:
+        return StepMetadata(
+            step_id=self.step_id,
+            step_name=self.step_name,
+            attempt=self.attempt,
+            started_at=ms_to_datetime(self.started_ms),
+        )
+
+    @property
+    def workflow(self) -> WorkflowMetadata:
+        return WorkflowMetadata(
+            run_id=self.run_id,
+            workflow_name=self.workflow_name,
+            started_at=ms_to_datetime(self.workflow_started_ms),
+            url=base_url(),
+        )
 
 
 current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(

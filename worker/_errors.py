@@ -72,6 +72,16 @@ class CorruptEventError(WorkflowError):
     """An event read from the log does not parse or does not belong to this run."""
 
 
+class InvalidRunIdError(WorkflowError, ValueError):
+    """A caller-chosen run id that is not ``wrun_`` followed by 1-120 of [A-Za-z0-9_-]."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"invalid run id {run_id!r}: use 'wrun_' followed by 1-120 letters, digits, '_' or '-'"
+        )
+        self.run_id = run_id
+
+
 class MalformedMessageError(WorkflowError, ValueError):
     """A queue message or start request is missing fields or has fields of the wrong shape."""
 

@@ -51,6 +51,37 @@ def convert_args(
     return list(bound.args), dict(bound.kwargs)
 
 
+_EMPTY = inspect.Parameter.empty
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+class ArgSpec:
+    """A function's parameters, prepared so that converting arguments is cheap when they fit."""
+
+    def __init__(self, sig: inspect.Signature) -> None:
+        self.signature = sig
+        params = list(sig.parameters.values())
+        self.positional_only = all(p.kind in _POSITIONAL for p in params)
+        self.names = [p.name for p in params]
+        self.types = [
+            None if p.annotation in (_EMPTY, Any, object) else p.annotation for p in params
+        ]
+
+    def convert(
+        self, args: list[Any], kwargs: dict[str, Any], what: str
+    ) -> tuple[list[Any], dict[str, Any]]:
+        if not (self.positional_only and not kwargs and len(args) == len(self.types)):
+            return convert_args(self.signature, list(args), kwargs, what)
+        out: list[Any] | None = None
+        for i, (value, ann) in enumerate(zip(args, self.types, strict=True)):
+            if ann is None or type(value) is ann:
+                continue
+            if out is None:
+                out = list(args)
+            out[i] = _serde.convert(value, ann, what=f"{what}, parameter {self.names[i]!r}")
+        return (out if out is not None else list(args)), {}
+
+
 class WorkflowFunction:
     """A registered workflow. Calling it outside a worker runs the coroutine function directly."""
 
@@ -60,6 +91,7 @@ class WorkflowFunction:
         self.fn = fn
         self.name = name
         self.signature = _hints(fn)
+        self.argspec = ArgSpec(self.signature)
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -75,7 +107,7 @@ class WorkflowFunction:
             raise _serde.SerializationError(
                 f"input of workflow {self.name!r} must be a JSON array of arguments"
             )
-        return convert_args(self.signature, args, kwargs, f"workflow {self.name!r}")
+        return self.argspec.convert(args, kwargs, f"workflow {self.name!r}")
 
 
 class StepFunction:
@@ -89,6 +121,7 @@ class StepFunction:
         self.max_retries = max_retries
         self.queue = queue
         self.signature = _hints(fn)
+        self.argspec = ArgSpec(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 

@@ -20,29 +20,33 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import _serde
-from ._context import StepContext, StepMetadata, WorkflowMetadata, base_url, current_step
+from ._context import StepContext, current_step
 from ._duration import to_seconds
 from ._errors import (
     CorruptEventError,
     FatalError,
+    InvalidRunIdError,
     MalformedMessageError,
     PayloadTooLargeError,
     RetryableError,
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent
-from ._ids import new_run_id
+from ._ids import check_run_id, new_run_id
 from ._logging import get_logger
 from ._registry import StepFunction, convert_args, get_workflow, has_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
-from ._world import Commit, CommitResult, StartRequest, Wakeup, World
+from ._world import Acquired, Commit, CommitResult, StartRequest, Wakeup, World
 
 DEFAULT_RETRY_DELAY_S = 1.0
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 
 @dataclass
@@ -69,18 +73,23 @@ class Held:
     lost: bool = False
 
 
-class Committer:
-    """Gathers commits from every held run and sends them in as few script calls as possible."""
+class Batcher(Generic[Q, R]):
+    """Gathers requests from every held run and sends them in as few calls as possible.
 
-    def __init__(self, world: World, max_batch: int) -> None:
-        self._world = world
+    Under load one call carries many runs' requests (one script call per partition); when idle a
+    request goes out at once. Several ``run`` loops may share one batcher so that one batch is
+    prepared while another is on the wire.
+    """
+
+    def __init__(self, send: Callable[[list[Q]], Awaitable[list[R]]], max_batch: int) -> None:
+        self._send = send
         self._max = max_batch
-        self._queue: list[tuple[Commit, asyncio.Future[CommitResult]]] = []
+        self._queue: list[tuple[Q, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
 
-    async def commit(self, c: Commit) -> CommitResult:
-        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((c, fut))
+    async def submit(self, request: Q) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((request, fut))
         self._wake.set()
         return await fut
 
@@ -90,8 +99,10 @@ class Committer:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+                if self._queue:
+                    self._wake.set()  # let a sibling loop take the rest meanwhile
                 try:
-                    results = await self._world.commit([c for c, _ in batch])
+                    results = await self._send([q for q, _ in batch])
                 except Exception as exc:
                     for _, fut in batch:
                         if not fut.done():
@@ -111,7 +122,14 @@ class Worker:
         self.log = get_logger(worker=self.name)
         self.held: dict[str, Held] = {}
         self.cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
-        self.committer = Committer(world, self.config.batch)
+        self.committer: Batcher[Commit, CommitResult] = Batcher(world.commit, self.config.batch)
+        self.acquirer: Batcher[tuple[str, int], Acquired] = Batcher(
+            lambda runs: world.acquire_many(self.token, self.config.lease_ms, runs),
+            self.config.batch,
+        )
+        self.releaser: Batcher[tuple[str, int, Wakeup | None], tuple[str, int]] = Batcher(
+            lambda runs: world.release_many(self.token, runs), self.config.batch
+        )
         self.steps_slots = asyncio.Semaphore(self.config.concurrency)
         self.pool = ThreadPoolExecutor(max_workers=min(64, self.config.concurrency))
         self.stopping = asyncio.Event()
@@ -129,7 +147,10 @@ class Worker:
         self.log.info("worker_started", concurrency=self.config.concurrency)
         self._start_watchdog()
         loops = [
-            self._committer_loop(),
+            self.committer.run(),
+            self.committer.run(),
+            self.acquirer.run(),
+            self.releaser.run(),
             self._read_loop(),
             self._heartbeat_loop(),
             self._timer_loop(),
@@ -157,9 +178,6 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def _committer_loop(self) -> None:
-        await self.committer.run()
 
     # -- reading wake-ups ----------------------------------------------------------------------
 
@@ -199,9 +217,7 @@ class Worker:
         log = self.log.bind(run_id=run_id)
         try:
             cached = self._instance(run_id)
-            acq = await self.world.acquire(
-                run_id, self.token, self.config.lease_ms, cached.seq if cached else 0
-            )
+            acq = await self.acquirer.submit((run_id, cached.seq if cached else 0))
             if acq.code != "ok":
                 await self.world.ack([held.wakeup])
                 return
@@ -274,7 +290,7 @@ class Worker:
     async def _commit(
         self, held: Held, inst: WorkflowInstance, events: list[NewEvent], *, fenced: bool = True
     ) -> CommitResult:
-        res = await self.committer.commit(
+        res = await self.committer.submit(
             Commit(
                 run_id=held.run_id,
                 events=events,
@@ -320,7 +336,7 @@ class Worker:
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)
                 return
-            code, seq = await self.world.release(held.run_id, self.token, inst.seq, held.wakeup)
+            code, seq = await self.releaser.submit((held.run_id, inst.seq, held.wakeup))
             if code == "changed":
                 held.known_seq = seq
                 continue
@@ -452,7 +468,7 @@ class Worker:
 
     async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
         log.error("run_unloadable", error=str(exc))
-        await self.committer.commit(
+        await self.committer.submit(
             Commit(
                 run_id=held.run_id,
                 token=self.token,
@@ -478,20 +494,14 @@ class Worker:
     ) -> None:
         fn: StepFunction = call.fn
         log = self.log.bind(run_id=held.run_id, step_id=call.corr, step=fn.name)
-        started = int(time.time() * 1000)
         ctx = StepContext(
-            step=StepMetadata(
-                step_id=call.corr,
-                step_name=fn.name,
-                attempt=attempt,
-                started_at=_ms_dt(started),
-            ),
-            workflow=WorkflowMetadata(
-                run_id=inst.run_id,
-                workflow_name=inst.workflow_name,
-                started_at=_ms_dt(inst.started_at_ms),
-                url=base_url(),
-            ),
+            step_id=call.corr,
+            step_name=fn.name,
+            attempt=attempt,
+            started_ms=int(time.time() * 1000),
+            run_id=inst.run_id,
+            workflow_name=inst.workflow_name,
+            workflow_started_ms=inst.started_at_ms,
         )
         async with self.steps_slots:
             event = await self._call_step(fn, call, ctx, attempt, log)
@@ -505,10 +515,9 @@ class Worker:
         token = current_step.set(ctx)
         try:
             raw = _serde.loads(call.input)
-            args, kwargs = convert_args(
-                fn.signature, list(raw.get("args", [])), dict(raw.get("kwargs", {})),
-                f"step {fn.name!r}",
-            )  # fmt: skip
+            args, kwargs = fn.argspec.convert(
+                raw.get("args", []), raw.get("kwargs") or {}, f"step {fn.name!r}"
+            )
             if fn.is_async:
                 result = await fn.fn(*args, **kwargs)
             else:
@@ -611,7 +620,7 @@ class Worker:
         self.log.error("run_dead_lettered", run_id=w.run_id, deliveries=w.deliveries)
         await self.world.dead_letter(w, reason)
         err = error_json(RuntimeError(reason))
-        await self.committer.commit(
+        await self.committer.submit(
             Commit(run_id=w.run_id, events=[NewEvent("run_failed", "", {"error": err})])
         )
 
@@ -642,8 +651,7 @@ class Worker:
             name = fields.get("workflow")
             if not name:
                 raise MalformedMessageError("start request has no 'workflow' field")
-            if not run_id.startswith("wrun_") or any(c in run_id for c in " {}:|"):
-                raise MalformedMessageError(f"start request has an invalid run_id {run_id!r}")
+            check_run_id(run_id)
             args_text = fields.get("args", "[]")
             try:
                 args = _serde.loads(args_text)
@@ -663,7 +671,7 @@ class Worker:
             reason = f"{type(exc).__name__}: {exc}"
             self.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
             await self.world.reject_start_request(req, reason)
-            if fields.get("run_id", "").startswith("wrun_") and fields.get("workflow"):
+            if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
                 await self._record_failed_start(fields["run_id"], fields["workflow"], exc)
 
     async def _record_failed_start(self, run_id: str, workflow: str, exc: Exception) -> None:
@@ -671,7 +679,7 @@ class Worker:
         try:
             created = await self.world.create_run(run_id, workflow, "[]")
             if created:
-                await self.committer.commit(
+                await self.committer.submit(
                     Commit(
                         run_id=run_id,
                         events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
@@ -702,7 +710,9 @@ class Worker:
         threading.Thread(target=watch, name="wf-watchdog", daemon=True).start()
 
 
-def _ms_dt(ms: int) -> Any:
-    from ._context import ms_to_datetime
-
-    return ms_to_datetime(ms)
+def _valid_run_id(run_id: str) -> bool:
+    try:
+        check_run_id(run_id)
+    except InvalidRunIdError:
+        return False
+    return True

@@ -43,6 +43,10 @@ def _budget() -> float:
 async def with_retry(call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """Run ``call(*args, **kwargs)``; retry connection errors; WorldUnavailableError at the end."""
     try:
+        return await call(*args, **kwargs)  # the common case, without the retry machinery
+    except RETRYABLE:
+        pass
+    try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(RETRYABLE),
             wait=wait_exponential(multiplier=0.05, max=2.0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -15,7 +15,7 @@ from redis.commands.core import AsyncScript
 
 from worker._errors import CorruptEventError
 from worker._events import Event, event_from_fields, make_event
-from worker._ids import new_event_id
+from worker._ids import new_event_id, new_ids
 from worker._world import (
     Acquired,
     Commit,
@@ -155,38 +155,30 @@ class RedisWorld:
         limit: int = 20,
         cursor: str | None = None,
     ) -> tuple[list[RunInfo], str | None]:
-        """Runs newest first, filtered by status and/or workflow; ``cursor`` continues a listing."""
+        """Runs newest first, filtered by status and/or workflow; ``cursor`` continues a listing.
+
+        The cursor is ``<created ms>:<run id>`` of the last run returned. With both filters the
+        workflow index is walked page by page until enough runs of that status are found.
+        """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
         k = self.keys
-        max_score, after_id = "+inf", ""
+        after: tuple[int, str] | None = None
         if cursor:
-            score_text, _, after_id = cursor.partition(":")
-            max_score = score_text
-        candidates: list[tuple[float, str]] = []
+            score_text, _, run_text = cursor.partition(":")
+            try:
+                after = (int(score_text), run_text)
+            except ValueError:
+                raise ValueError(f"invalid cursor {cursor!r}") from None
+        keys = []
         for p in range(k.partitions):
             if workflow is not None:
-                key = k.idx_workflow(p, workflow)
-            elif status is not None:
-                key = k.idx_status(p, status)
+                keys.append(k.idx_workflow(p, workflow))
             else:
-                key = k.idx_all(p)
-            rows = await with_retry(
-                self.redis.zrevrangebyscore,
-                key,
-                max_score,
-                "-inf",
-                start=0,
-                num=limit * 2 + 50,
-                withscores=True,
-            )
-            candidates.extend((float(score), member) for member, score in rows)
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+                keys.append(k.idx_status(p, status) if status is not None else k.idx_all(p))
         out: list[RunInfo] = []
-        last: tuple[float, str] | None = None
-        for score, run_id in candidates:
-            if cursor and (score, run_id) >= (float(max_score), after_id):
-                continue
+        last: tuple[int, str] | None = None
+        async for score, run_id in _merge_newest_first([self._walk_index(k, after) for k in keys]):
             info = await self.get_run(run_id)
             last = (score, run_id)
             if info is None or (status is not None and info.status != status):
@@ -195,8 +187,31 @@ class RedisWorld:
             if len(out) >= limit:
                 break
         more = len(out) >= limit and last is not None
-        next_cursor = f"{int(last[0])}:{last[1]}" if more and last is not None else None
-        return out, next_cursor
+        return out, (f"{last[0]}:{last[1]}" if more and last is not None else None)
+
+    async def _walk_index(
+        self, key: str, after: tuple[int, str] | None, page: int = 500
+    ) -> AsyncIterator[tuple[int, str]]:
+        """Entries of an index, newest first, strictly after the cursor position."""
+        max_score = str(after[0]) if after else "+inf"
+        offset = 0
+        while True:
+            rows = await with_retry(
+                self.redis.zrevrangebyscore,
+                key,
+                max_score,
+                "-inf",
+                start=offset,
+                num=page,
+                withscores=True,
+            )
+            for member, score in rows:
+                item = (int(score), _s(member))
+                if after is None or item < after:
+                    yield item
+            if len(rows) < page:
+                return
+            offset += page
 
     async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
         key = self.keys.events(run_id)
@@ -236,13 +251,15 @@ class RedisWorld:
 
     async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
         """Append events for several runs; one script call per partition."""
-        by_partition: dict[int, list[int]] = {}
-        for i, c in enumerate(commits):
-            by_partition.setdefault(self.keys.partition(c.run_id), []).append(i)
+        by_partition = self._by_partition([c.run_id for c in commits])
         results: list[CommitResult | None] = [None] * len(commits)
         for p, idxs in by_partition.items():
             batch = [commits[i] for i in idxs]
-            event_ids = [[new_event_id() for _ in c.events] for c in batch]
+            flat_ids = new_ids("evnt", sum(len(c.events) for c in batch))
+            event_ids, at = [], 0
+            for c in batch:
+                event_ids.append(flat_ids[at : at + len(c.events)])
+                at += len(c.events)
             keys = self.keys.partition_keys(p)
             payload: list[Any] = []
             for c, ids in zip(batch, event_ids, strict=True):
@@ -388,27 +405,65 @@ class RedisWorld:
     async def acquire(
         self, run_id: str, token: str, lease_ms: int, after_seq: int = -1
     ) -> Acquired:
-        run, ev, _ = self.keys.run_keys(run_id)
-        r = await self._eval("acquire", [run, ev], [token, lease_ms, after_seq])
-        events: list[Event] = []
-        if len(r) > 4:
-            try:
-                events = [
-                    event_from_fields(int(_s(eid).split("-", 1)[0]), fields_dict(fields), run_id)
-                    for eid, fields in r[4]
-                ]
-            except CorruptEventError:
-                events = []  # the caller reads the log itself and reports the corrupt event
+        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)])
+        return result
 
-        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), len(r) > 3 and int(r[3]) == 1, events)
+    async def acquire_many(
+        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]]
+    ) -> list[Acquired]:
+        """Take the leases of several runs: one script call per partition."""
+        out: list[Acquired | None] = [None] * len(runs)
+        for idxs in self._by_partition([r for r, _ in runs]).values():
+            keys: list[str] = []
+            args: list[Any] = [token, lease_ms]
+            for i in idxs:
+                run, ev, _ = self.keys.run_keys(runs[i][0])
+                keys += [run, ev]
+                args.append(runs[i][1])
+            reply = await self._eval("acquire", keys, args)
+            for i, r in zip(idxs, reply, strict=True):
+                out[i] = self._acquired(runs[i][0], r)
+        return [a for a in out if a is not None]
+
+    @staticmethod
+    def _acquired(run_id: str, r: list[Any]) -> Acquired:
+        try:
+            events = [
+                event_from_fields(int(_s(eid).split("-", 1)[0]), fields_dict(fields), run_id)
+                for eid, fields in r[4]
+            ]
+        except CorruptEventError:
+            events = []  # the caller reads the log itself and reports the corrupt event
+        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), int(r[3]) == 1, events)
+
+    def _by_partition(self, run_ids: Sequence[str]) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for i, run_id in enumerate(run_ids):
+            groups.setdefault(self.keys.partition(run_id), []).append(i)
+        return groups
 
     async def release(
         self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
     ) -> tuple[str, int]:
-        keys = [self.keys.run(run_id), self.keys.ready(self.keys.partition(run_id))]
-        mid = wakeup.message_id if wakeup is not None else ""
-        r = await self._eval("release", keys, [token, seq, GROUP, mid])
-        return _s(r[0]), int(r[1])
+        (result,) = await self.release_many(token, [(run_id, seq, wakeup)])
+        return result
+
+    async def release_many(
+        self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]
+    ) -> list[tuple[str, int]]:
+        """Release several leases and acknowledge their wake-ups: one call per partition."""
+        out: list[tuple[str, int] | None] = [None] * len(runs)
+        for p, idxs in self._by_partition([r[0] for r in runs]).items():
+            keys = [self.keys.ready(p)]
+            args: list[Any] = [token, GROUP]
+            for i in idxs:
+                run_id, seq, wakeup = runs[i]
+                keys.append(self.keys.run(run_id))
+                args += [seq, wakeup.message_id if wakeup is not None else ""]
+            reply = await self._eval("release", keys, args)
+            for i, r in zip(idxs, reply, strict=True):
+                out[i] = (_s(r[0]), int(r[1]))
+        return [r for r in out if r is not None]
 
     async def heartbeat(
         self, token: str, run_ids: Sequence[str], wakeups: Sequence[Wakeup], lease_ms: int
@@ -506,3 +561,21 @@ class RedisWorld:
             keys += [k.idx_workflow(p, n) for n in sorted(names)]
             dropped += int(await self._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
         return dropped
+
+
+async def _merge_newest_first(
+    walks: list[AsyncIterator[tuple[int, str]]],
+) -> AsyncIterator[tuple[int, str]]:
+    """Merge per-partition index walks (each newest first) lazily into one, newest first."""
+    heads: list[tuple[tuple[int, str], int]] = []
+    for i, walk in enumerate(walks):
+        async for item in walk:
+            heads.append((item, i))
+            break
+    while heads:
+        best = max(heads)
+        heads.remove(best)
+        yield best[0]
+        async for item in walks[best[1]]:
+            heads.append((item, best[1]))
+            break

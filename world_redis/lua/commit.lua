@@ -67,6 +67,7 @@ for i = 0, #batch - 1 do
       local extra_fields = {}
       local entity = {}      -- HSET pairs on ent_key
       local run_set = nil    -- HSET pairs on run_key
+      local timer_at = nil   -- arm a timer for this correlation id (after the append)
       local new_status = nil
       local step_status = nil
       if corr ~= '' then
@@ -107,7 +108,7 @@ for i = 0, #batch - 1 do
           extra_fields = { 'resume_at', resume_at }
           entity = { corr .. '|status', 'waiting', corr .. '|resume_at', resume_at,
                      corr .. '|created_at', now }
-          redis.call('ZADD', KEYS[2], resume_at, run_id .. '|' .. corr)
+          timer_at = resume_at
         end
       elseif etype == 'wait_completed' then
         if not step_status then
@@ -159,7 +160,7 @@ for i = 0, #batch - 1 do
           extra = ra
           entity = { corr .. '|status', 'pending', corr .. '|error', f.error or 'null',
                      corr .. '|retry_after', ra }
-          redis.call('ZADD', KEYS[2], ra, run_id .. '|' .. corr)
+          timer_at = ra
         end
       else
         res = 'invalid'
@@ -175,6 +176,7 @@ for i = 0, #batch - 1 do
         redis.call('XADD', unpack(args))
         appended = true
         if #entity > 0 then redis.call('HSET', ent_key, unpack(entity)) end
+        if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
         local rs = { 'seq', seq, 'updated_at', now }
         if run_set then for j = 1, #run_set do table.insert(rs, run_set[j]) end end
         if new_status then

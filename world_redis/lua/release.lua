@@ -1,36 +1,37 @@
--- release.lua: give up the lease on a run, unless events arrived that the holder has not seen.
+-- release.lua: give up the lease on runs, unless events arrived that the holder has not seen.
 --
--- KEYS[1]  run hash  wf:{pN}:run:<id>
--- KEYS[2]  partition ready stream  wf:{pN}:ready
--- ARGV[1]  lease token of the caller
--- ARGV[2]  the last seq the caller has seen (-1: release whatever the log holds)
--- ARGV[3]  consumer group of the ready stream
--- ARGV[4]  id of the wake-up message to acknowledge and delete on release ("" = none)
+-- KEYS[1]     partition ready stream  wf:{pN}:ready
+-- KEYS[1+i]   run hash of run i of the batch  wf:{pN}:run:<id>
+-- ARGV[1]     lease token of the caller
+-- ARGV[2]     consumer group of the ready stream
+-- ARGV[1+2i]  for run i: the last seq the caller has seen (-1: release whatever the log holds)
+-- ARGV[2+2i]  for run i: id of the wake-up message to acknowledge and delete ("" = none)
 --
--- Reply: {code, seq}
+-- Reply: one {code, seq} per run
 --   "ok"       released, and the wake-up message acknowledged (XACK + XDEL)
---   "changed"  the log grew past ARGV[2] (a cancel, a timer, a hook...): the caller keeps the
---              lease and processes the new events, so no wake-up is ever lost
+--   "changed"  the log grew past the caller's seq (a cancel, a timer, a hook...): the caller keeps
+--              the lease and processes the new events, so no wake-up is ever lost
 --   "lease"    the caller no longer holds the lease (another worker took over)
 -- Events emitted: none.
 
-local function ack()
-  if ARGV[4] ~= '' then
-    redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
-    redis.call('XDEL', KEYS[2], ARGV[4])
+local token, group = ARGV[1], ARGV[2]
+local out = {}
+for i = 1, #KEYS - 1 do
+  local run_key = KEYS[1 + i]
+  local seen, mid = tonumber(ARGV[1 + 2 * i]), ARGV[2 + 2 * i]
+  local m = redis.call('HMGET', run_key, 'seq', 'lease_owner')
+  local code = 'ok'
+  if m[1] and m[2] ~= token then
+    code = 'lease'
+  elseif m[1] and seen >= 0 and tonumber(m[1]) ~= seen then
+    code = 'changed'
+  elseif m[1] then
+    redis.call('HSET', run_key, 'lease_owner', '', 'lease_until', 0)
   end
+  if code == 'ok' and mid ~= '' then
+    redis.call('XACK', KEYS[1], group, mid)
+    redis.call('XDEL', KEYS[1], mid)
+  end
+  out[i] = { code, tonumber(m[1] or '0') }
 end
-local m = redis.call('HMGET', KEYS[1], 'seq', 'lease_owner')
-if not m[1] then
-  ack()
-  return { 'ok', 0 }
-end
-if m[2] ~= ARGV[1] then
-  return { 'lease', tonumber(m[1]) }
-end
-if tonumber(ARGV[2]) >= 0 and tonumber(m[1]) ~= tonumber(ARGV[2]) then
-  return { 'changed', tonumber(m[1]) }
-end
-redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', 0)
-ack()
-return { 'ok', tonumber(m[1]) }
+return out

@@ -132,6 +132,7 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
 
 _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
 _INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
+_BASE_FIELDS = frozenset({"seq", "id", "ts", "corr"})
 
 
 def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> Event:
@@ -139,11 +140,15 @@ def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> E
     cls = EVENT_TYPES[new.type]
     names = cls.__struct_fields__
     data: dict[str, Any] = {
-        k: (int(v) if k in _INT_FIELDS else v) for k, v in new.fields.items() if k in names
+        k: (int(v) if k in _INT_FIELDS else v)
+        for k, v in new.fields.items()
+        if k in names and k not in _BASE_FIELDS
     }
     extra_field = _EXTRA_FIELD.get(new.type)
     if extra_field is not None:
         data[extra_field] = extra
+    if "ts" in new.fields:
+        ts = int(new.fields["ts"])
     return cls(seq=seq, id=event_id, ts=ts, corr=new.corr, **data)
 
 

@@ -37,7 +37,7 @@ from ._errors import (
     RetryableError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent
+from ._events import Event, NewEvent, make_event
 from ._ids import check_run_id, new_run_id
 from ._logging import get_logger
 from ._registry import StepFunction, convert_args, get_workflow, has_workflow
@@ -301,7 +301,7 @@ class Worker:
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True
-        elif res.appended and res.appended[0].seq == inst.seq + 1:
+        elif res.appended and res.appended[0].seq <= inst.seq + 1:
             inst.feed(res.appended)
         return res
 
@@ -374,40 +374,77 @@ class Worker:
             res = await self._commit(held, inst, [NewEvent("wait_completed", w.corr) for w in due])
             if res.code == "ok" or res.code == "conflict":
                 return True
-        outcome = self._advance(inst, log)
-        if outcome.kind == "completed":
-            res = await self._commit(
-                held, inst, [NewEvent("run_completed", "", {"output": outcome.output})]
-            )
-            self._log_end(log, res, "run_completed")
-            return res.code == "conflict"
-        if outcome.kind == "failed":
-            res = await self._commit(
-                held, inst, [NewEvent("run_failed", "", {"error": outcome.error})]
-            )
-            self._log_end(log, res, "run_failed")
-            return res.code == "conflict"
-        if outcome.kind != "suspended":
-            return False  # the log already holds a terminal event
-        events = self._creation_events(inst, outcome, log)
-        if events is None:
-            return False
-        start = self._startable(held, inst, outcome, now_ms)
-        events += [NewEvent("step_started", s.corr) for s in start]
-        if not events:
-            return False
-        res = await self._commit(held, inst, events)
-        if res.code == "ok":
-            attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
-            if len(start) == 1 and not held.local:
-                # the common sequential case: run the step right here, no task, no wake-up
-                call = start[0]
-                await self._execute(held, inst, call, attempts.get(call.corr, call.attempt))
+        head: NewEvent | None = None
+        while True:
+            progressed, inline = await self._advance_and_commit(held, inst, log, head)
+            if inline is None:
+                return progressed
+            call, attempt = inline
+            head = await self._run_step(held, inst, call, attempt)
+            if head.type == "step_retrying":
+                await self._commit(held, inst, [head], fenced=False)
                 return True
-            for call in start:
-                self._launch(held, inst, call, attempts.get(call.corr, call.attempt))
-            return True
-        return res.code == "conflict"
+
+    async def _advance_and_commit(
+        self, held: Held, inst: WorkflowInstance, log: Any, head: NewEvent | None
+    ) -> tuple[bool, tuple[StepCall, int] | None]:
+        """Advance the code and commit what it decided, in one fenced commit.
+
+        ``head`` is the result of a step this worker just ran inline: it is fed to the workflow
+        before it is in the log, so that the result and the next step's creation and start go
+        out in ONE commit. If that commit is refused, the instance has seen an event the log does
+        not hold: it is dropped (rebuilt from the log) and the step result committed alone.
+        Returns (log changed, the one step to run inline next, if any).
+        """
+        base = inst.seq
+        if head is not None:
+            ts = max(int(time.time() * 1000), inst.clock_ms)
+            head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
+            inst.feed([make_event(head, base + 1, "", ts, 0)])
+        outcome = self._advance(inst, log)
+        now_ms = int(time.time() * 1000)
+        events: list[NewEvent] = []
+        start: list[StepCall] = []
+        if outcome.kind == "completed":
+            events = [NewEvent("run_completed", "", {"output": outcome.output})]
+        elif outcome.kind == "failed":
+            events = [NewEvent("run_failed", "", {"error": outcome.error})]
+        elif outcome.kind == "suspended":
+            created = self._creation_events(inst, outcome, log)
+            if created is not None:
+                start = self._startable(held, inst, outcome, now_ms)
+                events = created + [NewEvent("step_started", c.corr) for c in start]
+        if head is not None:
+            events.insert(0, head)
+        if not events:
+            return False, None
+        res = await self.committer.submit(
+            Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
+        )
+        held.known_seq = max(held.known_seq, res.seq)
+        if res.code == "lease":
+            held.lost = True
+            return False, None
+        if res.code != "ok":
+            if head is not None:
+                self._evict(held.run_id)
+                solo = await self.committer.submit(
+                    Commit(run_id=held.run_id, events=[head], token=self.token)
+                )
+                held.known_seq = max(held.known_seq, solo.seq)
+                held.lost = solo.code == "lease"
+            return res.code in ("conflict", "rejected") or head is not None, None
+        inst.feed(res.appended)
+        if outcome.kind in ("completed", "failed"):
+            log.info(f"run_{outcome.kind}")
+            return False, None
+        attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+        if len(start) == 1 and not held.local:
+            # the common sequential case: run the step right here, no task, no wake-up
+            return True, (start[0], attempts.get(start[0].corr, start[0].attempt))
+        for call in start:
+            self._launch(held, inst, call, attempts.get(call.corr, call.attempt))
+        return True, None
 
     def _creation_events(
         self, inst: WorkflowInstance, outcome: Outcome, log: Any
@@ -462,10 +499,6 @@ class Worker:
                     "into a step",
                 )
 
-    def _log_end(self, log: Any, res: CommitResult, what: str) -> None:
-        if res.code == "ok":
-            log.info(what)
-
     async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
         log.error("run_unloadable", error=str(exc))
         await self.committer.submit(
@@ -492,8 +525,18 @@ class Worker:
     async def _execute(
         self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int
     ) -> None:
+        """Run a step concurrently with others of its run and commit its result on its own."""
+        event = await self._run_step(held, inst, call, attempt)
+        res = await self._commit(held, inst, [event], fenced=False)
+        if res.code != "ok":
+            self.log.info(
+                "step_result_discarded", run_id=held.run_id, step_id=call.corr, code=res.code
+            )
+
+    async def _run_step(
+        self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int
+    ) -> NewEvent:
         fn: StepFunction = call.fn
-        log = self.log.bind(run_id=held.run_id, step_id=call.corr, step=fn.name)
         ctx = StepContext(
             step_id=call.corr,
             step_name=fn.name,
@@ -504,13 +547,10 @@ class Worker:
             workflow_started_ms=inst.started_at_ms,
         )
         async with self.steps_slots:
-            event = await self._call_step(fn, call, ctx, attempt, log)
-        res = await self._commit(held, inst, [event], fenced=False)
-        if res.code != "ok":
-            log.info("step_result_discarded", code=res.code)
+            return await self._call_step(fn, call, ctx, attempt)
 
     async def _call_step(
-        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int, log: Any
+        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int
     ) -> NewEvent:
         token = current_step.set(ctx)
         try:
@@ -533,6 +573,7 @@ class Worker:
                 )
             return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
         except Exception as exc:
+            log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
             return self._step_error(fn, call, exc, attempt, log)
         finally:
             current_step.reset(token)

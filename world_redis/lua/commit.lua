@@ -26,6 +26,8 @@
 --   status "ok" | "exists" (harmless duplicate, skipped) | "terminal" | "not_found" |
 --          "too_early" | "stale" | "invalid"
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early), else 0
+-- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
+-- the inline fast path in worker/_worker.py.
 --
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4.
 
@@ -168,9 +170,16 @@ for i = 0, #batch - 1 do
 
       if res == 'ok' then
         seq = seq + 1
-        local args = { ev_key, seq .. '-0', 'type', etype, 'id', evid, 'ts', now }
+        -- a worker that advanced the workflow past this event before appending it (the inline
+        -- fast path) passes the time it used, so a replay sees the same workflow clock
+        local ets = tonumber(f.ts or '') or now
+        local args = { ev_key, seq .. '-0', 'type', etype, 'id', evid, 'ts', ets }
         if corr ~= '' then table.insert(args, 'corr'); table.insert(args, corr) end
-        for j = 1, #flat do table.insert(args, flat[j]) end
+        for j = 1, #flat, 2 do
+          if flat[j] ~= 'ts' then
+            table.insert(args, flat[j]); table.insert(args, flat[j + 1])
+          end
+        end
         for j = 1, #extra_fields do table.insert(args, extra_fields[j]) end
         -- the first write: refused by Redis if the stream already holds this position
         redis.call('XADD', unpack(args))

@@ -16,6 +16,7 @@ from ._context import (
 from ._errors import (
     FatalError,
     HookNotFoundError,
+    InvalidRunIdError,
     NondeterminismError,
     PayloadTooLargeError,
     RetryableError,
@@ -28,12 +29,15 @@ from ._errors import (
     WorkflowTimeoutError,
 )
 from ._registry import step, workflow
+from ._serde import RemoteError
 
 __all__ = [
     "FatalError",
     "HookNotFoundError",
+    "InvalidRunIdError",
     "NondeterminismError",
     "PayloadTooLargeError",
+    "RemoteError",
     "RetryableError",
     "Run",
     "RunNotFoundError",

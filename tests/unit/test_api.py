@@ -1,0 +1,60 @@
+"""The public surface: a change to it must be a deliberate diff of this file."""
+
+from __future__ import annotations
+
+import worker
+import world_redis
+
+WORKER_API = {
+    "FatalError",
+    "HookNotFoundError",
+    "InvalidRunIdError",
+    "NondeterminismError",
+    "PayloadTooLargeError",
+    "RemoteError",
+    "RetryableError",
+    "Run",
+    "RunNotFoundError",
+    "SerializationError",
+    "StepMetadata",
+    "WorkflowError",
+    "WorkflowMetadata",
+    "WorkflowNotRegisteredError",
+    "WorkflowRunCancelledError",
+    "WorkflowRunFailedError",
+    "WorkflowTimeoutError",
+    "get_run",
+    "get_step_metadata",
+    "get_workflow_metadata",
+    "get_world",
+    "now",
+    "set_world",
+    "sleep",
+    "start",
+    "step",
+    "workflow",
+    "workflow_random",
+}
+
+
+def test_worker_exports_exactly_the_public_api() -> None:
+    """`worker.__all__` lists the public names, and each one is importable."""
+    assert set(worker.__all__) == WORKER_API
+    for name in WORKER_API:
+        assert getattr(worker, name) is not None
+
+
+def test_world_redis_exports() -> None:
+    """`world_redis` exports RedisWorld (with from_url) and the key helpers."""
+    assert set(world_redis.__all__) == {"Keys", "RedisWorld", "ensure_embedded", "partition_of"}
+    assert callable(world_redis.RedisWorld.from_url)
+
+
+def test_errors_share_one_root() -> None:
+    """Every engine error derives from WorkflowError (FatalError/RetryableError are user signals)."""
+    for name in WORKER_API:
+        obj = getattr(worker, name)
+        if isinstance(obj, type) and issubclass(obj, Exception) and name.endswith("Error"):
+            if name in ("FatalError", "RetryableError", "RemoteError"):
+                continue
+            assert issubclass(obj, worker.WorkflowError), name

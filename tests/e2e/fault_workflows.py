@@ -115,3 +115,38 @@ async def sleeps_then_adds(x: int) -> int:
 @workflow(name="echo_wf")
 async def echo_wf(value: object) -> object:
     return await echo(value)
+
+
+@step
+async def long_step(seconds: float) -> int:
+    """Outlives the lease several times over; the heartbeat must keep the run with its worker."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    from worker import get_step_metadata
+
+    return get_step_metadata().attempt
+
+
+@workflow(name="long_running")
+async def long_running(seconds: float) -> int:
+    return int(str(await long_step(seconds)))
+
+
+@step
+async def crash_worker() -> None:
+    """Kills the worker process running it: the poison-pill case for dead-lettering."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@workflow(name="poison")
+async def poison() -> None:
+    await crash_worker()
+
+
+@workflow(name="sleeps_long")
+async def sleeps_long() -> str:
+    await sleep("30s")
+    return "woke"

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint types unit integration e2e chaos bench clean
 
+SRC := $(wildcard worker world_redis tests bench examples)
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -19,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/wf demo examples.order
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker world_redis tests bench examples
-	$(BIN)/ruff format --check worker world_redis tests bench examples
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 
 types: $(STAMP)
 	$(BIN)/mypy

@@ -60,19 +60,32 @@ async def print_events(run_id: str) -> None:
     events = await get_run(run_id).events()
     rows = []
     for ev in events:
-        payload = {
-            k: v for k, v in _struct_fields(ev).items() if k not in ("seq", "id", "ts", "corr")
-        }
+        payload = " ".join(
+            f"{k}={_exception_summary(v) if k == 'error' else v}"
+            for k, v in _struct_fields(ev).items()
+            if k not in ("seq", "id", "ts", "corr")
+        )
         rows.append(
             [
                 str(ev.seq),
                 _ts(ev.ts),
                 str(ev.__struct_config__.tag),
                 ev.corr or "-",
-                _short(json.dumps(payload)),
+                _short(payload, 70),
             ]
         )
     print_table(rows, ["seq", "time", "event", "correlation id", "data"])
+
+
+def _exception_summary(text: str) -> str:
+    """``Type: message`` of a serialized error, for one table cell."""
+    try:
+        value = _serde.loads(text)
+    except Exception:
+        return text
+    if isinstance(value, BaseException):
+        return f"{getattr(value, 'type_name', type(value).__name__)}: {value}"
+    return text
 
 
 def _struct_fields(ev: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from ._replay import Outcome, StepCall, WorkflowInstance, error_json
 from ._world import Acquired, Commit, CommitResult, StartRequest, Wakeup, World
 
 DEFAULT_RETRY_DELAY_S = 1.0
+HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
 Q = TypeVar("Q")
 R = TypeVar("R")
 
@@ -329,9 +330,11 @@ class Worker:
                 return
             if progressed:
                 continue
-            if held.local:
-                timeout = self._next_due_in(inst)
-                await self._wait_nudge(held, timeout)
+            due_in = self._next_due_in(inst)
+            if held.local or (due_in is not None and due_in <= HOLD_FOR_TIMER_S):
+                # steps in flight, or a sleep / retry due very soon: keep the run and wait here
+                # rather than hand it to the timer queue and back
+                await self._wait_nudge(held, due_in)
                 continue
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)

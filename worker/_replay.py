@@ -109,6 +109,9 @@ class ReplayLoop(asyncio.BaseEventLoop):
         super().__init__()
         self._selector = _NullSelector()
         self._instance = instance
+        # errors of tasks nobody awaits (a race's losers) are part of the workflow's semantics,
+        # not something to print on the worker's stderr
+        self.set_exception_handler(lambda _loop, _context: None)
 
     def time(self) -> float:
         return self._instance.clock_ms / 1000.0
@@ -223,6 +226,7 @@ class WorkflowInstance:
             finally:
                 asyncio.events._set_running_loop(previous)
         self._loop._ready.clear()  # type: ignore[attr-defined]
+        self._loop.close()
 
     def pending_steps(self) -> list[StepCall]:
         """Steps in the log that have not completed or failed yet (cost: the open ones only)."""

@@ -24,7 +24,8 @@
 --   "rejected" (an event was refused; later events of that run are skipped)
 -- and results has one {status, extra} per event processed:
 --   status "ok" | "exists" (harmless duplicate, skipped) | "terminal" | "not_found" |
---          "too_early" | "stale" | "invalid"
+--          "too_early" | "stale" | "invalid" | "corrupt" (the stream already holds the position
+--          the run hash says is next: the log and the run disagree; nothing of it is written)
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early), else 0
 -- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
 -- the inline fast path in worker/_worker.py.
@@ -44,12 +45,12 @@ for i = 0, #batch - 1 do
   local run_key, ev_key, ent_key = KEYS[10 + 3 * i], KEYS[11 + 3 * i], KEYS[12 + 3 * i]
   local c = batch[i + 1]
   local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
-  local nev = #evs
 
-  local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner', 'workflow')
+  local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner')
   local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
   local results = {}
   local code = 'ok'
+  local run_set = {}  -- run hash fields, written once after the events of this run
   if not status then
     code = 'no_run'
   elseif token ~= '' and owner ~= token then
@@ -58,7 +59,7 @@ for i = 0, #batch - 1 do
     code = 'conflict'
   else
     local appended = false
-    for n = 1, nev do
+    for n = 1, #evs do
       local etype, corr, evid, flat = evs[n][1], evs[n][2], evs[n][3], evs[n][4]
       local f = {}
       for j = 1, #flat, 2 do
@@ -66,20 +67,22 @@ for i = 0, #batch - 1 do
       end
 
       local res, extra = 'ok', 0
-      local extra_fields = {}
-      local entity = {}      -- HSET pairs on ent_key
-      local run_set = nil    -- HSET pairs on run_key
+      local extra_fields = nil
+      local entity = nil     -- HSET pairs on ent_key
       local timer_at = nil   -- arm a timer for this correlation id (after the append)
       local new_status = nil
-      local step_status = nil
+      -- the entity's state, in one read: status, attempt, retry_after, started_at, resume_at
+      local e = { false, false, false, false, false }
       if corr ~= '' then
-        step_status = redis.call('HGET', ent_key, corr .. '|status')
+        e = redis.call('HMGET', ent_key, corr .. '|status', corr .. '|attempt',
+          corr .. '|retry_after', corr .. '|started_at', corr .. '|resume_at')
       end
+      local step_status = e[1]
 
       if etype == 'run_started' then
         if status == 'pending' then
           new_status = 'running'
-          run_set = { 'started_at', now }
+          run_set.started_at = now
         elseif status == 'running' then
           res = 'exists'
         else
@@ -91,9 +94,9 @@ for i = 0, #batch - 1 do
         else
           new_status = (etype == 'run_completed') and 'completed'
             or ((etype == 'run_failed') and 'failed' or 'cancelled')
-          run_set = { 'completed_at', now }
-          if f.output then table.insert(run_set, 'output'); table.insert(run_set, f.output) end
-          if f.error then table.insert(run_set, 'error'); table.insert(run_set, f.error) end
+          run_set.completed_at = now
+          run_set.output = f.output
+          run_set.error = f.error
         end
       elseif etype == 'step_created' or etype == 'wait_created' then
         if TERMINAL[status] then
@@ -117,17 +120,14 @@ for i = 0, #batch - 1 do
           res = 'not_found'
         elseif step_status ~= 'waiting' then
           res = 'exists'
+        elseif tonumber(e[5]) > now then
+          res, extra = 'too_early', tonumber(e[5])
         else
-          local due = tonumber(redis.call('HGET', ent_key, corr .. '|resume_at'))
-          if due > now then
-            res, extra = 'too_early', due
-          else
-            entity = { corr .. '|status', 'completed', corr .. '|completed_at', now }
-          end
+          entity = { corr .. '|status', 'completed', corr .. '|completed_at', now }
         end
       elseif etype == 'step_started' or etype == 'step_completed'
           or etype == 'step_failed' or etype == 'step_retrying' then
-        local attempt = tonumber(redis.call('HGET', ent_key, corr .. '|attempt') or '0')
+        local attempt = tonumber(e[2] or '0')
         if not step_status then
           res = 'not_found'
         elseif step_status == 'completed' or step_status == 'failed' then
@@ -135,7 +135,7 @@ for i = 0, #batch - 1 do
         elseif TERMINAL[status] and step_status ~= 'running' then
           res = 'terminal'
         elseif etype == 'step_started' then
-          local ra = tonumber(redis.call('HGET', ent_key, corr .. '|retry_after') or '0')
+          local ra = tonumber(e[3] or '0')
           if ra > now then
             res, extra = 'too_early', ra
           else
@@ -144,7 +144,7 @@ for i = 0, #batch - 1 do
             extra_fields = { 'attempt', attempt }
             entity = { corr .. '|status', 'running', corr .. '|attempt', attempt,
                        corr .. '|retry_after', 0 }
-            if attempt == 1 or not redis.call('HGET', ent_key, corr .. '|started_at') then
+            if not e[4] then
               table.insert(entity, corr .. '|started_at'); table.insert(entity, now)
             end
           end
@@ -169,50 +169,57 @@ for i = 0, #batch - 1 do
       end
 
       if res == 'ok' then
-        seq = seq + 1
         -- a worker that advanced the workflow past this event before appending it (the inline
         -- fast path) passes the time it used, so a replay sees the same workflow clock
         local ets = tonumber(f.ts or '') or now
-        local args = { ev_key, seq .. '-0', 'type', etype, 'id', evid, 'ts', ets }
-        if corr ~= '' then table.insert(args, 'corr'); table.insert(args, corr) end
+        local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'id', evid, 'ts', ets }
+        if corr ~= '' then args[#args + 1] = 'corr'; args[#args + 1] = corr end
         for j = 1, #flat, 2 do
           if flat[j] ~= 'ts' then
-            table.insert(args, flat[j]); table.insert(args, flat[j + 1])
+            args[#args + 1] = flat[j]; args[#args + 1] = flat[j + 1]
           end
         end
-        for j = 1, #extra_fields do table.insert(args, extra_fields[j]) end
-        -- the first write: refused by Redis if the stream already holds this position
-        redis.call('XADD', unpack(args))
-        appended = true
-        if #entity > 0 then redis.call('HSET', ent_key, unpack(entity)) end
-        if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
-        local rs = { 'seq', seq, 'updated_at', now }
-        if run_set then for j = 1, #run_set do table.insert(rs, run_set[j]) end end
-        if new_status then
-          table.insert(rs, 'status'); table.insert(rs, new_status)
-          redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
-          local created = redis.call('ZSCORE', KEYS[3], run_id) or now
-          redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
-          if TERMINAL[new_status] then
-            redis.call('ZADD', KEYS[4], now, run_id)
-            redis.call('EXPIRE', ev_key, retention)
-            redis.call('EXPIRE', ent_key, retention)
+        if extra_fields then args[#args + 1] = extra_fields[1]; args[#args + 1] = extra_fields[2] end
+        -- the first write of this event: Redis refuses it if the stream already holds this
+        -- position (the run hash and the stream disagree); then nothing of the event is written
+        local added = redis.pcall('XADD', unpack(args))
+        if type(added) == 'table' and added.err then
+          res = 'corrupt'
+        else
+          seq = seq + 1
+          appended = true
+          if entity then redis.call('HSET', ent_key, unpack(entity)) end
+          if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
+          if new_status then
+            run_set.status = new_status
+            redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
+            local created = redis.call('ZSCORE', KEYS[3], run_id) or now
+            redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
+            if TERMINAL[new_status] then
+              redis.call('ZADD', KEYS[4], now, run_id)
+              redis.call('EXPIRE', ev_key, retention)
+              redis.call('EXPIRE', ent_key, retention)
+            end
+            status = new_status
           end
-          status = new_status
         end
-        redis.call('HSET', run_key, unpack(rs))
-        if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
       end
-      table.insert(results, { res, extra })
+      results[#results + 1] = { res, extra }
       if res ~= 'ok' and res ~= 'exists' then
         code = 'rejected'
         break
       end
     end
-    if appended and wake ~= '' then
-      redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', wake)
+    if appended then
+      local rs = { 'seq', seq, 'updated_at', now }
+      for k, v in pairs(run_set) do rs[#rs + 1] = k; rs[#rs + 1] = v end
+      redis.call('HSET', run_key, unpack(rs))
+      if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
+      if wake ~= '' then
+        redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', wake)
+      end
     end
   end
-  table.insert(replies, { code, seq or 0, now, results })
+  replies[#replies + 1] = { code, seq or 0, now, results }
 end
 return replies

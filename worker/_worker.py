@@ -474,14 +474,13 @@ class Worker:
     def _startable(
         self, held: Held, inst: WorkflowInstance, outcome: Outcome, now_ms: int
     ) -> list[StepCall]:
-        new = {e.corr for e in outcome.commands if e.type == "step_created"}
-        out = []
-        for call in inst.steps.values():
+        """Steps to start now: the ones just created, pending ones whose retry delay has passed,
+        and running ones no task of this worker runs (their previous worker is gone)."""
+        out = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
+        for call in inst.pending_steps():  # only the open steps: cost does not grow with history
             if call.corr in held.local or call.future.done():
                 continue
-            if call.corr in new or (
-                call.status in ("pending", "running") and call.retry_after <= now_ms
-            ):
+            if call.retry_after <= now_ms:
                 out.append(call)
         return out
 

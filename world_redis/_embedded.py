@@ -70,6 +70,7 @@ def ensure_embedded(directory: str | os.PathLike[str] = ".workflow") -> str:
             "--appendfsync", "everysec",
             "--save", "",
             "--maxmemory-policy", "noeviction",
+            "--stream-node-max-bytes", "1024",
             "--daemonize", "yes",
             "--pidfile", str(base / "redis.pid"),
             "--logfile", str(base / "redis.log"),

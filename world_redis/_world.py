@@ -14,7 +14,16 @@ from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
 from worker._errors import CorruptEventError
-from worker._events import Event, event_from_fields, make_event
+from worker._events import (
+    Event,
+    StepCompleted,
+    StepCreated,
+    StepFailed,
+    StepRetrying,
+    StepStarted,
+    event_from_fields,
+    make_event,
+)
 from worker._ids import new_event_id, new_ids
 from worker._world import (
     Acquired,
@@ -222,30 +231,8 @@ class RedisWorld:
         ]
 
     async def list_steps(self, run_id: str) -> list[StepInfo]:
-        data = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
-        grouped: dict[str, dict[str, str]] = {}
-        for field, value in data.items():
-            corr, _, attr = field.partition("|")
-            if corr.startswith("step_"):
-                grouped.setdefault(corr, {})[attr] = value
-        steps = [
-            StepInfo(
-                step_id=corr,
-                name=f.get("name", ""),
-                status=f.get("status", ""),
-                attempt=int(f.get("attempt", "0")),
-                input=f.get("input", "null"),
-                output=f.get("output"),
-                error=f.get("error"),
-                created_at=int(f.get("created_at", "0")),
-                started_at=int(f["started_at"]) if f.get("started_at") else None,
-                completed_at=int(f["completed_at"]) if f.get("completed_at") else None,
-                retry_after=int(f["retry_after"]) if f.get("retry_after", "0") != "0" else None,
-            )
-            for corr, f in grouped.items()
-        ]
-        steps.sort(key=lambda s: (s.created_at, s.step_id))
-        return steps
+        """The run's steps in creation order, materialized from its event log."""
+        return steps_from_events(await self.read_events(run_id))
 
     # -- the commit script -------------------------------------------------------------------
 
@@ -579,3 +566,31 @@ async def _merge_newest_first(
         async for item in walks[best[1]]:
             heads.append((item, best[1]))
             break
+
+
+def steps_from_events(events: Sequence[Event]) -> list[StepInfo]:
+    """Step entities as the log defines them (first start time kept across attempts)."""
+    steps: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        if isinstance(ev, StepCreated):
+            steps[ev.corr] = {
+                "step_id": ev.corr,
+                "name": ev.name,
+                "status": "pending",
+                "input": ev.input,
+                "created_at": ev.ts,
+            }
+            continue
+        step = steps.get(ev.corr)
+        if step is None:
+            continue
+        if isinstance(ev, StepStarted):
+            step.update(status="running", attempt=ev.attempt, retry_after=None)
+            step.setdefault("started_at", ev.ts)
+        elif isinstance(ev, StepCompleted):
+            step.update(status="completed", output=ev.result, completed_at=ev.ts)
+        elif isinstance(ev, StepFailed):
+            step.update(status="failed", error=ev.error, completed_at=ev.ts)
+        elif isinstance(ev, StepRetrying):
+            step.update(status="pending", error=ev.error, retry_after=ev.retry_after)
+    return [StepInfo(**s) for s in steps.values()]

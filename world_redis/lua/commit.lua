@@ -12,6 +12,8 @@
 -- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
 -- then per run i (0-based) three keys at 10 + 3*i:
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
+--   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
+--   names, inputs, outputs and errors live in the event log only)
 --
 -- ARGV[1]  retention of finished runs, seconds
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
@@ -68,14 +70,17 @@ for i = 0, #batch - 1 do
 
       local res, extra = 'ok', 0
       local extra_fields = nil
-      local entity = nil     -- HSET pairs on ent_key
+      local entity = nil     -- the entity's new state (see the header)
       local timer_at = nil   -- arm a timer for this correlation id (after the append)
       local new_status = nil
-      -- the entity's state, in one read: status, attempt, retry_after, started_at, resume_at
-      local e = { false, false, false, false, false }
+      -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
+      local e = { false, '0', '0', false, '0' }
       if corr ~= '' then
-        e = redis.call('HMGET', ent_key, corr .. '|status', corr .. '|attempt',
-          corr .. '|retry_after', corr .. '|started_at', corr .. '|resume_at')
+        local v = redis.call('HGET', ent_key, corr)
+        if v then
+          local st, at, ra, sa, rs = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+          e = { st, at, ra, (sa ~= '0') and sa or false, rs }
+        end
       end
       local step_status = e[1]
 
@@ -104,15 +109,12 @@ for i = 0, #batch - 1 do
         elseif step_status then
           res = 'exists'
         elseif etype == 'step_created' then
-          entity = { corr .. '|status', 'pending', corr .. '|name', f.name or '',
-                     corr .. '|attempt', 0, corr .. '|created_at', now,
-                     corr .. '|input', f.input or 'null' }
+          entity = { 'pending', 0, 0, 0, 0 }
         else
           local resume_at = tonumber(f.until_ms or '') or (now + (tonumber(f.delay_ms or '0') or 0))
           extra = resume_at
           extra_fields = { 'resume_at', resume_at }
-          entity = { corr .. '|status', 'waiting', corr .. '|resume_at', resume_at,
-                     corr .. '|created_at', now }
+          entity = { 'waiting', 0, 0, 0, resume_at }
           timer_at = resume_at
         end
       elseif etype == 'wait_completed' then
@@ -123,7 +125,7 @@ for i = 0, #batch - 1 do
         elseif tonumber(e[5]) > now then
           res, extra = 'too_early', tonumber(e[5])
         else
-          entity = { corr .. '|status', 'completed', corr .. '|completed_at', now }
+          entity = { 'completed', 0, 0, 0, e[5] }
         end
       elseif etype == 'step_started' or etype == 'step_completed'
           or etype == 'step_failed' or etype == 'step_retrying' then
@@ -142,26 +144,19 @@ for i = 0, #batch - 1 do
             attempt = attempt + 1
             extra = attempt
             extra_fields = { 'attempt', attempt }
-            entity = { corr .. '|status', 'running', corr .. '|attempt', attempt,
-                       corr .. '|retry_after', 0 }
-            if not e[4] then
-              table.insert(entity, corr .. '|started_at'); table.insert(entity, now)
-            end
+            entity = { 'running', attempt, 0, e[4] or now, 0 }
           end
         elseif step_status ~= 'running' or (f.attempt and tonumber(f.attempt) ~= attempt) then
           res = 'stale'
         elseif etype == 'step_completed' then
-          entity = { corr .. '|status', 'completed', corr .. '|completed_at', now,
-                     corr .. '|output', f.result or 'null' }
+          entity = { 'completed', attempt, 0, e[4] or 0, 0 }
         elseif etype == 'step_failed' then
-          entity = { corr .. '|status', 'failed', corr .. '|completed_at', now,
-                     corr .. '|error', f.error or 'null' }
+          entity = { 'failed', attempt, 0, e[4] or 0, 0 }
         else
           local ra = tonumber(f.retry_after or '0') or 0
           if ra < now then ra = now end
           extra = ra
-          entity = { corr .. '|status', 'pending', corr .. '|error', f.error or 'null',
-                     corr .. '|retry_after', ra }
+          entity = { 'pending', attempt, ra, e[4] or 0, 0 }
           timer_at = ra
         end
       else
@@ -188,7 +183,7 @@ for i = 0, #batch - 1 do
         else
           seq = seq + 1
           appended = true
-          if entity then redis.call('HSET', ent_key, unpack(entity)) end
+          if entity then redis.call('HSET', ent_key, corr, table.concat(entity, '|')) end
           if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
           if new_status then
             run_set.status = new_status

@@ -15,6 +15,8 @@ from ._context import (
 )
 from ._errors import (
     FatalError,
+    HookConflictError,
+    HookDisposedError,
     HookNotFoundError,
     InvalidRunIdError,
     NondeterminismError,
@@ -28,11 +30,17 @@ from ._errors import (
     WorkflowRunFailedError,
     WorkflowTimeoutError,
 )
+from ._hooks import Hook, HookInfo, create_hook, get_hook_by_token, resume_hook
 from ._registry import step, workflow
 from ._serde import RemoteError
+from ._streams import get_writable
 
 __all__ = [
     "FatalError",
+    "Hook",
+    "HookConflictError",
+    "HookDisposedError",
+    "HookInfo",
     "HookNotFoundError",
     "InvalidRunIdError",
     "NondeterminismError",
@@ -49,11 +57,15 @@ __all__ = [
     "WorkflowRunCancelledError",
     "WorkflowRunFailedError",
     "WorkflowTimeoutError",
+    "create_hook",
+    "get_hook_by_token",
     "get_run",
     "get_step_metadata",
     "get_workflow_metadata",
     "get_world",
+    "get_writable",
     "now",
+    "resume_hook",
     "set_world",
     "sleep",
     "start",

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import os
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from ._events import Event, NewEvent
 from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
 from ._replay import current_instance
+from ._streams import read_stream
 from ._world import Commit, RunInfo, StepInfo, World
 
 _world: World | None = None
@@ -164,6 +166,10 @@ class Run:
 
     async def steps(self) -> list[StepInfo]:
         return await self.world.list_steps(self.run_id)
+
+    def readable(self, namespace: str | None = None, start_index: int = 0) -> AsyncIterator[Any]:
+        """Chunks of the run's stream (default or ``namespace``) from ``start_index``, live."""
+        return read_stream(self.world, self.run_id, namespace, start_index)
 
 
 def run_failed_error(info: RunInfo) -> WorkflowRunFailedError:

@@ -64,6 +64,18 @@ class HookNotFoundError(WorkflowError, LookupError):
         self.token = token
 
 
+class HookConflictError(WorkflowError):
+    """The hook's token is held by a live hook of another run."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(f'Hook token "{token}" is already in use by another workflow')
+        self.token = token
+
+
+class HookDisposedError(WorkflowError):
+    """The hook was disposed; it receives no more payloads."""
+
+
 class NondeterminismError(WorkflowError):
     """Replaying the log diverged from the workflow code (changed step, input, or order)."""
 

@@ -28,6 +28,7 @@ class RunCreated(Event, frozen=True, tag="run_created"):
     workflow: str
     input: str = "[]"
     deployment: str = ""
+    seed: str = ""  # secret per run: default hook tokens derive from it
 
 
 class RunStarted(Event, frozen=True, tag="run_started"):
@@ -78,6 +79,27 @@ class WaitCompleted(Event, frozen=True, tag="wait_completed"):
     resolves: ClassVar[bool] = True
 
 
+class HookCreated(Event, frozen=True, tag="hook_created"):
+    token: str = ""
+    metadata: str = "null"
+
+
+class HookConflict(Event, frozen=True, tag="hook_conflict"):
+    """Written by the World instead of hook_created when a live hook of another run holds the token."""
+
+    token: str = ""
+    resolves: ClassVar[bool] = True
+
+
+class HookReceived(Event, frozen=True, tag="hook_received"):
+    payload: str = "null"
+    resolves: ClassVar[bool] = True
+
+
+class HookDisposed(Event, frozen=True, tag="hook_disposed"):
+    resolves: ClassVar[bool] = True
+
+
 AnyEvent = (
     RunCreated
     | RunStarted
@@ -91,6 +113,10 @@ AnyEvent = (
     | StepRetrying
     | WaitCreated
     | WaitCompleted
+    | HookCreated
+    | HookConflict
+    | HookReceived
+    | HookDisposed
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -108,6 +134,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StepRetrying,
         WaitCreated,
         WaitCompleted,
+        HookCreated,
+        HookConflict,
+        HookReceived,
+        HookDisposed,
     )
 }
 
@@ -131,6 +161,7 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
 
 
 _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
+HOOK_CONFLICT = -1  # commit.lua's "extra" for a hook_created it turned into hook_conflict
 _INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
 _BASE_FIELDS = frozenset({"seq", "id", "ts", "corr"})
 
@@ -144,6 +175,9 @@ def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> E
         for k, v in new.fields.items()
         if k in names and k not in _BASE_FIELDS
     }
+    if new.type == "hook_created" and extra == HOOK_CONFLICT:
+        cls = HookConflict  # the World recorded a conflict instead of the creation
+        data = {"token": new.fields.get("token", "")}
     extra_field = _EXTRA_FIELD.get(new.type)
     if extra_field is not None:
         data[extra_field] = extra

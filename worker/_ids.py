@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import random
 import re
@@ -40,6 +42,15 @@ def new_ids(prefix: str, count: int) -> list[str]:
     head = f"{prefix}_{_ulid_text(ms << 80)[:10]}"
     rand = base64.b32encode(os.urandom(10 * count)).translate(_TO_CROCKFORD).decode()
     return [head + rand[16 * i : 16 * i + 16] for i in range(count)]
+
+
+def hook_token(run_id: str, seed: str, n: int) -> str:
+    """The n-th default hook token of a run: 160 bits from HMAC(run seed, run id and n).
+
+    The same on every replay, unguessable without the run's secret seed.
+    """
+    digest = hmac.new(seed.encode(), f"{run_id}:hook:{n}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:20]).decode().lower()
 
 
 def check_run_id(run_id: str) -> str:

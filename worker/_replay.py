@@ -30,9 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _serde
-from ._errors import CorruptEventError, NondeterminismError
+from ._errors import CorruptEventError, HookConflictError, HookDisposedError, NondeterminismError
 from ._events import (
     Event,
+    HookConflict,
+    HookCreated,
+    HookDisposed,
+    HookReceived,
     NewEvent,
     RunCancelled,
     RunCompleted,
@@ -47,7 +51,7 @@ from ._events import (
     WaitCompleted,
     WaitCreated,
 )
-from ._ids import DeterministicIds
+from ._ids import DeterministicIds, hook_token
 
 current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "wf_instance", default=None
@@ -78,6 +82,21 @@ class WaitCall:
     resume_at: int = 0
     done: bool = False
     cancelled: bool = False
+
+
+@dataclass
+class HookCall:
+    """A hook the workflow created: payloads not yet taken, and the code waiting for one."""
+
+    corr: str
+    token: str
+    metadata: str
+    created: bool = False
+    conflict: bool = False
+    dispose_requested: bool = False
+    disposed: bool = False
+    buffer: deque[Any] = field(default_factory=deque)
+    awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
 
 
 @dataclass
@@ -171,6 +190,10 @@ class WorkflowInstance:
         self._open: dict[str, None] = {}  # calls whose creation is not in the log yet, in order
         self._active_steps: dict[str, StepCall] = {}  # created, not yet completed or failed
         self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
+        self.hooks: dict[str, HookCall] = {}
+        self._active_hooks: dict[str, HookCall] = {}  # created, not yet disposed
+        self._seed = ""
+        self._hook_count = 0
         self._ids: DeterministicIds | None = None
         self.random: random.Random = random.Random(f"{run_id}:random")
         self._loop = ReplayLoop(self)
@@ -251,6 +274,42 @@ class WorkflowInstance:
         self._open[corr] = None
         return fut
 
+    def create_hook(self, token: str | None, metadata: str) -> HookCall:
+        corr = self._next_id("hook")
+        self._hook_count += 1
+        call = HookCall(
+            corr, token or hook_token(self.run_id, self._seed, self._hook_count), metadata
+        )
+        self.hooks[corr] = call
+        self.call_order.append(corr)
+        self._open[corr] = None
+        return call
+
+    def hook_next(self, call: HookCall) -> asyncio.Future[Any]:
+        """A future for the hook's next payload (payloads that arrived earlier come first)."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if call.buffer:
+            fut.set_result(call.buffer.popleft())
+        elif call.conflict:
+            fut.set_exception(HookConflictError(call.token))
+        elif call.dispose_requested or call.disposed:
+            fut.set_exception(HookDisposedError(f"hook {call.token!r} was disposed"))
+        else:
+            call.awaiters.append(fut)
+        return fut
+
+    def dispose_hook(self, call: HookCall) -> None:
+        """Free the token now (hook_disposed is appended at the next suspension)."""
+        if call.dispose_requested:
+            return
+        call.dispose_requested = True
+        for fut in call.awaiters:
+            if not fut.done():
+                fut.set_exception(HookDisposedError(f"hook {call.token!r} was disposed"))
+        call.awaiters.clear()
+        if not call.created:
+            self._open.pop(call.corr, None)  # never created: nothing to dispose in the World
+
     def _register_wait(self, delay_ms: int, handle: asyncio.TimerHandle) -> None:
         corr = self._next_id("wait")
         wait = WaitCall(corr, delay_ms, handle)
@@ -306,6 +365,7 @@ class WorkflowInstance:
                 nxt = self.log[self._pos + 1] if self._pos + 1 < len(self.log) else None
                 self.started_at_ms = nxt.ts if isinstance(nxt, RunStarted) else ev.ts
                 self.clock_ms = self.started_at_ms
+                self._seed = ev.seed
                 self._start(ev)
                 return True
             return False
@@ -318,6 +378,8 @@ class WorkflowInstance:
             return self._consume_step(self.steps[ev.corr], ev)
         if ev.corr in self.waits:
             return self._consume_wait(self.waits[ev.corr], ev)
+        if ev.corr in self.hooks:
+            return self._consume_hook(self.hooks[ev.corr], ev)
         raise NondeterminismError(
             f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) matches no call the "
             "workflow code made at this point; the code changed since the run started, or it "
@@ -364,6 +426,48 @@ class WorkflowInstance:
             "in the current code, but is not a step event"
         )
 
+    def _consume_hook(self, call: HookCall, ev: Event) -> bool:
+        if isinstance(ev, HookCreated):
+            if ev.token != call.token:
+                raise NondeterminismError(
+                    f"run {self.run_id}: event {ev.seq} hook_created ({ev.corr}) recorded token "
+                    f"{ev.token!r}, but the workflow code now asks for {call.token!r}"
+                )
+            call.created = True
+            self._open.pop(call.corr, None)
+            if not call.dispose_requested:
+                self._active_hooks[call.corr] = call
+            return False
+        if isinstance(ev, HookConflict):
+            call.conflict = True
+            self._open.pop(call.corr, None)
+            for fut in call.awaiters:
+                if not fut.done():
+                    fut.set_exception(HookConflictError(call.token))
+            call.awaiters.clear()
+            return True
+        if isinstance(ev, HookReceived):
+            payload = _serde.loads(ev.payload)
+            while call.awaiters:
+                fut = call.awaiters.popleft()
+                if not fut.done():
+                    fut.set_result(payload)
+                    return True
+            call.buffer.append(payload)
+            return True
+        if isinstance(ev, HookDisposed):
+            call.disposed = True
+            self._active_hooks.pop(call.corr, None)
+            for fut in call.awaiters:
+                if not fut.done():
+                    fut.set_exception(HookDisposedError(f"hook {call.token!r} was disposed"))
+            call.awaiters.clear()
+            return True
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a hook in the "
+            "current code, but is not a hook event"
+        )
+
     def _consume_wait(self, call: WaitCall, ev: Event) -> bool:
         if isinstance(ev, WaitCreated):
             call.created, call.resume_at = True, ev.resume_at
@@ -385,8 +489,14 @@ class WorkflowInstance:
         )
 
     def _suspend(self) -> Outcome:
+        hooks: list[NewEvent] = []
         commands: list[NewEvent] = []
         for corr in self._open:
+            hook = self.hooks.get(corr)
+            if hook is not None:
+                fields = {"token": hook.token, "metadata": hook.metadata}
+                hooks.append(NewEvent("hook_created", corr, fields))
+                continue
             step = self.steps.get(corr)
             if step is not None:
                 if not step.future.done():
@@ -397,11 +507,20 @@ class WorkflowInstance:
             wait = self.waits[corr]
             if not wait.cancelled:
                 commands.append(NewEvent("wait_created", corr, {"delay_ms": str(wait.delay_ms)}))
-        return Outcome(kind="suspended", commands=commands)
+        for hook in list(self._active_hooks.values()):
+            if hook.dispose_requested:
+                hooks.append(NewEvent("hook_disposed", hook.corr))
+        # hooks first: whoever a step tells about a hook must find it
+        return Outcome(kind="suspended", commands=hooks + commands)
 
     def is_stuck(self) -> bool:
         """True when the code waits but has nothing durable outstanding to wait for."""
-        return not self._open and not self._active_steps and not self._active_waits
+        return (
+            not self._open
+            and not self._active_steps
+            and not self._active_waits
+            and not self._active_hooks
+        )
 
     def _finish(self) -> Outcome:
         assert self._task is not None
@@ -428,8 +547,11 @@ class WorkflowInstance:
     def _unreached_creation(self) -> NondeterminismError | None:
         """A step or sleep recorded in the log that the code finished without calling."""
         for ev in self.log[self._pos :]:
-            if isinstance(ev, StepCreated | WaitCreated) and ev.corr not in self.steps:
-                if ev.corr in self.waits:
+            if (
+                isinstance(ev, StepCreated | WaitCreated | HookCreated)
+                and ev.corr not in self.steps
+            ):
+                if ev.corr in self.waits or ev.corr in self.hooks:
                     continue
                 return NondeterminismError(
                     f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) was recorded, but "

@@ -38,10 +38,12 @@ from ._errors import (
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent, make_event
+from ._hooks import resume_hook
 from ._ids import check_run_id, new_run_id
 from ._logging import get_logger
 from ._registry import StepFunction, convert_args, get_workflow, has_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
+from ._streams import capture_stream_result
 from ._world import Acquired, Commit, CommitResult, StartRequest, Wakeup, World
 
 DEFAULT_RETRY_DELAY_S = 1.0
@@ -568,6 +570,7 @@ class Worker:
                 result = await loop.run_in_executor(
                     self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
                 )
+            result = await capture_stream_result(result, ctx, self.world)
             text = _serde.dumps(result, what=f"result of step {fn.name!r}")
             if len(text.encode()) > self.world.max_payload_bytes:
                 raise PayloadTooLargeError(
@@ -684,8 +687,11 @@ class Worker:
                 await asyncio.sleep(1)
                 continue
             for req in requests:
-                await self._handle_start_request(req)
-            await self.world.ack_start_requests([r.message_id for r in requests])
+                if req.kind == "resume":
+                    await self._handle_resume_request(req)
+                else:
+                    await self._handle_start_request(req)
+            await self.world.ack_start_requests(requests)
 
     async def _handle_start_request(self, req: StartRequest) -> None:
         fields = req.fields
@@ -716,6 +722,26 @@ class Worker:
             await self.world.reject_start_request(req, reason)
             if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
                 await self._record_failed_start(fields["run_id"], fields["workflow"], exc)
+
+    async def _handle_resume_request(self, req: StartRequest) -> None:
+        """``XADD wf:hooks:resume * token T payload JSON``: deliver the payload to hook T."""
+        token = req.fields.get("token", "")
+        try:
+            if not token:
+                raise MalformedMessageError("resume request has no 'token' field")
+            text = req.fields.get("payload", "null")
+            try:
+                payload = _serde.loads(text)
+            except Exception:
+                raise MalformedMessageError(
+                    f"resume request 'payload' is not valid JSON: {text[:200]!r}"
+                ) from None
+            hook = await resume_hook(token, payload, self.world)
+            self.log.info("hook_resumed_by_request", run_id=hook.run_id, hook_id=hook.hook_id)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.log.warning("resume_request_rejected", message_id=req.message_id, reason=reason)
+            await self.world.reject_start_request(req, reason)
 
     async def _record_failed_start(self, run_id: str, workflow: str, exc: Exception) -> None:
         """A caller that chose the run id can read why its start failed from the run itself."""

@@ -11,6 +11,7 @@ from typing import Protocol
 import msgspec
 
 from ._events import Event, NewEvent
+from ._streams import StreamStore
 
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,14 +91,18 @@ class Acquired(msgspec.Struct, frozen=True):
 
 
 class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request from another service: start a run ("start") or resume a hook ("resume")."""
+
     message_id: str
     fields: dict[str, str]
+    kind: str = "start"
 
 
 class World(Protocol):
     """Storage of events and entities, the work queue and timers. All methods are coroutines."""
 
     max_payload_bytes: int
+    streams: StreamStore
 
     async def create_run(
         self, run_id: str, workflow: str, input_json: str, deployment: str = ""
@@ -142,6 +147,7 @@ class World(Protocol):
     async def read_start_requests(
         self, consumer: str, count: int, block_ms: int
     ) -> list[StartRequest]: ...
-    async def ack_start_requests(self, message_ids: Sequence[str]) -> None: ...
+    async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None: ...
     async def expire_indexes(self) -> int: ...
+    async def find_hook(self, token: str) -> tuple[str, str, str] | None: ...
     async def close(self) -> None: ...

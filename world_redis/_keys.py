@@ -13,9 +13,12 @@ queue, timers and indexes, so every script touches one slot (Redis Cluster safe)
     wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
     wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor)
     wf:{p0}:workflows                 set     workflow names seen in the partition
+    wf:{p0}:hooks                     hash    hook token -> "<run id>|<hook id>" (live hooks only)
+    wf:hooks:resume                   stream  hook resume requests from any service (global)
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
-    wf:{p0}:run:<run id>:ent          hash    step and wait entities, fields "<id>|<attribute>"
+    wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
+    wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token
 """
 
 from __future__ import annotations
@@ -83,16 +86,28 @@ class Keys:
     def entities(self, run_id: str) -> str:
         return f"{self.run(run_id)}:ent"
 
-    def run_keys(self, run_id: str) -> tuple[str, str, str]:
+    def run_keys(self, run_id: str) -> tuple[str, str, str, str]:
+        """The run's keys in commit.lua's order: run hash, events, entities, live hooks."""
         base = self.run(run_id)
-        return base, f"{base}:ev", f"{base}:ent"
+        return base, f"{base}:ev", f"{base}:ent", f"{base}:hooks"
+
+    def hooks(self, partition: int) -> str:
+        return f"{self.tag(partition)}:hooks"
+
+    def run_hooks(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:hooks"
+
+    def resume_stream(self) -> str:
+        return f"{self.prefix}:hooks:resume"
 
     def partition_keys(self, partition: int) -> list[str]:
-        """KEYS[1..9] of commit.lua: ready, timers, idx all, idx done, the five status indexes."""
+        """KEYS[1..10] of commit.lua: ready, timers, idx all, idx done, the five status indexes,
+        the hook tokens."""
         return [
             self.ready(partition),
             self.timers(partition),
             self.idx_all(partition),
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
+            self.hooks(partition),
         ]

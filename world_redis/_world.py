@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -38,6 +39,7 @@ from worker._world import (
 
 from ._keys import GROUP, STATUSES, Keys
 from ._retry import with_retry
+from ._streams import RedisStreams
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
@@ -87,6 +89,7 @@ class RedisWorld:
         self.deployment = deployment or os.environ.get("WORKFLOW_DEPLOYMENT_ID", "dpl_redis")
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
+        self.streams = RedisStreams(self)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisWorld:
@@ -114,7 +117,7 @@ class RedisWorld:
     ) -> bool:
         k = self.keys
         p = k.partition(run_id)
-        run, ev, _ = k.run_keys(run_id)
+        run, ev, *_ = k.run_keys(run_id)
         reply = await self._eval(
             "create_run",
             [
@@ -126,7 +129,14 @@ class RedisWorld:
                 k.idx_workflow(p, workflow),
                 k.workflows(p),
             ],
-            [run_id, workflow, input_json, new_event_id(), deployment or self.deployment],
+            [
+                run_id,
+                workflow,
+                input_json,
+                new_event_id(),
+                deployment or self.deployment,
+                secrets.token_hex(16),
+            ],
         )
         return bool(reply[0] == "created")
 
@@ -289,7 +299,7 @@ class RedisWorld:
         if self._groups_ready:
             return
         streams = [self.keys.ready(p) for p in range(self.keys.partitions)]
-        streams.append(self.keys.start_stream())
+        streams += [self.keys.start_stream(), self.keys.resume_stream()]
         for stream in streams:
             try:
                 await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
@@ -404,7 +414,7 @@ class RedisWorld:
             keys: list[str] = []
             args: list[Any] = [token, lease_ms]
             for i in idxs:
-                run, ev, _ = self.keys.run_keys(runs[i][0])
+                run, ev, *_ = self.keys.run_keys(runs[i][0])
                 keys += [run, ev]
                 args.append(runs[i][1])
             reply = await self._eval("acquire", keys, args)
@@ -499,45 +509,64 @@ class RedisWorld:
         )
         await self.ack([wakeup])
 
+    def _request_stream(self, kind: str) -> str:
+        return self.keys.resume_stream() if kind == "resume" else self.keys.start_stream()
+
     async def read_start_requests(
         self, consumer: str, count: int, block_ms: int
     ) -> list[StartRequest]:
+        """Requests from any service: run starts (``wf:start``) and hook resumes (``wf:hooks:resume``)."""
         await self.ensure_groups()
+        start, resume = self.keys.start_stream(), self.keys.resume_stream()
         reply = await with_retry(
             self.redis.xreadgroup,
             GROUP,
             consumer,
-            {self.keys.start_stream(): ">"},
+            {start: ">", resume: ">"},
             count=count,
             block=block_ms or None,
         )
         out: list[StartRequest] = []
-        for _stream, entries in reply or []:
+        for stream, entries in reply or []:
+            kind = "resume" if _s(stream) == resume else "start"
             for mid, fields in entries:
-                out.append(StartRequest(message_id=_s(mid), fields=dict(fields or {})))
+                out.append(StartRequest(message_id=_s(mid), fields=dict(fields or {}), kind=kind))
         return out
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
         await with_retry(
             self.redis.xadd,
-            f"{self.keys.start_stream()}:rejected",
+            f"{self._request_stream(request.kind)}:rejected",
             {**request.fields, "message_id": request.message_id, "reason": reason},
             maxlen=10_000,
             approximate=True,
         )
 
-    async def ack_start_requests(self, message_ids: Sequence[str]) -> None:
-        if not message_ids:
+    async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None:
+        if not requests:
             return
-        stream = self.keys.start_stream()
 
         async def run() -> None:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.xack(stream, GROUP, *message_ids)
-            pipe.xdel(stream, *message_ids)
+            for r in requests:
+                stream = self._request_stream(r.kind)
+                pipe.xack(stream, GROUP, r.message_id)
+                pipe.xdel(stream, r.message_id)
             await pipe.execute()
 
         await with_retry(run)
+
+    async def find_hook(self, token: str) -> tuple[str, str, str] | None:
+        """(run id, hook id, metadata JSON) of the live hook holding ``token``, if any."""
+        for p in range(self.keys.partitions):
+            holder = await with_retry(self.redis.hget, self.keys.hooks(p), token)
+            if holder:
+                run_id, _, hook_id = str(holder).partition("|")
+                meta = await with_retry(
+                    self.redis.hget, self.keys.run_hooks(run_id), f"{hook_id}|meta"
+                )
+                return run_id, hook_id, meta or "null"
+        return None
 
     async def expire_indexes(self) -> int:
         dropped = 0

@@ -437,7 +437,7 @@ async def test_terminal_run_gets_ttl_and_moves_between_status_indexes(
         assert await where() == ["pending"]
         await commit1(w, run_id, ev("run_started"), ev("step_created", step, name="a"))
         assert await where() == ["running"]
-        for key in k.run_keys(run_id):
+        for key in k.run_keys(run_id)[:3]:  # the hooks key exists only while hooks live
             assert await r.ttl(key) == -1, key
         assert await r.zscore(k.idx_done(0), run_id) is None
 
@@ -448,7 +448,7 @@ async def test_terminal_run_gets_ttl_and_moves_between_status_indexes(
         assert await r.zscore(k.idx_status(0, "completed"), run_id) == created
         assert await r.zscore(k.idx_done(0), run_id) == res.now_ms
         assert await r.zscore(k.idx_all(0), run_id) == created
-        for key in k.run_keys(run_id):
+        for key in k.run_keys(run_id)[:3]:  # the hooks key exists only while hooks live
             assert 1 <= await r.ttl(key) <= 100, key
     finally:
         await w.close()

@@ -10,16 +10,18 @@
 -- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
 -- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
 -- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
--- then per run i (0-based) three keys at 10 + 3*i:
+-- KEYS[10] partition hook tokens (hash token -> "<run id>|<hook id>")  wf:{pN}:hooks
+-- then per run i (0-based) four keys at 11 + 4*i:
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
---   names, inputs, outputs and errors live in the event log only)
+--   names, inputs, outputs and errors live in the event log only), and the run's live hooks
+--   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata JSON)
 --
 -- ARGV[1]  retention of finished runs, seconds
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
 --            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...]],
---           ...]   -- run i of the batch uses the three run keys at 10 + 3*(i-1)
+--           ...]   -- run i of the batch uses the four run keys at 11 + 4*(i-1)
 --
 -- Reply: per run {code, seq, now_ms, results} where code is
 --   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
@@ -28,11 +30,15 @@
 --   status "ok" | "exists" (harmless duplicate, skipped) | "terminal" | "not_found" |
 --          "too_early" | "stale" | "invalid" | "corrupt" (the stream already holds the position
 --          the run hash says is next: the log and the run disagree; nothing of it is written)
---   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early), else 0
+--   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early),
+--          -1 for a hook_created recorded as hook_conflict (the token is held by a live hook of
+--          another run: the event appended is hook_conflict with the token), else 0
 -- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
 -- the inline fast path in worker/_worker.py.
 --
--- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4.
+-- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4,
+-- hook_conflict only in place of a hook_created whose token is taken. A run reaching a terminal
+-- status loses its hooks: their tokens are free again at once.
 
 local retention = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
@@ -44,7 +50,8 @@ local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 local replies = {}
 for i = 0, #batch - 1 do
-  local run_key, ev_key, ent_key = KEYS[10 + 3 * i], KEYS[11 + 3 * i], KEYS[12 + 3 * i]
+  local run_key, ev_key = KEYS[11 + 4 * i], KEYS[12 + 4 * i]
+  local ent_key, hooks_key = KEYS[13 + 4 * i], KEYS[14 + 4 * i]
   local c = batch[i + 1]
   local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
 
@@ -73,6 +80,8 @@ for i = 0, #batch - 1 do
       local entity = nil     -- the entity's new state (see the header)
       local timer_at = nil   -- arm a timer for this correlation id (after the append)
       local new_status = nil
+      local hook_token = nil    -- reserve this token for hook `corr` (after the append)
+      local hook_dispose = nil  -- free this token of hook `corr` (after the append)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       local e = { false, '0', '0', false, '0' }
       if corr ~= '' then
@@ -159,6 +168,28 @@ for i = 0, #batch - 1 do
           entity = { 'pending', attempt, ra, e[4] or 0, 0 }
           timer_at = ra
         end
+      elseif etype == 'hook_created' then
+        local holder = redis.call('HGET', KEYS[10], f.token or '')
+        if TERMINAL[status] then
+          res = 'terminal'
+        elseif redis.call('HEXISTS', hooks_key, corr) == 1 or holder == run_id .. '|' .. corr then
+          res = 'exists'
+        elseif (f.token or '') == '' then
+          res = 'invalid'
+        elseif holder then
+          -- the token is held by a live hook of another run: record the conflict instead
+          etype, extra = 'hook_conflict', -1
+          flat = { 'token', f.token }
+        else
+          hook_token = f.token
+        end
+      elseif etype == 'hook_received' or etype == 'hook_disposed' then
+        local token = redis.call('HGET', hooks_key, corr)
+        if not token then
+          res = 'not_found'
+        elseif etype == 'hook_disposed' then
+          hook_dispose = token
+        end
       else
         res = 'invalid'
       end
@@ -185,12 +216,31 @@ for i = 0, #batch - 1 do
           appended = true
           if entity then redis.call('HSET', ent_key, corr, table.concat(entity, '|')) end
           if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
+          if hook_token then
+            redis.call('HSET', KEYS[10], hook_token, run_id .. '|' .. corr)
+            redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
+          end
+          if hook_dispose then
+            if redis.call('HGET', KEYS[10], hook_dispose) == run_id .. '|' .. corr then
+              redis.call('HDEL', KEYS[10], hook_dispose)
+            end
+            redis.call('HDEL', hooks_key, corr, corr .. '|meta')
+          end
           if new_status then
             run_set.status = new_status
             redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
             local created = redis.call('ZSCORE', KEYS[3], run_id) or now
             redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
             if TERMINAL[new_status] then
+              -- the run's hooks end with it: free their tokens
+              local live = redis.call('HGETALL', hooks_key)
+              for j = 1, #live, 2 do
+                if not string.find(live[j], '|', 1, true)
+                    and redis.call('HGET', KEYS[10], live[j + 1]) == run_id .. '|' .. live[j] then
+                  redis.call('HDEL', KEYS[10], live[j + 1])
+                end
+              end
+              redis.call('DEL', hooks_key)
               redis.call('ZADD', KEYS[4], now, run_id)
               redis.call('EXPIRE', ev_key, retention)
               redis.call('EXPIRE', ent_key, retention)

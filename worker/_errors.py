@@ -1,8 +1,8 @@
 """One error tree for the engine.
 
-Everything the engine raises on purpose derives from :class:`WorkflowError`. Control-flow signals
-that user code must never swallow (suspension, eviction) derive from ``BaseException`` instead, so an
-``except Exception`` inside a workflow cannot catch them.
+Everything the engine raises on purpose derives from :class:`WorkflowError`. ``FatalError`` and
+``RetryableError`` are not errors of the engine but signals a step raises to steer its retries.
+Suspension needs no exception: a workflow that waits simply stays parked on its private loop.
 """
 
 from __future__ import annotations
@@ -98,14 +98,6 @@ class MalformedMessageError(WorkflowError, ValueError):
     """A queue message or start request is missing fields or has fields of the wrong shape."""
 
 
-class InvalidTransitionError(WorkflowError):
-    """The World refused an event: the entity is in a state that does not accept it."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class WorkflowRunFailedError(WorkflowError):
     """The awaited run failed; ``__cause__`` carries the step or workflow error."""
 
@@ -147,11 +139,3 @@ class RetryableError(Exception):
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-class Suspend(BaseException):
-    """Internal: the workflow cannot progress until new events arrive."""
-
-
-class Evicted(BaseException):
-    """Internal: a cached workflow instance is being torn down."""

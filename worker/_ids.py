@@ -14,17 +14,15 @@ from ._errors import InvalidRunIdError
 
 _RUN_ID = re.compile(r"wrun_[A-Za-z0-9_-]{1,120}")
 
-_RFC = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_TO_CROCKFORD = bytes.maketrans(_RFC, _CROCKFORD)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # every 10-bit value as 2 characters
+_SHIFTS = range(120, -1, -10)
 
 
 def _ulid_text(value: int) -> str:
     """Crockford base32 of a 128-bit value, as ULID spells it (26 characters)."""
-    # 26 characters hold 130 bits: the value with two leading zero bits, padded to 160 bits for
-    # the RFC 4648 encoder (implemented in C), then mapped to the Crockford alphabet.
-    raw = base64.b32encode((value << 30).to_bytes(20, "big"))
-    return raw[:26].translate(_TO_CROCKFORD).decode()
+    # 26 characters hold 130 bits: the value with two leading zero bits, i.e. 13 groups of 10
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_id(prefix: str) -> str:
@@ -40,8 +38,13 @@ def new_ids(prefix: str, count: int) -> list[str]:
         return []
     ms = time.time_ns() // 1_000_000
     head = f"{prefix}_{_ulid_text(ms << 80)[:10]}"
-    rand = base64.b32encode(os.urandom(10 * count)).translate(_TO_CROCKFORD).decode()
-    return [head + rand[16 * i : 16 * i + 16] for i in range(count)]
+    rand = int.from_bytes(os.urandom(10 * count), "big")
+    out = []
+    for _ in range(count):
+        r = rand & ((1 << 80) - 1)
+        rand >>= 80
+        out.append(head + "".join([_PAIRS[(r >> shift) & 1023] for shift in range(70, -1, -10)]))
+    return out
 
 
 def hook_token(run_id: str, seed: str, n: int) -> str:

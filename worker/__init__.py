@@ -30,13 +30,18 @@ from ._errors import (
     WorkflowRunFailedError,
     WorkflowTimeoutError,
 )
+from ._fetch import FetchResponse, fetch
+from ._health import check_health
 from ._hooks import Hook, HookInfo, create_hook, get_hook_by_token, resume_hook
+from ._http import create_app
 from ._registry import step, workflow
 from ._serde import RemoteError
 from ._streams import get_writable
+from ._webhooks import Webhook, WebhookRequest, WebhookResponse, create_webhook
 
 __all__ = [
     "FatalError",
+    "FetchResponse",
     "Hook",
     "HookConflictError",
     "HookDisposedError",
@@ -51,13 +56,20 @@ __all__ = [
     "RunNotFoundError",
     "SerializationError",
     "StepMetadata",
+    "Webhook",
+    "WebhookRequest",
+    "WebhookResponse",
     "WorkflowError",
     "WorkflowMetadata",
     "WorkflowNotRegisteredError",
     "WorkflowRunCancelledError",
     "WorkflowRunFailedError",
     "WorkflowTimeoutError",
+    "check_health",
+    "create_app",
     "create_hook",
+    "create_webhook",
+    "fetch",
     "get_hook_by_token",
     "get_run",
     "get_step_metadata",

@@ -182,6 +182,33 @@ async def _cancel(args: argparse.Namespace) -> None:
     print(f"cancelled {args.run_id}")
 
 
+async def _serve(args: argparse.Namespace) -> None:
+    """Serve the HTTP app (webhooks, run and hook API, health) with uvicorn."""
+    import uvicorn
+
+    from ._http import create_app
+
+    _import_modules(args.modules)
+    level = os.environ.get("WORKFLOW_LOG_LEVEL", "info").lower()
+    config = uvicorn.Config(create_app(), host=args.host, port=args.port, log_level=level)
+    await uvicorn.Server(config).serve()
+
+
+async def _health(args: argparse.Namespace) -> None:
+    """Check through the queue that a live worker answers; exit code 1 when none does."""
+    from ._health import check_health
+
+    report = await check_health(get_world(), timeout=args.timeout)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for r in report["results"]:
+            state = "healthy" if r["healthy"] else "UNHEALTHY"
+            print(f"{r['endpoint']:<9} {state:<9} {r['latencyMs']:9.1f} ms  {r.get('error', '')}")
+    if not report["allHealthy"]:
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wf", description="Durable workflows on Redis Streams")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("cancel", help="cancel a run")
     p.add_argument("run_id")
 
+    p = sub.add_parser("serve", help="serve webhooks, the run and hook API and health over HTTP")
+    p.add_argument("modules", nargs="*", help="modules defining workflows (checks start arguments)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+
+    p = sub.add_parser("health", help="check through the queue that workers answer")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    p.add_argument("--json", action="store_true")
+
     args = parser.parse_args(argv)
     configure()
     handlers = {
@@ -224,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         "inspect": _inspect,
         "i": _inspect,
         "cancel": _cancel,
+        "serve": _serve,
+        "health": _health,
     }
     if args.command == "worker":
         _import_modules(args.modules)

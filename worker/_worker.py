@@ -38,6 +38,7 @@ from ._errors import (
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent, make_event
+from ._health import answer_health_check, health_check_id
 from ._hooks import resume_hook
 from ._ids import check_run_id, new_run_id
 from ._logging import get_logger
@@ -203,6 +204,10 @@ class Worker:
                 self._dispatch(w)
 
     def _dispatch(self, w: Wakeup) -> None:
+        check_id = health_check_id(w)
+        if check_id is not None:  # `wf health`: prove a live worker consumes the queue
+            self._spawn(answer_health_check(self.world, w, check_id, self.name))
+            return
         if not w.run_id.startswith("wrun_"):
             self.log.warning("malformed_wakeup", message_id=w.message_id, run_id=w.run_id)
             self._spawn(self.world.dead_letter(w, "malformed wake-up: no valid 'run' field"))

@@ -568,6 +568,38 @@ class RedisWorld:
                 return run_id, hook_id, meta or "null"
         return None
 
+    # -- replies: webhook responses and health checks ------------------------------------------
+
+    def reply_key(self, run_id: str, reply_id: str) -> str:
+        """``<prefix>:{pN}:run:<run id>:response:<id>`` beside a run, else ``<prefix>:reply:<id>``."""
+        if run_id:
+            return f"{self.keys.run(run_id)}:response:{reply_id}"
+        return f"{self.keys.prefix}:reply:{reply_id}"
+
+    async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
+        """RPUSH a reply for a waiting ``pop_reply`` (the key expires after ``ttl_s``)."""
+        key = self.reply_key(run_id, reply_id)
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.rpush(key, data)
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def pop_reply(self, run_id: str, reply_id: str, timeout_s: float) -> str | None:
+        """BLPOP the reply pushed by ``push_reply``; None when none came within ``timeout_s``."""
+        key = self.reply_key(run_id, reply_id)
+        got = await with_retry(self.redis.blpop, [key], timeout=timeout_s)
+        return None if got is None else _s(got[1])
+
+    async def enqueue_health_check(self, check_id: str) -> None:
+        """A wake-up with no run and reason ``health:<id>``; a live worker answers with a reply."""
+        await with_retry(
+            self.redis.xadd, self.keys.ready(0), {"run": "", "reason": f"health:{check_id}"}
+        )
+
     async def expire_indexes(self) -> int:
         dropped = 0
         for p in range(self.keys.partitions):

@@ -15,42 +15,36 @@ import contextlib
 import contextvars
 import os
 import socket
-import sys
 import threading
 import time
-import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from . import _serde
+from . import _worker_loops as duties
+from ._batcher import Batcher
 from ._context import StepContext, current_step
 from ._duration import to_seconds
 from ._errors import (
     CorruptEventError,
     FatalError,
-    InvalidRunIdError,
-    MalformedMessageError,
     PayloadTooLargeError,
     RetryableError,
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent, make_event
 from ._health import answer_health_check, health_check_id
-from ._hooks import resume_hook
-from ._ids import check_run_id, new_run_id
+from ._ids import new_run_id
 from ._logging import get_logger
-from ._registry import StepFunction, convert_args, get_workflow, has_workflow
+from ._registry import StepFunction, get_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
 from ._streams import capture_stream_result
-from ._world import Acquired, Commit, CommitResult, StartRequest, Wakeup, World
+from ._world import Acquired, Commit, CommitResult, Wakeup, World
 
 DEFAULT_RETRY_DELAY_S = 1.0
 HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
-Q = TypeVar("Q")
-R = TypeVar("R")
 
 
 @dataclass
@@ -75,46 +69,6 @@ class Held:
     known_seq: int = 0
     local: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     lost: bool = False
-
-
-class Batcher(Generic[Q, R]):
-    """Gathers requests from every held run and sends them in as few calls as possible.
-
-    Under load one call carries many runs' requests (one script call per partition); when idle a
-    request goes out at once. Several ``run`` loops may share one batcher so that one batch is
-    prepared while another is on the wire.
-    """
-
-    def __init__(self, send: Callable[[list[Q]], Awaitable[list[R]]], max_batch: int) -> None:
-        self._send = send
-        self._max = max_batch
-        self._queue: list[tuple[Q, asyncio.Future[R]]] = []
-        self._wake = asyncio.Event()
-
-    async def submit(self, request: Q) -> R:
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((request, fut))
-        self._wake.set()
-        return await fut
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-                if self._queue:
-                    self._wake.set()  # let a sibling loop take the rest meanwhile
-                try:
-                    results = await self._send([q for q, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(res)
 
 
 class Worker:
@@ -149,18 +103,18 @@ class Worker:
         """Process runs until ``stop()``; then drain in-flight steps and hand runs over."""
         await self.world.ensure_groups()
         self.log.info("worker_started", concurrency=self.config.concurrency)
-        self._start_watchdog()
+        duties.start_watchdog(self)
         loops = [
             self.committer.run(),
             self.committer.run(),
             self.acquirer.run(),
             self.releaser.run(),
             self._read_loop(),
-            self._heartbeat_loop(),
-            self._timer_loop(),
-            self._reclaim_loop(),
-            self._start_request_loop(),
-            self._janitor_loop(),
+            duties.heartbeat_loop(self),
+            duties.timer_loop(self),
+            duties.reclaim_loop(self),
+            duties.start_request_loop(self),
+            duties.janitor_loop(self),
         ]
         background = [asyncio.create_task(c) for c in loops]
         await self.stopping.wait()
@@ -606,187 +560,3 @@ class Worker:
             call.corr,
             {"error": error, "retry_after": str(retry_at), "attempt": str(attempt)},
         )
-
-    # -- background loops ----------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.config.heartbeat_ms / 1000.0
-        while True:
-            await asyncio.sleep(interval)
-            held = list(self.held.values())
-            if not held:
-                continue
-            try:
-                seqs = await self.world.heartbeat(
-                    self.token,
-                    [h.run_id for h in held],
-                    [h.wakeup for h in held],
-                    self.config.lease_ms,
-                )
-            except Exception as exc:
-                self.log.warning("heartbeat_failed", error=str(exc))
-                continue
-            for h in held:
-                seq = seqs.get(h.run_id, 0)
-                if seq < 0:
-                    h.lost = True
-                    h.nudge.set()
-                elif seq > h.known_seq:
-                    h.known_seq = seq
-                    h.nudge.set()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            try:
-                nxt = await self.world.promote_timers()
-            except Exception as exc:
-                self.log.warning("timer_promotion_failed", error=str(exc))
-                nxt = None
-            wait = 0.5 if nxt is None else (nxt - time.time() * 1000) / 1000.0
-            await asyncio.sleep(min(0.5, max(0.005, wait)))
-
-    async def _reclaim_loop(self) -> None:
-        interval = max(0.2, self.config.lease_ms / 3000.0)
-        while not self.stopping.is_set():
-            await asyncio.sleep(interval)
-            if len(self.held) >= self.config.concurrency:
-                continue
-            try:
-                wakeups = await self.world.reclaim(self.name, self.config.lease_ms, 50)
-            except Exception as exc:
-                self.log.warning("reclaim_failed", error=str(exc))
-                continue
-            for w in wakeups:
-                if w.deliveries > self.config.max_deliveries:
-                    await self._dead_letter(w)
-                else:
-                    self.log.info("wakeup_reclaimed", run_id=w.run_id, deliveries=w.deliveries)
-                    self._dispatch(w)
-
-    async def _dead_letter(self, w: Wakeup) -> None:
-        reason = (
-            f"wake-up delivered {w.deliveries} times without the run making progress "
-            f"(max {self.config.max_deliveries}); workers processing it crashed or stalled"
-        )
-        self.log.error("run_dead_lettered", run_id=w.run_id, deliveries=w.deliveries)
-        await self.world.dead_letter(w, reason)
-        err = error_json(RuntimeError(reason))
-        await self.committer.submit(
-            Commit(run_id=w.run_id, events=[NewEvent("run_failed", "", {"error": err})])
-        )
-
-    async def _janitor_loop(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            try:
-                await self.world.expire_indexes()
-            except Exception as exc:
-                self.log.warning("janitor_failed", error=str(exc))
-
-    async def _start_request_loop(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                requests = await self.world.read_start_requests(self.name, 100, 500)
-            except Exception as exc:
-                self.log.error("read_start_requests_failed", error=str(exc))
-                await asyncio.sleep(1)
-                continue
-            for req in requests:
-                if req.kind == "resume":
-                    await self._handle_resume_request(req)
-                else:
-                    await self._handle_start_request(req)
-            await self.world.ack_start_requests(requests)
-
-    async def _handle_start_request(self, req: StartRequest) -> None:
-        fields = req.fields
-        run_id = fields.get("run_id") or new_run_id()
-        try:
-            name = fields.get("workflow")
-            if not name:
-                raise MalformedMessageError("start request has no 'workflow' field")
-            check_run_id(run_id)
-            args_text = fields.get("args", "[]")
-            try:
-                args = _serde.loads(args_text)
-            except Exception:
-                raise MalformedMessageError(
-                    f"start request 'args' is not valid JSON: {args_text[:200]!r}"
-                ) from None
-            if not isinstance(args, list):
-                raise MalformedMessageError("start request 'args' must be a JSON array")
-            if not has_workflow(name):
-                raise WorkflowNotRegisteredError(name)
-            wf = get_workflow(name)
-            convert_args(wf.signature, args, {}, f"workflow {name!r}")
-            created = await self.world.create_run(run_id, name, args_text)
-            self.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
-            await self.world.reject_start_request(req, reason)
-            if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
-                await self._record_failed_start(fields["run_id"], fields["workflow"], exc)
-
-    async def _handle_resume_request(self, req: StartRequest) -> None:
-        """``XADD wf:hooks:resume * token T payload JSON``: deliver the payload to hook T."""
-        token = req.fields.get("token", "")
-        try:
-            if not token:
-                raise MalformedMessageError("resume request has no 'token' field")
-            text = req.fields.get("payload", "null")
-            try:
-                payload = _serde.loads(text)
-            except Exception:
-                raise MalformedMessageError(
-                    f"resume request 'payload' is not valid JSON: {text[:200]!r}"
-                ) from None
-            hook = await resume_hook(token, payload, self.world)
-            self.log.info("hook_resumed_by_request", run_id=hook.run_id, hook_id=hook.hook_id)
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.log.warning("resume_request_rejected", message_id=req.message_id, reason=reason)
-            await self.world.reject_start_request(req, reason)
-
-    async def _record_failed_start(self, run_id: str, workflow: str, exc: Exception) -> None:
-        """A caller that chose the run id can read why its start failed from the run itself."""
-        try:
-            created = await self.world.create_run(run_id, workflow, "[]")
-            if created:
-                await self.committer.submit(
-                    Commit(
-                        run_id=run_id,
-                        events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
-                    )
-                )
-        except Exception:
-            pass
-
-    # -- watchdog --------------------------------------------------------------------------------
-
-    def _start_watchdog(self) -> None:
-        def watch() -> None:
-            reported: str | None = None
-            while not self.stopping.is_set():
-                time.sleep(0.25)
-                run_id = self._advancing
-                took = time.monotonic() - self._advance_started
-                if run_id and took > self.config.block_threshold_s and reported != run_id:
-                    reported = run_id
-                    frame = sys._current_frames().get(self._main_thread)
-                    stack = "".join(traceback.format_stack(frame, limit=8)) if frame else ""
-                    self.log.warning(
-                        "workflow_blocking_loop", run_id=run_id, seconds=round(took, 2), stack=stack
-                    )
-                elif not run_id:
-                    reported = None
-
-        threading.Thread(target=watch, name="wf-watchdog", daemon=True).start()
-
-
-def _valid_run_id(run_id: str) -> bool:
-    try:
-        check_run_id(run_id)
-    except InvalidRunIdError:
-        return False
-    return True

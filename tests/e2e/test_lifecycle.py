@@ -13,7 +13,7 @@ from tests.support import eventually
 from worker import WorkflowError, WorkflowRunCancelledError, WorkflowRunFailedError, start
 from world_redis import RedisWorld
 
-FAST_LEASE = {"WORKFLOW_LEASE_MS": "1000", "WORKFLOW_HEARTBEAT_MS": "200"}
+FAST_LEASE = {"WORKFLOW_LEASE_MS": "1500", "WORKFLOW_HEARTBEAT_MS": "200"}
 
 
 async def test_cancel_pending_run(world: RedisWorld) -> None:
@@ -68,7 +68,7 @@ async def test_heartbeat_keeps_a_long_step_with_its_worker(world: RedisWorld, st
     """A step running 3x longer than the lease is not taken over by another worker: attempt stays 1."""
     start_worker("tests.e2e.fault_workflows", **FAST_LEASE)
     start_worker("tests.e2e.fault_workflows", **FAST_LEASE)
-    run = await start(fw.long_running, 3.0)
+    run = await start(fw.long_running, 4.5)
     assert await run.result(timeout=30) == 1
     types = [e.__struct_config__.tag for e in await run.events()]
     assert types.count("step_started") == 1

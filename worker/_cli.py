@@ -63,7 +63,7 @@ async def print_events(run_id: str) -> None:
         payload = " ".join(
             f"{k}={_exception_summary(v) if k == 'error' else v}"
             for k, v in _struct_fields(ev).items()
-            if k not in ("seq", "id", "ts", "corr")
+            if k not in ("seq", "id", "ts", "corr", "seed")  # the seed keys hook tokens: not shown
         )
         rows.append(
             [

@@ -19,6 +19,11 @@ queue, timers and indexes, so every script touches one slot (Redis Cluster safe)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token
+    wf:{p0}:run:<run id>:stream:<n>   stream  output stream <n> of the run (see _streams.py)
+    wf:{p0}:run:<run id>:streams      set     names of the run's output streams
+    wf:{p0}:run:<run id>:response:<r> list    a manual webhook response on its way to the HTTP app
+    wf:reply:<id>                     list    a worker's answer to a health check
+    wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason
 """
 
 from __future__ import annotations
@@ -90,6 +95,27 @@ class Keys:
         """The run's keys in commit.lua's order: run hash, events, entities, live hooks."""
         base = self.run(run_id)
         return base, f"{base}:ev", f"{base}:ent", f"{base}:hooks"
+
+    def stream(self, run_id: str, name: str) -> str:
+        """The Redis Stream holding the chunks of the run's output stream ``name``."""
+        return f"{self.run(run_id)}:stream:{name}"
+
+    def streams_index(self, run_id: str) -> str:
+        """The set of the run's output stream names."""
+        return f"{self.run(run_id)}:streams"
+
+    def response(self, run_id: str, reply_id: str) -> str:
+        """A list where a step pushes a manual webhook response for the waiting HTTP request."""
+        return f"{self.run(run_id)}:response:{reply_id}"
+
+    def reply(self, reply_id: str) -> str:
+        """A list where a worker answers a health check."""
+        return f"{self.prefix}:reply:{reply_id}"
+
+    @staticmethod
+    def rejected(stream: str) -> str:
+        """Where requests of a request stream that could not be honoured are copied, with why."""
+        return f"{stream}:rejected"
 
     def hooks(self, partition: int) -> str:
         return f"{self.tag(partition)}:hooks"

@@ -52,12 +52,12 @@ _END_FIELDS = ("eof", "err")
 
 def stream_key(keys: Keys, run_id: str, name: str) -> str:
     """The Redis Stream holding the chunks of the run's stream ``name``."""
-    return f"{keys.run(run_id)}:stream:{name}"
+    return keys.stream(run_id, name)
 
 
 def streams_index_key(keys: Keys, run_id: str) -> str:
     """The set of the run's stream names."""
-    return f"{keys.run(run_id)}:streams"
+    return keys.streams_index(run_id)
 
 
 class RedisStreams:

@@ -536,7 +536,7 @@ class RedisWorld:
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
         await with_retry(
             self.redis.xadd,
-            f"{self._request_stream(request.kind)}:rejected",
+            self.keys.rejected(self._request_stream(request.kind)),
             {**request.fields, "message_id": request.message_id, "reason": reason},
             maxlen=10_000,
             approximate=True,
@@ -573,8 +573,8 @@ class RedisWorld:
     def reply_key(self, run_id: str, reply_id: str) -> str:
         """``<prefix>:{pN}:run:<run id>:response:<id>`` beside a run, else ``<prefix>:reply:<id>``."""
         if run_id:
-            return f"{self.keys.run(run_id)}:response:{reply_id}"
-        return f"{self.keys.prefix}:reply:{reply_id}"
+            return self.keys.response(run_id, reply_id)
+        return self.keys.reply(reply_id)
 
     async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
         """RPUSH a reply for a waiting ``pop_reply`` (the key expires after ``ttl_s``)."""

@@ -61,13 +61,14 @@ class WorkerConfig:
 
 @dataclass
 class Held:
-    """A run this worker holds the lease on."""
+    """A run this worker took a wake-up for, and (once ``leased``) holds the lease on."""
 
     run_id: str
     wakeup: Wakeup
     nudge: asyncio.Event = field(default_factory=asyncio.Event)
     known_seq: int = 0
     local: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    leased: bool = False  # heartbeats renew only leases actually taken
     lost: bool = False
 
 
@@ -184,6 +185,7 @@ class Worker:
                 await self.world.ack([held.wakeup])
                 return
             held.known_seq = acq.seq
+            held.leased = True
             if acq.taken_over:
                 log.info("run_taken_over")
             await self._drive(held, log, acq.events)

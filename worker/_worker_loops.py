@@ -30,27 +30,29 @@ async def heartbeat_loop(worker: Worker) -> None:
     interval = worker.config.heartbeat_ms / 1000.0
     while True:
         await asyncio.sleep(interval)
-        held = list(worker.held.values())
-        if not held:
-            continue
         try:
-            seqs = await worker.world.heartbeat(
-                worker.token,
-                [h.run_id for h in held],
-                [h.wakeup for h in held],
-                worker.config.lease_ms,
-            )
+            await heartbeat_once(worker)
         except Exception as exc:
             worker.log.warning("heartbeat_failed", error=str(exc))
-            continue
-        for h in held:
-            seq = seqs.get(h.run_id, 0)
-            if seq < 0:
-                h.lost = True
-                h.nudge.set()
-            elif seq > h.known_seq:
-                h.known_seq = seq
-                h.nudge.set()
+
+
+async def heartbeat_once(worker: Worker) -> None:
+    """Renew the leases this worker holds; flag the lost ones, nudge the ones with new events."""
+    # a run whose lease is still being acquired is not "lost": it has no lease yet
+    held = [h for h in worker.held.values() if h.leased]
+    if not held:
+        return
+    seqs = await worker.world.heartbeat(
+        worker.token, [h.run_id for h in held], [h.wakeup for h in held], worker.config.lease_ms
+    )
+    for h in held:
+        seq = seqs.get(h.run_id, 0)
+        if seq < 0:
+            h.lost = True
+            h.nudge.set()
+        elif seq > h.known_seq:
+            h.known_seq = seq
+            h.nudge.set()
 
 
 async def timer_loop(worker: Worker) -> None:

@@ -1,0 +1,40 @@
+"""The worker's lease bookkeeping against a real Redis (no worker process needed)."""
+
+from __future__ import annotations
+
+from worker._worker import Held, Worker
+from worker._worker_loops import heartbeat_once
+from worker._world import Wakeup
+from world_redis import RedisWorld
+
+
+def wakeup(run_id: str) -> Wakeup:
+    return Wakeup(partition=0, message_id="0-1", run_id=run_id, reason="test")
+
+
+async def test_heartbeat_ignores_runs_whose_lease_is_being_acquired(world: RedisWorld) -> None:
+    """A run taken from the queue but not yet leased is not marked lost by a heartbeat
+    (it used to be, and the run then waited a whole lease for a takeover)."""
+    worker = Worker(world)
+    await world.ensure_groups()
+    await world.create_run("wrun_pending_acquire", "wf", "[]")
+    held = Held("wrun_pending_acquire", wakeup("wrun_pending_acquire"))
+    worker.held[held.run_id] = held
+    await heartbeat_once(worker)
+    assert not held.lost
+
+
+async def test_heartbeat_flags_leases_taken_by_another_worker(world: RedisWorld) -> None:
+    """A leased run whose lease another worker took is flagged lost; a kept one sees new events."""
+    worker = Worker(world)
+    await world.ensure_groups()
+    for run_id in ("wrun_kept", "wrun_taken"):
+        await world.create_run(run_id, "wf", "[]")
+        assert (await world.acquire(run_id, worker.token, 60_000)).code == "ok"
+        worker.held[run_id] = Held(run_id, wakeup(run_id), known_seq=1, leased=True)
+    await world.redis.hset(world.keys.run("wrun_taken"), "lease_owner", "someone-else")
+    await world.redis.hset(world.keys.run("wrun_kept"), "seq", 5)
+    await heartbeat_once(worker)
+    assert worker.held["wrun_taken"].lost
+    kept = worker.held["wrun_kept"]
+    assert not kept.lost and kept.known_seq == 5 and kept.nudge.is_set()

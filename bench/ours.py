@@ -184,6 +184,20 @@ async def check_outputs(world: RedisWorld, run_ids: list[str]) -> dict[str, Any]
 # -- figure 1 ------------------------------------------------------------------------------------
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (0.0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(server: RedisServer) -> float:
+    cpu = server.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 async def throughput(server: RedisServer, prefix: str, workdir: Path) -> dict[str, Any]:
     """Figure 1: durable steps/s of ONE worker process draining 1,000 pre-created ten-step runs."""
     async with engine(server.url, prefix) as world:
@@ -196,8 +210,10 @@ async def throughput(server: RedisServer, prefix: str, workdir: Path) -> dict[st
         if pending != RUNS:
             raise RuntimeError(f"expected {RUNS} pending runs before the worker, found {pending}")
         path = workdir / "worker-throughput.log"
+        redis_cpu0 = redis_cpu_s(server)
         t0 = time.perf_counter()
         proc = spawn_worker(server.url, prefix, path)
+        worker_cpu = 0.0
         try:
             seconds, first = await wait_count(
                 r,
@@ -208,6 +224,8 @@ async def throughput(server: RedisServer, prefix: str, workdir: Path) -> dict[st
                 failed_key=keys.idx_status(0, "failed"),
                 t0=t0,  # the clock started before spawning the worker
             )
+            worker_cpu = process_cpu_s(proc.pid)  # before it drains: start-up included
+            redis_cpu = redis_cpu_s(server) - redis_cpu0
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\nworker log:\n{worker_log_tail(path)}") from None
         finally:
@@ -223,6 +241,8 @@ async def throughput(server: RedisServer, prefix: str, workdir: Path) -> dict[st
         "runs_per_s": round(RUNS / seconds, 1),
         "first_run_completed_after_s": round(first or 0.0, 4),
         "create_runs_seconds": round(create_s, 4),
+        "worker_cpu_us_per_step": round(worker_cpu * 1e6 / steps, 1),
+        "redis_cpu_us_per_step": round(redis_cpu * 1e6 / steps, 1),
         **checks,
     }
 

@@ -218,6 +218,11 @@ def report(machine: Result, ours_r: Result, peers: dict[str, Result], started: s
             f"after {tp['first_run_completed_after_s']:.3f} s: process start-up is included); "
             f"{tp['checked_outputs']} outputs and {tp['checked_via_result_api']} result() verified"
         )
+        if "worker_cpu_us_per_step" in tp:
+            add(
+                f"   ours: CPU per step: worker {tp['worker_cpu_us_per_step']:.1f} µs (start-up "
+                f"included), redis-server {tp['redis_cpu_us_per_step']:.1f} µs"
+            )
     arq_tp = section(peers, "arq", "throughput")
     if "seconds" in arq_tp:
         add(

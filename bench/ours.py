@@ -6,7 +6,7 @@
    worker's start-up is included). steps/s = 10,000 / seconds. Every run's output is then checked,
    and 20 sampled runs also through ``get_run(id).result()``.
 2. Latency: with a worker already running, 200 sequential ``bench.one_step`` runs, each timed from
-   ``start()`` until ``run.result(poll_interval=0.002)`` returns.
+   ``start()`` until ``run.result()`` returns (it blocks on the run's event stream).
 3. Per-step overhead: one ``bench.long_run`` of 1,000 sequential steps; the gaps between consecutive
    ``step_completed`` events of its log (server time, ms resolution) for steps 1-100 and 901-1000.
 4. Memory: Redis ``used_memory`` before and after 1,000 finished ten-step runs on a fresh prefix,
@@ -261,12 +261,12 @@ async def latency(n: int) -> dict[str, Any]:
     """Figure 2: start() to result() of one-step runs, one at a time, with a worker running."""
     for i in range(5):  # warm-up; also proves the worker is up
         run = await start(workloads.one_step, -i)
-        await run.result(timeout=60, poll_interval=0.002)
+        await run.result(timeout=60)
     samples: list[float] = []
     for i in range(n):
         t0 = time.perf_counter()
         run = await start(workloads.one_step, i)
-        value = await run.result(timeout=30, poll_interval=0.002)
+        value = await run.result(timeout=30)
         samples.append((time.perf_counter() - t0) * 1000)
         if value != i:
             raise RuntimeError(f"one_step({i}) returned {value!r}")
@@ -300,7 +300,7 @@ async def per_step_overhead(steps: int) -> dict[str, Any]:
     """Figure 3: one run of ``steps`` sequential no-op steps, gaps read from its event log."""
     t0 = time.perf_counter()
     run = await start(workloads.long_run, steps)
-    value = await run.result(timeout=600, poll_interval=0.01)
+    value = await run.result(timeout=600)
     wall = time.perf_counter() - t0
     if value != steps:
         raise RuntimeError(f"long_run({steps}) returned {value!r}")

@@ -261,7 +261,7 @@ def report(machine: Result, ours_r: Result, peers: dict[str, Result], started: s
                 )
             )
     add(
-        "   ours: run.result(poll_interval=0.002), which backs off x1.5 per poll; "
+        "   ours: run.result(), which blocks on the run's event stream (XREAD BLOCK); "
         "arq: job.result(poll_delay=0.002); DBOS: in-process handle.get_result()"
     )
 

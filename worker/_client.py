@@ -132,9 +132,12 @@ class Run:
         return ms_to_datetime((await self.info()).created_at)
 
     async def result(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
-        """Wait for the run to finish; its value, or WorkflowRunFailedError / CancelledError."""
+        """Wait for the run to finish; its value, or WorkflowRunFailedError / CancelledError.
+
+        Blocks on the run's event stream, so the result arrives one round trip after the run ends.
+        ``poll_interval`` is accepted for compatibility and unused.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = poll_interval
         while True:
             info = await self.info()
             if info.status == "completed":
@@ -143,12 +146,15 @@ class Run:
                 raise run_failed_error(info)
             if info.status == "cancelled":
                 raise WorkflowRunCancelledError(self.run_id)
-            if deadline is not None and time.monotonic() >= deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 raise WorkflowTimeoutError(
                     f"run {self.run_id} still {info.status} after {timeout} s"
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            # block until the log grows (or a second passes), then look again
+            await self.world.wait_for_events(
+                self.run_id, info.seq, max(1, int(min(1.0, left or 1.0) * 1000))
+            )
 
     async def cancel(self) -> None:
         """Cancel a pending, running or sleeping run; cancelling a cancelled run is a no-op."""

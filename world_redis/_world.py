@@ -240,6 +240,16 @@ class RedisWorld:
             event_from_fields(int(_s(eid).split("-", 1)[0]), fields, run_id) for eid, fields in rows
         ]
 
+    async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
+        """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
+        reply = await with_retry(
+            self.redis.xread,
+            {self.keys.events(run_id): f"{after_seq}-0"},
+            count=1,
+            block=timeout_ms,
+        )
+        return bool(reply)
+
     async def list_steps(self, run_id: str) -> list[StepInfo]:
         """The run's steps in creation order, materialized from its event log."""
         return steps_from_events(await self.read_events(run_id))

@@ -103,6 +103,8 @@ class Worker:
     async def run(self) -> None:
         """Process runs until ``stop()``; then drain in-flight steps and hand runs over."""
         await self.world.ensure_groups()
+        for warning in await self.world.server_warnings():
+            self.log.warning("redis_configuration_risk", problem=warning)
         self.log.info("worker_started", concurrency=self.config.concurrency)
         duties.start_watchdog(self)
         loops = [

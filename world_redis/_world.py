@@ -318,6 +318,27 @@ class RedisWorld:
                     raise
         self._groups_ready = True
 
+    async def server_warnings(self) -> list[str]:
+        """What in the server's configuration puts runs at risk (empty when all is well).
+
+        Eviction silently deletes run keys; without AOF a restart loses every run. Managed
+        services may refuse CONFIG GET: then nothing is reported.
+        """
+        try:
+            policy = await self.redis.config_get("maxmemory-policy")
+            aof = await self.redis.config_get("appendonly")
+        except rexc.ResponseError:
+            return []
+        warnings = []
+        value = policy.get("maxmemory-policy", "noeviction")
+        if value != "noeviction":
+            warnings.append(
+                f"maxmemory-policy is {value!r}: Redis may evict run keys; set it to 'noeviction'"
+            )
+        if aof.get("appendonly", "yes") != "yes":
+            warnings.append("appendonly is 'no': a Redis restart loses runs; enable AOF")
+        return warnings
+
     def _wakeups(self, reply: Any) -> list[Wakeup]:
         out: list[Wakeup] = []
         for stream, entries in reply or []:

@@ -181,3 +181,18 @@ async def test_retry_delay_is_a_durable_timer(world: RedisWorld) -> None:
     assert [f for _, f in await world.redis.xrange(world.keys.ready(0), "-", "+")] == [
         {"run": run_id, "reason": f"timer:{step}"}
     ]
+
+
+async def test_server_warnings_name_risky_settings(world: RedisWorld) -> None:
+    """A server without AOF, or with an evicting policy, is reported; the defaults we ship are not."""
+    r = world.redis
+    before = await r.config_get("maxmemory-policy")
+    try:
+        await r.config_set("maxmemory-policy", "allkeys-lru")
+        warnings = await world.server_warnings()
+        assert any("allkeys-lru" in w and "noeviction" in w for w in warnings)
+        assert any("appendonly" in w for w in warnings)  # the test server runs without AOF
+        await r.config_set("maxmemory-policy", "noeviction")
+        assert not any("maxmemory-policy" in w for w in await world.server_warnings())
+    finally:
+        await r.config_set("maxmemory-policy", before["maxmemory-policy"])

@@ -175,6 +175,15 @@ async def _inspect(args: argparse.Namespace) -> None:
             [[s.step_id, s.name, s.status, str(s.attempt), _short(s.output, 30)] for s in steps],
             ["step id", "name", "status", "attempt", "output"],
         )
+    elif args.what == "hooks":
+        hooks = await world.list_hooks(args.id)
+        if args.json:
+            print(json.dumps([{"hook_id": h, "token": t, "metadata": m} for h, t, m in hooks]))
+            return
+        print_table([[h, t, _short(m, 40)] for h, t, m in hooks], ["hook id", "token", "metadata"])
+    elif args.what == "streams":
+        names = await world.streams.list_streams(args.id)
+        print(json.dumps(names) if args.json else "\n".join(names))
 
 
 async def _cancel(args: argparse.Namespace) -> None:
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=60)
 
     p = sub.add_parser("inspect", aliases=["i"], help="list runs, or show a run's events or steps")
-    p.add_argument("what", choices=["runs", "run", "events", "steps"])
+    p.add_argument("what", choices=["runs", "run", "events", "steps", "hooks", "streams"])
     p.add_argument("id", nargs="?")
     p.add_argument("--status")
     p.add_argument("--workflow")

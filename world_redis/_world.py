@@ -587,6 +587,16 @@ class RedisWorld:
 
         await with_retry(run)
 
+    async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:
+        """The run's live hooks: (hook id, token, metadata JSON), in creation order."""
+        fields = await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id))
+        hooks = [
+            (hook_id, token, fields.get(f"{hook_id}|meta", "null"))
+            for hook_id, token in fields.items()
+            if "|" not in hook_id
+        ]
+        return sorted(hooks)
+
     async def find_hook(self, token: str) -> tuple[str, str, str] | None:
         """(run id, hook id, metadata JSON) of the live hook holding ``token``, if any."""
         for p in range(self.keys.partitions):

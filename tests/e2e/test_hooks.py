@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 from typing import Any
 
 import pytest
 
 from tests.e2e import hook_workflows as hw
-from tests.support import eventually, redis_cli_binary
+from tests.support import WF, eventually, redis_cli_binary
 from worker import (
     HookNotFoundError,
     Run,
@@ -33,13 +35,24 @@ async def hook_ready(token: str) -> Any:
     return await eventually(found, 20, what=f"hook {token!r} to be created")
 
 
-async def test_hook_workflow_three_resumes(world: RedisWorld, start_worker) -> None:  # type: ignore[no-untyped-def]
+async def test_hook_workflow_three_resumes(world: RedisWorld, start_worker, worker_env) -> None:  # type: ignore[no-untyped-def]
     """hookWorkflow: three resumes arrive in order with the hook's metadata; unknown tokens are not found."""
     start_worker(MODULE)
     token = "order-42-approval"
     run = await start(hw.hook_workflow, token, "my-custom-data")
     hook = await hook_ready(token)
     assert hook.run_id == run.run_id and hook.metadata == {"customData": "my-custom-data"}
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "inspect", "hooks", run.run_id, "--json"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [(h["token"], h["hook_id"]) for h in json.loads(listed.stdout)] == [
+        (token, hook.hook_id)
+    ]
     await resume_hook(token, {"message": "one"})
     await resume_hook(token, {"message": "two"})
     await resume_hook(token, {"message": "three", "done": True})

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.e2e import stream_workflows as wf
+from tests.support import WF
 from worker import RunNotFoundError, get_run, start
 from world_redis import RedisWorld
 
@@ -22,7 +25,7 @@ async def collect(chunks: AsyncIterator[Any], timeout: float = 20.0) -> list[Any
     return await asyncio.wait_for(drain(), timeout)
 
 
-async def test_output_stream(world: RedisWorld, start_worker) -> None:
+async def test_output_stream(world: RedisWorld, start_worker, worker_env) -> None:  # type: ignore[no-untyped-def]
     """outputStreamWorkflow: a reader attached before the first write and later readers by index."""
     start_worker(WORKFLOWS)
     run = await start(wf.output_stream)
@@ -33,6 +36,16 @@ async def test_output_stream(world: RedisWorld, start_worker) -> None:
     assert await collect(run.readable(start_index=1)) == [{"foo": "test"}]
     assert await collect(run.readable(start_index=-1)) == [{"foo": "test"}]
     assert await collect(run.readable("test")) == [b"Hello, named stream!", {"foo": "bar"}]
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "inspect", "streams", run.run_id, "--json"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sorted(json.loads(listed.stdout)) == sorted(await world.streams.list_streams(run.run_id))
+    assert len(json.loads(listed.stdout)) == 2
 
 
 async def test_output_stream_inside_step(world: RedisWorld, start_worker) -> None:

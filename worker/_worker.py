@@ -380,8 +380,9 @@ class Worker:
         elif outcome.kind == "suspended":
             created = self._creation_events(inst, outcome, log)
             if created is not None:
-                start = self._startable(held, inst, outcome, now_ms)
+                start, exhausted = self._startable(held, inst, outcome, now_ms)
                 events = created + [NewEvent("step_started", c.corr) for c in start]
+                events += [self._exhausted(c) for c in exhausted]
         if head is not None:
             events.insert(0, head)
         if not events:
@@ -438,16 +439,29 @@ class Worker:
 
     def _startable(
         self, held: Held, inst: WorkflowInstance, outcome: Outcome, now_ms: int
-    ) -> list[StepCall]:
+    ) -> tuple[list[StepCall], list[StepCall]]:
         """Steps to start now: the ones just created, pending ones whose retry delay has passed,
-        and running ones no task of this worker runs (their previous worker is gone)."""
+        and running ones no task of this worker runs (their previous worker is gone); and, apart,
+        orphaned ones that have used up their attempts (workers died running them every time)."""
         out = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
+        exhausted = []
         for call in inst.pending_steps():  # only the open steps: cost does not grow with history
-            if call.corr in held.local or call.future.done():
+            if call.corr in held.local or call.future.done() or call.retry_after > now_ms:
                 continue
-            if call.retry_after <= now_ms:
+            if call.status == "running" and call.attempt >= call.fn.max_retries + 1:
+                exhausted.append(call)
+            else:
                 out.append(call)
-        return out
+        return out, exhausted
+
+    @staticmethod
+    def _exhausted(call: StepCall) -> NewEvent:
+        fn: StepFunction = call.fn
+        error = RuntimeError(
+            f'Step "{fn.name}" exceeded max retries ({fn.max_retries} retries): its worker '
+            f"stopped during each of its {call.attempt} attempts"
+        )
+        return NewEvent("step_failed", call.corr, {"error": error_json(error)})
 
     def _advance(self, inst: WorkflowInstance, log: Any) -> Outcome:
         self._advancing = inst.run_id

@@ -150,3 +150,20 @@ async def poison() -> None:
 async def sleeps_long() -> str:
     await sleep("30s")
     return "woke"
+
+
+@step(max_retries=1)
+async def crash_worker_twice() -> None:
+    """Kills its worker on every attempt: after its attempts are used up it must fail, not loop."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@workflow(name="survives_poison_step")
+async def survives_poison_step() -> str:
+    try:
+        await crash_worker_twice()
+    except Exception as exc:
+        return f"caught: {exc}"
+    return "not reached"

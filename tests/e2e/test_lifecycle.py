@@ -97,6 +97,29 @@ async def test_poison_run_is_dead_lettered(world: RedisWorld, start_worker) -> N
     assert int(entries[0][1]["deliveries"]) > 2
 
 
+async def test_step_whose_worker_always_dies_fails_after_its_attempts(
+    world: RedisWorld, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """A step that kills its worker on every attempt fails once its attempts are used up (here 2);
+    the workflow catches the failure and completes."""
+    run = await start(fw.survives_poison_step)
+    workers: list[object] = []
+
+    async def finished_or_restart() -> bool:
+        if await run.status() in ("completed", "failed"):
+            return True
+        if not workers or workers[-1].proc.poll() is not None:  # type: ignore[attr-defined]
+            with contextlib.suppress(RuntimeError):
+                workers.append(start_worker("tests.e2e.fault_workflows", **FAST_LEASE))
+        return False
+
+    await eventually(finished_or_restart, 40, what="the run to finish")
+    result = await run.result(timeout=1)
+    assert result.startswith("caught: ") and "exceeded max retries (1 retries)" in result
+    steps = await run.steps()
+    assert [(s.status, s.attempt) for s in steps] == [("failed", 2)]
+
+
 async def test_sigterm_drains_and_hands_over(
     world: RedisWorld, start_worker, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

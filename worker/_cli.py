@@ -1,4 +1,4 @@
-"""The ``wf`` command: run workers, start and inspect runs, run the demo."""
+"""The ``wf`` command: run workers, start, inspect and cancel runs, serve HTTP, check health, demo."""
 
 from __future__ import annotations
 
@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float, default=60)
 
-    p = sub.add_parser("inspect", aliases=["i"], help="list runs, or show a run's events or steps")
+    p = sub.add_parser(
+        "inspect", aliases=["i"], help="list runs, or show a run's events, steps, hooks or streams"
+    )
     p.add_argument("what", choices=["runs", "run", "events", "steps", "hooks", "streams"])
     p.add_argument("id", nargs="?")
     p.add_argument("--status")

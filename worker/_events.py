@@ -164,17 +164,19 @@ _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
 HOOK_CONFLICT = -1  # commit.lua's "extra" for a hook_created it turned into hook_conflict
 _INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
 _BASE_FIELDS = frozenset({"seq", "id", "ts", "corr"})
+_PAYLOAD_FIELDS = {
+    tag: frozenset(cls.__struct_fields__) - _BASE_FIELDS for tag, cls in EVENT_TYPES.items()
+}
 
 
 def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> Event:
     """The event as the log now holds it, built from what was appended (no round trip)."""
     cls = EVENT_TYPES[new.type]
-    names = cls.__struct_fields__
-    data: dict[str, Any] = {
-        k: (int(v) if k in _INT_FIELDS else v)
-        for k, v in new.fields.items()
-        if k in names and k not in _BASE_FIELDS
-    }
+    payload = _PAYLOAD_FIELDS[new.type]
+    data: dict[str, Any] = {}
+    for k, v in new.fields.items():
+        if k in payload:
+            data[k] = int(v) if k in _INT_FIELDS else v
     if new.type == "hook_created" and extra == HOOK_CONFLICT:
         cls = HookConflict  # the World recorded a conflict instead of the creation
         data = {"token": new.fields.get("token", "")}

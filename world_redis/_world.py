@@ -7,6 +7,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -278,7 +279,7 @@ class RedisWorld:
                         c.expected_seq,
                         c.wake,
                         [
-                            [ev.type, ev.corr, evid, [x for kv in ev.fields.items() for x in kv]]
+                            [ev.type, ev.corr, evid, list(chain.from_iterable(ev.fields.items()))]
                             for ev, evid in zip(c.events, ids, strict=True)
                         ],
                     ]
@@ -291,8 +292,9 @@ class RedisWorld:
 
     @staticmethod
     def _commit_result(c: Commit, ids: list[str], reply: list[Any]) -> CommitResult:
-        code, seq, now = _s(reply[0]), int(reply[1]), int(reply[2])
-        results = [EventResult(_s(r[0]), int(r[1])) for r in reply[3]]
+        # replies are already str (decode_responses=True) and ints
+        code, seq, now = reply[0], int(reply[1]), int(reply[2])
+        results = [EventResult(r[0], r[1]) for r in reply[3]]
         appended: list[Event] = []
         ok_count = sum(1 for r in results if r.status == "ok")
         s = seq - ok_count

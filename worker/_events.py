@@ -14,8 +14,12 @@ import msgspec
 from ._errors import CorruptEventError
 
 
-class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
-    """Fields every event carries: its position in the log, id, server time and correlation id."""
+class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True, gc=False):
+    """Fields every event carries: its position in the log, id, server time and correlation id.
+
+    Events hold only strings and ints, so they are not tracked by the garbage collector
+    (``gc=False``): a long run's log then costs nothing at each collection.
+    """
 
     seq: int
     id: str = ""

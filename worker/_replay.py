@@ -412,12 +412,14 @@ class WorkflowInstance:
         if isinstance(ev, StepCompleted):
             call.status = "completed"
             self._active_steps.pop(call.corr, None)
+            del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
             if not call.future.done():
                 call.future.set_result(_serde.loads(ev.result))
             return True
         if isinstance(ev, StepFailed):
             call.status = "failed"
             self._active_steps.pop(call.corr, None)
+            del self.steps[call.corr]
             if not call.future.done():
                 call.future.set_exception(_revive_error(ev.error))
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import shutil
 import signal
 import socket
@@ -157,3 +158,16 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"condition not met within {timeout} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def wf_json(env: dict[str, str], *args: str) -> object:
+    """Run the ``wf`` command as a user would (``--json`` appended) and decode its output."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [WF, *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import subprocess
 from typing import Any
 
 import pytest
 
 from tests.e2e import hook_workflows as hw
-from tests.support import WF, eventually, redis_cli_binary
+from tests.support import eventually, redis_cli_binary, wf_json
 from worker import (
     HookNotFoundError,
     Run,
@@ -42,17 +40,8 @@ async def test_hook_workflow_three_resumes(world: RedisWorld, start_worker, work
     run = await start(hw.hook_workflow, token, "my-custom-data")
     hook = await hook_ready(token)
     assert hook.run_id == run.run_id and hook.metadata == {"customData": "my-custom-data"}
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        [WF, "inspect", "hooks", run.run_id, "--json"],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert [(h["token"], h["hook_id"]) for h in json.loads(listed.stdout)] == [
-        (token, hook.hook_id)
-    ]
+    listed = await wf_json(worker_env, "inspect", "hooks", run.run_id)
+    assert [(h["token"], h["hook_id"]) for h in listed] == [(token, hook.hook_id)]  # type: ignore[union-attr]
     await resume_hook(token, {"message": "one"})
     await resume_hook(token, {"message": "two"})
     await resume_hook(token, {"message": "three", "done": True})

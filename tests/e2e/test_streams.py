@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.e2e import stream_workflows as wf
-from tests.support import WF
+from tests.support import wf_json
 from worker import RunNotFoundError, get_run, start
 from world_redis import RedisWorld
 
@@ -36,16 +34,9 @@ async def test_output_stream(world: RedisWorld, start_worker, worker_env) -> Non
     assert await collect(run.readable(start_index=1)) == [{"foo": "test"}]
     assert await collect(run.readable(start_index=-1)) == [{"foo": "test"}]
     assert await collect(run.readable("test")) == [b"Hello, named stream!", {"foo": "bar"}]
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        [WF, "inspect", "streams", run.run_id, "--json"],
-        env=worker_env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert sorted(json.loads(listed.stdout)) == sorted(await world.streams.list_streams(run.run_id))
-    assert len(json.loads(listed.stdout)) == 2
+    listed = await wf_json(worker_env, "inspect", "streams", run.run_id)
+    assert isinstance(listed, list) and len(listed) == 2
+    assert sorted(listed) == sorted(await world.streams.list_streams(run.run_id))
 
 
 async def test_output_stream_inside_step(world: RedisWorld, start_worker) -> None:

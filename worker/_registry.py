@@ -237,10 +237,3 @@ def get_workflow(name: str) -> WorkflowFunction:
 
 def has_workflow(name: str) -> bool:
     return name in _workflows
-
-
-def get_step(name: str) -> StepFunction:
-    st = _steps.get(name)
-    if st is None:
-        raise StepNotRegisteredError(name)
-    return st

@@ -37,27 +37,16 @@ from typing import TYPE_CHECKING, Any
 from worker import _serde
 from worker._errors import RunNotFoundError, WorkflowError
 
-from ._keys import Keys
 from ._retry import with_retry
 
 if TYPE_CHECKING:
     from ._world import RedisWorld
 
-__all__ = ["RedisStreams", "stream_key", "streams_index_key"]
+__all__ = ["RedisStreams"]
 
 BLOCK_MS = 1000  # one XREAD BLOCK; readers loop until the end marker
 PAGE = 500  # entries per XREAD / XRANGE call
 _END_FIELDS = ("eof", "err")
-
-
-def stream_key(keys: Keys, run_id: str, name: str) -> str:
-    """The Redis Stream holding the chunks of the run's stream ``name``."""
-    return keys.stream(run_id, name)
-
-
-def streams_index_key(keys: Keys, run_id: str) -> str:
-    """The set of the run's stream names."""
-    return keys.streams_index(run_id)
 
 
 class RedisStreams:
@@ -77,12 +66,12 @@ class RedisStreams:
         await self._append(run_id, name, entries)
 
     async def list_streams(self, run_id: str) -> list[str]:
-        key = streams_index_key(self._world.keys, run_id)
+        key = self._world.keys.streams_index(run_id)
         return sorted(await with_retry(self._world.redis.smembers, key))
 
     async def read(self, run_id: str, name: str, start_index: int = 0) -> AsyncIterator[Any]:
         await self._check_run(run_id)
-        key = stream_key(self._world.keys, run_id, name)
+        key = self._world.keys.stream(run_id, name)
         skip = start_index if start_index >= 0 else await self._tail_start(key, start_index)
         last = "0-0"
         while True:
@@ -114,7 +103,7 @@ class RedisStreams:
 
     async def _append(self, run_id: str, name: str, entries: list[dict[str, str]]) -> None:
         keys, ttl = self._world.keys, self._world.retention_s
-        key, index = stream_key(keys, run_id, name), streams_index_key(keys, run_id)
+        key, index = keys.stream(run_id, name), keys.streams_index(run_id)
 
         async def run() -> None:
             pipe = self._world.redis.pipeline(transaction=True)

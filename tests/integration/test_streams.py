@@ -21,7 +21,6 @@ from worker._streams import (
     stream_name,
 )
 from world_redis import RedisWorld
-from world_redis._streams import stream_key, streams_index_key
 
 from .helpers import new_run_id
 
@@ -70,7 +69,7 @@ async def test_bytes_stay_bytes_and_values_round_trip(world: RedisWorld) -> None
         (1, 2),
         None,
     ]
-    rows = await world.redis.xrange(stream_key(world.keys, run_id, "s"))
+    rows = await world.redis.xrange(world.keys.stream(run_id, "s"))
     fields = [row[1] for row in rows]
     assert fields[0] == {"b": base64.b64encode(b"\x00\xffraw").decode()}
     assert fields[2] == {"v": '{"foo":"test"}'}
@@ -145,7 +144,7 @@ async def test_streams_expire_with_the_retention(world: RedisWorld) -> None:
     """Every write sets the retention TTL on the stream and on the run's name set."""
     run_id = await new_run(world)
     await world.streams.write(run_id, "s", "x")
-    keys = (stream_key(world.keys, run_id, "s"), streams_index_key(world.keys, run_id))
+    keys = (world.keys.stream(run_id, "s"), world.keys.streams_index(run_id))
     for key in keys:
         await world.redis.expire(key, 5)
     await world.streams.write(run_id, "s", "y")  # refreshed on each write

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 LUA = Path(__file__).resolve().parents[2] / "world_redis" / "lua"
-CALLER = Path(__file__).resolve().parents[2] / "world_redis" / "_world.py"
+CALLERS = sorted((Path(__file__).resolve().parents[2] / "world_redis").glob("*.py"))
 SCRIPTS = sorted(LUA.glob("*.lua"))
 
 
@@ -43,5 +43,7 @@ def test_header_names_replies_and_events(path: Path) -> None:
 
 def test_every_script_is_called_and_every_call_has_a_script() -> None:
     """The Python World calls each script file by name, and only those."""
-    called = set(re.findall(r'_eval\(\s*"(\w+)"', CALLER.read_text()))
+    called = {
+        name for path in CALLERS for name in re.findall(r'_eval\(\s*"(\w+)"', path.read_text())
+    }
     assert called == {p.stem for p in SCRIPTS}

@@ -2,7 +2,7 @@
 
 All keys start with one prefix (default ``wf``). A run belongs to one partition, derived from its id
 and fixed for its life; the partition is the hash tag shared by the run's keys and the partition's
-queue, timers and indexes, so every script touches one slot (Redis Cluster safe).
+queue, timers and indexes, so every script touches one slot, as Redis Cluster requires (Cluster itself is not tested yet).
 
     wf:start                          stream  start requests from any service (global)
     wf:{p0}:ready                     stream  wake-ups "run R has work", consumer group "workers"

@@ -43,7 +43,7 @@ _INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "se
 
 
 class RedisWorld(RedisQueue):
-    """The engine's storage, queue and timers on one Redis server (or a Cluster, by partition)."""
+    """The engine's storage, queue and timers on one Redis server."""
 
     def __init__(
         self,

@@ -6,8 +6,16 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from ._errors import WorkflowError
+
 Q = TypeVar("Q")
 R = TypeVar("R")
+
+IDLE_BEAT_S = 1.0
+
+
+class MalformedReplyError(WorkflowError):
+    """A batched call answered with a reply that does not match its requests."""
 
 
 class Batcher(Generic[Q, R]):
@@ -15,7 +23,9 @@ class Batcher(Generic[Q, R]):
 
     Under load one call carries many runs' requests (one script call per partition); when idle a
     request goes out at once. Several ``run`` loops may share one batcher so that one batch is
-    prepared while another is on the wire.
+    prepared while another is on the wire. Every future handed out is settled: with its result,
+    with the error of its call, or with :class:`MalformedReplyError` when the reply does not
+    match the batch; a loop that is cancelled mid-call fails the futures of its batch.
     """
 
     def __init__(self, send: Callable[[list[Q]], Awaitable[list[R]]], max_batch: int) -> None:
@@ -30,21 +40,40 @@ class Batcher(Generic[Q, R]):
         self._wake.set()
         return await fut
 
-    async def run(self) -> None:
+    async def run(self, beat: Callable[[], None] | None = None) -> None:
+        """Send batches until cancelled; ``beat`` is called when idle and after each good call."""
         while True:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(IDLE_BEAT_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                if beat is not None:
+                    beat()
+                continue
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 if self._queue:
                     self._wake.set()  # let a sibling loop take the rest meanwhile
-                try:
-                    results = await self._send([q for q, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(res)
+                if await self._send_batch(batch) and beat is not None:
+                    beat()
+
+    async def _send_batch(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> bool:
+        try:
+            results = await self._send([q for q, _ in batch])
+            if len(results) != len(batch):
+                raise MalformedReplyError(
+                    f"a batched call answered {len(results)} results for {len(batch)} requests"
+                )
+        except BaseException as exc:  # settle the batch whatever happened, cancellation included
+            error = exc if isinstance(exc, Exception) else WorkflowError("the batcher was stopped")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        for (_, fut), res in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+        return True

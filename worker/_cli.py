@@ -18,6 +18,7 @@ from . import _serde
 from ._client import get_run, get_world, start
 from ._logging import configure
 from ._registry import get_workflow
+from ._supervisor import DutyFailedError
 from ._worker import Worker, WorkerConfig
 
 
@@ -32,11 +33,18 @@ async def _run_worker(args: argparse.Namespace) -> None:
     # often, and keep the objects of imported modules out of every collection
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    worker = Worker(get_world(), WorkerConfig(concurrency=args.concurrency))
+    config = WorkerConfig(
+        concurrency=args.concurrency, health_host=args.health_host, health_port=args.health_port
+    )
+    worker = Worker(get_world(), config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    await worker.run()
+    try:
+        await worker.run()
+    except DutyFailedError as exc:
+        # logged by the worker: exit non-zero so that the orchestrator replaces this process
+        raise SystemExit(f"wf worker: {exc}") from None
 
 
 def _ts(ms: int | None) -> str:
@@ -219,6 +227,11 @@ async def _health(args: argparse.Namespace) -> None:
         for r in report["results"]:
             state = "healthy" if r["healthy"] else "UNHEALTHY"
             print(f"{r['endpoint']:<9} {state:<9} {r['latencyMs']:9.1f} ms  {r.get('error', '')}")
+        for w in report["workers"]:
+            state = "healthy" if w.get("healthy") else "UNHEALTHY"
+            quiet = ", ".join(w.get("stale", []))
+            detail = f"duties not succeeding: {quiet}" if quiet else ""
+            print(f"worker {w.get('worker', '?')}  {state}  held {w.get('held', '?')}  {detail}")
     if not report["allHealthy"]:
         raise SystemExit(1)
 
@@ -231,6 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("modules", nargs="+")
     p.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("WORKFLOW_CONCURRENCY", "100"))
+    )
+    health_port = os.environ.get("WORKFLOW_HEALTH_PORT")
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(health_port) if health_port else None,
+        help="serve GET /healthz (200 healthy, 503 a duty has gone quiet) on this port",
+    )
+    p.add_argument(
+        "--health-host",
+        default=os.environ.get("WORKFLOW_HEALTH_HOST", "127.0.0.1"),
+        help="address of the health endpoint (default loopback)",
     )
 
     p = sub.add_parser("demo", help="run an example workflow with an in-process worker")

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _serde
+from . import _health_http, _serde
 from . import _worker_loops as duties
 from ._batcher import Batcher
 from ._context import StepContext, current_step
@@ -41,6 +41,7 @@ from ._logging import get_logger
 from ._registry import StepFunction, get_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
 from ._streams import capture_stream_result
+from ._supervisor import Duty, Supervisor
 from ._world import Acquired, Commit, CommitResult, Wakeup, World
 
 DEFAULT_RETRY_DELAY_S = 1.0
@@ -57,6 +58,8 @@ class WorkerConfig:
     cache_size: int = 10_000
     batch: int = 200
     drain_timeout_s: float = 30.0
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None  # serve GET /healthz there (see _health_http)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Held:
     local: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     leased: bool = False  # heartbeats renew only leases actually taken
     lost: bool = False
+    failed: bool = False  # processing failed: the run is being handed over
 
 
 class Worker:
@@ -81,7 +85,7 @@ class Worker:
         self.log = get_logger(worker=self.name)
         self.held: dict[str, Held] = {}
         self.cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
-        self.committer: Batcher[Commit, CommitResult] = Batcher(world.commit, self.config.batch)
+        self.committer: Batcher[Commit, CommitResult] = Batcher(self._commits, self.config.batch)
         self.acquirer: Batcher[tuple[str, int], Acquired] = Batcher(
             lambda runs: world.acquire_many(self.token, self.config.lease_ms, runs),
             self.config.batch,
@@ -97,38 +101,46 @@ class Worker:
         self._advancing: str | None = None
         self._advance_started = 0.0
         self._main_thread = threading.get_ident()
+        self._clock_offset_ms = 0
+        self.health_socket: socket.socket | None = None
+        self.supervisor = Supervisor(self.log)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Process runs until ``stop()``; then drain in-flight steps and hand runs over."""
+        """Process runs until ``stop()``; then drain in-flight steps and hand runs over.
+
+        Raises :class:`DutyFailedError` when a background duty keeps failing: the process should
+        exit non-zero and be replaced rather than live on half-dead.
+        """
         await self.world.ensure_groups()
         for warning in await self.world.server_warnings():
             self.log.warning("redis_configuration_risk", problem=warning)
+        await self.sync_clock()
+        if self.config.health_port is not None:
+            self.health_socket = _health_http.bind(self.config.health_host, self.config.health_port)
         self.log.info("worker_started", concurrency=self.config.concurrency)
         duties.start_watchdog(self)
-        loops = [
-            self.committer.run(),
-            self.committer.run(),
-            self.acquirer.run(),
-            self.releaser.run(),
-            self._read_loop(),
-            duties.heartbeat_loop(self),
-            duties.timer_loop(self),
-            duties.reclaim_loop(self),
-            duties.start_request_loop(self),
-            duties.janitor_loop(self),
-        ]
-        background = [asyncio.create_task(c) for c in loops]
-        await self.stopping.wait()
-        self.log.info("worker_draining", held=len(self.held))
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        while self._tasks and time.monotonic() < deadline:
-            await asyncio.wait(list(self._tasks), timeout=0.2)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        duties.supervise(self)
+        supervised = asyncio.create_task(self.supervisor.run())
+        stopping = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({supervised, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        failure = supervised.exception() if supervised.done() else None
+        if failure is not None:
+            self.log.critical("worker_failed", error=str(failure), held=len(self.held))
+            self.stopping.set()
+        else:
+            self.log.info("worker_draining", held=len(self.held))
+            deadline = time.monotonic() + self.config.drain_timeout_s
+            while self._tasks and time.monotonic() < deadline:
+                await asyncio.wait(list(self._tasks), timeout=0.2)
+        supervised.cancel()
+        stopping.cancel()
+        await asyncio.gather(supervised, stopping, return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        await duties.forget_self(self)
+        if failure is not None:
+            raise failure
         self.log.info("worker_stopped")
 
     def stop(self) -> None:
@@ -137,45 +149,78 @@ class Worker:
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
         return task
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error("task_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    # -- the server's clock --------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """The Redis server's clock as this worker best knows it: timers are due by that clock."""
+        return int(time.time() * 1000) + self._clock_offset_ms
+
+    def _saw_server_time(self, server_ms: int) -> None:
+        if server_ms > 0:
+            self._clock_offset_ms = server_ms - int(time.time() * 1000)
+
+    async def _commits(self, commits: list[Commit]) -> list[CommitResult]:
+        results = await self.world.commit(commits)
+        if results:
+            self._saw_server_time(results[-1].now_ms)
+        return results
+
+    async def sync_clock(self) -> None:
+        self._saw_server_time(await self.world.server_time_ms())
 
     # -- reading wake-ups ----------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def read_loop(self, duty: Duty) -> None:
         while not self.stopping.is_set():
             room = self.config.concurrency - len(self.held)
             if room <= 0:
                 self._room.clear()
-                await self._room.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._room.wait()
+                duty.ok()  # waiting for room is this duty's work too
                 continue
-            try:
-                wakeups = await self.world.read_wakeups(
-                    self.name, min(room, self.config.batch), 200
-                )
-            except Exception as exc:
-                self.log.error("read_wakeups_failed", error=str(exc))
-                await asyncio.sleep(1)
-                continue
+            wakeups = await self.world.read_wakeups(self.name, min(room, self.config.batch), 200)
+            duty.ok()
             for w in wakeups:
                 self._dispatch(w)
 
     def _dispatch(self, w: Wakeup) -> None:
         check_id = health_check_id(w)
-        if check_id is not None:  # `wf health`: prove a live worker consumes the queue
-            self._spawn(answer_health_check(self.world, w, check_id, self.name))
+        if check_id is not None:  # a health check from an older client, on the ready stream
+            self._spawn(self._answer_legacy_health_check(w, check_id))
             return
         if not w.run_id.startswith("wrun_"):
             self.log.warning("malformed_wakeup", message_id=w.message_id, run_id=w.run_id)
             self._spawn(self.world.dead_letter(w, "malformed wake-up: no valid 'run' field"))
             return
         held = self.held.get(w.run_id)
-        if held is not None:
-            held.nudge.set()
+        if held is None:
+            self.held[w.run_id] = Held(w.run_id, w)
+            self._spawn(self._process(self.held[w.run_id]))
+        elif held.failed or w.message_id == held.wakeup.message_id:
+            # the run's processing failed and its hand-over is under way, or this is the run's
+            # own wake-up coming back: either way the message must stay pending, so that it is
+            # reclaimed (by any worker) once this worker lets the run go
+            self.log.info("wakeup_left_pending", run_id=w.run_id, message_id=w.message_id)
+        else:
+            held.nudge.set()  # the holder re-reads the log before it lets the run go
             self._spawn(self.world.ack([w]))
-            return
-        self.held[w.run_id] = Held(w.run_id, w)
-        self._spawn(self._process(self.held[w.run_id]))
+
+    async def _answer_legacy_health_check(self, w: Wakeup, check_id: str) -> None:
+        try:
+            await answer_health_check(self.world, check_id, duties.report(self))
+        finally:
+            await self.world.ack([w])
 
     async def _process(self, held: Held) -> None:
         run_id = held.run_id
@@ -193,20 +238,36 @@ class Worker:
             await self._drive(held, log, acq.events)
         except Exception as exc:
             log.error("run_processing_failed", error=str(exc), exc_info=True)
+            held.failed = True
             self._evict(run_id)
-            if not held.lost:
-                await self._safe_release(held, requeue=False)
+            await self._hand_over_failed(held, log)
         finally:
-            self.held.pop(run_id, None)
+            if self.held.get(run_id) is held:
+                del self.held[run_id]
             self._room.set()
+
+    async def _hand_over_failed(self, held: Held, log: Any) -> None:
+        """After a failure: the lease given up and a fresh wake-up for any worker.
+
+        While this goes on, wake-ups of the run stay pending (see ``_dispatch``). When Redis
+        cannot take even this, the run's wake-up stays pending and unacknowledged, so the reclaim
+        of any worker picks the run up again once the lease lapses.
+        """
+        try:
+            if not held.lost:
+                await self.world.release(held.run_id, self.token, -1)
+            del self.held[held.run_id]
+            await self.world.requeue(held.wakeup, "retry")
+        except Exception as exc:
+            log.warning("run_hand_over_failed", error=str(exc), wakeup=held.wakeup.message_id)
 
     async def _safe_release(self, held: Held, *, requeue: bool) -> None:
         try:
             await self.world.release(held.run_id, self.token, -1)
             if requeue:
                 await self.world.requeue(held.wakeup, "handoff")
-        except Exception:
-            pass
+        except Exception as exc:
+            self.log.warning("run_release_failed", run_id=held.run_id, error=str(exc))
 
     # -- driving one run -----------------------------------------------------------------------
 
@@ -318,13 +379,12 @@ class Worker:
             async with asyncio.timeout(delay):
                 await held.nudge.wait()
 
-    @staticmethod
-    def _next_due_in(inst: WorkflowInstance) -> float | None:
+    def _next_due_in(self, inst: WorkflowInstance) -> float | None:
         dues = [w.resume_at for w in inst.pending_waits()]
         dues += [s.retry_after for s in inst.pending_steps() if s.status == "pending"]
         if not dues:
             return None
-        return max(0.01, (min(dues) - time.time() * 1000) / 1000.0)
+        return max(0.01, (min(dues) - self.now_ms()) / 1000.0)
 
     async def _step_run(self, held: Held, inst: WorkflowInstance, log: Any) -> bool:
         """One pass: start the run, complete due waits, advance the code, commit, start steps.
@@ -336,7 +396,7 @@ class Worker:
         if not inst.has_started:
             res = await self._commit(held, inst, [NewEvent("run_started")])
             return res.code in ("ok", "conflict")
-        now_ms = int(time.time() * 1000)
+        now_ms = self.now_ms()
         due = [w for w in inst.pending_waits() if w.resume_at <= now_ms]
         if due:
             res = await self._commit(held, inst, [NewEvent("wait_completed", w.corr) for w in due])
@@ -366,11 +426,11 @@ class Worker:
         """
         base = inst.seq
         if head is not None:
-            ts = max(int(time.time() * 1000), inst.clock_ms)
+            ts = max(self.now_ms(), inst.clock_ms)
             head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
             inst.feed([make_event(head, base + 1, "", ts, 0)])
         outcome = self._advance(inst, log)
-        now_ms = int(time.time() * 1000)
+        now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
         if outcome.kind == "completed":
@@ -522,7 +582,7 @@ class Worker:
             step_id=call.corr,
             step_name=fn.name,
             attempt=attempt,
-            started_ms=int(time.time() * 1000),
+            started_ms=self.now_ms(),
             run_id=inst.run_id,
             workflow_name=inst.workflow_name,
             workflow_started_ms=inst.started_at_ms,
@@ -571,7 +631,7 @@ class Worker:
         delay = DEFAULT_RETRY_DELAY_S
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
             delay = to_seconds(exc.retry_after)
-        retry_at = int((time.time() + delay) * 1000)
+        retry_at = self.now_ms() + int(delay * 1000)
         log.info("step_retrying", attempt=attempt, error=str(exc), retry_in=delay)
         return NewEvent(
             "step_retrying",

@@ -7,33 +7,117 @@ executing steps) reads on its own.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING
+from math import inf
+from typing import TYPE_CHECKING, Any
 
-from . import _serde
+from . import _health_http, _serde
 from ._errors import InvalidRunIdError, MalformedMessageError, WorkflowNotRegisteredError
 from ._events import NewEvent
+from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
 from ._hooks import resume_hook
 from ._ids import check_run_id, new_run_id
 from ._registry import convert_args, get_workflow, has_workflow
 from ._replay import error_json
+from ._supervisor import Duty
 from ._world import Commit, StartRequest, Wakeup
 
 if TYPE_CHECKING:
     from ._worker import Worker
 
+FORGET_AFTER_MS = 3600 * 1000  # a worker silent for an hour is dropped from the status hash
 
-async def heartbeat_loop(worker: Worker) -> None:
+
+def supervise(worker: Worker) -> None:
+    """Put every background duty of ``worker`` under its supervisor.
+
+    ``stale_after_s``: how long a duty may go without a success before health checks name it.
+    Duties that wait on Redis for up to the retry window (30 s by default) get more than that.
+    """
+    sup = worker.supervisor
+    lease_s = worker.config.lease_ms / 1000.0
+    quiet_s = 60.0
+    sup.add("read-wakeups", worker.read_loop, stale_after_s=quiet_s)
+    # two loops share the committer: one batch is prepared while another is on the wire
+    sup.add("commit-a", lambda d: worker.committer.run(d.ok), stale_after_s=quiet_s)
+    sup.add("commit-b", lambda d: worker.committer.run(d.ok), stale_after_s=quiet_s)
+    sup.add("acquire", lambda d: worker.acquirer.run(d.ok), stale_after_s=quiet_s)
+    sup.add("release", lambda d: worker.releaser.run(d.ok), stale_after_s=quiet_s)
+    sup.add("heartbeat", lambda d: heartbeat_loop(worker, d), stale_after_s=max(lease_s, 5.0))
+    sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
+    sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
+    sup.add("requests", lambda d: start_request_loop(worker, d), stale_after_s=quiet_s)
+    sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=300.0)
+    sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
+    sup.add("status", lambda d: status_loop(worker, d), stale_after_s=quiet_s)
+    sock = worker.health_socket
+    if sock is not None:  # it answers when asked: no success to expect while nobody asks
+        serve = _health_http.serve
+        sup.add("health-http", lambda d: serve(sock, lambda: report(worker), d), stale_after_s=inf)
+
+
+def report(worker: Worker) -> dict[str, Any]:
+    """The worker's status report: its duties, held runs and concurrency."""
+    return status_report(
+        worker.name,
+        worker.supervisor.report(),
+        held=len(worker.held),
+        concurrency=worker.config.concurrency,
+        pid=os.getpid(),
+    )
+
+
+async def health_loop(worker: Worker, duty: Duty) -> None:
+    """Answer health checks, ahead of any backlog of wake-ups (they have a stream of their own)."""
+    world = presence(worker.world)
+    await world.ensure_health_group()
+    while True:
+        checks = await world.read_health_checks(worker.name, 1000)
+        for message_id, check_id in checks:
+            await answer_health_check(worker.world, check_id, report(worker))
+            worker.log.debug("health_check_answered", message_id=message_id)
+        await world.done_health_checks([m for m, _ in checks])
+        duty.ok()
+
+
+async def status_loop(worker: Worker, duty: Duty) -> None:
+    """Publish the worker's status report for ``wf health``; forget workers long gone."""
+    world = presence(worker.world)
+    while True:
+        await world.publish_worker_status(worker.name, json.dumps(report(worker)))
+        now_ms = int(time.time() * 1000)
+        gone = []
+        for name, text in (await world.worker_statuses()).items():
+            try:
+                at_ms = int(json.loads(text).get("at_ms", 0))
+            except (ValueError, AttributeError, TypeError):
+                at_ms = 0
+            if now_ms - at_ms > FORGET_AFTER_MS:
+                gone.append(name)
+        await world.forget_workers(gone)
+        duty.ok()
+        await asyncio.sleep(STATUS_INTERVAL_S)
+
+
+async def forget_self(worker: Worker) -> None:
+    """A worker that stops takes its status report with it."""
+    try:
+        await presence(worker.world).forget_workers([worker.name])
+    except Exception as exc:
+        worker.log.warning("worker_status_not_removed", error=str(exc))
+
+
+async def heartbeat_loop(worker: Worker, duty: Duty) -> None:
     interval = worker.config.heartbeat_ms / 1000.0
     while True:
         await asyncio.sleep(interval)
-        try:
-            await heartbeat_once(worker)
-        except Exception as exc:
-            worker.log.warning("heartbeat_failed", error=str(exc))
+        await heartbeat_once(worker)
+        duty.ok()
 
 
 async def heartbeat_once(worker: Worker) -> None:
@@ -55,34 +139,26 @@ async def heartbeat_once(worker: Worker) -> None:
             h.nudge.set()
 
 
-async def timer_loop(worker: Worker) -> None:
+async def timer_loop(worker: Worker, duty: Duty) -> None:
     while True:
-        try:
-            nxt = await worker.world.promote_timers()
-        except Exception as exc:
-            worker.log.warning("timer_promotion_failed", error=str(exc))
-            nxt = None
-        wait = 0.5 if nxt is None else (nxt - time.time() * 1000) / 1000.0
+        nxt = await worker.world.promote_timers()
+        duty.ok()
+        wait = 0.5 if nxt is None else (nxt - worker.now_ms()) / 1000.0
         await asyncio.sleep(min(0.5, max(0.005, wait)))
 
 
-async def reclaim_loop(worker: Worker) -> None:
+async def reclaim_loop(worker: Worker, duty: Duty) -> None:
     interval = max(0.2, worker.config.lease_ms / 3000.0)
     while not worker.stopping.is_set():
         await asyncio.sleep(interval)
-        if len(worker.held) >= worker.config.concurrency:
-            continue
-        try:
-            wakeups = await worker.world.reclaim(worker.name, worker.config.lease_ms, 50)
-        except Exception as exc:
-            worker.log.warning("reclaim_failed", error=str(exc))
-            continue
-        for w in wakeups:
-            if w.deliveries > worker.config.max_deliveries:
-                await dead_letter(worker, w)
-            else:
-                worker.log.info("wakeup_reclaimed", run_id=w.run_id, deliveries=w.deliveries)
-                worker._dispatch(w)
+        if len(worker.held) < worker.config.concurrency:
+            for w in await worker.world.reclaim(worker.name, worker.config.lease_ms, 50):
+                if w.deliveries > worker.config.max_deliveries:
+                    await dead_letter(worker, w)
+                else:
+                    worker.log.info("wakeup_reclaimed", run_id=w.run_id, deliveries=w.deliveries)
+                    worker._dispatch(w)
+        duty.ok()
 
 
 async def dead_letter(worker: Worker, w: Wakeup) -> None:
@@ -98,29 +174,23 @@ async def dead_letter(worker: Worker, w: Wakeup) -> None:
     )
 
 
-async def janitor_loop(worker: Worker) -> None:
+async def janitor_loop(worker: Worker, duty: Duty) -> None:
     while True:
+        await worker.world.expire_indexes()
+        duty.ok()
         await asyncio.sleep(60)
-        try:
-            await worker.world.expire_indexes()
-        except Exception as exc:
-            worker.log.warning("janitor_failed", error=str(exc))
 
 
-async def start_request_loop(worker: Worker) -> None:
+async def start_request_loop(worker: Worker, duty: Duty) -> None:
     while not worker.stopping.is_set():
-        try:
-            requests = await worker.world.read_start_requests(worker.name, 100, 500)
-        except Exception as exc:
-            worker.log.error("read_start_requests_failed", error=str(exc))
-            await asyncio.sleep(1)
-            continue
+        requests = await worker.world.read_start_requests(worker.name, 100, 500)
         for req in requests:
             if req.kind == "resume":
                 await handle_resume_request(worker, req)
             else:
                 await handle_start_request(worker, req)
         await worker.world.ack_start_requests(requests)
+        duty.ok()
 
 
 async def handle_start_request(worker: Worker, req: StartRequest) -> None:

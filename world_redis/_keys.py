@@ -23,6 +23,8 @@ queue, timers and indexes, so every script touches one slot, as Redis Cluster re
     wf:{p0}:run:<run id>:streams      set     names of the run's output streams
     wf:{p0}:run:<run id>:response:<r> list    a manual webhook response on its way to the HTTP app
     wf:reply:<id>                     list    a worker's answer to a health check
+    wf:health                         stream  health checks, read by every worker ahead of wake-ups
+    wf:workers                        hash    worker name -> its last status report (JSON)
     wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason
 """
 
@@ -122,6 +124,14 @@ class Keys:
 
     def run_hooks(self, run_id: str) -> str:
         return f"{self.run(run_id)}:hooks"
+
+    def health_stream(self) -> str:
+        """Health checks: a stream of its own, so that a backlog of wake-ups never delays one."""
+        return f"{self.prefix}:health"
+
+    def workers(self) -> str:
+        """Each live worker's last status report (its duties, held runs), by worker name."""
+        return f"{self.prefix}:workers"
 
     def resume_stream(self) -> str:
         return f"{self.prefix}:hooks:resume"

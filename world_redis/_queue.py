@@ -369,9 +369,3 @@ class RedisQueue:
         key = self.reply_key(run_id, reply_id)
         got = await with_retry(self.redis.blpop, [key], timeout=timeout_s)
         return None if got is None else _s(got[1])
-
-    async def enqueue_health_check(self, check_id: str) -> None:
-        """A wake-up with no run and reason ``health:<id>``; a live worker answers with a reply."""
-        await with_retry(
-            self.redis.xadd, self.keys.ready(0), {"run": "", "reason": f"health:{check_id}"}
-        )

@@ -31,6 +31,7 @@ from worker._world import (
 )
 
 from ._keys import STATUSES, Keys
+from ._presence import RedisPresence
 from ._queue import RedisQueue, _s
 from ._retry import with_retry
 from ._streams import RedisStreams
@@ -42,7 +43,7 @@ _JSON = msgspec.json.Encoder()
 _INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
 
 
-class RedisWorld(RedisQueue):
+class RedisWorld(RedisQueue, RedisPresence):
     """The engine's storage, queue and timers on one Redis server."""
 
     def __init__(

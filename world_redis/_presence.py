@@ -1,0 +1,83 @@
+"""Workers' presence: their status reports, the health-check stream, the server clock.
+
+A worker publishes a status report (its duties and when each last succeeded) every few seconds
+into one hash; ``wf health`` reads it to name a worker whose duty has gone quiet. Health checks
+travel on a stream of their own that every worker reads ahead of its wake-ups, so a backlog of
+work never makes a busy worker look dead. Checks are probes, not work: they are read with NOACK
+(nothing to reclaim when a worker dies; the asker times out and asks again) and the stream is
+capped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import exceptions as rexc
+
+from ._keys import GROUP, Keys
+from ._retry import with_retry
+
+HEALTH_STREAM_MAXLEN = 1000
+
+
+class RedisPresence:
+    """Mixed into RedisWorld: needs ``redis`` and ``keys``."""
+
+    redis: Any
+    keys: Keys
+
+    async def publish_worker_status(self, worker: str, status: str) -> None:
+        await with_retry(self.redis.hset, self.keys.workers(), worker, status)
+
+    async def forget_workers(self, workers: list[str]) -> None:
+        if workers:
+            await with_retry(self.redis.hdel, self.keys.workers(), *workers)
+
+    async def worker_statuses(self) -> dict[str, str]:
+        """Worker name -> its last status report (JSON text), live and dead workers alike."""
+        return dict(await with_retry(self.redis.hgetall, self.keys.workers()))
+
+    async def enqueue_health_check(self, check_id: str) -> None:
+        """A health check that the first worker to read it answers (see ``worker._health``)."""
+        await with_retry(
+            self.redis.xadd,
+            self.keys.health_stream(),
+            {"check": check_id},
+            maxlen=HEALTH_STREAM_MAXLEN,
+            approximate=True,
+        )
+
+    async def read_health_checks(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
+        """(message id, check id) of new health checks for this worker."""
+        reply = await with_retry(
+            self.redis.xreadgroup,
+            GROUP,
+            consumer,
+            {self.keys.health_stream(): ">"},
+            count=100,
+            block=block_ms,
+            noack=True,
+        )
+        return [
+            (str(mid), str((fields or {}).get("check", "")))
+            for _, entries in reply or []
+            for mid, fields in entries
+        ]
+
+    async def done_health_checks(self, message_ids: list[str]) -> None:
+        if message_ids:
+            await with_retry(self.redis.xdel, self.keys.health_stream(), *message_ids)
+
+    async def ensure_health_group(self) -> None:
+        try:
+            await with_retry(
+                self.redis.xgroup_create, self.keys.health_stream(), GROUP, id="$", mkstream=True
+            )
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def server_time_ms(self) -> int:
+        """The Redis server's clock (TIME), the one clock that decides when timers are due."""
+        sec, usec = await with_retry(self.redis.time)
+        return int(sec) * 1000 + int(usec) // 1000

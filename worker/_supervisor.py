@@ -12,6 +12,7 @@ replaces it, rather than living on half-dead.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import time
@@ -22,6 +23,8 @@ from typing import Any
 from ._errors import WorkflowError
 
 DutyBody = Callable[["Duty"], Coroutine[Any, Any, None]]
+CANCEL_ATTEMPTS = 10
+CANCEL_WAIT_S = 0.5
 
 
 class DutyFailedError(WorkflowError):
@@ -68,7 +71,7 @@ class Duty:
         return {
             "healthy": not self.is_stale(now),
             "silent_s": round(self.silent_for(now), 3),
-            "stale_after_s": self.stale_after_s,
+            "stale_after_s": self.stale_after_s if math.isfinite(self.stale_after_s) else None,
             "last_success_ms": self.last_success_ms,
             "failures": self.failures,
             "restarts": self.restarts,
@@ -125,9 +128,23 @@ class Supervisor:
                 for task in done:
                     task.result()  # DutyFailedError propagates; the others are cancelled below
         finally:
-            for task in tasks:
+            await self._cancel(tasks)
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the duties, again if need be: redis-py can lose a cancellation that arrives
+        while a blocking read (XREADGROUP BLOCK) returns, and the duty then carries on."""
+        pending = {t for t in tasks if not t.done()}
+        for _ in range(CANCEL_ATTEMPTS):
+            if not pending:
+                break
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
+        for task in pending:
+            self.log.error("duty_not_stopped", duty=task.get_name())
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: reported by run() or logged by _keep already
 
     async def _keep(self, duty: Duty) -> None:
         while True:

@@ -48,16 +48,28 @@ DEFAULT_RETRY_DELAY_S = 1.0
 HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
 
 
+def _env_int(name: str, default: int) -> Any:
+    """An int field whose default is read from the environment when the config is built."""
+    return field(default_factory=lambda: int(os.environ.get(name) or default))
+
+
+def _env_float(name: str, default: float) -> Any:
+    """A float field whose default is read from the environment when the config is built."""
+    return field(default_factory=lambda: float(os.environ.get(name) or default))
+
+
 @dataclass
 class WorkerConfig:
     concurrency: int = 100
-    lease_ms: int = int(os.environ.get("WORKFLOW_LEASE_MS", "15000"))
-    heartbeat_ms: int = int(os.environ.get("WORKFLOW_HEARTBEAT_MS", "1000"))
-    max_deliveries: int = int(os.environ.get("WORKFLOW_MAX_DELIVERIES", "10"))
-    block_threshold_s: float = float(os.environ.get("WORKFLOW_BLOCK_WARN_SECONDS", "1.0"))
+    lease_ms: int = _env_int("WORKFLOW_LEASE_MS", 15000)
+    heartbeat_ms: int = _env_int("WORKFLOW_HEARTBEAT_MS", 1000)
+    max_deliveries: int = _env_int("WORKFLOW_MAX_DELIVERIES", 10)
+    block_threshold_s: float = _env_float("WORKFLOW_BLOCK_WARN_SECONDS", 1.0)
     cache_size: int = 10_000
     batch: int = 200
     drain_timeout_s: float = 30.0
+    # a duty without a success for this long is reported by health checks (see _worker_loops)
+    duty_quiet_s: float = _env_float("WORKFLOW_DUTY_QUIET_SECONDS", 60.0)
     health_host: str = "127.0.0.1"
     health_port: int | None = None  # serve GET /healthz there (see _health_http)
 

@@ -36,12 +36,13 @@ FORGET_AFTER_MS = 3600 * 1000  # a worker silent for an hour is dropped from the
 def supervise(worker: Worker) -> None:
     """Put every background duty of ``worker`` under its supervisor.
 
-    ``stale_after_s``: how long a duty may go without a success before health checks name it.
-    Duties that wait on Redis for up to the retry window (30 s by default) get more than that.
+    ``stale_after_s``: how long a duty may go without a success before health checks name it
+    (``WORKFLOW_DUTY_QUIET_SECONDS``, 60 by default: more than the Redis retry window, 30 s, that
+    a duty may spend waiting on Redis; the heartbeat gets one lease, as leases lapse after that).
     """
     sup = worker.supervisor
     lease_s = worker.config.lease_ms / 1000.0
-    quiet_s = 60.0
+    quiet_s = worker.config.duty_quiet_s
     sup.add("read-wakeups", worker.read_loop, stale_after_s=quiet_s)
     # two loops share the committer: one batch is prepared while another is on the wire
     sup.add("commit-a", lambda d: worker.committer.run(d.ok), stale_after_s=quiet_s)
@@ -52,9 +53,10 @@ def supervise(worker: Worker) -> None:
     sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
     sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
     sup.add("requests", lambda d: start_request_loop(worker, d), stale_after_s=quiet_s)
-    sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=300.0)
+    sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
-    sup.add("status", lambda d: status_loop(worker, d), stale_after_s=quiet_s)
+    status_s = max(quiet_s, 3 * STATUS_INTERVAL_S)
+    sup.add("status", lambda d: status_loop(worker, d), stale_after_s=status_s)
     sock = worker.health_socket
     if sock is not None:  # it answers when asked: no success to expect while nobody asks
         serve = _health_http.serve

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -17,6 +17,7 @@ from redis.commands.core import AsyncScript
 
 from worker._errors import CorruptEventError
 from worker._events import event_from_fields
+from worker._logging import get_logger
 from worker._world import Acquired, StartRequest, Wakeup
 
 from ._keys import GROUP, Keys
@@ -48,6 +49,7 @@ class RedisQueue:
         self.keys = keys
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
+        self._log = get_logger(component="world_redis")
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -96,66 +98,93 @@ class RedisQueue:
             warnings.append("appendonly is 'no': a Redis restart loses runs; enable AOF")
         return warnings
 
-    def _wakeups(self, reply: Any) -> list[Wakeup]:
-        out: list[Wakeup] = []
-        for stream, entries in reply or []:
-            p = int(_s(stream).rsplit("{p", 1)[1].split("}", 1)[0])
-            for mid, fields in entries:
-                out.append(
-                    Wakeup(
-                        partition=p,
-                        message_id=_s(mid),
-                        run_id=(fields or {}).get("run", ""),
-                        reason=(fields or {}).get("reason", ""),
-                    )
-                )
+    async def _read_group(
+        self, consumer: str, streams: dict[str, str], count: int, block_ms: int
+    ) -> Any:
+        """XREADGROUP; a stream deleted under the worker (``DEL`` by an operator) gets its group
+        back, instead of every later read failing with NOGROUP."""
+        await self.ensure_groups()
+        try:
+            return await with_retry(
+                self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._log.warning("consumer_group_recreated", error=str(exc))
+            self._groups_ready = False
+            await self.ensure_groups()
+            return []
+
+    @staticmethod
+    def _partition_of(stream: str) -> int:
+        return int(stream.rsplit("{p", 1)[1].split("}", 1)[0])
+
+    async def _claim(
+        self, stream: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, dict[str, str], int]]:
+        """Claim entries of ``stream`` pending longer than ``min_idle_ms``: (id, fields, deliveries).
+
+        XPENDING gives the delivery counts (XAUTOCLAIM does not), XCLAIM with the same min-idle
+        takes them (an entry another worker claimed meanwhile is no longer idle: not taken twice).
+        Pending entries deleted from the stream are acknowledged, so they stop coming back.
+        """
+        pending = await with_retry(
+            self.redis.xpending_range,
+            stream,
+            GROUP,
+            min="-",
+            max="+",
+            count=count,
+            idle=min_idle_ms,
+        )
+        if not pending:
+            return []
+        deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
+        claimed = await with_retry(
+            self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
+        )
+        out: list[tuple[str, dict[str, str], int]] = []
+        for mid, fields in claimed:
+            if fields is not None:  # Redis before 7 replies nil for a deleted entry
+                out.append((_s(mid), dict(fields), deliveries[_s(mid)] + 1))
+        missing = set(deliveries) - {mid for mid, _, _ in out}
+        gone = [mid for mid in sorted(missing) if not await self._exists(stream, mid)]
+        if gone:
+            await with_retry(self.redis.xack, stream, GROUP, *gone)
         return out
 
-    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
-        await self.ensure_groups()
-        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
-        reply = await with_retry(
-            self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+    async def _exists(self, stream: str, message_id: str) -> bool:
+        return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
+
+    async def _wakeup(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> Wakeup:
+        """The wake-up of one entry."""
+        return Wakeup(
+            partition=self._partition_of(stream),
+            message_id=message_id,
+            run_id=fields.get("run", ""),
+            reason=fields.get("reason", ""),
+            deliveries=deliveries,
         )
-        return self._wakeups(reply)
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
+        reply = await self._read_group(consumer, streams, count, block_ms)
+        out: list[Wakeup] = []
+        for stream, entries in reply or []:
+            for mid, fields in entries:
+                out.append(await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1))
+        return out
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
         """Take over wake-ups whose consumer stopped renewing them (a dead or stuck worker)."""
         out: list[Wakeup] = []
         for p in range(self.keys.partitions):
             stream = self.keys.ready(p)
-            pending = await with_retry(
-                self.redis.xpending_range,
-                stream,
-                GROUP,
-                min="-",
-                max="+",
-                count=count,
-                idle=min_idle_ms,
-            )
-            if not pending:
-                continue
-            deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
-            claimed = await with_retry(
-                self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
-            )
-            missing = set(deliveries)
-            for mid, fields in claimed:
-                mid = _s(mid)
-                missing.discard(mid)
-                if fields is None:
-                    continue
-                out.append(
-                    Wakeup(
-                        partition=p,
-                        message_id=mid,
-                        run_id=fields.get("run", ""),
-                        reason=fields.get("reason", ""),
-                        deliveries=deliveries[mid] + 1,
-                    )
-                )
-            if missing:  # entries deleted from the stream but still pending: drop them
-                await with_retry(self.redis.xack, stream, GROUP, *missing)
+            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+                out.append(await self._wakeup(stream, mid, fields, deliveries))
         return out
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
@@ -300,32 +329,51 @@ class RedisQueue:
     def _request_stream(self, kind: str) -> str:
         return self.keys.resume_stream() if kind == "resume" else self.keys.start_stream()
 
+    async def _request(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> StartRequest:
+        """The request of one entry."""
+        kind: Literal["start", "resume"] = (
+            "resume" if stream == self.keys.resume_stream() else "start"
+        )
+        return StartRequest(
+            message_id=message_id, fields=fields, kind=kind, source=stream, deliveries=deliveries
+        )
+
     async def read_start_requests(
         self, consumer: str, count: int, block_ms: int
     ) -> list[StartRequest]:
         """Requests from any service: run starts (``wf:start``) and hook resumes (``wf:hooks:resume``)."""
-        await self.ensure_groups()
         start, resume = self.keys.start_stream(), self.keys.resume_stream()
-        reply = await with_retry(
-            self.redis.xreadgroup,
-            GROUP,
-            consumer,
-            {start: ">", resume: ">"},
-            count=count,
-            block=block_ms or None,
-        )
+        reply = await self._read_group(consumer, {start: ">", resume: ">"}, count, block_ms)
         out: list[StartRequest] = []
         for stream, entries in reply or []:
-            kind = "resume" if _s(stream) == resume else "start"
             for mid, fields in entries:
-                out.append(StartRequest(message_id=_s(mid), fields=dict(fields or {}), kind=kind))
+                out.append(await self._request(_s(stream), _s(mid), dict(fields or {}), 1))
+        return out
+
+    async def reclaim_start_requests(
+        self, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StartRequest]:
+        """Take over requests pending longer than ``min_idle_ms`` (their worker died or stalled)."""
+        await self.ensure_groups()
+        out: list[StartRequest] = []
+        for stream in (self.keys.start_stream(), self.keys.resume_stream()):
+            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+                out.append(await self._request(stream, mid, fields, deliveries))
         return out
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
+        """Copy the request to ``<stream>:rejected`` with the reason."""
         await with_retry(
             self.redis.xadd,
             self.keys.rejected(self._request_stream(request.kind)),
-            {**request.fields, "message_id": request.message_id, "reason": reason},
+            {
+                **request.fields,
+                "message_id": request.message_id,
+                "reason": reason,
+                "deliveries": str(request.deliveries),
+            },
             maxlen=10_000,
             approximate=True,
         )

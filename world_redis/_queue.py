@@ -6,8 +6,9 @@ runs and their logs.
 
 from __future__ import annotations
 
+import base64
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
 
@@ -30,6 +31,40 @@ def _script_source(name: str) -> str:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+KEEP_BYTES = 1024  # a dead-lettered copy of an undecodable entry keeps this much of each field
+UNDECODABLE = "undecodable entry: a field name or value is not UTF-8 (raw bytes in <field>:b64)"
+
+
+def undecodable(fields: Mapping[str, str]) -> bool:
+    """True when a field held bytes that are not UTF-8 (surrogates: see ``RedisWorld.from_url``)."""
+    try:
+        for name, value in fields.items():
+            name.encode()
+            value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown_name(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def raw_copy(fields: Mapping[str, str]) -> dict[str, str]:
+    """Fields of an undecodable entry as its copy keeps them: every value as ``<field>:b64``, the
+    base64 of its raw bytes (at most KEEP_BYTES of them, the full length then in ``<field>:length``).
+
+    A name that is not UTF-8 itself is shown with backslash escapes (``\\xff``)."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        shown = _shown_name(name)
+        raw = value.encode("utf-8", "surrogateescape")
+        out[f"{shown}:b64"] = base64.b64encode(raw[:KEEP_BYTES]).decode()
+        if len(raw) > KEEP_BYTES:
+            out[f"{shown}:length"] = str(len(raw))
+    return out
 
 
 def fields_dict(flat: Any) -> dict[str, str]:
@@ -157,12 +192,40 @@ class RedisQueue:
     async def _exists(self, stream: str, message_id: str) -> bool:
         return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
 
+    async def _set_aside(
+        self, stream: str, target: str, message_id: str, fields: Mapping[str, str], deliveries: int
+    ) -> None:
+        """Move an undecodable entry to ``target`` with its raw bytes (copy before ack)."""
+        self._log.warning("undecodable_entry_set_aside", stream=stream, message_id=message_id)
+        entry = {
+            **raw_copy(fields),
+            "reason": UNDECODABLE,
+            "message_id": message_id,
+            "deliveries": str(deliveries),
+            "host": socket.gethostname(),
+        }
+        await with_retry(self.redis.xadd, target, entry, maxlen=100_000, approximate=True)
+        await self._ack_ids(stream, [message_id])
+
+    async def _ack_ids(self, stream: str, ids: Sequence[str]) -> None:
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+        await with_retry(run)
+
     async def _wakeup(
         self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
-    ) -> Wakeup:
-        """The wake-up of one entry."""
+    ) -> Wakeup | None:
+        """The wake-up of one entry; None for an undecodable one, which is dead-lettered."""
+        p = self._partition_of(stream)
+        if undecodable(fields):
+            await self._set_aside(stream, self.keys.dlq(p), message_id, fields, deliveries)
+            return None
         return Wakeup(
-            partition=self._partition_of(stream),
+            partition=p,
             message_id=message_id,
             run_id=fields.get("run", ""),
             reason=fields.get("reason", ""),
@@ -175,7 +238,9 @@ class RedisQueue:
         out: list[Wakeup] = []
         for stream, entries in reply or []:
             for mid, fields in entries:
-                out.append(await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1))
+                w = await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1)
+                if w is not None:
+                    out.append(w)
         return out
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
@@ -184,7 +249,9 @@ class RedisQueue:
         for p in range(self.keys.partitions):
             stream = self.keys.ready(p)
             for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
-                out.append(await self._wakeup(stream, mid, fields, deliveries))
+                w = await self._wakeup(stream, mid, fields, deliveries)
+                if w is not None:
+                    out.append(w)
         return out
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
@@ -331,8 +398,12 @@ class RedisQueue:
 
     async def _request(
         self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
-    ) -> StartRequest:
-        """The request of one entry."""
+    ) -> StartRequest | None:
+        """The request of one entry; None for an undecodable one, which is rejected."""
+        if undecodable(fields):
+            target = self.keys.rejected(stream)
+            await self._set_aside(stream, target, message_id, fields, deliveries)
+            return None
         kind: Literal["start", "resume"] = (
             "resume" if stream == self.keys.resume_stream() else "start"
         )
@@ -349,7 +420,9 @@ class RedisQueue:
         out: list[StartRequest] = []
         for stream, entries in reply or []:
             for mid, fields in entries:
-                out.append(await self._request(_s(stream), _s(mid), dict(fields or {}), 1))
+                req = await self._request(_s(stream), _s(mid), dict(fields or {}), 1)
+                if req is not None:
+                    out.append(req)
         return out
 
     async def reclaim_start_requests(
@@ -360,7 +433,9 @@ class RedisQueue:
         out: list[StartRequest] = []
         for stream in (self.keys.start_stream(), self.keys.resume_stream()):
             for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
-                out.append(await self._request(stream, mid, fields, deliveries))
+                req = await self._request(stream, mid, fields, deliveries)
+                if req is not None:
+                    out.append(req)
         return out
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:

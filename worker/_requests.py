@@ -5,6 +5,9 @@ decided, a worker that dies leaves its entries to be reclaimed by another once t
 for a lease, and an entry delivered more than ``max_deliveries`` times is rejected. Creating a run
 is idempotent, so a redelivered start request converges: one without ``run_id`` gets one derived
 from its stream id (the same on every delivery).
+
+Only a verdict about the request itself rejects it (malformed, unknown workflow, bad arguments,
+invalid run id, too large, no such hook). An infrastructure error leaves it pending, to be retried.
 """
 
 from __future__ import annotations
@@ -16,9 +19,13 @@ from typing import TYPE_CHECKING
 
 from . import _serde
 from ._errors import (
+    HookNotFoundError,
     InvalidRunIdError,
     MalformedMessageError,
+    PayloadTooLargeError,
+    SerializationError,
     WorkflowNotRegisteredError,
+    WorldUnavailableError,
 )
 from ._events import NewEvent
 from ._hooks import resume_hook
@@ -33,6 +40,16 @@ if TYPE_CHECKING:
 
 BATCH = 100
 BLOCK_MS = 500
+
+# verdicts about a request itself: it is rejected at once, with the error as the reason
+VERDICTS = (
+    MalformedMessageError,
+    WorkflowNotRegisteredError,
+    InvalidRunIdError,
+    PayloadTooLargeError,
+    SerializationError,
+    HookNotFoundError,
+)
 
 
 async def request_loop(worker: Worker, duty: Duty) -> None:
@@ -95,8 +112,10 @@ async def handle_request(worker: Worker, req: StartRequest) -> bool:
         else:
             await handle_start_request(worker, req)
         return True
+    except WorldUnavailableError:
+        raise  # Redis is unreachable: so it is for the rest of the batch too (see handle_requests)
     except Exception as exc:
-        # it stays pending and is retried until max_deliveries
+        # not a verdict about the request: it stays pending and is retried until max_deliveries
         worker.log.error(
             "request_failed", message_id=req.message_id, error=repr(exc), exc_info=True
         )
@@ -124,26 +143,21 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
             raise MalformedMessageError("start request has no 'workflow' field")
         check_run_id(run_id)
         args_text = fields.get("args", "[]")
-        try:
-            args = _serde.loads(args_text)
-        except Exception:
-            raise MalformedMessageError(
-                f"start request 'args' is not valid JSON: {args_text[:200]!r}"
-            ) from None
+        args = _loads(args_text, "start request 'args'")
         if not isinstance(args, list):
             raise MalformedMessageError("start request 'args' must be a JSON array")
         if not has_workflow(name):
             raise WorkflowNotRegisteredError(name)
-        wf = get_workflow(name)
-        convert_args(wf.signature, args, {}, f"workflow {name!r}")
-        created = await worker.world.create_run(run_id, name, args_text)
-        worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
-    except Exception as exc:
+        convert_args(get_workflow(name).signature, args, {}, f"workflow {name!r}")
+    except VERDICTS as exc:
         reason = f"{type(exc).__name__}: {exc}"
         worker.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
         await worker.world.reject_start_request(req, reason)
         if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
             await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
+        return
+    created = await worker.world.create_run(run_id, name, args_text)
+    worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
 
 
 async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
@@ -153,33 +167,37 @@ async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
         if not token:
             raise MalformedMessageError("resume request has no 'token' field")
         text = req.fields.get("payload", "null")
-        try:
-            payload = _serde.loads(text)
-        except Exception:
-            raise MalformedMessageError(
-                f"resume request 'payload' is not valid JSON: {text[:200]!r}"
-            ) from None
+        payload = _loads(text, "resume request 'payload'")
         hook = await resume_hook(token, payload, worker.world)
-        worker.log.info("hook_resumed_by_request", run_id=hook.run_id, hook_id=hook.hook_id)
-    except Exception as exc:
+    except VERDICTS as exc:
         reason = f"{type(exc).__name__}: {exc}"
         worker.log.warning("resume_request_rejected", message_id=req.message_id, reason=reason)
         await worker.world.reject_start_request(req, reason)
+        return
+    worker.log.info("hook_resumed_by_request", run_id=hook.run_id, hook_id=hook.hook_id)
+
+
+def _loads(text: str, what: str) -> object:
+    try:
+        return _serde.loads(text, what=what)
+    except SerializationError:
+        raise MalformedMessageError(f"{what} is not valid JSON: {text[:200]!r}") from None
 
 
 async def record_failed_start(worker: Worker, run_id: str, workflow: str, exc: Exception) -> None:
-    """A caller that chose the run id can read why its start failed from the run itself."""
-    try:
-        created = await worker.world.create_run(run_id, workflow, "[]")
-        if created:
-            await worker.committer.submit(
-                Commit(
-                    run_id=run_id,
-                    events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
-                )
-            )
-    except Exception:
-        pass
+    """A caller that chose the run id can read why its start failed from the run itself.
+
+    Also on a redelivery: a run created ``pending`` for this request whose failure was not yet
+    recorded is failed now. A run of that id that already exists otherwise is left alone.
+    """
+    created = await worker.world.create_run(run_id, workflow, "[]")
+    if not created:
+        info = await worker.world.get_run(run_id)
+        if info is None or info.workflow != workflow or info.status != "pending":
+            return
+    await worker.committer.submit(
+        Commit(run_id=run_id, events=[NewEvent("run_failed", "", {"error": error_json(exc)})])
+    )
 
 
 def _valid_run_id(run_id: str) -> bool:

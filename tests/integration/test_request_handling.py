@@ -1,8 +1,55 @@
-"""Request ingestion in one process against real Redis."""
+"""Request ingestion in one process against real Redis: outages, a deleted stream."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+import tests.e2e.request_workflows  # noqa: F401 -- registers the workflows the requests name
+from tests.integration.helpers import new_run_id
+from tests.support import RedisServer
+from worker import _requests as requests
+from worker._errors import WorldUnavailableError
+from worker._worker import Worker, WorkerConfig
 from world_redis import RedisWorld
+
+
+class UnreachableOnCreate(RedisWorld):
+    """A real RedisWorld whose run creation fails as it does when Redis stays down too long."""
+
+    attempts = 0
+
+    async def create_run(self, *args: Any, **kwargs: Any) -> bool:
+        self.attempts += 1
+        raise WorldUnavailableError("Redis unavailable: connection refused (test)")
+
+
+async def test_outage_while_creating_a_run_leaves_the_request_pending(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """WorldUnavailableError while creating a valid run: that request is neither rejected nor acknowledged and no run is recorded, while a malformed one before it is rejected and acknowledged."""
+    w = UnreachableOnCreate.from_url(redis_server.url, prefix=prefix)
+    try:
+        worker = Worker(w, WorkerConfig(lease_ms=60_000))
+        await w.ensure_groups()
+        run_id = new_run_id()
+        stream = w.keys.start_stream()
+        malformed = await w.redis.xadd(stream, {"args": "[1]"})
+        valid = await w.redis.xadd(stream, {"workflow": "noop", "args": "[1]", "run_id": run_id})
+        got = await w.read_start_requests(worker.name, 10, 0)
+        assert [r.message_id for r in got] == [malformed, valid]
+        with pytest.raises(WorldUnavailableError):
+            await requests.handle_requests(worker, got)
+        assert w.attempts == 1
+        rejected = await w.redis.xrange(w.keys.rejected(stream))
+        assert [fields["message_id"] for _, fields in rejected] == [malformed]
+        assert [mid for mid, _ in await w.redis.xrange(stream)] == [valid]
+        pending = await w.redis.xpending_range(stream, "workers", "-", "+", 10)
+        assert [p["message_id"] for p in pending] == [valid]
+        assert await w.get_run(run_id) is None
+    finally:
+        await w.close()
 
 
 async def test_request_stream_deleted_under_the_reader_gets_its_group_back(

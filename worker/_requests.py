@@ -143,6 +143,11 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
             raise MalformedMessageError("start request has no 'workflow' field")
         check_run_id(run_id)
         args_text = fields.get("args", "[]")
+        size = len(args_text.encode())
+        if size > worker.world.max_payload_bytes:
+            raise PayloadTooLargeError(
+                "'args' of start request", size, worker.world.max_payload_bytes
+            )
         args = _loads(args_text, "start request 'args'")
         if not isinstance(args, list):
             raise MalformedMessageError("start request 'args' must be a JSON array")
@@ -167,6 +172,11 @@ async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
         if not token:
             raise MalformedMessageError("resume request has no 'token' field")
         text = req.fields.get("payload", "null")
+        size = len(text.encode())
+        if size > worker.world.max_payload_bytes:
+            raise PayloadTooLargeError(
+                "'payload' of resume request", size, worker.world.max_payload_bytes
+            )
         payload = _loads(text, "resume request 'payload'")
         hook = await resume_hook(token, payload, worker.world)
     except VERDICTS as exc:

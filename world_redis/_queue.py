@@ -33,7 +33,7 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-KEEP_BYTES = 1024  # a dead-lettered copy of an undecodable entry keeps this much of each field
+KEEP_BYTES = 1024  # a rejected or dead-lettered copy keeps this much of each field
 UNDECODABLE = "undecodable entry: a field name or value is not UTF-8 (raw bytes in <field>:b64)"
 
 
@@ -50,6 +50,20 @@ def undecodable(fields: Mapping[str, str]) -> bool:
 
 def _shown_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def truncated_copy(fields: Mapping[str, str]) -> dict[str, str]:
+    """Fields of a valid entry as a rejected copy keeps them: each at most KEEP_BYTES, and the
+    original length in bytes beside any field cut (``<field>:length``)."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        raw = value.encode()
+        if len(raw) <= KEEP_BYTES:
+            out[name] = value
+        else:
+            out[name] = raw[:KEEP_BYTES].decode("utf-8", "ignore")
+            out[f"{name}:length"] = str(len(raw))
+    return out
 
 
 def raw_copy(fields: Mapping[str, str]) -> dict[str, str]:
@@ -439,12 +453,12 @@ class RedisQueue:
         return out
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
-        """Copy the request to ``<stream>:rejected`` with the reason."""
+        """Copy the request to ``<stream>:rejected`` with the reason; big fields are cut to 1 KB."""
         await with_retry(
             self.redis.xadd,
             self.keys.rejected(self._request_stream(request.kind)),
             {
-                **request.fields,
+                **truncated_copy(request.fields),
                 "message_id": request.message_id,
                 "reason": reason,
                 "deliveries": str(request.deliveries),

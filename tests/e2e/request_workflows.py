@@ -8,3 +8,8 @@ from worker import workflow
 @workflow(name="noop")
 async def noop(x: int) -> int:
     return x
+
+
+@workflow(name="text_length")
+async def text_length(text: str) -> int:
+    return len(text)

@@ -1,16 +1,19 @@
-"""Request ingestion in one process against real Redis: outages, a deleted stream."""
+"""Request ingestion in one process against real Redis: outages, payload limits, a deleted stream."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
 
 import tests.e2e.request_workflows  # noqa: F401 -- registers the workflows the requests name
 from tests.integration.helpers import new_run_id
-from tests.support import RedisServer
+from tests.support import RedisServer, eventually
 from worker import _requests as requests
 from worker._errors import WorldUnavailableError
+from worker._supervisor import Duty
 from worker._worker import Worker, WorkerConfig
 from world_redis import RedisWorld
 
@@ -23,6 +26,17 @@ class UnreachableOnCreate(RedisWorld):
     async def create_run(self, *args: Any, **kwargs: Any) -> bool:
         self.attempts += 1
         raise WorldUnavailableError("Redis unavailable: connection refused (test)")
+
+
+async def run_loop_until(worker: Worker, condition: Any, what: str) -> None:
+    """Run the request loop (as the worker's supervisor would) until ``condition()`` holds."""
+    duty = Duty("requests", lambda d: requests.request_loop(worker, d), stale_after_s=60.0)
+    loop = asyncio.create_task(duty.body(duty))
+    try:
+        await eventually(condition, 20, what=what)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(loop, 10)
 
 
 async def test_outage_while_creating_a_run_leaves_the_request_pending(
@@ -50,6 +64,30 @@ async def test_outage_while_creating_a_run_leaves_the_request_pending(
         assert await w.get_run(run_id) is None
     finally:
         await w.close()
+
+
+async def test_oversize_requests_are_rejected_with_a_truncated_copy(world: RedisWorld) -> None:
+    """Start args and resume payloads over max_payload_bytes are rejected with PayloadTooLargeError; the rejected copy keeps 1 KB and the length."""
+    world.max_payload_bytes = 10_000
+    worker = Worker(world, WorkerConfig(lease_ms=60_000))
+    await world.ensure_groups()
+    big = json.dumps(["x" * 200_000])
+    start, resume = world.keys.start_stream(), world.keys.resume_stream()
+    await world.redis.xadd(start, {"workflow": "text_length", "args": big})
+    await world.redis.xadd(resume, {"token": "anything", "payload": big})
+
+    async def both_rejected() -> bool:
+        counts = [await world.redis.xlen(world.keys.rejected(s)) for s in (start, resume)]
+        return counts == [1, 1]
+
+    await run_loop_until(worker, both_rejected, "both requests rejected")
+    for stream, field in ((start, "args"), (resume, "payload")):
+        ((_, fields),) = await world.redis.xrange(world.keys.rejected(stream))
+        assert "PayloadTooLargeError" in fields["reason"] and "10000" in fields["reason"]
+        assert len(fields[field]) == 1024 and big.startswith(fields[field])
+        assert fields[f"{field}:length"] == str(len(big))
+        assert await world.redis.xlen(stream) == 0
+    assert (await world.list_runs())[0] == []
 
 
 async def test_request_stream_deleted_under_the_reader_gets_its_group_back(

@@ -2,9 +2,10 @@
 
 Requests get the same at-least-once treatment as wake-ups: an entry stays pending until it is
 decided, a worker that dies leaves its entries to be reclaimed by another once they have been idle
-for a lease, and an entry delivered more than ``max_deliveries`` times is rejected. Creating a run
-is idempotent, so a redelivered start request converges: one without ``run_id`` gets one derived
-from its stream id (the same on every delivery).
+for a lease, and an entry delivered more than ``max_deliveries`` times is rejected. Handling is
+idempotent, so a redelivered request converges: a start without ``run_id`` gets one derived from
+its stream id (the same on every delivery), and a resume carries its stream id as the request id
+of its ``hook_received`` event (a second one is answered "exists").
 
 Only a verdict about the request itself rejects it (malformed, unknown workflow, bad arguments,
 invalid run id, too large, no such hook). An infrastructure error leaves it pending, to be retried.
@@ -166,7 +167,7 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
 
 
 async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
-    """``XADD <prefix>:hooks:resume * token T payload JSON``: deliver the payload to hook T."""
+    """``XADD <prefix>:hooks:resume * token T payload JSON``: deliver the payload to hook T once."""
     token = req.fields.get("token", "")
     try:
         if not token:
@@ -178,7 +179,7 @@ async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
                 "'payload' of resume request", size, worker.world.max_payload_bytes
             )
         payload = _loads(text, "resume request 'payload'")
-        hook = await resume_hook(token, payload, worker.world)
+        hook = await resume_hook(token, payload, worker.world, request_id=req.message_id)
     except VERDICTS as exc:
         reason = f"{type(exc).__name__}: {exc}"
         worker.log.warning("resume_request_rejected", message_id=req.message_id, reason=reason)

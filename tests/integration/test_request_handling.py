@@ -1,4 +1,4 @@
-"""Request ingestion in one process against real Redis: outages, payload limits, a deleted stream."""
+"""Request ingestion in one process against real Redis: outages, payload limits, duplicate resumes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 import tests.e2e.request_workflows  # noqa: F401 -- registers the workflows the requests name
-from tests.integration.helpers import new_run_id
+from tests.integration.helpers import commit1, ev, new_run_id
 from tests.support import RedisServer, eventually
 from worker import _requests as requests
+from worker import resume_hook
 from worker._errors import WorldUnavailableError
 from worker._supervisor import Duty
 from worker._worker import Worker, WorkerConfig
@@ -88,6 +89,49 @@ async def test_oversize_requests_are_rejected_with_a_truncated_copy(world: Redis
         assert fields[f"{field}:length"] == str(len(big))
         assert await world.redis.xlen(stream) == 0
     assert (await world.list_runs())[0] == []
+
+
+async def live_hook(world: RedisWorld, token: str) -> str:
+    run_id = new_run_id()
+    await world.create_run(run_id, "noop", "[1]")
+    res = await commit1(world, run_id, ev("run_started"), ev("hook_created", "hook_1", token=token))
+    assert res.code == "ok", res
+    return run_id
+
+
+async def hook_received(world: RedisWorld, run_id: str) -> list[dict[str, str]]:
+    rows = await world.redis.xrange(world.keys.events(run_id))
+    return [fields for _, fields in rows if fields["type"] == "hook_received"]
+
+
+async def test_resume_with_the_same_request_id_is_received_once(world: RedisWorld) -> None:
+    """resume_hook twice with one request id (a retried commit): one hook_received event, carrying that id."""
+    run_id = await live_hook(world, "tok-once")
+    await resume_hook("tok-once", {"n": 1}, world, request_id="1700000000000-0")
+    await resume_hook("tok-once", {"n": 1}, world, request_id="1700000000000-0")
+    await resume_hook("tok-once", {"n": 2}, world, request_id="1700000000000-1")
+    received = await hook_received(world, run_id)
+    assert [(e["payload"], e["request_id"]) for e in received] == [
+        ('{"n":1}', "1700000000000-0"),
+        ('{"n":2}', "1700000000000-1"),
+    ]
+
+
+async def test_redelivered_resume_request_is_received_once(world: RedisWorld) -> None:
+    """A resume request from wf:hooks:resume handled twice (redelivered after a crash before its ack): one hook_received."""
+    run_id = await live_hook(world, "tok-redelivered")
+    worker = Worker(world, WorkerConfig(lease_ms=60_000))
+    await world.ensure_groups()
+    mid = await world.redis.xadd(
+        world.keys.resume_stream(), {"token": "tok-redelivered", "payload": '{"n": 1}'}
+    )
+    (req,) = await world.read_start_requests(worker.name, 10, 0)
+    assert req.message_id == mid
+    await requests.handle_resume_request(worker, req)
+    await requests.handle_resume_request(worker, req)
+    received = await hook_received(world, run_id)
+    assert len(received) == 1
+    assert received[0]["request_id"] == mid
 
 
 async def test_request_stream_deleted_under_the_reader_gets_its_group_back(

@@ -114,19 +114,26 @@ async def get_hook_by_token(token: str, world: World | None = None) -> HookInfo:
     )
 
 
-async def resume_hook(token: str, payload: Any = None, world: World | None = None) -> HookInfo:
-    """Deliver ``payload`` to the hook holding ``token`` and wake its run."""
+async def resume_hook(
+    token: str, payload: Any = None, world: World | None = None, *, request_id: str = ""
+) -> HookInfo:
+    """Deliver ``payload`` to the hook holding ``token`` and wake its run.
+
+    ``request_id`` names this delivery: the hook receives a payload once per request id, so a
+    resume retried after its reply was lost (or a request redelivered) is not received twice.
+    """
     from ._client import check_payload, get_world
 
     w = world or get_world()
     hook = await get_hook_by_token(token, w)
     text = _serde.dumps(payload, what=f"payload for hook {token!r}")
     check_payload(w, text, f"payload for hook {token!r}")
+    fields = {"payload": text, "request_id": request_id} if request_id else {"payload": text}
     (res,) = await w.commit(
         [
             Commit(
                 run_id=hook.run_id,
-                events=[NewEvent("hook_received", hook.hook_id, {"payload": text})],
+                events=[NewEvent("hook_received", hook.hook_id, fields)],
                 wake="hook",
             )
         ]

@@ -16,16 +16,13 @@ import traceback
 from math import inf
 from typing import TYPE_CHECKING, Any
 
-from . import _health_http, _serde
-from ._errors import InvalidRunIdError, MalformedMessageError, WorkflowNotRegisteredError
+from . import _health_http
 from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
-from ._hooks import resume_hook
-from ._ids import check_run_id, new_run_id
-from ._registry import convert_args, get_workflow, has_workflow
 from ._replay import error_json
+from ._requests import request_loop
 from ._supervisor import Duty
-from ._world import Commit, StartRequest, Wakeup
+from ._world import Commit, Wakeup
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -52,7 +49,7 @@ def supervise(worker: Worker) -> None:
     sup.add("heartbeat", lambda d: heartbeat_loop(worker, d), stale_after_s=max(lease_s, 5.0))
     sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
     sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
-    sup.add("requests", lambda d: start_request_loop(worker, d), stale_after_s=quiet_s)
+    sup.add("requests", lambda d: request_loop(worker, d), stale_after_s=quiet_s)
     sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
     status_s = max(quiet_s, 3 * STATUS_INTERVAL_S)
@@ -183,85 +180,6 @@ async def janitor_loop(worker: Worker, duty: Duty) -> None:
         await asyncio.sleep(60)
 
 
-async def start_request_loop(worker: Worker, duty: Duty) -> None:
-    while not worker.stopping.is_set():
-        requests = await worker.world.read_start_requests(worker.name, 100, 500)
-        for req in requests:
-            if req.kind == "resume":
-                await handle_resume_request(worker, req)
-            else:
-                await handle_start_request(worker, req)
-        await worker.world.ack_start_requests(requests)
-        duty.ok()
-
-
-async def handle_start_request(worker: Worker, req: StartRequest) -> None:
-    fields = req.fields
-    run_id = fields.get("run_id") or new_run_id()
-    try:
-        name = fields.get("workflow")
-        if not name:
-            raise MalformedMessageError("start request has no 'workflow' field")
-        check_run_id(run_id)
-        args_text = fields.get("args", "[]")
-        try:
-            args = _serde.loads(args_text)
-        except Exception:
-            raise MalformedMessageError(
-                f"start request 'args' is not valid JSON: {args_text[:200]!r}"
-            ) from None
-        if not isinstance(args, list):
-            raise MalformedMessageError("start request 'args' must be a JSON array")
-        if not has_workflow(name):
-            raise WorkflowNotRegisteredError(name)
-        wf = get_workflow(name)
-        convert_args(wf.signature, args, {}, f"workflow {name!r}")
-        created = await worker.world.create_run(run_id, name, args_text)
-        worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        worker.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
-        await worker.world.reject_start_request(req, reason)
-        if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
-            await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
-
-
-async def handle_resume_request(worker: Worker, req: StartRequest) -> None:
-    """``XADD wf:hooks:resume * token T payload JSON``: deliver the payload to hook T."""
-    token = req.fields.get("token", "")
-    try:
-        if not token:
-            raise MalformedMessageError("resume request has no 'token' field")
-        text = req.fields.get("payload", "null")
-        try:
-            payload = _serde.loads(text)
-        except Exception:
-            raise MalformedMessageError(
-                f"resume request 'payload' is not valid JSON: {text[:200]!r}"
-            ) from None
-        hook = await resume_hook(token, payload, worker.world)
-        worker.log.info("hook_resumed_by_request", run_id=hook.run_id, hook_id=hook.hook_id)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        worker.log.warning("resume_request_rejected", message_id=req.message_id, reason=reason)
-        await worker.world.reject_start_request(req, reason)
-
-
-async def record_failed_start(worker: Worker, run_id: str, workflow: str, exc: Exception) -> None:
-    """A caller that chose the run id can read why its start failed from the run itself."""
-    try:
-        created = await worker.world.create_run(run_id, workflow, "[]")
-        if created:
-            await worker.committer.submit(
-                Commit(
-                    run_id=run_id,
-                    events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
-                )
-            )
-    except Exception:
-        pass
-
-
 # -- watchdog --------------------------------------------------------------------------------
 
 
@@ -283,11 +201,3 @@ def start_watchdog(worker: Worker) -> None:
                 reported = None
 
     threading.Thread(target=watch, name="wf-watchdog", daemon=True).start()
-
-
-def _valid_run_id(run_id: str) -> bool:
-    try:
-        check_run_id(run_id)
-    except InvalidRunIdError:
-        return False
-    return True

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -91,11 +91,17 @@ class Acquired(msgspec.Struct, frozen=True):
 
 
 class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A request from another service: start a run ("start") or resume a hook ("resume")."""
+    """A request from another service: start a run ("start") or resume a hook ("resume").
+
+    ``source`` names the stream it came from (its ``message_id`` is unique within it);
+    ``deliveries`` counts how often it was handed to a worker, this time included.
+    """
 
     message_id: str
     fields: dict[str, str]
-    kind: str = "start"
+    kind: Literal["start", "resume"] = "start"
+    source: str = ""
+    deliveries: int = 1
 
 
 class World(Protocol):
@@ -149,6 +155,9 @@ class World(Protocol):
     async def dead_letter(self, wakeup: Wakeup, reason: str) -> None: ...
     async def read_start_requests(
         self, consumer: str, count: int, block_ms: int
+    ) -> list[StartRequest]: ...
+    async def reclaim_start_requests(
+        self, consumer: str, min_idle_ms: int, count: int
     ) -> list[StartRequest]: ...
     async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None: ...
     async def expire_indexes(self) -> int: ...

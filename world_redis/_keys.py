@@ -7,7 +7,8 @@ queue, timers and indexes, so every script touches one slot, as Redis Cluster re
     wf:start                          stream  start requests from any service (global)
     wf:{p0}:ready                     stream  wake-ups "run R has work", consumer group "workers"
     wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
-    wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason
+    wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason (undecodable
+                                              ones with each field as <name>:b64, raw bytes)
     wf:{p0}:idx:all                   zset    run id -> created ms
     wf:{p0}:idx:<status>              zset    run id -> created ms, one per status
     wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
@@ -18,14 +19,16 @@ queue, timers and indexes, so every script touches one slot, as Redis Cluster re
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
-    wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token
+    wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and
+                                              "<hook id>|req|<request id>" -> seq (resumes received)
     wf:{p0}:run:<run id>:stream:<n>   stream  output stream <n> of the run (see _streams.py)
     wf:{p0}:run:<run id>:streams      set     names of the run's output streams
     wf:{p0}:run:<run id>:response:<r> list    a manual webhook response on its way to the HTTP app
     wf:reply:<id>                     list    a worker's answer to a health check
     wf:health                         stream  health checks, read by every worker ahead of wake-ups
     wf:workers                        hash    worker name -> its last status report (JSON)
-    wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason
+    wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason (fields
+                                              cut to 1 KB; undecodable ones as <name>:b64)
 """
 
 from __future__ import annotations

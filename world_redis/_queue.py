@@ -6,10 +6,11 @@ runs and their logs.
 
 from __future__ import annotations
 
+import base64
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -17,6 +18,7 @@ from redis.commands.core import AsyncScript
 
 from worker._errors import CorruptEventError
 from worker._events import event_from_fields
+from worker._logging import get_logger
 from worker._world import Acquired, StartRequest, Wakeup
 
 from ._keys import GROUP, Keys
@@ -29,6 +31,54 @@ def _script_source(name: str) -> str:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+KEEP_BYTES = 1024  # a rejected or dead-lettered copy keeps this much of each field
+UNDECODABLE = "undecodable entry: a field name or value is not UTF-8 (raw bytes in <field>:b64)"
+
+
+def undecodable(fields: Mapping[str, str]) -> bool:
+    """True when a field held bytes that are not UTF-8 (surrogates: see ``RedisWorld.from_url``)."""
+    try:
+        for name, value in fields.items():
+            name.encode()
+            value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown_name(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def truncated_copy(fields: Mapping[str, str]) -> dict[str, str]:
+    """Fields of a valid entry as a rejected copy keeps them: each at most KEEP_BYTES, and the
+    original length in bytes beside any field cut (``<field>:length``)."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        raw = value.encode()
+        if len(raw) <= KEEP_BYTES:
+            out[name] = value
+        else:
+            out[name] = raw[:KEEP_BYTES].decode("utf-8", "ignore")
+            out[f"{name}:length"] = str(len(raw))
+    return out
+
+
+def raw_copy(fields: Mapping[str, str]) -> dict[str, str]:
+    """Fields of an undecodable entry as its copy keeps them: every value as ``<field>:b64``, the
+    base64 of its raw bytes (at most KEEP_BYTES of them, the full length then in ``<field>:length``).
+
+    A name that is not UTF-8 itself is shown with backslash escapes (``\\xff``)."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        shown = _shown_name(name)
+        raw = value.encode("utf-8", "surrogateescape")
+        out[f"{shown}:b64"] = base64.b64encode(raw[:KEEP_BYTES]).decode()
+        if len(raw) > KEEP_BYTES:
+            out[f"{shown}:length"] = str(len(raw))
+    return out
 
 
 def fields_dict(flat: Any) -> dict[str, str]:
@@ -48,6 +98,7 @@ class RedisQueue:
         self.keys = keys
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
+        self._log = get_logger(component="world_redis")
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -96,66 +147,125 @@ class RedisQueue:
             warnings.append("appendonly is 'no': a Redis restart loses runs; enable AOF")
         return warnings
 
-    def _wakeups(self, reply: Any) -> list[Wakeup]:
-        out: list[Wakeup] = []
-        for stream, entries in reply or []:
-            p = int(_s(stream).rsplit("{p", 1)[1].split("}", 1)[0])
-            for mid, fields in entries:
-                out.append(
-                    Wakeup(
-                        partition=p,
-                        message_id=_s(mid),
-                        run_id=(fields or {}).get("run", ""),
-                        reason=(fields or {}).get("reason", ""),
-                    )
-                )
+    async def _read_group(
+        self, consumer: str, streams: dict[str, str], count: int, block_ms: int
+    ) -> Any:
+        """XREADGROUP; a stream deleted under the worker (``DEL`` by an operator) gets its group
+        back, instead of every later read failing with NOGROUP."""
+        await self.ensure_groups()
+        try:
+            return await with_retry(
+                self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._log.warning("consumer_group_recreated", error=str(exc))
+            self._groups_ready = False
+            await self.ensure_groups()
+            return []
+
+    @staticmethod
+    def _partition_of(stream: str) -> int:
+        return int(stream.rsplit("{p", 1)[1].split("}", 1)[0])
+
+    async def _claim(
+        self, stream: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[str, dict[str, str], int]]:
+        """Claim entries of ``stream`` pending longer than ``min_idle_ms``: (id, fields, deliveries).
+
+        XPENDING gives the delivery counts (XAUTOCLAIM does not), XCLAIM with the same min-idle
+        takes them (an entry another worker claimed meanwhile is no longer idle: not taken twice).
+        Pending entries deleted from the stream are acknowledged, so they stop coming back.
+        """
+        pending = await with_retry(
+            self.redis.xpending_range,
+            stream,
+            GROUP,
+            min="-",
+            max="+",
+            count=count,
+            idle=min_idle_ms,
+        )
+        if not pending:
+            return []
+        deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
+        claimed = await with_retry(
+            self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
+        )
+        out: list[tuple[str, dict[str, str], int]] = []
+        for mid, fields in claimed:
+            if fields is not None:  # Redis before 7 replies nil for a deleted entry
+                out.append((_s(mid), dict(fields), deliveries[_s(mid)] + 1))
+        missing = set(deliveries) - {mid for mid, _, _ in out}
+        gone = [mid for mid in sorted(missing) if not await self._exists(stream, mid)]
+        if gone:
+            await with_retry(self.redis.xack, stream, GROUP, *gone)
         return out
 
-    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
-        await self.ensure_groups()
-        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
-        reply = await with_retry(
-            self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+    async def _exists(self, stream: str, message_id: str) -> bool:
+        return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
+
+    async def _set_aside(
+        self, stream: str, target: str, message_id: str, fields: Mapping[str, str], deliveries: int
+    ) -> None:
+        """Move an undecodable entry to ``target`` with its raw bytes (copy before ack)."""
+        self._log.warning("undecodable_entry_set_aside", stream=stream, message_id=message_id)
+        entry = {
+            **raw_copy(fields),
+            "reason": UNDECODABLE,
+            "message_id": message_id,
+            "deliveries": str(deliveries),
+            "host": socket.gethostname(),
+        }
+        await with_retry(self.redis.xadd, target, entry, maxlen=100_000, approximate=True)
+        await self._ack_ids(stream, [message_id])
+
+    async def _ack_ids(self, stream: str, ids: Sequence[str]) -> None:
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def _wakeup(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> Wakeup | None:
+        """The wake-up of one entry; None for an undecodable one, which is dead-lettered."""
+        p = self._partition_of(stream)
+        if undecodable(fields):
+            await self._set_aside(stream, self.keys.dlq(p), message_id, fields, deliveries)
+            return None
+        return Wakeup(
+            partition=p,
+            message_id=message_id,
+            run_id=fields.get("run", ""),
+            reason=fields.get("reason", ""),
+            deliveries=deliveries,
         )
-        return self._wakeups(reply)
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
+        reply = await self._read_group(consumer, streams, count, block_ms)
+        out: list[Wakeup] = []
+        for stream, entries in reply or []:
+            for mid, fields in entries:
+                w = await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1)
+                if w is not None:
+                    out.append(w)
+        return out
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
         """Take over wake-ups whose consumer stopped renewing them (a dead or stuck worker)."""
         out: list[Wakeup] = []
         for p in range(self.keys.partitions):
             stream = self.keys.ready(p)
-            pending = await with_retry(
-                self.redis.xpending_range,
-                stream,
-                GROUP,
-                min="-",
-                max="+",
-                count=count,
-                idle=min_idle_ms,
-            )
-            if not pending:
-                continue
-            deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
-            claimed = await with_retry(
-                self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
-            )
-            missing = set(deliveries)
-            for mid, fields in claimed:
-                mid = _s(mid)
-                missing.discard(mid)
-                if fields is None:
-                    continue
-                out.append(
-                    Wakeup(
-                        partition=p,
-                        message_id=mid,
-                        run_id=fields.get("run", ""),
-                        reason=fields.get("reason", ""),
-                        deliveries=deliveries[mid] + 1,
-                    )
-                )
-            if missing:  # entries deleted from the stream but still pending: drop them
-                await with_retry(self.redis.xack, stream, GROUP, *missing)
+            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+                w = await self._wakeup(stream, mid, fields, deliveries)
+                if w is not None:
+                    out.append(w)
         return out
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
@@ -300,32 +410,59 @@ class RedisQueue:
     def _request_stream(self, kind: str) -> str:
         return self.keys.resume_stream() if kind == "resume" else self.keys.start_stream()
 
+    async def _request(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> StartRequest | None:
+        """The request of one entry; None for an undecodable one, which is rejected."""
+        if undecodable(fields):
+            target = self.keys.rejected(stream)
+            await self._set_aside(stream, target, message_id, fields, deliveries)
+            return None
+        kind: Literal["start", "resume"] = (
+            "resume" if stream == self.keys.resume_stream() else "start"
+        )
+        return StartRequest(
+            message_id=message_id, fields=fields, kind=kind, source=stream, deliveries=deliveries
+        )
+
     async def read_start_requests(
         self, consumer: str, count: int, block_ms: int
     ) -> list[StartRequest]:
         """Requests from any service: run starts (``wf:start``) and hook resumes (``wf:hooks:resume``)."""
-        await self.ensure_groups()
         start, resume = self.keys.start_stream(), self.keys.resume_stream()
-        reply = await with_retry(
-            self.redis.xreadgroup,
-            GROUP,
-            consumer,
-            {start: ">", resume: ">"},
-            count=count,
-            block=block_ms or None,
-        )
+        reply = await self._read_group(consumer, {start: ">", resume: ">"}, count, block_ms)
         out: list[StartRequest] = []
         for stream, entries in reply or []:
-            kind = "resume" if _s(stream) == resume else "start"
             for mid, fields in entries:
-                out.append(StartRequest(message_id=_s(mid), fields=dict(fields or {}), kind=kind))
+                req = await self._request(_s(stream), _s(mid), dict(fields or {}), 1)
+                if req is not None:
+                    out.append(req)
+        return out
+
+    async def reclaim_start_requests(
+        self, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StartRequest]:
+        """Take over requests pending longer than ``min_idle_ms`` (their worker died or stalled)."""
+        await self.ensure_groups()
+        out: list[StartRequest] = []
+        for stream in (self.keys.start_stream(), self.keys.resume_stream()):
+            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+                req = await self._request(stream, mid, fields, deliveries)
+                if req is not None:
+                    out.append(req)
         return out
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
+        """Copy the request to ``<stream>:rejected`` with the reason; big fields are cut to 1 KB."""
         await with_retry(
             self.redis.xadd,
             self.keys.rejected(self._request_stream(request.kind)),
-            {**request.fields, "message_id": request.message_id, "reason": reason},
+            {
+                **truncated_copy(request.fields),
+                "message_id": request.message_id,
+                "reason": reason,
+                "deliveries": str(request.deliveries),
+            },
             maxlen=10_000,
             approximate=True,
         )

@@ -68,7 +68,20 @@ class RedisWorld(RedisQueue, RedisPresence):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisWorld:
-        client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # Replies are decoded to str, but a byte that is not UTF-8 becomes a lone surrogate
+        # (surrogateescape) instead of failing the whole reply: one bad entry written by another
+        # service must not make a batch of requests or a reclaim unreadable. The queue checks each
+        # entry (``_queue.undecodable``) and moves a bad one aside with its raw bytes, which
+        # ``s.encode("utf-8", "surrogateescape")`` gives back. Chosen over a second, bytes-only
+        # client for stream reads: one connection pool, and every other reply keeps its str
+        # types. Checked with the hiredis parser and with redis-py's pure-Python parser (the tests
+        # run with whichever is installed). Writing such a string back writes the original bytes.
+        client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            health_check_interval=30,
+        )
         return cls(client, **kwargs)
 
     async def close(self) -> None:

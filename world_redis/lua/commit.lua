@@ -15,7 +15,8 @@
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
 --   names, inputs, outputs and errors live in the event log only), and the run's live hooks
---   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata JSON)
+--   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata JSON,
+--   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id)
 --
 -- ARGV[1]  retention of finished runs, seconds
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
@@ -27,7 +28,8 @@
 --   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
 --   "rejected" (an event was refused; later events of that run are skipped)
 -- and results has one {status, extra} per event processed:
---   status "ok" | "exists" (harmless duplicate, skipped) | "terminal" | "not_found" |
+--   status "ok" | "exists" (harmless duplicate, skipped; a hook_received whose field
+--          request_id the hook already received is one) | "terminal" | "not_found" |
 --          "too_early" | "stale" | "invalid" | "corrupt" (the stream already holds the position
 --          the run hash says is next: the log and the run disagree; nothing of it is written)
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early),
@@ -82,6 +84,7 @@ for i = 0, #batch - 1 do
       local new_status = nil
       local hook_token = nil    -- reserve this token for hook `corr` (after the append)
       local hook_dispose = nil  -- free this token of hook `corr` (after the append)
+      local hook_request = nil  -- remember this request id of hook `corr` (after the append)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       local e = { false, '0', '0', false, '0' }
       if corr ~= '' then
@@ -185,10 +188,16 @@ for i = 0, #batch - 1 do
         end
       elseif etype == 'hook_received' or etype == 'hook_disposed' then
         local token = redis.call('HGET', hooks_key, corr)
+        local request_id = f.request_id or ''
         if not token then
           res = 'not_found'
         elseif etype == 'hook_disposed' then
           hook_dispose = token
+        elseif request_id ~= '' then
+          hook_request = corr .. '|req|' .. request_id
+          if redis.call('HEXISTS', hooks_key, hook_request) == 1 then
+            res = 'exists'
+          end
         end
       else
         res = 'invalid'
@@ -220,6 +229,7 @@ for i = 0, #batch - 1 do
             redis.call('HSET', KEYS[10], hook_token, run_id .. '|' .. corr)
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
+          if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
           if hook_dispose then
             if redis.call('HGET', KEYS[10], hook_dispose) == run_id .. '|' .. corr then
               redis.call('HDEL', KEYS[10], hook_dispose)

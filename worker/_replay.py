@@ -587,6 +587,9 @@ def error_json(exc: BaseException) -> str:
 
 def _revive_error(text: str) -> BaseException:
     value = _serde.loads(text)
+    if isinstance(value, StopIteration):  # a future refuses it: raised into one, it is a TypeError
+        name = f"{type(value).__module__}:{type(value).__qualname__}"
+        return _serde.RemoteError(str(value), name, getattr(value, "__wf_traceback__", ""))
     if isinstance(value, BaseException):
         return value
     if isinstance(value, dict):

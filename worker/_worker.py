@@ -554,14 +554,17 @@ class Worker:
                     f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
                 )
             return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
-        except Exception as exc:
+        # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
+        # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
+        # handler, never as KeyboardInterrupt here); CancelledError is the worker's own shutdown
+        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
             log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
             return self._step_error(fn, call, exc, attempt, log)
         finally:
             current_step.reset(token)
 
     def _step_error(
-        self, fn: StepFunction, call: StepCall, exc: Exception, attempt: int, log: Any
+        self, fn: StepFunction, call: StepCall, exc: BaseException, attempt: int, log: Any
     ) -> NewEvent:
         error = error_json(exc)
         fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)

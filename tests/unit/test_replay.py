@@ -525,6 +525,39 @@ def test_uncaught_step_failure_fails_the_run() -> None:
     assert_replays(uncaught, res)
 
 
+@workflow(name="t_replay.catches_any")
+async def catches_any() -> str:
+    try:
+        await bad()
+    except Exception as exc:
+        return f"{type(exc).__name__}|{getattr(exc, 'type_name', '')}|{exc}"
+    return "no error"
+
+
+SYSTEM_EXIT = '{"$t":"exc","cls":"builtins:SystemExit","args":[7]}'
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [SYSTEM_EXIT, _serde.dumps(KeyboardInterrupt("k")), _serde.dumps(GeneratorExit())],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit"],
+)
+def test_stored_base_exception_reaches_the_code_as_remote_error(stored: str) -> None:
+    """A step_failed holding a SystemExit (or another non-Exception) reaches the workflow as a
+    RemoteError that ``except Exception`` catches; advancing never raises it, live or on replay."""
+    res = simulate(catches_any, steps={"t_replay.bad": lambda: Fail(stored)})
+    name = json.loads(stored)["cls"]
+    assert res.value.startswith(f"RemoteError|{name}|")
+    assert_replays(catches_any, res)
+
+
+def test_stored_stop_iteration_fails_the_step_not_the_worker() -> None:
+    """A step_failed holding StopIteration (which a future refuses) reaches the code as RemoteError."""
+    stored = _serde.dumps(StopIteration("done"))
+    res = simulate(catches_any, steps={"t_replay.bad": lambda: Fail(stored)})
+    assert res.value == "RemoteError|builtins:StopIteration|done"
+
+
 # -- 10, 11. failures of the workflow code -----------------------------------------------------
 
 

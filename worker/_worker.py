@@ -277,10 +277,7 @@ class Worker:
             try:
                 inst = await self._load(held, fresh)
                 fresh = []
-            except WorkflowNotRegisteredError as exc:
-                await self._fail_unloadable(held, exc, log)
-                return
-            except CorruptEventError as exc:
+            except (WorkflowNotRegisteredError, CorruptEventError) as exc:
                 await self._fail_unloadable(held, exc, log)
                 return
             if inst is None:
@@ -288,7 +285,11 @@ class Worker:
                 return
             if held.lost:
                 break
-            progressed = await self._step_run(held, inst, log)
+            try:
+                progressed = await self._step_run(held, inst, log)
+            except CorruptEventError as exc:  # events fed after a commit do not fold either
+                await self._fail_unloadable(held, exc, log)
+                return
             if held.lost:
                 log.warning("lease_lost")
                 self._evict(held.run_id)
@@ -481,14 +482,17 @@ class Worker:
                 )
 
     async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
-        log.error("run_unloadable", error=str(exc))
-        await self.committer.submit(
+        log.error("run_unloadable", error=str(exc), error_type=type(exc).__name__)
+        self._evict(held.run_id)  # an instance fed part of a log that does not fold is useless
+        res = await self.committer.submit(
             Commit(
                 run_id=held.run_id,
                 token=self.token,
                 events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
             )
         )
+        if res.code != "ok":
+            log.warning("run_failure_not_recorded", code=res.code)
         await self.world.release(held.run_id, self.token, -1, held.wakeup)
 
     # -- executing steps -----------------------------------------------------------------------

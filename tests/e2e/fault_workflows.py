@@ -216,3 +216,11 @@ async def caught_then_hook(token: str) -> str:
         caught = "no error"
     await create_hook(token=token)
     return caught
+
+
+@workflow(name="echo_then_hook")
+async def echo_then_hook(token: str) -> list[object]:
+    """One step, then a wait on a hook: a parked run whose log a test can alter."""
+    first = await echo("before")
+    payload = await create_hook(token=token)
+    return [first, payload]

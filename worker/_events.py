@@ -148,20 +148,31 @@ EVENT_TYPES: dict[str, type[Event]] = {
 TERMINAL_RUN_EVENTS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
+def entry_name(seq: int, etype: str, corr: str = "") -> str:
+    """How errors name a log entry: its stream id (``<seq>-0``), its type and correlation id."""
+    return f"log entry {seq}-0 ({etype}, {corr})" if corr else f"log entry {seq}-0 ({etype})"
+
+
+def event_name(ev: Event) -> str:
+    """:func:`entry_name` of an event."""
+    return entry_name(ev.seq, str(ev.__struct_config__.tag), ev.corr)
+
+
 def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Event:
     """Build an event from a log entry's fields; anything malformed raises CorruptEventError."""
     etype = fields.get("type")
     cls = EVENT_TYPES.get(etype or "")
     if cls is None:
-        raise CorruptEventError(f"event {seq} of run {run_id or '?'} has unknown type {etype!r}")
+        raise CorruptEventError(
+            f"run {run_id or '?'}: log entry {seq}-0 has unknown event type {etype!r}"
+        )
     data: dict[str, Any] = {k: v for k, v in fields.items() if k != "type"}
     data["seq"] = seq
     try:
         return msgspec.convert(data, cls, strict=False)
     except msgspec.ValidationError as exc:
-        raise CorruptEventError(
-            f"event {seq} ({etype}) of run {run_id or '?'} does not parse: {exc}"
-        ) from None
+        name = entry_name(seq, str(etype), str(fields.get("corr", "")))
+        raise CorruptEventError(f"run {run_id or '?'}: {name} does not parse: {exc}") from None
 
 
 _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}

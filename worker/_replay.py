@@ -30,7 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _serde
-from ._errors import CorruptEventError, HookConflictError, HookDisposedError, NondeterminismError
+from ._errors import (
+    CorruptEventError,
+    HookConflictError,
+    HookDisposedError,
+    NondeterminismError,
+    SerializationError,
+)
 from ._events import (
     Event,
     HookConflict,
@@ -50,6 +56,7 @@ from ._events import (
     StepStarted,
     WaitCompleted,
     WaitCreated,
+    event_name,
 )
 from ._ids import DeterministicIds, hook_token
 
@@ -203,18 +210,25 @@ class WorkflowInstance:
         self.ended: str | None = None  # a terminal event is in the log (consumed or not)
         self.has_started = False
         self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
+        self._log_open: dict[str, str] = {}  # calls the log opened and did not finish: corr -> kind
 
     # -- API used by the runtime -------------------------------------------------------------
 
     def feed(self, events: list[Event]) -> None:
-        """Append events read from (or just written to) the log; they must follow on ``seq``."""
+        """Append events read from (or just written to) the log; they must follow on ``seq``.
+
+        The log must also fold: raises CorruptEventError naming the first entry that does not
+        (a gap, a log not opened by one run_created, an event of a call no earlier event opened).
+        """
         for ev in events:
             if ev.seq <= self.seq:
                 continue
             if ev.seq != self.seq + 1:
                 raise CorruptEventError(
-                    f"run {self.run_id}: event {ev.seq} does not follow {self.seq} (gap in log)"
+                    f"run {self.run_id}: {event_name(ev)} does not follow log entry "
+                    f"{self.seq}-0 (gap in log: entries are missing)"
                 )
+            self._fold(ev)
             self.seq = ev.seq
             self.log.append(ev)
             if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
@@ -223,6 +237,36 @@ class WorkflowInstance:
                 self.has_started = True
             elif isinstance(ev, WaitCompleted):
                 self._waits_completed.add(ev.corr)
+
+    def _fold(self, ev: Event) -> None:
+        """Check that ``ev`` can follow the log so far; track the calls the log holds open.
+
+        The commit script refuses such events, so one in the log means the log was altered.
+        """
+        problem = None
+        if isinstance(ev, RunCreated) != (ev.seq == 1):
+            problem = "a log holds exactly one run_created, as its first entry"
+        else:
+            opens, closes = _OPENS.get(type(ev)), _NEEDS.get(type(ev))
+            kind = self._log_open.get(ev.corr)
+            if opens is not None:
+                if not ev.corr or kind is not None:
+                    problem = f"it opens {opens} {ev.corr!r}, which is already open or unnamed"
+                elif not isinstance(ev, HookConflict):  # a conflict is the hook's last event
+                    self._log_open[ev.corr] = opens
+            elif closes is not None:
+                needed, final = closes
+                if kind != needed:
+                    problem = (
+                        f"no {needed}_created opened {needed} {ev.corr!r} before it (it was never "
+                        f"created, or is already finished)"
+                    )
+                elif final:
+                    del self._log_open[ev.corr]
+        if problem is not None:
+            raise CorruptEventError(
+                f"run {self.run_id}: {event_name(ev)} is inconsistent: {problem}"
+            )
 
     def advance(self) -> Outcome:
         """Run the code and consume events until the code needs events the log does not hold."""
@@ -328,7 +372,11 @@ class WorkflowInstance:
     # -- the driver ----------------------------------------------------------------------------
 
     def _start(self, run_created: RunCreated) -> None:
-        args, kwargs = self._decode_args(run_created.input)
+        try:
+            args, kwargs = self._decode_args(run_created.input)
+        except SerializationError:
+            self._payload(run_created, "input")  # CorruptEventError when the text is no value
+            raise  # a value that does not fit the parameters: the run fails with this error
         ctx = contextvars.copy_context()
         ctx.run(current_instance.set, self)
         self._task = self._loop.create_task(self._fn(*args, **kwargs), context=ctx)
@@ -340,7 +388,7 @@ class WorkflowInstance:
                 return self._finish()
             try:
                 delivered = self._consume_until_resolution()
-            except (NondeterminismError, CorruptEventError) as exc:
+            except (NondeterminismError, CorruptEventError, SerializationError) as exc:
                 return self._fail(exc)
             if self.terminal_event is not None:
                 self.finished = Outcome(kind=self.terminal_event)
@@ -414,19 +462,26 @@ class WorkflowInstance:
             self._active_steps.pop(call.corr, None)
             del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
             if not call.future.done():
-                call.future.set_result(_serde.loads(ev.result))
+                call.future.set_result(self._payload(ev, "result"))
             return True
         if isinstance(ev, StepFailed):
             call.status = "failed"
             self._active_steps.pop(call.corr, None)
             del self.steps[call.corr]
             if not call.future.done():
-                call.future.set_exception(_revive_error(ev.error))
+                call.future.set_exception(_as_error(self._payload(ev, "error")))
             return True
         raise NondeterminismError(
             f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a step call "
             "in the current code, but is not a step event"
         )
+
+    def _payload(self, ev: Event, field_name: str) -> Any:
+        """The value of a payload field of ``ev``; CorruptEventError when it does not load."""
+        try:
+            return _serde.loads(getattr(ev, field_name), what=f"field {field_name!r}")
+        except SerializationError as exc:
+            raise CorruptEventError(f"run {self.run_id}: {event_name(ev)}: {exc}") from None
 
     def _consume_hook(self, call: HookCall, ev: Event) -> bool:
         if isinstance(ev, HookCreated):
@@ -449,7 +504,7 @@ class WorkflowInstance:
             call.awaiters.clear()
             return True
         if isinstance(ev, HookReceived):
-            payload = _serde.loads(ev.payload)
+            payload = self._payload(ev, "payload")
             while call.awaiters:
                 fut = call.awaiters.popleft()
                 if not fut.done():
@@ -585,13 +640,33 @@ def error_json(exc: BaseException) -> str:
         )
 
 
-def _revive_error(text: str) -> BaseException:
-    value = _serde.loads(text)
+def _as_error(value: Any) -> BaseException:
+    """A stored step error as the exception raised where the workflow awaits the step."""
+    if isinstance(value, StopIteration):  # a future refuses it: raised into one, it is a TypeError
+        name = f"{type(value).__module__}:{type(value).__qualname__}"
+        return _serde.RemoteError(str(value), name, getattr(value, "__wf_traceback__", ""))
     if isinstance(value, BaseException):
         return value
     if isinstance(value, dict):
         return RuntimeError(str(value.get("message", value)))
-    return RuntimeError(text)
+    return RuntimeError(str(value))
+
+
+_OPENS: dict[type[Event], str] = {
+    StepCreated: "step",
+    WaitCreated: "wait",
+    HookCreated: "hook",
+    HookConflict: "hook",
+}
+_NEEDS: dict[type[Event], tuple[str, bool]] = {  # event -> (kind it needs open, does it close it)
+    StepStarted: ("step", False),
+    StepRetrying: ("step", False),
+    StepCompleted: ("step", True),
+    StepFailed: ("step", True),
+    WaitCompleted: ("wait", True),
+    HookReceived: ("hook", False),
+    HookDisposed: ("hook", True),
+}
 
 
 def clock_now(instance: WorkflowInstance) -> datetime:

@@ -32,10 +32,13 @@ Anything else is an object holding the reserved key ``"$t"`` (the tag) with its 
     stepref    {"$t":"stepref","v":{"name":"charge","closure":{"amount":5}}}
 
 ``cls`` is ``"module:QualName"``. A reader revives it only from modules already imported in its
-process (data never triggers an import) and only if it is an Enum / dataclass / msgspec Struct /
-exception class as tagged; otherwise an enum becomes its raw value, a dataclass or struct a
-plain dict of fields, and an exception a :class:`RemoteError`. In ``exc``, ``args`` is omitted
-when not serializable and ``attrs`` holds the serializable public instance attributes.
+process (data never triggers an import), looking names up through modules and classes only, and
+only if it is an Enum / dataclass / msgspec Struct / ``Exception`` subclass as tagged; otherwise an
+enum becomes its raw value, a dataclass or struct a plain dict of fields, and an exception a
+:class:`RemoteError` (so does every ``BaseException`` that is not an ``Exception``: ``SystemExit``,
+``KeyboardInterrupt``, ``GeneratorExit``, ``CancelledError``; stored data never ends a process).
+In ``exc``, ``args`` is omitted when not serializable and ``attrs`` holds the serializable public
+instance attributes; ``msg`` defaults to the text of ``args``.
 Extensions add tags with :func:`register_codec`. Producers in other languages may also send plain
 JSON; :func:`convert` coerces it to the parameter's annotation.
 """
@@ -53,6 +56,7 @@ from contextlib import suppress
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
+from types import ModuleType
 from typing import Any
 from uuid import UUID
 
@@ -513,11 +517,17 @@ def _text(node: dict[str, Any], key: str = "v") -> str:
 
 
 def _resolve(ref: str, accept: Callable[[type], bool]) -> Any:
-    """Find ``module:QualName`` among already imported modules; never imports anything."""
+    """Find ``module:QualName`` among already imported modules; never imports anything.
+
+    The walk reads the namespaces of modules and classes only: any other object met on the way
+    could compute attributes on demand (``__getattr__``), i.e. run code the data chose.
+    """
     module_name, sep, qualname = ref.partition(":")
     obj: Any = sys.modules.get(module_name) if sep else None
     for part in qualname.split(".") if obj is not None else ():
-        namespace = getattr(obj, "__dict__", None)
+        if not isinstance(obj, ModuleType | type):
+            return None
+        namespace = vars(obj)
         obj = namespace.get(part) if isinstance(namespace, Mapping) else None
     return obj if isinstance(obj, type) and accept(obj) else None
 
@@ -561,12 +571,16 @@ def _rv_struct(node: dict[str, Any]) -> Any:
 
 
 def _rv_exc(node: dict[str, Any]) -> BaseException:
-    ref, message = _text(node, "cls"), _text(node, "msg")
+    ref = _text(node, "cls")
+    args = _typed(_sub(node, "args"), list) if "args" in node else None
+    message = _text(node, "msg") if "msg" in node or args is None else _args_message(args)
+    args = [message] if args is None else args
     tb = str(node.get("tb") or "")
-    args = _typed(_sub(node, "args"), list) if "args" in node else [message]
     attrs = _typed(_sub(node, "attrs") or {}, dict)
     cause = _sub(node, "cause")
-    cls = _resolve(ref, lambda c: issubclass(c, BaseException))
+    # only Exception subclasses: a revived SystemExit, KeyboardInterrupt, GeneratorExit or
+    # CancelledError raised where code expects errors would end the task or the process
+    cls = _resolve(ref, lambda c: issubclass(c, Exception))
     exc = _build_exc(cls, args, attrs) if cls is not None else None
     if exc is None:
         exc = RemoteError(message, ref, tb, attrs)
@@ -575,6 +589,13 @@ def _rv_exc(node: dict[str, Any]) -> BaseException:
     if isinstance(cause, BaseException):
         exc.__cause__ = cause
     return exc
+
+
+def _args_message(args: list[Any]) -> str:
+    """``str()`` of an exception with these args, for payloads written without ``msg``."""
+    if not args:
+        return ""
+    return _exc_message(Exception(*args))
 
 
 def _build_exc(cls: type[BaseException], args: list[Any], attrs: dict[str, Any]) -> Any:

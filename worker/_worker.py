@@ -350,10 +350,7 @@ class Worker:
             try:
                 inst = await self._load(held, fresh)
                 fresh = []
-            except WorkflowNotRegisteredError as exc:
-                await self._fail_unloadable(held, exc, log)
-                return
-            except CorruptEventError as exc:
+            except (WorkflowNotRegisteredError, CorruptEventError) as exc:
                 await self._fail_unloadable(held, exc, log)
                 return
             if inst is None:
@@ -361,7 +358,11 @@ class Worker:
                 return
             if held.lost:
                 break
-            progressed = await self._step_run(held, inst, log)
+            try:
+                progressed = await self._step_run(held, inst, log)
+            except CorruptEventError as exc:  # events fed after a commit do not fold either
+                await self._fail_unloadable(held, exc, log)
+                return
             if held.lost:
                 log.warning("lease_lost")
                 self._evict(held.run_id)
@@ -553,14 +554,17 @@ class Worker:
                 )
 
     async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
-        log.error("run_unloadable", error=str(exc))
-        await self.committer.submit(
+        log.error("run_unloadable", error=str(exc), error_type=type(exc).__name__)
+        self._evict(held.run_id)  # an instance fed part of a log that does not fold is useless
+        res = await self.committer.submit(
             Commit(
                 run_id=held.run_id,
                 token=self.token,
                 events=[NewEvent("run_failed", "", {"error": error_json(exc)})],
             )
         )
+        if res.code != "ok":
+            log.warning("run_failure_not_recorded", code=res.code)
         await self.world.release(held.run_id, self.token, -1, held.wakeup)
 
     # -- executing steps -----------------------------------------------------------------------
@@ -626,14 +630,17 @@ class Worker:
                     f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
                 )
             return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
-        except Exception as exc:
+        # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
+        # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
+        # handler, never as KeyboardInterrupt here); CancelledError is the worker's own shutdown
+        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
             log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
             return self._step_error(fn, call, exc, attempt, log)
         finally:
             current_step.reset(token)
 
     def _step_error(
-        self, fn: StepFunction, call: StepCall, exc: Exception, attempt: int, log: Any
+        self, fn: StepFunction, call: StepCall, exc: BaseException, attempt: int, log: Any
     ) -> NewEvent:
         error = error_json(exc)
         fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from worker import FatalError, sleep, step, workflow
+from worker import FatalError, create_hook, sleep, step, workflow
 
 
 @step
@@ -167,3 +167,60 @@ async def survives_poison_step() -> str:
     except Exception as exc:
         return f"caught: {exc}"
     return "not reached"
+
+
+@step(max_retries=0)
+async def exits_async(code: int) -> None:
+    """Raises SystemExit in the worker's event loop: a step failure, never the end of the worker."""
+    raise SystemExit(code)
+
+
+@step(max_retries=0)
+def exits_in_thread(code: int) -> None:
+    """Raises SystemExit in the worker's thread pool (a sync step)."""
+    raise SystemExit(code)
+
+
+@step(max_retries=0)
+async def interrupts() -> None:
+    raise KeyboardInterrupt("stored interrupt")
+
+
+@workflow(name="step_exits")
+async def step_exits(code: int, in_thread: bool) -> None:
+    await (exits_in_thread(code) if in_thread else exits_async(code))
+
+
+@workflow(name="step_interrupts")
+async def step_interrupts() -> str:
+    try:
+        await interrupts()
+    except Exception as exc:
+        return f"{type(exc).__name__}|{getattr(exc, 'type_name', '')}|{exc}"
+    return "no error"
+
+
+@step(max_retries=0)
+async def fails_plainly(message: str) -> None:
+    raise ValueError(message)
+
+
+@workflow(name="caught_then_hook")
+async def caught_then_hook(token: str) -> str:
+    """Catches a step failure, then waits on a hook: a new worker replays the failure on resume."""
+    try:
+        await fails_plainly("plain failure")
+    except Exception as exc:
+        caught = f"{type(exc).__name__}|{getattr(exc, 'type_name', '')}|{exc}"
+    else:
+        caught = "no error"
+    await create_hook(token=token)
+    return caught
+
+
+@workflow(name="echo_then_hook")
+async def echo_then_hook(token: str) -> list[object]:
+    """One step, then a wait on a hook: a parked run whose log a test can alter."""
+    first = await echo("before")
+    payload = await create_hook(token=token)
+    return [first, payload]

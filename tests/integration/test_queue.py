@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from worker._world import Wakeup
 from world_redis import RedisWorld
 
 from .helpers import commit1, ev, new_id, new_run_id, run_with_steps, snapshot
 
 GROUP = "workers"
+# reclaim's minimum idle time in these tests: far longer than any test runs, so a wake-up is idle
+# that long only when a test says so (set_idle), never because the machine was slow
+IDLE_MS = 60_000
+IDLE_LONG_AGO_MS = 3_600_000
 
 
 async def pending(world: RedisWorld) -> list[dict[str, object]]:
@@ -58,15 +60,23 @@ async def test_wake_is_enqueued_only_when_something_was_appended(world: RedisWor
     ]
 
 
+async def set_idle(world: RedisWorld, w: Wakeup, idle_ms: int) -> None:
+    """Make the pending wake-up look idle for ``idle_ms`` (XCLAIM IDLE, same consumer, no count
+    bump), so tests need not wait for real time to pass."""
+    consumer = (await pending(world))[0]["consumer"]
+    ready = world.keys.ready(w.partition)
+    await world.redis.xclaim(ready, GROUP, consumer, 0, [w.message_id], idle=idle_ms, justid=True)
+
+
 async def test_unacked_wakeup_is_reclaimed_after_idle(world: RedisWorld) -> None:
     """A wake-up read by c1 and never acked is reclaimed by c2 once idle ≥ min_idle_ms, deliveries + 1."""
     run_id = new_run_id()
     assert await world.create_run(run_id, "wf_test", "[]")
     (w1,) = await world.read_wakeups("c1", 10, 0)
-    assert await world.reclaim("c2", 100, 10) == []  # not idle long enough yet
-    await asyncio.sleep(0.15)
+    assert await world.reclaim("c2", IDLE_MS, 10) == []  # not idle long enough yet
+    await set_idle(world, w1, IDLE_LONG_AGO_MS)
 
-    (w2,) = await world.reclaim("c2", 100, 10)
+    (w2,) = await world.reclaim("c2", IDLE_MS, 10)
     assert (w2.message_id, w2.run_id, w2.reason, w2.deliveries) == (
         w1.message_id,
         run_id,
@@ -75,7 +85,7 @@ async def test_unacked_wakeup_is_reclaimed_after_idle(world: RedisWorld) -> None
     )
     (p,) = await pending(world)
     assert (p["consumer"], p["times_delivered"]) == ("c2", 2)
-    assert await world.reclaim("c3", 100, 10) == []  # the claim reset its idle time
+    assert await world.reclaim("c3", IDLE_MS, 10) == []  # the claim reset its idle time
 
 
 async def test_heartbeat_keeps_a_wakeup_from_being_reclaimed(world: RedisWorld) -> None:
@@ -84,15 +94,15 @@ async def test_heartbeat_keeps_a_wakeup_from_being_reclaimed(world: RedisWorld) 
     assert await world.create_run(run_id, "wf_test", "[]")
     (w,) = await world.read_wakeups("c1", 10, 0)
     assert (await world.acquire(run_id, "c1#n1", 10_000)).code == "ok"
-    await asyncio.sleep(0.15)
+    await set_idle(world, w, IDLE_LONG_AGO_MS)
     (p,) = await pending(world)
-    assert p["time_since_delivered"] >= 100
+    assert p["time_since_delivered"] >= IDLE_LONG_AGO_MS
 
     assert await world.heartbeat("c1#n1", [run_id], [w], 10_000) == {run_id: 1}
     (p,) = await pending(world)
     assert (p["consumer"], p["times_delivered"]) == ("c1", 1)
-    assert p["time_since_delivered"] < 100
-    assert await world.reclaim("c2", 100, 10) == []
+    assert p["time_since_delivered"] < IDLE_MS
+    assert await world.reclaim("c2", IDLE_MS, 10) == []
 
 
 async def test_reclaim_drops_pending_entries_deleted_from_the_stream(world: RedisWorld) -> None:
@@ -100,9 +110,10 @@ async def test_reclaim_drops_pending_entries_deleted_from_the_stream(world: Redi
     run_id = new_run_id()
     assert await world.create_run(run_id, "wf_test", "[]")
     (w,) = await world.read_wakeups("c1", 10, 0)
+    await set_idle(world, w, IDLE_LONG_AGO_MS)
     await world.redis.xdel(world.keys.ready(0), w.message_id)
-    await asyncio.sleep(0.12)
-    assert await world.reclaim("c2", 100, 10) == []
+    assert len(await pending(world)) == 1
+    assert await world.reclaim("c2", IDLE_MS, 10) == []
     assert await pending(world) == []
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import eventually
 from worker import PayloadTooLargeError, RunNotFoundError, WorkflowError, get_writable
 from worker._context import StepContext
 from worker._replay import current_instance
@@ -94,18 +95,31 @@ async def test_start_index_beyond_the_end_reads_nothing(world: RedisWorld) -> No
     assert await collect(world.streams.read(run_id, "s", 5)) == []
 
 
+async def blocked_stream_reads(world: RedisWorld) -> int:
+    """Clients of the test's Redis blocked right now in XREAD (waiting for stream entries)."""
+    clients = await world.redis.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "xread" and "b" in c.get("flags", ""))
+
+
 async def test_reader_attached_first_follows_live_writes(world: RedisWorld) -> None:
     """A reader started before the first write waits, then receives chunks as they are written."""
     run_id = await new_run(world)
-    reader = asyncio.create_task(collect(world.streams.read(run_id, "s")))
-    await asyncio.sleep(0.1)
-    assert not reader.done()
-    for value in (b"one", {"n": 2}):
-        await world.streams.write(run_id, "s", value)
-        await asyncio.sleep(0.05)
-    assert not reader.done()
+    before = await blocked_stream_reads(world)
+    chunks = aiter(world.streams.read(run_id, "s"))
+    first = asyncio.ensure_future(anext(chunks))
+
+    async def reader_blocked() -> bool:
+        return await blocked_stream_reads(world) > before
+
+    await eventually(reader_blocked, what="the reader to block in XREAD on the empty stream")
+    assert not first.done()
+    await world.streams.write(run_id, "s", b"one")
+    assert await asyncio.wait_for(first, 5) == b"one"
+    second = asyncio.ensure_future(anext(chunks))
+    await world.streams.write(run_id, "s", {"n": 2})
+    assert await asyncio.wait_for(second, 5) == {"n": 2}
     await world.streams.close(run_id, "s")
-    assert await reader == [b"one", {"n": 2}]
+    assert await collect(chunks) == []
 
 
 async def test_negative_start_index_on_an_open_stream_then_follows(world: RedisWorld) -> None:
@@ -113,11 +127,11 @@ async def test_negative_start_index_on_an_open_stream_then_follows(world: RedisW
     run_id = await new_run(world)
     for value in ("a", "b"):
         await world.streams.write(run_id, "s", value)
-    reader = asyncio.create_task(collect(world.streams.read(run_id, "s", -1)))
-    await asyncio.sleep(0.1)
+    chunks = aiter(world.streams.read(run_id, "s", -1))
+    assert await asyncio.wait_for(anext(chunks), 5) == "b"  # connected: -1 resolved to "b"
     await world.streams.write(run_id, "s", "c")
     await world.streams.close(run_id, "s")
-    assert await reader == ["b", "c"]
+    assert await collect(chunks) == ["c"]
 
 
 async def test_close_ends_every_reader(world: RedisWorld) -> None:

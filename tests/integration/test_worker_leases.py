@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from worker._worker import Held, Worker
+from worker._worker import Held, Worker, WorkerConfig
 from worker._worker_loops import heartbeat_once
 from worker._world import Wakeup
 from world_redis import RedisWorld
+
+LEASE_MS = 60_000
+SHORT_LEASE_MS = 1_000
 
 
 def wakeup(run_id: str) -> Wakeup:
@@ -14,14 +17,27 @@ def wakeup(run_id: str) -> Wakeup:
 
 async def test_heartbeat_ignores_runs_whose_lease_is_being_acquired(world: RedisWorld) -> None:
     """A run taken from the queue but not yet leased is not marked lost by a heartbeat
-    (it used to be, and the run then waited a whole lease for a takeover)."""
-    worker = Worker(world)
+    (it used to be, and the run then waited a whole lease for a takeover), while the same
+    heartbeat renews the lease of a leased run and reports its new events."""
+    worker = Worker(world, WorkerConfig(lease_ms=LEASE_MS))
     await world.ensure_groups()
     await world.create_run("wrun_pending_acquire", "wf", "[]")
-    held = Held("wrun_pending_acquire", wakeup("wrun_pending_acquire"))
-    worker.held[held.run_id] = held
+    acquiring = Held("wrun_pending_acquire", wakeup("wrun_pending_acquire"))
+    worker.held[acquiring.run_id] = acquiring
+    await world.create_run("wrun_leased", "wf", "[]")
+    assert (await world.acquire("wrun_leased", worker.token, SHORT_LEASE_MS)).code == "ok"
+    leased = Held("wrun_leased", wakeup("wrun_leased"), known_seq=1, leased=True)
+    worker.held[leased.run_id] = leased
+    lease_until = int(await world.redis.hget(world.keys.run("wrun_leased"), "lease_until"))
+    await world.redis.hset(world.keys.run("wrun_leased"), "seq", 3)  # events the holder missed
+
     await heartbeat_once(worker)
-    assert not held.lost
+
+    assert not acquiring.lost and not acquiring.nudge.is_set()
+    assert await world.redis.hget(world.keys.run(acquiring.run_id), "lease_owner") in (None, "")
+    assert not leased.lost and leased.known_seq == 3 and leased.nudge.is_set()
+    renewed = int(await world.redis.hget(world.keys.run("wrun_leased"), "lease_until"))
+    assert renewed >= lease_until + LEASE_MS - SHORT_LEASE_MS  # extended by the worker's lease
 
 
 async def test_heartbeat_flags_leases_taken_by_another_worker(world: RedisWorld) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.unit.replay_support import (
@@ -525,6 +526,39 @@ def test_uncaught_step_failure_fails_the_run() -> None:
     assert_replays(uncaught, res)
 
 
+@workflow(name="t_replay.catches_any")
+async def catches_any() -> str:
+    try:
+        await bad()
+    except Exception as exc:
+        return f"{type(exc).__name__}|{getattr(exc, 'type_name', '')}|{exc}"
+    return "no error"
+
+
+SYSTEM_EXIT = '{"$t":"exc","cls":"builtins:SystemExit","args":[7]}'
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [SYSTEM_EXIT, _serde.dumps(KeyboardInterrupt("k")), _serde.dumps(GeneratorExit())],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit"],
+)
+def test_stored_base_exception_reaches_the_code_as_remote_error(stored: str) -> None:
+    """A step_failed holding a SystemExit (or another non-Exception) reaches the workflow as a
+    RemoteError that ``except Exception`` catches; advancing never raises it, live or on replay."""
+    res = simulate(catches_any, steps={"t_replay.bad": lambda: Fail(stored)})
+    name = json.loads(stored)["cls"]
+    assert res.value.startswith(f"RemoteError|{name}|")
+    assert_replays(catches_any, res)
+
+
+def test_stored_stop_iteration_fails_the_step_not_the_worker() -> None:
+    """A step_failed holding StopIteration (which a future refuses) reaches the code as RemoteError."""
+    stored = _serde.dumps(StopIteration("done"))
+    res = simulate(catches_any, steps={"t_replay.bad": lambda: Fail(stored)})
+    assert res.value == "RemoteError|builtins:StopIteration|done"
+
+
 # -- 10, 11. failures of the workflow code -----------------------------------------------------
 
 
@@ -566,6 +600,93 @@ def test_feed_rejects_gaps_and_ignores_seen_events() -> None:
     assert inst.seq == len(res.events)
     assert [e.seq for e in inst.log] == list(range(1, len(res.events) + 1))
     assert inst.advance() == res.outcome
+
+
+def replaced(events: list[Event], index: int, **changes: Any) -> list[Event]:
+    """The log with the event at ``index`` changed (fields given as their stored values)."""
+    out = list(events)
+    out[index] = msgspec.structs.replace(out[index], **changes)
+    return out
+
+
+def index_of(events: list[Event], etype: str, nth: int = 0) -> int:
+    return [i for i, e in enumerate(events) if event_type(e) == etype][nth]
+
+
+FOREIGN_STEP = "step_01ARZ3NDEKTSV4RRFFQ69G5FAV"
+
+
+@pytest.mark.parametrize("etype", ["step_started", "step_completed"])
+def test_step_event_of_a_step_never_created_is_corrupt(etype: str) -> None:
+    """A step event whose step no earlier step_created opened makes feed raise CorruptEventError
+    naming the entry (stream id and type) and the problem."""
+    res = recorded_two_steps()
+    at = index_of(res.events, etype)
+    events = replaced(res.events, at, corr=FOREIGN_STEP)
+    inst = new_instance(two_steps)
+    with pytest.raises(CorruptEventError) as err:
+        inst.feed(events)
+    message = str(err.value)
+    assert f"log entry {at + 1}-0 ({etype}, {FOREIGN_STEP})" in message
+    assert "no step_created" in message and RUN_ID in message
+
+
+def test_step_event_after_the_step_finished_is_corrupt() -> None:
+    """A second step_completed for a step already completed is refused by feed."""
+    res = recorded_two_steps()
+    done = res.events[index_of(res.events, "step_completed")]
+    at = index_of(res.events, "step_completed") + 1
+    fields = {"type": "step_completed", "corr": done.corr, "result": "1"}
+    events = insert_event(res.events, at, fields)
+    with pytest.raises(CorruptEventError) as err:
+        new_instance(two_steps).feed(events)
+    assert f"log entry {at + 1}-0 (step_completed" in str(err.value)
+    assert "already finished" in str(err.value)
+
+
+def test_wait_completed_of_a_wait_never_created_is_corrupt() -> None:
+    """A wait_completed whose wait no wait_created opened is refused by feed."""
+    res = simulate(sleepy)
+    at = index_of(res.events, "wait_completed")
+    events = replaced(res.events, at, corr="wait_01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    with pytest.raises(CorruptEventError, match=f"log entry {at + 1}-0 \\(wait_completed"):
+        new_instance(sleepy).feed(events)
+
+
+def test_log_must_start_with_a_single_run_created() -> None:
+    """A log whose first entry is not run_created, or with a second run_created, is corrupt."""
+    res = recorded_two_steps()
+    with pytest.raises(CorruptEventError, match=r"log entry 1-0 \(run_started\).*run_created"):
+        new_instance(two_steps).feed(renumber(res.events[1:]))
+    again = insert_event(res.events, 2, {"type": "run_created", "workflow": "t_replay.two_steps"})
+    with pytest.raises(CorruptEventError, match="log entry 3-0 \\(run_created\\)"):
+        new_instance(two_steps).feed(again)
+
+
+@pytest.mark.parametrize(
+    ("etype", "field"),
+    [("step_completed", "result"), ("step_failed", "error"), ("run_created", "input")],
+)
+def test_payload_that_is_not_json_fails_the_run_with_corrupt_event(etype: str, field: str) -> None:
+    """A payload field that does not deserialize fails the run (advance returns failed) with a
+    CorruptEventError naming the entry, the field and the problem; advance never raises."""
+    res = simulate(catches) if etype == "step_failed" else recorded_two_steps()
+    wf = catches if etype == "step_failed" else two_steps
+    at = index_of(res.events, etype)
+    events = replaced(res.events, at, **{field: '{"not json'})
+    exc = failure(replay(wf, events))
+    assert isinstance(exc, CorruptEventError)
+    assert f"log entry {at + 1}-0 ({etype}" in str(exc)
+    assert f"cannot deserialize field {field!r}" in str(exc)
+
+
+def test_run_input_of_the_wrong_type_fails_the_run() -> None:
+    """Valid JSON input that does not fit the workflow's parameters fails the run with
+    SerializationError instead of escaping advance."""
+    res = recorded_two_steps()
+    events = replaced(res.events, 0, input='["not a number"]')
+    exc = failure(replay(two_steps, events))
+    assert isinstance(exc, SerializationError) and "t_replay.two_steps" in str(exc)
 
 
 # -- 13. incremental cost ----------------------------------------------------------------------

@@ -462,6 +462,70 @@ def test_class_of_wrong_kind_is_not_used() -> None:
     assert loads(f'{{"$t":"enum","cls":"{__name__}:Color","v":"green"}}') == "green"
 
 
+class ProcessSignal(BaseException):
+    """A BaseException that is not an Exception, defined by an application."""
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [SystemExit(7), KeyboardInterrupt(), GeneratorExit(), ProcessSignal("stop")],
+    ids=repr,
+)
+def test_base_exceptions_come_back_as_remote_error(exc: BaseException) -> None:
+    """A stored BaseException that is not an Exception (SystemExit...) revives as RemoteError,
+    keeping class name, message and traceback, so no stored error can end a process."""
+    exc = _caught(lambda: (_ for _ in ()).throw(exc))
+    back = loads(dumps(exc))
+    assert type(back) is RemoteError
+    assert back.type_name == _serde._qualname(type(exc))
+    assert str(back) == str(exc)
+    assert "Traceback" in back.remote_traceback and back.__wf_traceback__ == back.remote_traceback
+
+
+def test_hand_written_system_exit_payload_revives_as_remote_error() -> None:
+    """The bare payload of the tracker issue (no msg, no tb) revives as RemoteError, not SystemExit."""
+    back = loads('{"$t":"exc","cls":"builtins:SystemExit","args":[7]}')
+    assert type(back) is RemoteError
+    assert back.type_name == "builtins:SystemExit" and str(back) == "7"
+    cancelled = loads('{"$t":"exc","cls":"asyncio.exceptions:CancelledError","msg":"x"}')
+    assert type(cancelled) is RemoteError and cancelled.type_name.endswith("CancelledError")
+
+
+def test_stored_class_name_never_imports_a_module() -> None:
+    """A stored class name of an importable module not yet imported gives RemoteError and
+    leaves the module unimported (data never runs a module's import-time code)."""
+    for name in ("this", "antigravity", "turtle"):
+        sys.modules.pop(name, None)
+        exc = loads(f'{{"$t":"exc","cls":"{name}:Boom","msg":"m"}}')
+        assert type(exc) is RemoteError and exc.type_name == f"{name}:Boom"
+        assert name not in sys.modules
+
+
+def test_class_lookup_walks_only_modules_and_classes() -> None:
+    """A stored qualified name is looked up through modules and classes only: an attribute that
+    is an instance (which could compute its attributes) ends the lookup with RemoteError."""
+    probe = _AttributeProbe()
+    sys.modules[__name__].PROBE = probe  # type: ignore[attr-defined]
+    try:
+        exc = loads(f'{{"$t":"exc","cls":"{__name__}:PROBE.ValueError","msg":"m"}}')
+    finally:
+        del sys.modules[__name__].PROBE  # type: ignore[attr-defined]
+    assert type(exc) is RemoteError and probe.asked == []
+
+
+class _AttributeProbe:
+    """Records every attribute computed on demand (``__getattr__``), e.g. ``__dict__``."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.asked.append(name)
+        return {"ValueError": ValueError}
+
+
 def test_local_class_degrades_to_dict() -> None:
     """A dataclass defined inside a function cannot be found again and becomes a dict."""
 

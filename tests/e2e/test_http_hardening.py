@@ -1,0 +1,95 @@
+"""HTTP hardening: what the webhook route stores, where its URL comes from, what the API accepts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import uvicorn
+
+from tests.e2e import hardening_workflows as hw
+from tests.e2e import webhook_workflows as ww
+from tests.e2e.test_webhooks import webhook_tokens
+from tests.support import RedisServer, free_port, wait_for
+from worker import Run, create_app, start
+from world_redis import RedisWorld
+
+API = "/.well-known/workflow/v1"
+MODULES = ("tests.e2e.webhook_workflows", "tests.e2e.hardening_workflows")
+SECRETS = {
+    "Authorization": "Bearer caller-secret-1",
+    "Cookie": "session=caller-secret-2",
+    "Proxy-Authorization": "Basic caller-secret-3",
+    "Set-Cookie": "id=caller-secret-4",
+}
+
+
+@contextlib.contextmanager
+def serving(redis: RedisServer, prefix: str, **options: Any) -> Iterator[str]:
+    """Serve ``create_app(**options)`` (no base URL unless given) in a thread; yields its origin."""
+    port = free_port()
+    app_world = RedisWorld.from_url(redis.url, prefix=prefix)
+    app = create_app(app_world, **options)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            await app_world.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), 10, what="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+async def stored_log(world: RedisWorld, run: Run) -> str:
+    """Every field of every entry of the run's event stream in Redis, as one text."""
+    rows = await world.redis.xrange(world.keys.events(run.run_id), "-", "+")
+    return "\n".join(f"{k}={v}" for _, fields in rows for k, v in fields.items())
+
+
+async def send_webhook(base: str, run: Run, headers: dict[str, str]) -> None:
+    """POST a JSON body to the run's only webhook with ``headers``; expects 202."""
+    (token,) = await webhook_tokens(run, 1)
+    async with httpx.AsyncClient(base_url=base) as client:
+        res = await client.post(f"{API}/webhook/{token}", json={"n": 1}, headers=headers)
+    assert res.status_code == 202
+
+
+async def test_webhook_drops_credentials(  # type: ignore[no-untyped-def]
+    world: RedisWorld, redis_server: RedisServer, prefix: str, start_worker
+) -> None:
+    """Authorization, Cookie, Proxy-Authorization and Set-Cookie never reach Redis or the workflow."""
+    start_worker(*MODULES)
+    run = await start(ww.webhook_once)
+    with serving(redis_server, prefix, base_url="http://hooks.test") as base:
+        await send_webhook(base, run, {**SECRETS, "X-Sig": "kept"})
+        result: dict[str, Any] = await run.result(timeout=20)
+    assert result["headers"]["x-sig"] == "kept"
+    assert not {name.lower() for name in SECRETS} & set(result["headers"])
+    log = await stored_log(world, run)
+    assert "x-sig" in log and "caller-secret" not in log
+
+
+async def test_webhook_keeps_headers_it_opted_in_to(  # type: ignore[no-untyped-def]
+    world: RedisWorld, redis_server: RedisServer, prefix: str, start_worker
+) -> None:
+    """create_webhook(keep_headers=["Authorization"]) receives that header and no other credential."""
+    start_worker(*MODULES)
+    run = await start(hw.webhook_keeps_authorization)
+    with serving(redis_server, prefix, base_url="http://hooks.test") as base:
+        await send_webhook(base, run, SECRETS)
+        result: dict[str, Any] = await run.result(timeout=20)
+    assert result["headers"]["authorization"] == "Bearer caller-secret-1"
+    assert not {"cookie", "proxy-authorization", "set-cookie"} & set(result["headers"])

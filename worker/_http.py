@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._client import get_world, start
+from ._context import base_url as default_base_url
 from ._errors import (
     HookNotFoundError,
     PayloadTooLargeError,
@@ -76,11 +77,13 @@ def create_app(
 ) -> Starlette:
     """The ASGI app (see the module docstring); ``world`` defaults to ``get_world()`` per request.
 
-    ``base_url`` is the public origin the app is reached at (behind a proxy): the URL of the
-    requests a webhook receives is built from it rather than from the Host header.
+    ``base_url`` is the public origin the app is reached at (default ``WORKFLOW_BASE_URL``, else
+    ``http://localhost:8787``, the origin ``Webhook.url`` uses too): the URL of the requests a
+    webhook receives is built from it and the request path, never from the Host header.
     """
     bearer = token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN") or None
-    api = _Api(world, bearer, base_url, max_body_bytes, response_timeout_s)
+    origin = base_url or default_base_url()
+    api = _Api(world, bearer, origin, max_body_bytes, response_timeout_s)
     routes = [
         Route(PREFIX + "/webhook/{token:path}", api.webhook, methods=ALL_METHODS),
         Route(PREFIX + "/runs", api.protected(api.start_run), methods=["POST"]),
@@ -120,13 +123,13 @@ class _Api:
         self,
         world: World | None,
         token: str | None,
-        base_url: str | None,
+        base_url: str,
         max_body: int,
         response_timeout_s: float,
     ) -> None:
         self._world = world
         self.token = token
-        self.base_url = base_url.rstrip("/") if base_url else None
+        self.base_url = base_url.rstrip("/")
         self.max_body = max_body
         self.response_timeout_s = response_timeout_s
 
@@ -161,8 +164,6 @@ class _Api:
         return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
     def _public_url(self, request: Request) -> str:
-        if self.base_url is None:
-            return str(request.url)
         query = request.url.query
         return self.base_url + request.url.path + (f"?{query}" if query else "")
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from tests.e2e import hardening_workflows as hw
@@ -93,3 +94,39 @@ async def test_webhook_keeps_headers_it_opted_in_to(  # type: ignore[no-untyped-
         result: dict[str, Any] = await run.result(timeout=20)
     assert result["headers"]["authorization"] == "Bearer caller-secret-1"
     assert not {"cookie", "proxy-authorization", "set-cookie"} & set(result["headers"])
+
+
+async def test_webhook_url_ignores_forged_host(  # type: ignore[no-untyped-def]
+    world: RedisWorld,
+    redis_server: RedisServer,
+    prefix: str,
+    start_worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The URL a webhook receives comes from WORKFLOW_BASE_URL, never from the Host header."""
+    monkeypatch.setenv("WORKFLOW_BASE_URL", "https://hooks.example.test/")
+    start_worker(*MODULES)
+    run = await start(ww.webhook_once)
+    with serving(redis_server, prefix) as base:
+        (token,) = await webhook_tokens(run, 1)
+        await send_webhook(base, run, {"Host": "attacker.example"})
+        result: dict[str, Any] = await run.result(timeout=20)
+    assert result["url"] == f"https://hooks.example.test{API}/webhook/{token}"
+
+
+async def test_webhook_url_default_without_base_url(  # type: ignore[no-untyped-def]
+    world: RedisWorld,
+    redis_server: RedisServer,
+    prefix: str,
+    start_worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without WORKFLOW_BASE_URL the request URL uses the default origin, the one hook.url uses."""
+    monkeypatch.delenv("WORKFLOW_BASE_URL", raising=False)
+    start_worker(*MODULES)
+    run = await start(ww.webhook_once)
+    with serving(redis_server, prefix) as base:
+        (token,) = await webhook_tokens(run, 1)
+        await send_webhook(base, run, {"Host": "attacker.example"})
+        result: dict[str, Any] = await run.result(timeout=20)
+    assert result["url"] == f"http://localhost:8787{API}/webhook/{token}"

@@ -12,8 +12,10 @@ any path ``?__health``     public    200 text/plain ``Workflow DevKit "<path>" e
 =========================  ========  =============================================================
 
 The bearer token comes from ``token=`` or ``WORKFLOW_HTTP_TOKEN``; without one the API is open.
+The JSON endpoints require ``Content-Type: application/json`` (or ``application/*+json``).
 Errors of the API are JSON ``{"error": "..."}``: 400 malformed input, 401 missing or wrong token,
-404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large. The webhook route
+404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large, 415 a body that is
+not declared as JSON. The webhook route
 answers errors with empty bodies (404 unknown token or plain hook, 413, 504 no manual response).
 """
 
@@ -197,6 +199,12 @@ class _Api:
             raise ApiError(401, "invalid bearer token")
 
     async def _json(self, request: Request, *, empty: Any = msgspec.UNSET) -> Any:
+        content_type = request.headers.get("content-type", "")
+        if not is_json_media_type(content_type):
+            sent = repr(content_type) if content_type else "none"
+            raise ApiError(
+                415, f"unsupported Content-Type {sent}: send 'Content-Type: application/json'"
+            )
         body = await read_body(request, self.max_body)
         if body is None:
             raise ApiError(413, f"request body is over the limit of {self.max_body} bytes")
@@ -270,6 +278,19 @@ def _status_of(exc: Exception) -> int | None:
     if isinstance(exc, WorkflowError | TypeError):  # bad run id, arguments, serialization
         return 400
     return None
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type is ``application/json`` or ``application/*+json`` (any parameters).
+
+    Browsers send ``text/plain`` and form types cross-site without a preflight; JSON types they
+    send only after one, so requiring JSON keeps other sites' pages from calling the API.
+    """
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (
+        subtype == "json" or (len(subtype) > 5 and subtype.endswith("+json"))
+    )
 
 
 def _headers(request: Request) -> dict[str, str]:

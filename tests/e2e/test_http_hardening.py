@@ -130,3 +130,43 @@ async def test_webhook_url_default_without_base_url(  # type: ignore[no-untyped-
         await send_webhook(base, run, {"Host": "attacker.example"})
         result: dict[str, Any] = await run.result(timeout=20)
     assert result["url"] == f"http://localhost:8787{API}/webhook/{token}"
+
+
+async def test_api_requires_json_content_type(
+    world: RedisWorld, redis_server: RedisServer, prefix: str
+) -> None:
+    """JSON endpoints answer 415 naming application/json to bodies sent as another type."""
+    body = b'{"workflow": "add_ten", "args": [1]}'
+    with serving(redis_server, prefix) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            for path in (f"{API}/runs", f"{API}/hooks/some-token"):
+                for headers in (
+                    {"Content-Type": "text/plain"},
+                    {"Content-Type": "application/x-www-form-urlencoded"},
+                    {"Content-Type": "multipart/form-data; boundary=x"},
+                    {"Content-Type": "application/jsonp"},
+                    {},
+                ):
+                    res = await client.post(path, content=body, headers=headers)
+                    assert res.status_code == 415, (path, headers)
+                    assert "application/json" in res.json()["error"]
+            assert await world.list_runs() == ([], None)
+
+
+async def test_api_accepts_json_content_types(
+    world: RedisWorld, redis_server: RedisServer, prefix: str
+) -> None:
+    """application/json with parameters and application/*+json are accepted by POST /runs."""
+    body = b'{"workflow": "add_ten", "args": [1]}'
+    with serving(redis_server, prefix) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            for content_type in (
+                "application/json",
+                "Application/JSON; charset=utf-8",
+                "application/vnd.api+json",
+            ):
+                res = await client.post(
+                    f"{API}/runs", content=body, headers={"Content-Type": content_type}
+                )
+                assert res.status_code == 201, content_type
+    assert len((await world.list_runs())[0]) == 3

@@ -39,6 +39,9 @@ async def _run_worker(args: argparse.Namespace) -> None:
     await worker.run()
 
 
+INVALID = "<invalid>"
+
+
 def _ts(ms: int | None) -> str:
     if not ms:
         return "-"
@@ -48,6 +51,11 @@ def _ts(ms: int | None) -> str:
 def _short(text: str | None, width: int = 60) -> str:
     text = "" if text is None else text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _valid(run: Any, field: str, text: str) -> str:
+    """``text`` for a cell of ``field``, or ``<invalid>`` when the run's stored field is corrupt."""
+    return INVALID if field in run.corrupt_fields else text
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -148,16 +156,21 @@ async def _inspect(args: argparse.Namespace) -> None:
             [
                 [
                     r.run_id,
-                    r.workflow,
-                    r.status,
-                    _ts(r.created_at),
-                    _ts(r.completed_at),
-                    _short(r.output, 30),
+                    _valid(r, "workflow", r.workflow),
+                    _valid(r, "status", r.status),
+                    _valid(r, "created_at", _ts(r.created_at)),
+                    _valid(r, "completed_at", _ts(r.completed_at)),
+                    _valid(r, "output", _short(r.output, 30)),
                 ]
                 for r in runs
             ],
             ["run id", "workflow", "status", "created", "completed", "output"],
         )
+        bad = [r for r in runs if r.corrupt_fields]
+        if bad:
+            print()
+        for r in bad:
+            print(f"{r.run_id}: invalid {', '.join(r.corrupt_fields)} (stored value unreadable)")
         if cursor:
             print(f"\nmore: --cursor {cursor}")
     elif args.what == "run":

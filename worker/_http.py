@@ -6,7 +6,8 @@ Routes, all under ``/.well-known/workflow/v1``:
 ``/webhook/{token}``       any       public: resume a webhook with the request (see ``_webhooks``);
                                      202 empty, the static response, or the step's manual response
 ``POST /runs``             bearer    ``{"workflow", "args", "kwargs"?, "run_id"?}`` -> 201 ``{"run_id"}``
-``GET /runs/{run_id}``     bearer    ``{"run_id", "status", "output", "error"}`` (404 unknown run)
+``GET /runs/{run_id}``     bearer    ``{"run_id", "status", "output", "error"}`` (404 unknown run),
+                                     ``"corrupt_fields": [...]`` too when stored fields are bad
 ``POST /hooks/{token}``    bearer    JSON body = payload -> 202 ``{"run_id", "hook_id"}``
 any path ``?__health``     public    200 text/plain ``Workflow DevKit "<path>" endpoint is healthy``
 =========================  ========  =============================================================
@@ -255,16 +256,31 @@ def _start_fields(body: Any) -> tuple[str, list[Any], dict[str, Any], str | None
 
 
 def _run_json(info: RunInfo) -> dict[str, Any]:
-    """A run as the API shows it; ``output`` in the wire format (plain JSON for JSON values)."""
-    output = msgspec.json.decode(info.output) if info.output else None
+    """A run as the API shows it; ``output`` in the wire format (plain JSON for JSON values).
+
+    A field stored corrupt is shown as null and named in ``corrupt_fields`` (absent when none is).
+    """
+    corrupt = list(info.corrupt_fields)
+    output = _stored_json(info.output, "output", corrupt)
     error = None
-    if info.error:
-        raw = msgspec.json.decode(info.error)
-        if isinstance(raw, dict) and "msg" in raw:
-            error = {"type": str(raw.get("cls", "")), "message": str(raw["msg"])}
-        else:
-            error = {"type": "", "message": str(raw)}
-    return {"run_id": info.run_id, "status": info.status, "output": output, "error": error}
+    raw = _stored_json(info.error, "error", corrupt)
+    if isinstance(raw, dict) and "msg" in raw:
+        error = {"type": str(raw.get("cls", "")), "message": str(raw["msg"])}
+    elif raw is not None:
+        error = {"type": "", "message": str(raw)}
+    shown = {"run_id": info.run_id, "status": info.status, "output": output, "error": error}
+    return {**shown, "corrupt_fields": corrupt} if corrupt else shown
+
+
+def _stored_json(text: str | None, name: str, corrupt: list[str]) -> Any:
+    """The JSON value of a stored field; None when it is empty or corrupt (then named in corrupt)."""
+    if not text or name in corrupt:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        corrupt.append(name)
+        return None
 
 
 def _status_of(exc: Exception) -> int | None:

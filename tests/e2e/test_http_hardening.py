@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,8 @@ import uvicorn
 from tests.e2e import hardening_workflows as hw
 from tests.e2e import webhook_workflows as ww
 from tests.e2e.test_webhooks import webhook_tokens
-from tests.support import RedisServer, free_port, wait_for
+from tests.integration.test_bad_run_hash import corrupt_run
+from tests.support import WF, RedisServer, free_port, wait_for, wf_json
 from worker import Run, create_app, start
 from world_redis import RedisWorld
 
@@ -170,3 +172,42 @@ async def test_api_accepts_json_content_types(
                 )
                 assert res.status_code == 201, content_type
     assert len((await world.list_runs())[0]) == 3
+
+
+async def test_inspect_runs_shows_a_run_with_a_bad_field(
+    world: RedisWorld, worker_env: dict[str, str]
+) -> None:
+    """`wf inspect runs` (table and --json) and `wf inspect run` list a bad run, naming its field."""
+    good = (await start("add_ten", 1)).run_id
+    bad = await corrupt_run(world, created_at="garbage")
+    runs = await wf_json(worker_env, "inspect", "runs")
+    assert isinstance(runs, list)
+    by_id = {r["run_id"]: r for r in runs}
+    assert by_id[bad]["corrupt_fields"] == ["created_at"] and by_id[good]["corrupt_fields"] == []
+    one = await wf_json(worker_env, "inspect", "run", bad)
+    assert isinstance(one, dict) and one["corrupt_fields"] == ["created_at"]
+    table = await asyncio.to_thread(
+        subprocess.run, [WF, "inspect", "runs"], env=worker_env, capture_output=True, text=True
+    )
+    assert table.returncode == 0, table.stderr
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith(f"{bad} ")]
+    assert "<invalid>" in row and good in table.stdout
+    assert f"{bad}: invalid created_at" in table.stdout
+
+
+async def test_run_status_reports_a_bad_output(
+    world: RedisWorld, redis_server: RedisServer, prefix: str
+) -> None:
+    """GET /runs/{id} of a run whose output is not JSON answers 200 naming the corrupt field."""
+    run_id = await corrupt_run(world, status="completed", output="{not json")
+    with serving(redis_server, prefix) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            res = await client.get(f"{API}/runs/{run_id}")
+    assert res.status_code == 200
+    assert res.json() == {
+        "run_id": run_id,
+        "status": "completed",
+        "output": None,
+        "error": None,
+        "corrupt_fields": ["output"],
+    }

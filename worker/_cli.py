@@ -213,8 +213,14 @@ async def _serve(args: argparse.Namespace) -> None:
     """Serve the HTTP app (webhooks, run and hook API, health) with uvicorn."""
     import uvicorn
 
-    from ._http import create_app
+    from ._http import UnsafeBindError, check_bind, create_app
 
+    token = os.environ.get("WORKFLOW_HTTP_TOKEN") or None
+    try:
+        check_bind(args.host, token=token, allow_unauthenticated=args.allow_unauthenticated)
+    except UnsafeBindError as exc:
+        print(f"wf serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     _import_modules(args.modules)
     level = os.environ.get("WORKFLOW_LOG_LEVEL", "info").lower()
     config = uvicorn.Config(create_app(), host=args.host, port=args.port, log_level=level)
@@ -275,6 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("modules", nargs="*", help="modules defining workflows (checks start arguments)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve the API beyond loopback without WORKFLOW_HTTP_TOKEN (a proxy authenticates)",
+    )
 
     p = sub.add_parser("health", help="check through the queue that workers answer")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")

@@ -12,7 +12,8 @@ Routes, all under ``/.well-known/workflow/v1``:
 any path ``?__health``     public    200 text/plain ``Workflow DevKit "<path>" endpoint is healthy``
 =========================  ========  =============================================================
 
-The bearer token comes from ``token=`` or ``WORKFLOW_HTTP_TOKEN``; without one the API is open.
+The bearer token comes from ``token=`` or ``WORKFLOW_HTTP_TOKEN``; without one the API is open,
+so ``check_bind`` keeps a server without one on loopback addresses unless told otherwise.
 The JSON endpoints require ``Content-Type: application/json`` (or ``application/*+json``).
 Errors of the API are JSON ``{"error": "..."}``: 400 malformed input, 401 missing or wrong token,
 404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large, 415 a body that is
@@ -23,6 +24,7 @@ answers errors with empty bodies (404 unknown token or plain hook, 413, 504 no m
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,6 +61,42 @@ _DRAIN_CAP = 16 * 1_048_576  # an oversized body is read (and dropped) up to thi
 _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "*"}
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class UnsafeBindError(WorkflowError, ValueError):
+    """A server asked to listen beyond loopback with no token guarding its API."""
+
+
+def check_bind(host: str, *, token: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse (UnsafeBindError) to serve the API on ``host`` unauthenticated unless it is loopback.
+
+    Loopback is 127.0.0.0/8, ``::1`` and ``localhost``; any other address or name (``0.0.0.0``,
+    ``::``, a LAN address, a host name) needs ``token`` or an explicit ``allow_unauthenticated``.
+    Every command that serves the app calls it before listening.
+    """
+    if token or allow_unauthenticated or is_loopback(host):
+        return
+    shown = repr(host) if host else "all interfaces"
+    raise UnsafeBindError(
+        f"refusing to serve the HTTP API on {shown} without a token: anyone who reaches it could "
+        "start runs and resume hooks. Set WORKFLOW_HTTP_TOKEN (clients send 'Authorization: "
+        "Bearer <token>'), listen on a loopback address (--host 127.0.0.1), or pass "
+        "--allow-unauthenticated if something in front of it authenticates requests"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ``::1``) or ``localhost``."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class ApiError(Exception):

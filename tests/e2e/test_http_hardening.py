@@ -211,3 +211,80 @@ async def test_run_status_reports_a_bad_output(
         "error": None,
         "corrupt_fields": ["output"],
     }
+
+
+def serve_env(worker_env: dict[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a `wf serve` process: no token unless given."""
+    env = {k: v for k, v in worker_env.items() if k != "WORKFLOW_HTTP_TOKEN"}
+    return {**env, **extra}
+
+
+@contextlib.contextmanager
+def wf_serve(env: dict[str, str], *args: str) -> Iterator[int]:
+    """`wf serve --port P *args` as a user runs it, up and answering health; yields P."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [WF, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"wf serve exited with {proc.returncode}: {err}")
+        try:
+            res = httpx.get(f"http://127.0.0.1:{port}{API}/runs?__health", timeout=1)
+        except httpx.TransportError:
+            return False
+        return res.status_code == 200
+
+    try:
+        wait_for(healthy, 20, what="wf serve to answer health checks")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_serve_refuses_public_address_without_token(worker_env: dict[str, str]) -> None:
+    """`wf serve --host 0.0.0.0` without a token exits non-zero naming WORKFLOW_HTTP_TOKEN."""
+    for host in ("0.0.0.0", "::"):
+        done = subprocess.run(
+            [WF, "serve", "--host", host, "--port", str(free_port())],
+            env=serve_env(worker_env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode != 0, host
+        assert "WORKFLOW_HTTP_TOKEN" in done.stderr and "--allow-unauthenticated" in done.stderr
+
+
+def test_serve_public_address_with_token(worker_env: dict[str, str]) -> None:
+    """With WORKFLOW_HTTP_TOKEN, `wf serve --host 0.0.0.0` serves, and the API asks for the token."""
+    env = serve_env(worker_env, WORKFLOW_HTTP_TOKEN="serve-token")
+    with wf_serve(env, "--host", "0.0.0.0") as port:
+        res = httpx.get(f"http://127.0.0.1:{port}{API}/runs/wrun_x", timeout=5)
+    assert res.status_code == 401
+
+
+def test_serve_public_address_allow_unauthenticated(worker_env: dict[str, str]) -> None:
+    """`wf serve --host 0.0.0.0 --allow-unauthenticated` serves without a token."""
+    with wf_serve(serve_env(worker_env), "--host", "0.0.0.0", "--allow-unauthenticated") as port:
+        res = httpx.get(f"http://127.0.0.1:{port}{API}/runs/wrun_x", timeout=5)
+    assert res.status_code == 404
+
+
+def test_serve_loopback_needs_no_token(worker_env: dict[str, str]) -> None:
+    """`wf serve` on its default loopback address serves without a token, as before."""
+    with wf_serve(serve_env(worker_env)) as port:
+        res = httpx.get(f"http://127.0.0.1:{port}{API}/runs/wrun_x", timeout=5)
+    assert res.status_code == 404

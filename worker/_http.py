@@ -17,8 +17,8 @@ so ``check_bind`` keeps a server without one on loopback addresses unless told o
 The JSON endpoints require ``Content-Type: application/json`` (or ``application/*+json``).
 Errors of the API are JSON ``{"error": "..."}``: 400 malformed input, 401 missing or wrong token,
 404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large, 415 a body that is
-not declared as JSON. The webhook route
-answers errors with empty bodies (404 unknown token or plain hook, 413, 504 no manual response).
+not declared as JSON. The webhook route answers errors with empty bodies (404 unknown token or plain
+hook, 413, 504 no manual response).
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ async def _run_worker(args: argparse.Namespace) -> None:
         raise SystemExit(f"wf worker: {exc}") from None
 
 
+INVALID = "<invalid>"
+
+
 def _ts(ms: int | None) -> str:
     if not ms:
         return "-"
@@ -56,6 +59,11 @@ def _ts(ms: int | None) -> str:
 def _short(text: str | None, width: int = 60) -> str:
     text = "" if text is None else text.replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _valid(run: Any, field: str, text: str) -> str:
+    """``text`` for a cell of ``field``, or ``<invalid>`` when the run's stored field is corrupt."""
+    return INVALID if field in run.corrupt_fields else text
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -156,16 +164,21 @@ async def _inspect(args: argparse.Namespace) -> None:
             [
                 [
                     r.run_id,
-                    r.workflow,
-                    r.status,
-                    _ts(r.created_at),
-                    _ts(r.completed_at),
-                    _short(r.output, 30),
+                    _valid(r, "workflow", r.workflow),
+                    _valid(r, "status", r.status),
+                    _valid(r, "created_at", _ts(r.created_at)),
+                    _valid(r, "completed_at", _ts(r.completed_at)),
+                    _valid(r, "output", _short(r.output, 30)),
                 ]
                 for r in runs
             ],
             ["run id", "workflow", "status", "created", "completed", "output"],
         )
+        bad = [r for r in runs if r.corrupt_fields]
+        if bad:
+            print()
+        for r in bad:
+            print(f"{r.run_id}: invalid {', '.join(r.corrupt_fields)} (stored value unreadable)")
         if cursor:
             print(f"\nmore: --cursor {cursor}")
     elif args.what == "run":
@@ -208,8 +221,14 @@ async def _serve(args: argparse.Namespace) -> None:
     """Serve the HTTP app (webhooks, run and hook API, health) with uvicorn."""
     import uvicorn
 
-    from ._http import create_app
+    from ._http import UnsafeBindError, check_bind, create_app
 
+    token = os.environ.get("WORKFLOW_HTTP_TOKEN") or None
+    try:
+        check_bind(args.host, token=token, allow_unauthenticated=args.allow_unauthenticated)
+    except UnsafeBindError as exc:
+        print(f"wf serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     _import_modules(args.modules)
     level = os.environ.get("WORKFLOW_LOG_LEVEL", "info").lower()
     config = uvicorn.Config(create_app(), host=args.host, port=args.port, log_level=level)
@@ -287,6 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("modules", nargs="*", help="modules defining workflows (checks start arguments)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve the API beyond loopback without WORKFLOW_HTTP_TOKEN (a proxy authenticates)",
+    )
 
     p = sub.add_parser("health", help="check through the queue that workers answer")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")

@@ -141,7 +141,7 @@ class Run:
         while True:
             info = await self.info()
             if info.status == "completed":
-                return _serde.loads(info.output or "null")
+                return _serde.loads(info.output or "null", what=f"the output of run {self.run_id}")
             if info.status == "failed":
                 raise run_failed_error(info)
             if info.status == "cancelled":
@@ -179,7 +179,7 @@ class Run:
 
 
 def run_failed_error(info: RunInfo) -> WorkflowRunFailedError:
-    cause = _serde.loads(info.error or "null")
+    cause = _serde.loads(info.error or "null", what=f"the error of run {info.run_id}")
     message = str(cause)
     err = WorkflowRunFailedError(info.run_id, message)
     if isinstance(cause, BaseException):

@@ -6,20 +6,25 @@ Routes, all under ``/.well-known/workflow/v1``:
 ``/webhook/{token}``       any       public: resume a webhook with the request (see ``_webhooks``);
                                      202 empty, the static response, or the step's manual response
 ``POST /runs``             bearer    ``{"workflow", "args", "kwargs"?, "run_id"?}`` -> 201 ``{"run_id"}``
-``GET /runs/{run_id}``     bearer    ``{"run_id", "status", "output", "error"}`` (404 unknown run)
+``GET /runs/{run_id}``     bearer    ``{"run_id", "status", "output", "error"}`` (404 unknown run),
+                                     ``"corrupt_fields": [...]`` too when stored fields are bad
 ``POST /hooks/{token}``    bearer    JSON body = payload -> 202 ``{"run_id", "hook_id"}``
 any path ``?__health``     public    200 text/plain ``Workflow DevKit "<path>" endpoint is healthy``
 =========================  ========  =============================================================
 
-The bearer token comes from ``token=`` or ``WORKFLOW_HTTP_TOKEN``; without one the API is open.
+The bearer token comes from ``token=`` or ``WORKFLOW_HTTP_TOKEN``; without one the API is open,
+so ``check_bind`` keeps a server without one on loopback addresses unless told otherwise.
+The JSON endpoints require ``Content-Type: application/json`` (or ``application/*+json``).
 Errors of the API are JSON ``{"error": "..."}``: 400 malformed input, 401 missing or wrong token,
-404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large. The webhook route
-answers errors with empty bodies (404 unknown token or plain hook, 413, 504 no manual response).
+404 unknown run or hook, 409 a webhook sent to the hook API, 413 body too large, 415 a body that is
+not declared as JSON. The webhook route answers errors with empty bodies (404 unknown token or plain
+hook, 413, 504 no manual response).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._client import get_world, start
+from ._context import base_url as default_base_url
 from ._errors import (
     HookNotFoundError,
     PayloadTooLargeError,
@@ -57,6 +63,42 @@ _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "*"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class UnsafeBindError(WorkflowError, ValueError):
+    """A server asked to listen beyond loopback with no token guarding its API."""
+
+
+def check_bind(host: str, *, token: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse (UnsafeBindError) to serve the API on ``host`` unauthenticated unless it is loopback.
+
+    Loopback is 127.0.0.0/8, ``::1`` and ``localhost``; any other address or name (``0.0.0.0``,
+    ``::``, a LAN address, a host name) needs ``token`` or an explicit ``allow_unauthenticated``.
+    Every command that serves the app calls it before listening.
+    """
+    if token or allow_unauthenticated or is_loopback(host):
+        return
+    shown = repr(host) if host else "all interfaces"
+    raise UnsafeBindError(
+        f"refusing to serve the HTTP API on {shown} without a token: anyone who reaches it could "
+        "start runs and resume hooks. Set WORKFLOW_HTTP_TOKEN (clients send 'Authorization: "
+        "Bearer <token>'), listen on a loopback address (--host 127.0.0.1), or pass "
+        "--allow-unauthenticated if something in front of it authenticates requests"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ``::1``) or ``localhost``."""
+    name = host.strip().removeprefix("[").removesuffix("]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 class ApiError(Exception):
     """An API error answered as ``{"error": message}`` with ``status``."""
 
@@ -76,11 +118,13 @@ def create_app(
 ) -> Starlette:
     """The ASGI app (see the module docstring); ``world`` defaults to ``get_world()`` per request.
 
-    ``base_url`` is the public origin the app is reached at (behind a proxy): the URL of the
-    requests a webhook receives is built from it rather than from the Host header.
+    ``base_url`` is the public origin the app is reached at (default ``WORKFLOW_BASE_URL``, else
+    ``http://localhost:8787``, the origin ``Webhook.url`` uses too): the URL of the requests a
+    webhook receives is built from it and the request path, never from the Host header.
     """
     bearer = token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN") or None
-    api = _Api(world, bearer, base_url, max_body_bytes, response_timeout_s)
+    origin = base_url or default_base_url()
+    api = _Api(world, bearer, origin, max_body_bytes, response_timeout_s)
     routes = [
         Route(PREFIX + "/webhook/{token:path}", api.webhook, methods=ALL_METHODS),
         Route(PREFIX + "/runs", api.protected(api.start_run), methods=["POST"]),
@@ -120,13 +164,13 @@ class _Api:
         self,
         world: World | None,
         token: str | None,
-        base_url: str | None,
+        base_url: str,
         max_body: int,
         response_timeout_s: float,
     ) -> None:
         self._world = world
         self.token = token
-        self.base_url = base_url.rstrip("/") if base_url else None
+        self.base_url = base_url.rstrip("/")
         self.max_body = max_body
         self.response_timeout_s = response_timeout_s
 
@@ -161,8 +205,6 @@ class _Api:
         return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
     def _public_url(self, request: Request) -> str:
-        if self.base_url is None:
-            return str(request.url)
         query = request.url.query
         return self.base_url + request.url.path + (f"?{query}" if query else "")
 
@@ -196,6 +238,12 @@ class _Api:
             raise ApiError(401, "invalid bearer token")
 
     async def _json(self, request: Request, *, empty: Any = msgspec.UNSET) -> Any:
+        content_type = request.headers.get("content-type", "")
+        if not is_json_media_type(content_type):
+            sent = repr(content_type) if content_type else "none"
+            raise ApiError(
+                415, f"unsupported Content-Type {sent}: send 'Content-Type: application/json'"
+            )
         body = await read_body(request, self.max_body)
         if body is None:
             raise ApiError(413, f"request body is over the limit of {self.max_body} bytes")
@@ -246,16 +294,31 @@ def _start_fields(body: Any) -> tuple[str, list[Any], dict[str, Any], str | None
 
 
 def _run_json(info: RunInfo) -> dict[str, Any]:
-    """A run as the API shows it; ``output`` in the wire format (plain JSON for JSON values)."""
-    output = msgspec.json.decode(info.output) if info.output else None
+    """A run as the API shows it; ``output`` in the wire format (plain JSON for JSON values).
+
+    A field stored corrupt is shown as null and named in ``corrupt_fields`` (absent when none is).
+    """
+    corrupt = list(info.corrupt_fields)
+    output = _stored_json(info.output, "output", corrupt)
     error = None
-    if info.error:
-        raw = msgspec.json.decode(info.error)
-        if isinstance(raw, dict) and "msg" in raw:
-            error = {"type": str(raw.get("cls", "")), "message": str(raw["msg"])}
-        else:
-            error = {"type": "", "message": str(raw)}
-    return {"run_id": info.run_id, "status": info.status, "output": output, "error": error}
+    raw = _stored_json(info.error, "error", corrupt)
+    if isinstance(raw, dict) and "msg" in raw:
+        error = {"type": str(raw.get("cls", "")), "message": str(raw["msg"])}
+    elif raw is not None:
+        error = {"type": "", "message": str(raw)}
+    shown = {"run_id": info.run_id, "status": info.status, "output": output, "error": error}
+    return {**shown, "corrupt_fields": corrupt} if corrupt else shown
+
+
+def _stored_json(text: str | None, name: str, corrupt: list[str]) -> Any:
+    """The JSON value of a stored field; None when it is empty or corrupt (then named in corrupt)."""
+    if not text or name in corrupt:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        corrupt.append(name)
+        return None
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -269,6 +332,19 @@ def _status_of(exc: Exception) -> int | None:
     if isinstance(exc, WorkflowError | TypeError):  # bad run id, arguments, serialization
         return 400
     return None
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """Whether a Content-Type is ``application/json`` or ``application/*+json`` (any parameters).
+
+    Browsers send ``text/plain`` and form types cross-site without a preflight; JSON types they
+    send only after one, so requiring JSON keeps other sites' pages from calling the API.
+    """
+    media = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media.partition("/")
+    return kind == "application" and (
+        subtype == "json" or (len(subtype) > 5 and subtype.endswith("+json"))
+    )
 
 
 def _headers(request: Request) -> dict[str, str]:

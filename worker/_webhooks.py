@@ -10,14 +10,20 @@ and answers the sender according to ``respond_with``:
 * ``"manual"``: the response a step sends with ``await request.respond_with(WebhookResponse(...))``
   (the workflow passes the request to a step); the route waits for it, 504 after its timeout.
 
-Webhooks are marked in the hook metadata (``{"__webhook": {"respond_with": ...}}``): the public
-route refuses plain hooks, and the bearer-protected hook API refuses webhooks.
+The request a webhook receives, and so the hook's payload stored in Redis, never carries the
+sender's credentials: ``Authorization``, ``Proxy-Authorization``, ``Cookie`` and ``Set-Cookie`` are
+dropped unless the webhook names them in ``keep_headers`` (for a sender that authenticates with
+them, e.g. ``create_webhook(keep_headers=["Authorization"])``).
+
+Webhooks are marked in the hook metadata (``{"__webhook": {"respond_with": ..., "keep_headers":
+[...]}}``): the public route refuses plain hooks, and the bearer-protected hook API refuses webhooks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote
@@ -35,6 +41,7 @@ WEBHOOK_PATH = "/.well-known/workflow/v1/webhook/"
 META_KEY = "__webhook"
 MANUAL = "manual"
 RESPONSE_TTL_S = 300
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 
 
 @dataclass
@@ -106,8 +113,14 @@ def webhook_url(base: str, token: str) -> str:
     return f"{base.rstrip('/')}{WEBHOOK_PATH}{quote(token, safe='')}"
 
 
-def create_webhook(respond_with: RespondWith = None) -> Webhook:
-    """Create a webhook in workflow code (see the module docstring); its token is random."""
+def create_webhook(
+    respond_with: RespondWith = None, *, keep_headers: Collection[str] = ()
+) -> Webhook:
+    """Create a webhook in workflow code (see the module docstring); its token is random.
+
+    ``keep_headers`` names credential headers (of ``CREDENTIAL_HEADERS``) that its requests keep;
+    by default they are dropped before the request is stored.
+    """
     instance = current_instance.get()
     if instance is None or current_step.get() is not None:
         raise WorkflowError("create_webhook() can only be called in workflow code")
@@ -118,17 +131,37 @@ def create_webhook(respond_with: RespondWith = None) -> Webhook:
             f"invalid respond_with value {respond_with!r}: "
             "expected None, 'manual' or a WebhookResponse"
         )
-    meta = _serde.dumps({META_KEY: {"respond_with": respond_with}}, what="webhook metadata")
+    options = {"respond_with": respond_with, "keep_headers": _kept_credentials(keep_headers)}
+    meta = _serde.dumps({META_KEY: options}, what="webhook metadata")
     return Webhook(instance, instance.create_hook(None, meta))
+
+
+def _kept_credentials(names: Collection[str]) -> list[str]:
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise WorkflowError(f"keep_headers must be a list of header names, not {names!r}")
+    kept = {n.lower() for n in names}
+    unknown = kept - CREDENTIAL_HEADERS
+    if unknown:
+        raise WorkflowError(
+            f"keep_headers names {sorted(unknown)}: only credential headers are dropped, "
+            f"so only {sorted(CREDENTIAL_HEADERS)} can be kept"
+        )
+    return sorted(kept)
+
+
+def without_credentials(headers: Mapping[str, str], keep: Collection[str] = ()) -> dict[str, str]:
+    """``headers`` (lower-case names) without the credential headers not named in ``keep``."""
+    return {k: v for k, v in headers.items() if k not in CREDENTIAL_HEADERS or k in keep}
 
 
 @dataclass(frozen=True)
 class WebhookTarget:
-    """A live webhook found by token: the hook and how the route answers."""
+    """A live webhook found by token: the hook, how the route answers, the credentials it keeps."""
 
     hook: HookInfo
     mode: Literal["default", "static", "manual"]
     static: WebhookResponse | None = None
+    keep_headers: frozenset[str] = frozenset()
 
 
 def webhook_target(hook: HookInfo) -> WebhookTarget | None:
@@ -137,13 +170,17 @@ def webhook_target(hook: HookInfo) -> WebhookTarget | None:
     options = meta.get(META_KEY) if isinstance(meta, dict) else None
     if not isinstance(options, dict):
         return None
+    kept = options.get("keep_headers")
+    keep = frozenset(
+        n.lower() for n in (kept if isinstance(kept, list) else ()) if isinstance(n, str)
+    )
     value = options.get("respond_with")
     if value is None:
-        return WebhookTarget(hook, "default")
+        return WebhookTarget(hook, "default", keep_headers=keep)
     if value == MANUAL:
-        return WebhookTarget(hook, "manual")
+        return WebhookTarget(hook, "manual", keep_headers=keep)
     response = _as_response(value)
-    return None if response is None else WebhookTarget(hook, "static", response)
+    return None if response is None else WebhookTarget(hook, "static", response, keep)
 
 
 def _as_response(value: Any) -> WebhookResponse | None:
@@ -168,14 +205,19 @@ async def find_webhook(token: str, world: World) -> WebhookTarget:
 async def deliver(
     target: WebhookTarget, request: WebhookRequest, world: World, timeout_s: float
 ) -> WebhookResponse:
-    """Resume the webhook with ``request``; the response for its sender.
+    """Resume the webhook with ``request`` (less the credentials it does not keep); the response.
 
     HookNotFoundError when the hook went away meanwhile, PayloadTooLargeError for a request over the
     World's payload limit, WorkflowTimeoutError when a manual response did not come in time.
     """
     hook = target.hook
     response_id = new_id("wres") if target.mode == "manual" else ""
-    request = dataclasses.replace(request, run_id=hook.run_id, response_id=response_id)
+    request = dataclasses.replace(
+        request,
+        headers=without_credentials(request.headers, target.keep_headers),
+        run_id=hook.run_id,
+        response_id=response_id,
+    )
     await resume_hook(hook.token, request, world)
     if target.mode == "default":
         return WebhookResponse(202)

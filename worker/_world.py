@@ -28,6 +28,9 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: int | None = None
     seq: int = 0
     lease_owner: str = ""
+    # stored fields that could not be read: an integer or status that is not one, text that is
+    # not JSON, a missing name; such a field holds its default (integers) or the stored text
+    corrupt_fields: tuple[str, ...] = ()
 
 
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,6 +41,18 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 _JSON = msgspec.json.Encoder()
 _INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
+_REQUIRED_RUN_FIELDS = ("created_at", "seq")
+_JSON_RUN_FIELDS = ("input", "output", "error")
+_RAW_JSON = msgspec.json.Decoder(msgspec.Raw)
+
+
+def _is_json(text: str) -> bool:
+    """Whether ``text`` is one JSON value (checked without building it)."""
+    try:
+        _RAW_JSON.decode(text)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 class RedisWorld(RedisQueue, RedisPresence):
@@ -123,14 +135,34 @@ class RedisWorld(RedisQueue, RedisPresence):
 
     @staticmethod
     def _run_info(run_id: str, data: dict[str, str]) -> RunInfo:
-        ints: dict[str, Any] = {}
+        """The run in ``data`` (its hash); a field that cannot be read is named, never raised."""
+        corrupt: list[str] = []
+        ints: dict[str, int | None] = {}
         for f in _INT_RUN_FIELDS:
             v = data.get(f)
-            ints[f] = int(v) if v not in (None, "") else None
+            ints[f] = None
+            if v is None or v == "":
+                if f in _REQUIRED_RUN_FIELDS:
+                    corrupt.append(f)
+            else:
+                try:
+                    ints[f] = int(v)
+                except ValueError:
+                    corrupt.append(f)
+        workflow = data.get("workflow", "")
+        if not workflow:
+            corrupt.append("workflow")
+        status = data.get("status", "")
+        if status not in STATUSES:
+            corrupt.append("status")
+        for f in _JSON_RUN_FIELDS:
+            v = data.get(f)
+            if v is not None and not _is_json(v):
+                corrupt.append(f)
         return RunInfo(
             run_id=run_id,
-            workflow=data.get("workflow", ""),
-            status=data.get("status", ""),
+            workflow=workflow,
+            status=status,
             input=data.get("input", "[]"),
             output=data.get("output"),
             error=data.get("error"),
@@ -141,6 +173,7 @@ class RedisWorld(RedisQueue, RedisPresence):
             updated_at=ints["updated_at"],
             seq=ints["seq"] or 0,
             lease_owner=data.get("lease_owner", ""),
+            corrupt_fields=tuple(corrupt),
         )
 
     async def list_runs(

@@ -104,7 +104,8 @@ async def test_bad_requests(world: RedisWorld, redis_server: RedisServer, prefix
     """Malformed JSON and bad fields → 400 with a message; unknown run or hook → 404."""
     with serving(redis_server, prefix) as base:
         async with httpx.AsyncClient(base_url=base) as client:
-            res = await client.post(f"{API}/runs", content=b"{not json")
+            json_type = {"Content-Type": "application/json"}
+            res = await client.post(f"{API}/runs", content=b"{not json", headers=json_type)
             assert res.status_code == 400 and "malformed JSON" in res.json()["error"]
             cases = [
                 ([1, 2], "JSON object"),
@@ -116,7 +117,7 @@ async def test_bad_requests(world: RedisWorld, redis_server: RedisServer, prefix
             for body, message in cases:
                 res = await client.post(f"{API}/runs", json=body)
                 assert res.status_code == 400 and message in res.json()["error"], body
-            res = await client.post(f"{API}/hooks/any", content=b"[1,")
+            res = await client.post(f"{API}/hooks/any", content=b"[1,", headers=json_type)
             assert res.status_code == 400 and "malformed JSON" in res.json()["error"]
             res = await client.get(f"{API}/runs/wrun_does_not_exist")
             assert res.status_code == 404 and "not found" in res.json()["error"]

@@ -171,3 +171,14 @@ async def wf_json(env: dict[str, str], *args: str) -> object:
         check=True,
     )
     return json.loads(done.stdout)
+
+
+async def hook_is_live(token: str) -> bool:
+    """A live hook holds ``token`` (for ``eventually``: a run has parked on its hook)."""
+    from worker import HookNotFoundError, get_hook_by_token
+
+    try:
+        await get_hook_by_token(token)
+    except HookNotFoundError:
+        return False
+    return True

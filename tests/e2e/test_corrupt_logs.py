@@ -8,8 +8,8 @@ import pytest
 
 from tests.e2e import fault_workflows as fw
 from tests.e2e.test_stored_errors import Fields, rewrite_log, still_serves
-from tests.support import eventually
-from worker import HookNotFoundError, Run, WorkflowRunFailedError, get_hook_by_token, start
+from tests.support import eventually, hook_is_live
+from worker import Run, WorkflowRunFailedError, start
 from worker._errors import CorruptEventError
 from world_redis import RedisWorld
 
@@ -21,14 +21,7 @@ async def parked_run(token: str) -> Run:
     """A run of echo_then_hook whose step completed and which now waits on its hook."""
     run = await start(fw.echo_then_hook, token)
 
-    async def hook_live() -> bool:
-        try:
-            await get_hook_by_token(token)
-        except HookNotFoundError:
-            return False
-        return True
-
-    await eventually(hook_live, 20, what="the run to park on its hook")
+    await eventually(lambda: hook_is_live(token), 20, what="the run to park on its hook")
     return run
 
 

@@ -22,12 +22,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @contextlib.contextmanager
-def serving(redis: RedisServer, prefix: str, **options: Any) -> Iterator[str]:
-    """Serve ``create_app(**options)`` in a thread with a World of its own; yields the base URL."""
+def serving(
+    redis: RedisServer, prefix: str, *, own_origin: bool = True, **options: Any
+) -> Iterator[str]:
+    """Serve ``create_app(**options)`` in a thread with a World of its own; yields the base URL.
+
+    ``own_origin``: the app's base URL is its own origin unless ``base_url`` is given; without it,
+    the app is left to its default (``WORKFLOW_BASE_URL``)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    if own_origin:
+        options.setdefault("base_url", base)
     app_world = RedisWorld.from_url(redis.url, prefix=prefix)
-    app = create_app(app_world, base_url=base, **options)
+    app = create_app(app_world, **options)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.e2e import hardening_workflows as hw
 from tests.e2e import webhook_workflows as ww
+from tests.e2e.test_http import serving as http_serving
 from tests.e2e.test_webhooks import webhook_tokens
 from tests.integration.test_bad_run_hash import corrupt_run
 from tests.support import WF, RedisServer, free_port, wait_for, wf_json
-from worker import Run, create_app, start
+from worker import Run, start
 from world_redis import RedisWorld
 
 API = "/.well-known/workflow/v1"
@@ -31,29 +30,11 @@ SECRETS = {
 }
 
 
-@contextlib.contextmanager
-def serving(redis: RedisServer, prefix: str, **options: Any) -> Iterator[str]:
+def serving(
+    redis: RedisServer, prefix: str, **options: Any
+) -> contextlib.AbstractContextManager[str]:
     """Serve ``create_app(**options)`` (no base URL unless given) in a thread; yields its origin."""
-    port = free_port()
-    app_world = RedisWorld.from_url(redis.url, prefix=prefix)
-    app = create_app(app_world, **options)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-
-    async def serve() -> None:
-        try:
-            await server.serve()
-        finally:
-            await app_world.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), 10, what="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return http_serving(redis, prefix, own_origin=False, **options)
 
 
 async def stored_log(world: RedisWorld, run: Run) -> str:

@@ -8,12 +8,10 @@ from collections.abc import Callable
 import pytest
 
 from tests.e2e import fault_workflows as fw
-from tests.support import WorkerProcess, eventually
+from tests.support import WorkerProcess, eventually, hook_is_live
 from worker import (
-    HookNotFoundError,
     RemoteError,
     WorkflowRunFailedError,
-    get_hook_by_token,
     resume_hook,
     start,
 )
@@ -94,14 +92,9 @@ async def test_replayed_system_exit_error_leaves_the_worker_alive(
     token = "stored-system-exit"
     run = await start(fw.caught_then_hook, token)
 
-    async def hook_live() -> bool:
-        try:
-            await get_hook_by_token(token)
-        except HookNotFoundError:
-            return False
-        return True
-
-    await eventually(hook_live, 20, what="the run to catch its step failure and wait on a hook")
+    await eventually(
+        lambda: hook_is_live(token), 20, what="the run to catch its step failure and wait on a hook"
+    )
     assert first.stop() == 0  # the next worker replays the run from its log, not from a cache
 
     def to_system_exit(entry_id: str, fields: Fields) -> Fields:

@@ -184,20 +184,29 @@ async def janitor_loop(worker: Worker, duty: Duty) -> None:
 
 
 def start_watchdog(worker: Worker) -> None:
+    """A thread (the event loop may be the thing that is stuck) that reports workflow code
+    blocking the loop, with its stack. It only reads and logs; an error in one look is logged
+    and the next look goes on."""
+
+    def look(reported: str | None) -> str | None:
+        run_id = worker._advancing
+        took = time.monotonic() - worker._advance_started
+        if run_id and took > worker.config.block_threshold_s and reported != run_id:
+            frame = sys._current_frames().get(worker._main_thread)
+            stack = "".join(traceback.format_stack(frame, limit=8)) if frame else ""
+            worker.log.warning(
+                "workflow_blocking_loop", run_id=run_id, seconds=round(took, 2), stack=stack
+            )
+            return run_id
+        return reported if run_id else None
+
     def watch() -> None:
         reported: str | None = None
         while not worker.stopping.is_set():
             time.sleep(0.25)
-            run_id = worker._advancing
-            took = time.monotonic() - worker._advance_started
-            if run_id and took > worker.config.block_threshold_s and reported != run_id:
-                reported = run_id
-                frame = sys._current_frames().get(worker._main_thread)
-                stack = "".join(traceback.format_stack(frame, limit=8)) if frame else ""
-                worker.log.warning(
-                    "workflow_blocking_loop", run_id=run_id, seconds=round(took, 2), stack=stack
-                )
-            elif not run_id:
-                reported = None
+            try:
+                reported = look(reported)
+            except Exception as exc:
+                worker.log.error("watchdog_failed", error=repr(exc), exc_info=True)
 
     threading.Thread(target=watch, name="wf-watchdog", daemon=True).start()

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import os
 import socket
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _health_http, _serde
+from . import _health_http
 from . import _worker_loops as duties
 from ._batcher import Batcher
-from ._context import StepContext, current_step
-from ._duration import to_seconds
 from ._errors import (
     CorruptEventError,
-    FatalError,
     PayloadTooLargeError,
-    RetryableError,
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent, make_event
@@ -40,11 +34,10 @@ from ._ids import new_run_id
 from ._logging import get_logger
 from ._registry import StepFunction, get_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
-from ._streams import capture_stream_result
+from ._step_exec import StepExecutor
 from ._supervisor import Duty, Supervisor
 from ._world import Acquired, Commit, CommitResult, Wakeup, World
 
-DEFAULT_RETRY_DELAY_S = 1.0
 HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
 
 
@@ -105,8 +98,7 @@ class Worker:
         self.releaser: Batcher[tuple[str, int, Wakeup | None], tuple[str, int]] = Batcher(
             lambda runs: world.release_many(self.token, runs), self.config.batch
         )
-        self.steps_slots = asyncio.Semaphore(self.config.concurrency)
-        self.pool = ThreadPoolExecutor(max_workers=min(64, self.config.concurrency))
+        self.steps = StepExecutor(world, self.config.concurrency, self.now_ms, self.log)
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._room = asyncio.Event()
@@ -149,7 +141,7 @@ class Worker:
         supervised.cancel()
         stopping.cancel()
         await asyncio.gather(supervised, stopping, return_exceptions=True)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.steps.shutdown()
         await duties.forget_self(self)
         if failure is not None:
             raise failure
@@ -421,7 +413,7 @@ class Worker:
             if inline is None:
                 return progressed
             call, attempt = inline
-            head = await self._run_step(held, inst, call, attempt)
+            head = await self.steps.run(inst, call, attempt)
             if head.type == "step_retrying":
                 await self._commit(held, inst, [head], fenced=False)
                 return True
@@ -583,77 +575,9 @@ class Worker:
         self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int
     ) -> None:
         """Run a step concurrently with others of its run and commit its result on its own."""
-        event = await self._run_step(held, inst, call, attempt)
+        event = await self.steps.run(inst, call, attempt)
         res = await self._commit(held, inst, [event], fenced=False)
         if res.code != "ok":
             self.log.info(
                 "step_result_discarded", run_id=held.run_id, step_id=call.corr, code=res.code
             )
-
-    async def _run_step(
-        self, held: Held, inst: WorkflowInstance, call: StepCall, attempt: int
-    ) -> NewEvent:
-        fn: StepFunction = call.fn
-        ctx = StepContext(
-            step_id=call.corr,
-            step_name=fn.name,
-            attempt=attempt,
-            started_ms=self.now_ms(),
-            run_id=inst.run_id,
-            workflow_name=inst.workflow_name,
-            workflow_started_ms=inst.started_at_ms,
-        )
-        async with self.steps_slots:
-            return await self._call_step(fn, call, ctx, attempt)
-
-    async def _call_step(
-        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int
-    ) -> NewEvent:
-        token = current_step.set(ctx)
-        try:
-            raw = _serde.loads(call.input)
-            args, kwargs = fn.argspec.convert(
-                raw.get("args", []), raw.get("kwargs") or {}, f"step {fn.name!r}"
-            )
-            if fn.is_async:
-                result = await fn.fn(*args, **kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                cv = contextvars.copy_context()
-                result = await loop.run_in_executor(
-                    self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
-                )
-            result = await capture_stream_result(result, ctx, self.world)
-            text = _serde.dumps(result, what=f"result of step {fn.name!r}")
-            if len(text.encode()) > self.world.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
-                )
-            return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
-        # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
-        # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
-        # handler, never as KeyboardInterrupt here); CancelledError is the worker's own shutdown
-        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
-            log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
-            return self._step_error(fn, call, exc, attempt, log)
-        finally:
-            current_step.reset(token)
-
-    def _step_error(
-        self, fn: StepFunction, call: StepCall, exc: BaseException, attempt: int, log: Any
-    ) -> NewEvent:
-        error = error_json(exc)
-        fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)
-        if fatal or attempt >= fn.max_retries + 1:
-            log.info("step_failed", attempt=attempt, error=str(exc))
-            return NewEvent("step_failed", call.corr, {"error": error, "attempt": str(attempt)})
-        delay = DEFAULT_RETRY_DELAY_S
-        if isinstance(exc, RetryableError) and exc.retry_after is not None:
-            delay = to_seconds(exc.retry_after)
-        retry_at = self.now_ms() + int(delay * 1000)
-        log.info("step_retrying", attempt=attempt, error=str(exc), retry_in=delay)
-        return NewEvent(
-            "step_retrying",
-            call.corr,
-            {"error": error, "retry_after": str(retry_at), "attempt": str(attempt)},
-        )

@@ -1,0 +1,107 @@
+"""Step execution: a step function called with its converted arguments, in a slot of the
+worker's concurrency (sync steps in a thread), its outcome turned into the event to commit.
+
+Nothing here touches leases or the log: the worker decides when a step runs and commits what
+this returns (``step_completed``, ``step_retrying`` or ``step_failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _serde
+from ._context import StepContext, current_step
+from ._duration import to_seconds
+from ._errors import FatalError, PayloadTooLargeError, RetryableError
+from ._events import NewEvent
+from ._registry import StepFunction
+from ._replay import StepCall, WorkflowInstance, error_json
+from ._streams import capture_stream_result
+from ._world import World
+
+DEFAULT_RETRY_DELAY_S = 1.0
+
+
+class StepExecutor:
+    """Runs steps for a worker: at most ``concurrency`` at once, ``now_ms`` the server's clock."""
+
+    def __init__(self, world: World, concurrency: int, now_ms: Callable[[], int], log: Any) -> None:
+        self.world = world
+        self.now_ms = now_ms
+        self.log = log
+        self.slots = asyncio.Semaphore(concurrency)
+        self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
+        """Run one attempt of ``call``; the event that records its outcome."""
+        fn: StepFunction = call.fn
+        ctx = StepContext(
+            step_id=call.corr,
+            step_name=fn.name,
+            attempt=attempt,
+            started_ms=self.now_ms(),
+            run_id=inst.run_id,
+            workflow_name=inst.workflow_name,
+            workflow_started_ms=inst.started_at_ms,
+        )
+        async with self.slots:
+            return await self._call(fn, call, ctx, attempt)
+
+    async def _call(
+        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int
+    ) -> NewEvent:
+        token = current_step.set(ctx)
+        try:
+            raw = _serde.loads(call.input)
+            args, kwargs = fn.argspec.convert(
+                raw.get("args", []), raw.get("kwargs") or {}, f"step {fn.name!r}"
+            )
+            if fn.is_async:
+                result = await fn.fn(*args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                cv = contextvars.copy_context()
+                result = await loop.run_in_executor(
+                    self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
+                )
+            result = await capture_stream_result(result, ctx, self.world)
+            text = _serde.dumps(result, what=f"result of step {fn.name!r}")
+            if len(text.encode()) > self.world.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
+                )
+            return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
+        # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
+        # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
+        # handler, never as KeyboardInterrupt here); CancelledError is the worker's own shutdown
+        except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+            log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
+            return self._error(fn, call, exc, attempt, log)
+        finally:
+            current_step.reset(token)
+
+    def _error(
+        self, fn: StepFunction, call: StepCall, exc: BaseException, attempt: int, log: Any
+    ) -> NewEvent:
+        error = error_json(exc)
+        fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)
+        if fatal or attempt >= fn.max_retries + 1:
+            log.info("step_failed", attempt=attempt, error=str(exc))
+            return NewEvent("step_failed", call.corr, {"error": error, "attempt": str(attempt)})
+        delay = DEFAULT_RETRY_DELAY_S
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            delay = to_seconds(exc.retry_after)
+        retry_at = self.now_ms() + int(delay * 1000)
+        log.info("step_retrying", attempt=attempt, error=str(exc), retry_in=delay)
+        return NewEvent(
+            "step_retrying",
+            call.corr,
+            {"error": error, "retry_after": str(retry_at), "attempt": str(attempt)},
+        )

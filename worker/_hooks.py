@@ -19,6 +19,7 @@ from . import _serde
 from ._context import current_step
 from ._errors import HookDisposedError, HookNotFoundError, WorkflowError
 from ._events import NewEvent
+from ._ids import new_id
 from ._replay import HookCall, WorkflowInstance, current_instance
 from ._world import Commit, World
 
@@ -121,6 +122,8 @@ async def resume_hook(
 
     ``request_id`` names this delivery: the hook receives a payload once per request id, so a
     resume retried after its reply was lost (or a request redelivered) is not received twice.
+    Without one, the call gets a fresh id: a commit that the World repeats because its reply was
+    lost is then received once all the same.
     """
     from ._client import check_payload, get_world
 
@@ -128,7 +131,7 @@ async def resume_hook(
     hook = await get_hook_by_token(token, w)
     text = _serde.dumps(payload, what=f"payload for hook {token!r}")
     check_payload(w, text, f"payload for hook {token!r}")
-    fields = {"payload": text, "request_id": request_id} if request_id else {"payload": text}
+    fields = {"payload": text, "request_id": request_id or new_id("req")}
     (res,) = await w.commit(
         [
             Commit(

@@ -8,7 +8,8 @@ Routes, all under ``/.well-known/workflow/v1``:
 ``POST /runs``             bearer    ``{"workflow", "args", "kwargs"?, "run_id"?}`` -> 201 ``{"run_id"}``
 ``GET /runs/{run_id}``     bearer    ``{"run_id", "status", "output", "error"}`` (404 unknown run),
                                      ``"corrupt_fields": [...]`` too when stored fields are bad
-``POST /hooks/{token}``    bearer    JSON body = payload -> 202 ``{"run_id", "hook_id"}``
+``POST /hooks/{token}``    bearer    JSON body = payload -> 202 ``{"run_id", "hook_id"}``; an ``Idempotency-Key``
+                                      header names the delivery (a retry with it is received once)
 any path ``?__health``     public    200 text/plain ``Workflow DevKit "<path>" endpoint is healthy``
 =========================  ========  =============================================================
 
@@ -272,7 +273,9 @@ class _Api:
         hook = await get_hook_by_token(token, self.world)
         if webhook_target(hook) is not None:
             raise ApiError(409, f"hook {token!r} is a webhook: send the request to its URL")
-        hook = await resume_hook(token, payload, self.world)
+        # a client that retries a request whose answer it lost sends the same Idempotency-Key
+        request_id = request.headers.get("idempotency-key", "")[:200]
+        hook = await resume_hook(token, payload, self.world, request_id=request_id)
         return JSONResponse({"run_id": hook.run_id, "hook_id": hook.hook_id}, 202)
 
 

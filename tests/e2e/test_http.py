@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 
 import tests.e2e.workflows  # noqa: F401 -- registers add_ten here: the app checks start arguments
+from tests.integration.test_request_handling import hook_received, live_hook
 from tests.support import RedisServer, eventually, free_port, wait_for
 from worker import create_app
 from world_redis import RedisWorld
@@ -147,3 +148,24 @@ async def test_bearer_token(world: RedisWorld, redis_server: RedisServer, prefix
             assert res.status_code == 401
             res = await client.get(f"{API}/runs/wrun_x", headers=AUTH)
             assert res.status_code == 404
+
+
+async def test_resume_retried_with_idempotency_key_is_received_once(
+    world: RedisWorld, redis_server: RedisServer, prefix: str
+) -> None:
+    """POST /hooks/{token} sent twice with one Idempotency-Key delivers one payload; another key,
+    another delivery."""
+    run_id = await live_hook(world, "tok-http-idem")
+    with serving(redis_server, prefix, token=TOKEN) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            for key, n in (("key-1", 1), ("key-1", 1), ("key-2", 2)):
+                headers = {**AUTH, "Idempotency-Key": key}
+                res = await client.post(
+                    f"{API}/hooks/tok-http-idem", json={"n": n}, headers=headers
+                )
+                assert res.status_code == 202, res.text
+    received = await hook_received(world, run_id)
+    assert [(e["payload"], e["request_id"]) for e in received] == [
+        ('{"n":1}', "key-1"),
+        ('{"n":2}', "key-2"),
+    ]

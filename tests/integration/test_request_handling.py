@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from worker import resume_hook
 from worker._errors import WorldUnavailableError
 from worker._supervisor import Duty
 from worker._worker import Worker, WorkerConfig
+from worker._world import Commit, CommitResult
 from world_redis import RedisWorld
 
 
@@ -144,3 +146,27 @@ async def test_request_stream_deleted_under_the_reader_gets_its_group_back(
     mid = await world.redis.xadd(world.keys.start_stream(), {"workflow": "noop", "args": "[1]"})
     (req,) = await world.read_start_requests("c1", 10, 0)
     assert req.message_id == mid and req.source == world.keys.start_stream()
+
+
+class LostReplies(RedisWorld):
+    """A real RedisWorld whose every commit reaches Redis twice, as when a commit's reply is lost
+    on the way back and the call is repeated (``with_retry`` does that on a connection error)."""
+
+    async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
+        await super().commit(commits)
+        return await super().commit(commits)
+
+
+async def test_resume_repeated_after_a_lost_reply_is_received_once(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """resume_hook without a request id, its commit repeated after a lost reply: one hook_received
+    (the payload used to be delivered twice)."""
+    world = LostReplies.from_url(redis_server.url, prefix=prefix)
+    try:
+        run_id = await live_hook(world, "tok-lost-reply")
+        await resume_hook("tok-lost-reply", {"n": 1}, world)
+        received = await hook_received(world, run_id)
+        assert [e["payload"] for e in received] == ['{"n":1}']
+    finally:
+        await world.close()

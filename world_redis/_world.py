@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from worker._codec import PayloadCodec
+from worker._codec import PayloadCodec, is_envelope
 from worker._errors import DecryptionError
 from worker._events import (
     Event,
@@ -179,7 +179,8 @@ class RedisWorld(RedisQueue, RedisPresence):
             corrupt.append("status")
         for f in _JSON_RUN_FIELDS:
             v = data.get(f)
-            if v is not None and f not in corrupt and not _is_json(v):
+            # without the key an envelope is shown as stored: readable as such, not corrupt
+            if v is not None and f not in corrupt and not (is_envelope(v) or _is_json(v)):
                 corrupt.append(f)
         return RunInfo(
             run_id=run_id,

@@ -77,7 +77,7 @@ class RedisStreams:
         await self._check_run(run_id)
         key = self._world.keys.stream(run_id, name)
         skip = start_index if start_index >= 0 else await self._tail_start(key, start_index)
-        last = "0-0"
+        last, encrypted = "0-0", self._world.codec is not None
         while True:
             entries = await self._next_entries(key, last)
             if not entries:
@@ -86,7 +86,7 @@ class RedisStreams:
                 last = entry_id
                 if "eof" in fields:
                     return
-                if self._world.codec is not None:
+                if encrypted:
                     fields = self._open(run_id, name, fields)
                 if "err" in fields:
                     raise _stored_error(fields["err"], name)

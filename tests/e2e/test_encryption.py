@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.e2e import encryption_workflows as ew
-from tests.support import RedisServer, eventually, wf_json
+from tests.support import WF, RedisServer, eventually, wf_json
 from worker import (
     HookNotFoundError,
     PayloadCodec,
@@ -142,3 +143,26 @@ async def test_rotation_worker_with_new_key_first_finishes_old_runs(  # type: ig
     assert result == {"receipt": f"charged {MARKER}-item", "approval": {"ok": "rotated"}}
     stored = await world.redis.hmget(world.keys.run(run.run_id), "input", "output")
     assert [s.split(":")[2] for s in stored] == ["ka", "kb"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ("k1:abc", "key 'k1' is not valid base64"),
+        (f"{KEY_A},{KEY_A}", "key id 'ka' is given twice"),
+    ],
+)
+async def test_worker_with_a_malformed_key_exits_naming_the_problem(
+    worker_env: dict[str, str], spec: str, complaint: str
+) -> None:
+    """`wf worker` with a malformed WORKFLOW_ENCRYPTION_KEY exits with status 2 and says why."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "worker", MODULE],
+        env={**worker_env, "WORKFLOW_ENCRYPTION_KEY": spec},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"WORKFLOW_ENCRYPTION_KEY: {complaint}" in done.stderr

@@ -176,3 +176,16 @@ async def test_plaintext_written_before_encryption_stays_readable(world: RedisWo
     info = await world.get_run(run_id)
     assert info is not None and (info.input, info.output) == (f'["{MARKER}"]', j(MARKER))
     assert (await world.redis.hget(world.keys.run(run_id), "output")).startswith("$enc:v1:ka:")
+
+
+async def test_webhook_responses_are_encrypted_in_their_reply_list(world: RedisWorld) -> None:
+    """A manual webhook response waits in Redis as an envelope and pops as the text pushed;
+    replies not tied to a run (health checks) stay plain."""
+    world.codec = PayloadCodec.parse(KEY_A)
+    run_id = new_run_id()
+    await world.push_reply(run_id, "wres_1", j(MARKER))
+    stored = await world.redis.lrange(world.reply_key(run_id, "wres_1"), 0, -1)
+    assert len(stored) == 1 and stored[0].startswith("$enc:v1:ka:") and MARKER not in stored[0]
+    assert await world.pop_reply(run_id, "wres_1", 1) == j(MARKER)
+    await world.push_reply("", "health_1", "ok")
+    assert await world.redis.lrange(world.reply_key("", "health_1"), 0, -1) == ["ok"]

@@ -99,6 +99,15 @@ async def test_encrypted_run_from_a_plaintext_start_request(  # type: ignore[no-
     keyless = {k: v for k, v in worker_env.items() if k != "WORKFLOW_ENCRYPTION_KEY"}
     hidden = json.dumps(await wf_json(keyless, "inspect", "events", run_id))
     assert MARKER not in hidden and "$enc:v1:ka:" in hidden
+    wrong = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "inspect", "events", run_id, "--json"],
+        env={**worker_env, "WORKFLOW_ENCRYPTION_KEY": KEY_B},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 1 and "key id 'ka'" in wrong.stderr and MARKER not in wrong.stderr
 
 
 async def _collect(run: Run) -> list[Any]:

@@ -7,6 +7,7 @@ run's log, so a run survives crashes, restarts and redeploys.
 from typing import Any
 
 from ._client import Run, get_run, get_world, set_world, sleep, start
+from ._codec import PayloadCodec
 from ._context import (
     StepMetadata,
     WorkflowMetadata,
@@ -16,6 +17,8 @@ from ._context import (
     workflow_random,
 )
 from ._errors import (
+    DecryptionError,
+    EncryptionKeyError,
     FatalError,
     HookConflictError,
     HookDisposedError,
@@ -52,6 +55,8 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "DecryptionError",
+    "EncryptionKeyError",
     "FatalError",
     "FetchResponse",
     "Hook",
@@ -61,6 +66,7 @@ __all__ = [
     "HookNotFoundError",
     "InvalidRunIdError",
     "NondeterminismError",
+    "PayloadCodec",
     "PayloadTooLargeError",
     "RemoteError",
     "RetryableError",

@@ -84,6 +84,25 @@ class CorruptEventError(WorkflowError):
     """An event read from the log does not parse or does not belong to this run."""
 
 
+class DecryptionError(CorruptEventError):
+    """An encrypted payload cannot be decrypted: its key id is not configured, or it fails
+    authentication (altered, or copied from another run or field). A run whose log holds one
+    fails like a run with any other corrupt entry."""
+
+    def __init__(self, run_id: str, field: str, key_id: str, message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.field = field
+        self.key_id = key_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.field, self.key_id, str(self)))
+
+
+class EncryptionKeyError(WorkflowError, ValueError):
+    """``WORKFLOW_ENCRYPTION_KEY`` is malformed; the message names what is wrong."""
+
+
 class InvalidRunIdError(WorkflowError, ValueError):
     """A caller-chosen run id that is not ``wrun_`` followed by 1-120 of [A-Za-z0-9_-]."""
 

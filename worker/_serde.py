@@ -62,6 +62,7 @@ from uuid import UUID
 
 import msgspec
 
+from ._codec import ENV_VAR, envelope_key_id, is_envelope
 from ._errors import PayloadTooLargeError, SerializationError
 
 __all__ = ["PayloadTooLargeError", "RemoteError", "SerializationError", "StepRef", "check_size"]
@@ -155,7 +156,7 @@ def loads(data: str | bytes, *, what: str = "value") -> Any:
     try:
         node = _DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
-        raise SerializationError(f"cannot deserialize {what}: {exc}") from None
+        raise SerializationError(f"cannot deserialize {what}: {_why(data, exc)}") from None
     if type(node) is not list and type(node) is not dict:
         return node
     if isinstance(data, str):
@@ -170,6 +171,17 @@ def loads(data: str | bytes, *, what: str = "value") -> Any:
         raise exc.public(what) from None
     except RecursionError:
         raise SerializationError(f"cannot deserialize {what}: nesting too deep") from None
+
+
+def _why(data: str | bytes, exc: Exception) -> str:
+    """Why ``data`` does not load: an encrypted value is named as such (see ``worker._codec``)."""
+    text = data if isinstance(data, str) else data[:80].decode("utf-8", "replace")
+    if is_envelope(text):
+        return (
+            f"it is encrypted (key id {envelope_key_id(text)!r}) and this process has no key "
+            f"for it in {ENV_VAR}"
+        )
+    return str(exc)
 
 
 def check_size(text: str | bytes, *, what: str, limit: int) -> None:

@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
+from worker._codec import PayloadCodec
 from worker._errors import CorruptEventError
-from worker._events import event_from_fields
+from worker._events import Event, event_from_fields
 from worker._logging import get_logger
 from worker._world import Acquired, StartRequest, Wakeup
 
@@ -96,6 +97,7 @@ class RedisQueue:
         # Awaitable | value unions); the replies are decoded strings with decode_responses=True.
         self.redis: Any = client
         self.keys = keys
+        self.codec: PayloadCodec | None = None  # payload encryption (set by RedisWorld)
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
         self._log = get_logger(component="world_redis")
@@ -320,14 +322,27 @@ class RedisQueue:
                 out[i] = self._acquired(runs[i][0], r)
         return [a for a in out if a is not None]
 
-    @staticmethod
-    def _acquired(run_id: str, r: list[Any]) -> Acquired:
-        try:
-            events = [
+    def _log_events(self, run_id: str, rows: Sequence[Any]) -> list[Event]:
+        """Events of log entries (``(id, fields)`` rows), payloads decrypted when a codec is set."""
+        codec = self.codec
+        if codec is None:
+            return [
                 event_from_fields(int(_s(eid).split("-", 1)[0]), fields_dict(fields), run_id)
-                for eid, fields in r[4]
+                for eid, fields in rows
             ]
-        except CorruptEventError:
+        return [
+            event_from_fields(
+                int(_s(eid).split("-", 1)[0]),
+                codec.open_fields(run_id, fields_dict(fields)),
+                run_id,
+            )
+            for eid, fields in rows
+        ]
+
+    def _acquired(self, run_id: str, r: list[Any]) -> Acquired:
+        try:
+            events = self._log_events(run_id, r[4])
+        except CorruptEventError:  # DecryptionError too
             events = []  # the caller reads the log itself and reports the corrupt event
         return Acquired(_s(r[0]), int(r[1]), _s(r[2]), int(r[3]) == 1, events)
 
@@ -492,6 +507,8 @@ class RedisQueue:
     async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
         """RPUSH a reply for a waiting ``pop_reply`` (the key expires after ``ttl_s``)."""
         key = self.reply_key(run_id, reply_id)
+        if run_id and self.codec is not None:  # a webhook response: the run's data
+            data = self.codec.encrypt(data, run_id=run_id, field="response", context=reply_id)
 
         async def run() -> None:
             pipe = self.redis.pipeline(transaction=True)
@@ -505,4 +522,8 @@ class RedisQueue:
         """BLPOP the reply pushed by ``push_reply``; None when none came within ``timeout_s``."""
         key = self.reply_key(run_id, reply_id)
         got = await with_retry(self.redis.blpop, [key], timeout=timeout_s)
-        return None if got is None else _s(got[1])
+        if got is None:
+            return None
+        if run_id and self.codec is not None:
+            return self.codec.decrypt(_s(got[1]), run_id=run_id, field="response", context=reply_id)
+        return _s(got[1])

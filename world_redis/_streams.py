@@ -24,6 +24,9 @@ Expiry: each write and each close sets ``EXPIRE <retention>`` (``WORKFLOW_RETENT
 the stream and on the name set, so the TTL is refreshed on every write and a stream disappears
 one retention period after its last chunk, like the run it belongs to after the run finishes.
 
+Encryption: with ``WORKFLOW_ENCRYPTION_KEY`` set (see ``worker._codec``) the value of ``b``, ``v``
+and ``err`` is an envelope bound to the run, the field and the stream name; ``eof`` stays plain.
+
 Delivery: a write whose reply is lost to a connection error is retried, so a chunk may be stored
 twice in that rare case (at-least-once); readers see chunks in the order they were stored.
 """
@@ -56,12 +59,13 @@ class RedisStreams:
         self._world = world
 
     async def write(self, run_id: str, name: str, value: object) -> None:
-        await self._append(run_id, name, [self._chunk(name, value)])
+        await self._append(run_id, name, [self._seal(run_id, name, self._chunk(name, value))])
 
     async def close(self, run_id: str, name: str, error: BaseException | None = None) -> None:
         entries: list[dict[str, str]] = []
         if error is not None:
-            entries.append({"err": _serde.dumps(error, what=f"error of stream {name}")})
+            err = {"err": _serde.dumps(error, what=f"error of stream {name}")}
+            entries.append(self._seal(run_id, name, err))
         entries.append({"eof": "1"})
         await self._append(run_id, name, entries)
 
@@ -73,7 +77,7 @@ class RedisStreams:
         await self._check_run(run_id)
         key = self._world.keys.stream(run_id, name)
         skip = start_index if start_index >= 0 else await self._tail_start(key, start_index)
-        last = "0-0"
+        last, encrypted = "0-0", self._world.codec is not None
         while True:
             entries = await self._next_entries(key, last)
             if not entries:
@@ -82,6 +86,8 @@ class RedisStreams:
                 last = entry_id
                 if "eof" in fields:
                     return
+                if encrypted:
+                    fields = self._open(run_id, name, fields)
                 if "err" in fields:
                     raise _stored_error(fields["err"], name)
                 if skip > 0:
@@ -90,6 +96,23 @@ class RedisStreams:
                 yield _decode(fields)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _seal(self, run_id: str, name: str, fields: dict[str, str]) -> dict[str, str]:
+        codec = self._world.codec
+        if codec is None:
+            return fields
+        return {
+            k: codec.encrypt(v, run_id=run_id, field=k, context=name) for k, v in fields.items()
+        }
+
+    def _open(self, run_id: str, name: str, fields: dict[str, str]) -> dict[str, str]:
+        """A chunk's fields decrypted (DecryptionError when one cannot be)."""
+        codec = self._world.codec
+        if codec is None:
+            return fields
+        return {
+            k: codec.decrypt(v, run_id=run_id, field=k, context=name) for k, v in fields.items()
+        }
 
     def _chunk(self, name: str, value: object) -> dict[str, str]:
         what, limit = f"chunk of stream {name}", self._world.max_payload_bytes

@@ -11,6 +11,8 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from worker._codec import PayloadCodec, is_envelope
+from worker._errors import DecryptionError
 from worker._events import (
     Event,
     StepCompleted,
@@ -18,7 +20,6 @@ from worker._events import (
     StepFailed,
     StepRetrying,
     StepStarted,
-    event_from_fields,
     make_event,
 )
 from worker._ids import new_event_id, new_ids
@@ -46,6 +47,10 @@ _JSON_RUN_FIELDS = ("input", "output", "error")
 _RAW_JSON = msgspec.json.Decoder(msgspec.Raw)
 
 
+def _flat(fields: dict[str, str]) -> list[str]:
+    return list(chain.from_iterable(fields.items()))
+
+
 def _is_json(text: str) -> bool:
     """Whether ``text`` is one JSON value (checked without building it)."""
     try:
@@ -67,8 +72,11 @@ class RedisWorld(RedisQueue, RedisPresence):
         retention_s: int | None = None,
         max_payload_bytes: int | None = None,
         deployment: str | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         super().__init__(client, Keys(prefix, partitions))
+        # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
+        self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
             os.environ.get("WORKFLOW_RETENTION_SECONDS", DEFAULT_RETENTION_S)
         )
@@ -107,6 +115,8 @@ class RedisWorld(RedisQueue, RedisPresence):
         k = self.keys
         p = k.partition(run_id)
         run, ev, *_ = k.run_keys(run_id)
+        if self.codec is not None:
+            input_json = self.codec.encrypt(input_json, run_id=run_id, field="input")
         reply = await self._eval(
             "create_run",
             [
@@ -131,12 +141,24 @@ class RedisWorld(RedisQueue, RedisPresence):
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         data = await with_retry(self.redis.hgetall, self.keys.run(run_id))
-        return self._run_info(run_id, data) if data else None
+        return self._run_info(run_id, data, self.codec) if data else None
 
     @staticmethod
-    def _run_info(run_id: str, data: dict[str, str]) -> RunInfo:
-        """The run in ``data`` (its hash); a field that cannot be read is named, never raised."""
+    def _run_info(run_id: str, data: dict[str, str], codec: PayloadCodec | None = None) -> RunInfo:
+        """The run in ``data`` (its hash); a field that cannot be read is named, never raised.
+
+        A payload field that cannot be decrypted keeps its stored text (the envelope) and is named
+        in ``corrupt_fields`` like any other unreadable field."""
         corrupt: list[str] = []
+        if codec is not None:
+            data = dict(data)
+            for f in _JSON_RUN_FIELDS:
+                v = data.get(f)
+                if v is not None:
+                    try:
+                        data[f] = codec.decrypt(v, run_id=run_id, field=f)
+                    except DecryptionError:
+                        corrupt.append(f)
         ints: dict[str, int | None] = {}
         for f in _INT_RUN_FIELDS:
             v = data.get(f)
@@ -157,7 +179,8 @@ class RedisWorld(RedisQueue, RedisPresence):
             corrupt.append("status")
         for f in _JSON_RUN_FIELDS:
             v = data.get(f)
-            if v is not None and not _is_json(v):
+            # without the key an envelope is shown as stored: readable as such, not corrupt
+            if v is not None and f not in corrupt and not (is_envelope(v) or _is_json(v)):
                 corrupt.append(f)
         return RunInfo(
             run_id=run_id,
@@ -246,9 +269,7 @@ class RedisWorld(RedisQueue, RedisPresence):
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
         rows = await with_retry(self.redis.xrange, key, start, "+")
-        return [
-            event_from_fields(int(_s(eid).split("-", 1)[0]), fields, run_id) for eid, fields in rows
-        ]
+        return self._log_events(run_id, rows)
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
         """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
@@ -279,6 +300,7 @@ class RedisWorld(RedisQueue, RedisPresence):
                 at += len(c.events)
             keys = self.keys.partition_keys(p)
             payload: list[Any] = []
+            codec = self.codec
             for c, ids in zip(batch, event_ids, strict=True):
                 keys.extend(self.keys.run_keys(c.run_id))
                 payload.append(
@@ -288,7 +310,14 @@ class RedisWorld(RedisQueue, RedisPresence):
                         c.expected_seq,
                         c.wake,
                         [
-                            [ev.type, ev.corr, evid, list(chain.from_iterable(ev.fields.items()))]
+                            [
+                                ev.type,
+                                ev.corr,
+                                evid,
+                                _flat(ev.fields)
+                                if codec is None
+                                else _flat(codec.seal_fields(c.run_id, ev.corr, ev.fields)),
+                            ]
                             for ev, evid in zip(c.events, ids, strict=True)
                         ],
                     ]
@@ -318,7 +347,7 @@ class RedisWorld(RedisQueue, RedisPresence):
         """The run's live hooks: (hook id, token, metadata JSON), in creation order."""
         fields = await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id))
         hooks = [
-            (hook_id, token, fields.get(f"{hook_id}|meta", "null"))
+            (hook_id, token, self._hook_meta(run_id, hook_id, fields.get(f"{hook_id}|meta")))
             for hook_id, token in fields.items()
             if "|" not in hook_id
         ]
@@ -333,8 +362,16 @@ class RedisWorld(RedisQueue, RedisPresence):
                 meta = await with_retry(
                     self.redis.hget, self.keys.run_hooks(run_id), f"{hook_id}|meta"
                 )
-                return run_id, hook_id, meta or "null"
+                return run_id, hook_id, self._hook_meta(run_id, hook_id, meta)
         return None
+
+    def _hook_meta(self, run_id: str, hook_id: str, meta: str | None) -> str:
+        """A hook's stored metadata, decrypted (DecryptionError when it cannot be)."""
+        if not meta:
+            return "null"
+        if self.codec is None:
+            return meta
+        return self.codec.decrypt(meta, run_id=run_id, field="metadata", context=hook_id)
 
     async def expire_indexes(self) -> int:
         dropped = 0

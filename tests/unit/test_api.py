@@ -6,6 +6,8 @@ import worker
 import world_redis
 
 WORKER_API = {
+    "DecryptionError",
+    "EncryptionKeyError",
     "FatalError",
     "FetchResponse",
     "Hook",
@@ -15,6 +17,7 @@ WORKER_API = {
     "HookNotFoundError",
     "InvalidRunIdError",
     "NondeterminismError",
+    "PayloadCodec",
     "PayloadTooLargeError",
     "RemoteError",
     "RetryableError",

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._client import get_world, start
 from ._context import base_url as default_base_url
 from ._errors import (
+    CorruptEventError,
     HookNotFoundError,
     PayloadTooLargeError,
     RunNotFoundError,
@@ -332,6 +333,8 @@ def _status_of(exc: Exception) -> int | None:
         return 413
     if isinstance(exc, WorldUnavailableError):
         return 503
+    if isinstance(exc, CorruptEventError):  # stored data this process cannot read (or decrypt)
+        return 500
     if isinstance(exc, WorkflowError | TypeError):  # bad run id, arguments, serialization
         return 400
     return None

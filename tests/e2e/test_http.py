@@ -12,9 +12,11 @@ import httpx
 import uvicorn
 
 import tests.e2e.workflows  # noqa: F401 -- registers add_ten here: the app checks start arguments
+from tests.integration.helpers import commit1, ev, new_run_id
 from tests.integration.test_request_handling import hook_received, live_hook
 from tests.support import RedisServer, eventually, free_port, wait_for
-from worker import create_app
+from worker import PayloadCodec, create_app
+from worker._codec import generate_key
 from world_redis import RedisWorld
 
 API = "/.well-known/workflow/v1"
@@ -34,7 +36,9 @@ def serving(
     base = f"http://127.0.0.1:{port}"
     if own_origin:
         options.setdefault("base_url", base)
-    app_world = RedisWorld.from_url(redis.url, prefix=prefix)
+    key = options.pop("world_codec", None)  # the app World's encryption key, if any
+    codec = PayloadCodec.parse(key) if key else None
+    app_world = RedisWorld.from_url(redis.url, prefix=prefix, codec=codec)
     app = create_app(app_world, **options)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
@@ -169,3 +173,25 @@ async def test_resume_retried_with_idempotency_key_is_received_once(
         ('{"n":1}', "key-1"),
         ('{"n":2}', "key-2"),
     ]
+
+
+async def test_stored_data_the_app_cannot_decrypt_is_a_json_500(
+    world: RedisWorld, redis_server: RedisServer, prefix: str
+) -> None:
+    """A hook whose metadata was encrypted with a key the app lacks: POST /hooks/{token} answers
+    500 with a JSON error naming the decryption problem (it used to be answered as a bad request)."""
+    writer = RedisWorld.from_url(
+        redis_server.url, prefix=prefix, codec=PayloadCodec.parse(generate_key("ka"))
+    )
+    try:
+        run_id = new_run_id()
+        await writer.create_run(run_id, "noop", "[1]")
+        hook = ev("hook_created", "hook_1", token="tok-other-key", metadata='{"m": 1}')
+        assert (await commit1(writer, run_id, ev("run_started"), hook)).code == "ok"
+    finally:
+        await writer.close()
+    app_key = generate_key("kb")
+    with serving(redis_server, prefix, token=TOKEN, world_codec=app_key) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            res = await client.post(f"{API}/hooks/tok-other-key", json={"n": 1}, headers=AUTH)
+    assert res.status_code == 500 and "'ka'" in res.json()["error"]

@@ -15,7 +15,7 @@
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
 --   names, inputs, outputs and errors live in the event log only), and the run's live hooks
---   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata JSON,
+--   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
 --   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id)
 --
 -- ARGV[1]  retention of finished runs, seconds
@@ -36,7 +36,9 @@
 --          -1 for a hook_created recorded as hook_conflict (the token is held by a live hook of
 --          another run: the event appended is hook_conflict with the token), else 0
 -- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
--- the inline fast path in worker/_worker.py.
+-- the inline fast path in worker/_worker.py. Payload fields (input, result, output, error,
+-- payload, metadata) are opaque text here: JSON, or with payload encryption an envelope
+-- "$enc:v1:<key id>:<base64>" (see worker/_codec.py); the script copies them, never parses them.
 --
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4,
 -- hook_conflict only in place of a hook_created whose token is taken. A run reaching a terminal

@@ -1,0 +1,227 @@
+"""The engine on the Redis of deploy/, as the ACL user of deploy/redis-users.acl.
+
+Redis is started by deploy/redis-entrypoint.sh with deploy/redis.conf, as in compose and
+Kubernetes, only moved to a free loopback port and a temporary directory. The test's template is
+deploy/redis-users.acl verbatim plus one admin user, which only the test uses (ACL LOG, ACL CAT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.e2e import acl_workflows as aw
+from tests.support import (
+    REPO,
+    RedisServer,
+    WorkerProcess,
+    eventually,
+    free_port,
+    redis_binary,
+    redis_cli_binary,
+    wait_for,
+    wf_json,
+)
+from worker import get_run, resume_hook, start
+from world_redis import RedisWorld
+
+DEPLOY = REPO / "deploy"
+ADMIN = "admin"
+
+
+@dataclass
+class DeployedRedis:
+    """A Redis started like deploy/ starts it; ``wf_url`` logs in as the engine's user."""
+
+    server: RedisServer
+    password: str
+    admin_password: str
+    log: Path
+    scheme: str = "redis"
+    ca: Path | None = None
+
+    def url(self, user: str, password: str, query: str = "") -> str:
+        return f"{self.scheme}://{user}:{password}@127.0.0.1:{self.server.port}/0{query}"
+
+    @property
+    def wf_url(self) -> str:
+        return self.url("wf", self.password)
+
+    def admin(self) -> redis.Redis:
+        tls: dict[str, Any] = {"ssl_ca_certs": str(self.ca)} if self.ca else {}
+        return redis.Redis.from_url(
+            self.url(ADMIN, self.admin_password), decode_responses=True, **tls
+        )
+
+
+def start_deployed_redis(directory: Path, port: int, *server_args: str) -> DeployedRedis:
+    """deploy/redis-entrypoint.sh with a generated password; ``server_args`` go to redis-server."""
+    password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    template = directory / "users.acl.template"
+    template.write_text(
+        (DEPLOY / "redis-users.acl").read_text()
+        + f"user {ADMIN} on >{admin_password} ~* &* +@all\n"
+    )
+    data = directory / "data"
+    data.mkdir()
+    log = directory / "redis.log"
+    env = {
+        "PATH": f"{Path(redis_binary()).parent}:{os.environ['PATH']}",
+        "REDIS_PASSWORD": password,
+        "REDIS_CONF": str(DEPLOY / "redis.conf"),
+        "REDIS_ACL_TEMPLATE": str(template),
+        "REDIS_ACL_FILE": str(directory / "users.acl"),
+    }
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["sh", str(DEPLOY / "redis-entrypoint.sh"), "--bind", "127.0.0.1", "--dir", str(data),
+             "--appendonly", "no", *server_args],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return DeployedRedis(RedisServer(port, str(data), proc), password, admin_password, log)
+
+
+def wait_until_up(deployed: DeployedRedis) -> None:
+    def up() -> bool:
+        if deployed.server.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{deployed.log.read_text()}")
+        try:
+            with deployed.admin() as admin:
+                return bool(admin.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, 10, what="the deployed redis-server to answer")
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[DeployedRedis]:
+    """deploy/'s Redis on a free loopback port: default user off, the engine as user `wf`."""
+    port = free_port()
+    deployed = start_deployed_redis(tmp_path, port, "--port", str(port))
+    try:
+        wait_until_up(deployed)
+        yield deployed
+    finally:
+        deployed.server.stop()
+
+
+def engine_env(url: str, **extra: str) -> dict[str, str]:
+    """A worker's or `wf` command's environment: default prefix `wf`, the one the ACL allows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_")}
+    env.update(WORKFLOW_REDIS_URL=url, WORKFLOW_LOG_FORMAT="json", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+async def tour(world: RedisWorld, env: dict[str, str], cli_args: list[str]) -> None:
+    """Steps, retries, sleeps, hooks, output streams, start, resume and bad requests, health, listing."""
+    token = f"acl-{secrets.token_hex(4)}"
+    run = await start(aw.acl_tour, token, 21, world=world)
+    first = await asyncio.wait_for(anext(aiter(run.readable())), 30)
+    assert first == {"doubled": 42}
+    await eventually(lambda: world.find_hook(token), what="the hook to be created")
+    await resume_hook(token, {"via": "python"}, world=world)
+    cli = redis_cli_binary()
+    assert cli is not None, "redis-cli is needed for the start and resume requests"
+
+    def redis_cli(*command: str) -> str:
+        done = subprocess.run(
+            [cli, *cli_args, *command], capture_output=True, text=True, check=True
+        )
+        assert "ERR" not in done.stdout + done.stderr, done.stdout + done.stderr
+        return done.stdout
+
+    await asyncio.to_thread(
+        redis_cli, "XADD", "wf:hooks:resume", "*", "token", token, "payload", '{"via": "cli"}'
+    )
+    assert await run.result(timeout=30) == {
+        "doubled": 42,
+        "payloads": [{"via": "python"}, {"via": "cli"}],
+    }
+    started = "wrun_acl_" + secrets.token_hex(4)
+    await asyncio.to_thread(
+        redis_cli,
+        "XADD",
+        "wf:start",
+        "*",
+        "workflow",
+        "acl_add",
+        "args",
+        "[1, 2]",
+        "run_id",
+        started,
+    )
+    await eventually(lambda: world.get_run(started), what="the requested run to be created")
+    assert await get_run(started, world=world).result(timeout=30) == 3
+    await asyncio.to_thread(redis_cli, "XADD", "wf:start", "*", "workflow", "no_such_workflow")
+    await eventually(
+        lambda: world.redis.xrange("wf:start:rejected"), what="the bad request to be rejected"
+    )
+    health = await wf_json(env, "health", "--timeout", "20")
+    assert isinstance(health, dict) and health["allHealthy"] is True, health
+    listed = await wf_json(env, "inspect", "runs")
+    assert isinstance(listed, list), listed
+    ids = {row["run_id"] for row in listed}
+    assert {run.run_id, started} <= ids, listed
+
+
+async def test_engine_runs_as_the_deploy_acl_user(acl_redis: DeployedRedis, tmp_path: Path) -> None:
+    """As deploy's ACL user a worker, clients, `wf` and redis-cli do everything; only CONFIG GET is denied, and the worker says so."""
+    env = engine_env(acl_redis.wf_url)
+    worker = WorkerProcess.start(["tests.e2e.acl_workflows"], env, tmp_path / "worker.log")
+    world = RedisWorld.from_url(acl_redis.wf_url)
+    try:
+        await tour(world, env, ["-u", acl_redis.wf_url, "--no-auth-warning"])
+        wait_for(lambda: "ACL denies CONFIG GET" in worker.output(), 10, what="the CONFIG warning")
+        warning = next(
+            line for line in worker.output().splitlines() if "ACL denies CONFIG GET" in line
+        )
+        assert (
+            "redis_configuration_risk" in warning and "configuration check could not run" in warning
+        )
+    finally:
+        await world.close()
+        assert worker.stop() == 0, worker.output()
+    with acl_redis.admin() as admin:
+        denied = {(e["reason"], e["object"]) for e in admin.acl_log()}
+    # redis-py's handshake sends CLIENT SETINFO on Redis 7.2+ and ignores its refusal
+    expected = {("command", "config|get"), ("command", "client|setinfo")}
+    assert ("command", "config|get") in denied and denied <= expected, denied
+
+
+async def test_deploy_acl_keeps_out_strangers_and_dangerous_commands(
+    acl_redis: DeployedRedis,
+) -> None:
+    """No login without a password; user `wf` holds no @dangerous command and no key outside `wf:`."""
+    with (
+        redis.Redis(port=acl_redis.server.port) as anonymous,
+        pytest.raises(redis.AuthenticationError),
+    ):
+        anonymous.ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(acl_redis.url("wf", "wrong-password")).ping()
+    with redis.Redis.from_url(acl_redis.wf_url) as wf:
+        for command in (("SET", "other:key", "1"), ("GET", "other:key"), ("FLUSHALL",),
+                        ("KEYS", "*"), ("CONFIG", "SET", "appendonly", "no")):  # fmt: skip
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                wf.execute_command(*command)
+        sha = wf.script_load("return redis.call('HGET', KEYS[1], 'f')")
+        assert wf.evalsha(sha, 1, "wf:key") is None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            wf.evalsha(sha, 1, "other:key")
+    with acl_redis.admin() as admin:
+        rule = admin.acl_getuser("wf")
+        dangerous = set(admin.acl_cat("dangerous"))
+    assert rule["categories"] == ["-@all"] and rule["keys"] == ["~wf:*"], rule
+    allowed = {c.removeprefix("+") for c in rule["commands"]}
+    granted_dangerous = {d for d in dangerous if d in allowed or d.split("|")[0] in allowed}
+    assert "evalsha" in allowed and not granted_dangerous, granted_dangerous

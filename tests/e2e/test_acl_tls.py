@@ -1,4 +1,4 @@
-"""The engine on the Redis of deploy/, as the ACL user of deploy/redis-users.acl.
+"""The engine on the Redis of deploy/: as the ACL user of deploy/redis-users.acl, and over TLS.
 
 Redis is started by deploy/redis-entrypoint.sh with deploy/redis.conf, as in compose and
 Kubernetes, only moved to a free loopback port and a temporary directory. The test's template is
@@ -8,9 +8,12 @@ deploy/redis-users.acl verbatim plus one admin user, which only the test uses (A
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import os
 import secrets
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,10 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e import acl_workflows as aw
 from tests.support import (
@@ -225,3 +232,127 @@ async def test_deploy_acl_keeps_out_strangers_and_dangerous_commands(
     allowed = {c.removeprefix("+") for c in rule["commands"]}
     granted_dangerous = {d for d in dangerous if d in allowed or d.split("|")[0] in allowed}
     assert "evalsha" in allowed and not granted_dangerous, granted_dangerous
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a server certificate it signs for 127.0.0.1 and localhost."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "redis-workflows test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "redis.pem",
+        directory / "redis.key",
+    )
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[DeployedRedis]:
+    """deploy/'s Redis (ACL included) reachable only over TLS, with a certificate from a test CA."""
+    if b"SSL_CTX_new" not in Path(redis_binary()).read_bytes():
+        pytest.skip(f"{redis_binary()} is built without TLS (it does not use OpenSSL)")
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    deployed = start_deployed_redis(
+        tmp_path, port, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+    )  # fmt: skip
+    deployed.scheme, deployed.ca = "rediss", ca
+    try:
+        wait_until_up(deployed)
+        yield deployed
+    finally:
+        deployed.server.stop()
+
+
+async def test_engine_runs_over_tls(tls_redis: DeployedRedis, tmp_path: Path) -> None:
+    """Over rediss:// with the CA from WORKFLOW_REDIS_CA_CERTS or ?ssl_ca_certs=, the engine does everything; without the CA it cannot connect."""
+    assert tls_redis.ca is not None
+    worker_env = engine_env(tls_redis.wf_url, WORKFLOW_REDIS_CA_CERTS=str(tls_redis.ca))
+    worker = WorkerProcess.start(["tests.e2e.acl_workflows"], worker_env, tmp_path / "worker.log")
+    query = "?ssl_ca_certs=" + urllib.parse.quote(str(tls_redis.ca))
+    cli_env = engine_env(tls_redis.url("wf", tls_redis.password, query))
+    world = RedisWorld.from_url(tls_redis.wf_url, ssl_ca_certs=str(tls_redis.ca))
+    untrusted = RedisWorld.from_url(tls_redis.wf_url)
+    try:
+        cli_args = [
+            "--tls",
+            "--cacert",
+            str(tls_redis.ca),
+            "-u",
+            tls_redis.wf_url,
+            "--no-auth-warning",
+        ]
+        await tour(world, cli_env, cli_args)
+        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+            await untrusted.redis.ping()
+    finally:
+        await world.close()
+        await untrusted.close()
+        assert worker.stop() == 0, worker.output()
+
+
+def test_ca_certs_need_a_tls_url() -> None:
+    """ssl_ca_certs with a plain redis:// URL is refused when the World is built, not at first use."""
+    with pytest.raises(ValueError, match="rediss://"):
+        RedisWorld.from_url("redis://127.0.0.1:6379/0", ssl_ca_certs="/etc/ssl/certs/ca.pem")

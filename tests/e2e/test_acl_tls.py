@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.e2e import acl_workflows as aw
+from tests.e2e import fault_workflows as fw
 from tests.support import (
     REPO,
     RedisServer,
@@ -203,6 +204,33 @@ async def test_engine_runs_as_the_deploy_acl_user(acl_redis: DeployedRedis, tmp_
     # redis-py's handshake sends CLIENT SETINFO on Redis 7.2+ and ignores its refusal
     expected = {("command", "config|get"), ("command", "client|setinfo")}
     assert ("command", "config|get") in denied and denied <= expected, denied
+
+
+async def test_worker_killed_as_the_acl_user_is_reclaimed(
+    acl_redis: DeployedRedis, tmp_path: Path
+) -> None:
+    """As user `wf`, a run whose worker was SIGKILLed mid-step is reclaimed (XPENDING, XCLAIM) and finished."""
+    env = engine_env(acl_redis.wf_url, WORKFLOW_LEASE_MS="1500", WORKFLOW_HEARTBEAT_MS="300")
+    modules = ["tests.e2e.fault_workflows"]
+    marker = tmp_path / "started"
+    first = WorkerProcess.start(modules, env, tmp_path / "first.log")
+    world = RedisWorld.from_url(acl_redis.wf_url)
+    second = None
+    try:
+        run = await start(fw.killable, str(marker), 1.0, world=world)
+        wait_for(marker.exists, 20, what="the step to start in the first worker")
+        first.kill()
+        marker.unlink()
+        second = WorkerProcess.start(modules, env, tmp_path / "second.log")
+        assert await run.result(timeout=30) == "finished: done"
+        assert marker.read_text() == str(second.proc.pid)
+    finally:
+        await world.close()
+        if second is not None:
+            assert second.stop() == 0, second.output()
+    with acl_redis.admin() as admin:
+        denied = {e["object"] for e in admin.acl_log()}
+    assert denied <= {"config|get", "client|setinfo"}, denied
 
 
 async def test_deploy_acl_keeps_out_strangers_and_dangerous_commands(

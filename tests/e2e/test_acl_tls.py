@@ -226,6 +226,7 @@ async def test_worker_killed_as_the_acl_user_is_reclaimed(
         assert marker.read_text() == str(second.proc.pid)
     finally:
         await world.close()
+        first.stop()
         if second is not None:
             assert second.stop() == 0, second.output()
     with acl_redis.admin() as admin:

@@ -53,6 +53,8 @@ def get_world() -> World:
             kwargs["prefix"] = os.environ["WORKFLOW_PREFIX"]
         if os.environ.get("WORKFLOW_PARTITIONS"):
             kwargs["partitions"] = int(os.environ["WORKFLOW_PARTITIONS"])
+        if os.environ.get("WORKFLOW_REDIS_CA_CERTS"):
+            kwargs["ssl_ca_certs"] = os.environ["WORKFLOW_REDIS_CA_CERTS"]
         _world, _world_pid = world_redis.RedisWorld.from_url(url, **kwargs), os.getpid()
     return _world
 

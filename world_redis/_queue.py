@@ -131,12 +131,18 @@ class RedisQueue:
     async def server_warnings(self) -> list[str]:
         """What in the server's configuration puts runs at risk (empty when all is well).
 
-        Eviction silently deletes run keys; without AOF a restart loses every run. Managed
-        services may refuse CONFIG GET: then nothing is reported.
+        Eviction silently deletes run keys; without AOF a restart loses every run. An ACL user
+        without CONFIG GET (the recommended one) gets a warning that the check did not run;
+        managed services that refuse CONFIG in other ways report nothing.
         """
         try:
             policy = await self.redis.config_get("maxmemory-policy")
             aof = await self.redis.config_get("appendonly")
+        except rexc.NoPermissionError:
+            return [
+                "configuration check could not run: the ACL denies CONFIG GET to this user; "
+                "check maxmemory-policy (noeviction) and appendonly (yes) on the server by hand"
+            ]
         except rexc.ResponseError:
             return []
         warnings = []

@@ -87,7 +87,13 @@ class RedisWorld(RedisQueue, RedisPresence):
         self.streams = RedisStreams(self)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisWorld:
+    def from_url(cls, url: str, *, ssl_ca_certs: str | None = None, **kwargs: Any) -> RedisWorld:
+        """A World on the server at ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
+
+        ``ssl_ca_certs`` is the CA bundle that verifies a ``rediss://`` server's certificate (the
+        URL's ``?ssl_ca_certs=/path`` query does the same; redis-py passes query arguments on).
+        Other keyword arguments configure the World (``prefix``, ``partitions``...).
+        """
         # Replies are decoded to str, but a byte that is not UTF-8 becomes a lone surrogate
         # (surrogateescape) instead of failing the whole reply: one bad entry written by another
         # service must not make a batch of requests or a reclaim unreadable. The queue checks each
@@ -96,11 +102,19 @@ class RedisWorld(RedisQueue, RedisPresence):
         # client for stream reads: one connection pool, and every other reply keeps its str
         # types. Checked with the hiredis parser and with redis-py's pure-Python parser (the tests
         # run with whichever is installed). Writing such a string back writes the original bytes.
+        tls: dict[str, Any] = {}
+        if ssl_ca_certs:
+            # A plain connection would reject the option only at its first command, far from
+            # the setting that caused it.
+            if not url.startswith("rediss://"):
+                raise ValueError(f"ssl_ca_certs needs a rediss:// URL, got {url.split(':')[0]}://")
+            tls["ssl_ca_certs"] = ssl_ca_certs
         client = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             encoding_errors="surrogateescape",
             health_check_interval=30,
+            **tls,
         )
         return cls(client, **kwargs)
 

@@ -11,8 +11,6 @@ from ._errors import WorkflowError
 Q = TypeVar("Q")
 R = TypeVar("R")
 
-IDLE_BEAT_S = 1.0
-
 
 class MalformedReplyError(WorkflowError):
     """A batched call answered with a reply that does not match its requests."""
@@ -33,6 +31,11 @@ class Batcher(Generic[Q, R]):
         self._max = max_batch
         self._queue: list[tuple[Q, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
+        self._sending = 0
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing on the wire: a batcher with no work cannot be late."""
+        return not self._queue and not self._sending
 
     async def submit(self, request: Q) -> R:
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -41,16 +44,13 @@ class Batcher(Generic[Q, R]):
         return await fut
 
     async def run(self, beat: Callable[[], None] | None = None) -> None:
-        """Send batches until cancelled; ``beat`` is called when idle and after each good call."""
+        """Send batches until cancelled; ``beat`` is called when work comes after an idle spell
+        (the allowance of a duty runs from there) and after each good call."""
         while True:
-            try:
-                async with asyncio.timeout(IDLE_BEAT_S):
-                    await self._wake.wait()
-            except TimeoutError:
-                if beat is not None:
-                    beat()
-                continue
+            await self._wake.wait()
             self._wake.clear()
+            if beat is not None:
+                beat()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 if self._queue:
@@ -59,6 +59,7 @@ class Batcher(Generic[Q, R]):
                     beat()
 
     async def _send_batch(self, batch: list[tuple[Q, asyncio.Future[R]]]) -> bool:
+        self._sending += 1
         try:
             results = await self._send([q for q, _ in batch])
             if len(results) != len(batch):
@@ -73,6 +74,8 @@ class Batcher(Generic[Q, R]):
             if not isinstance(exc, Exception):
                 raise
             return False
+        finally:
+            self._sending -= 1
         for (_, fut), res in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result(res)

@@ -46,6 +46,7 @@ class Duty:
     name: str
     body: DutyBody
     stale_after_s: float  # no success for this long: health checks report the duty
+    idle: Callable[[], bool] | None = None  # True while the duty has no work: it cannot be late
     started: float = field(default_factory=time.monotonic)
     last_success: float | None = None  # monotonic
     last_success_ms: int | None = None  # wall clock, for reports
@@ -65,7 +66,9 @@ class Duty:
         return now - (self.last_success if self.last_success is not None else self.started)
 
     def is_stale(self, now: float | None = None) -> bool:
-        return self.silent_for(now) > self.stale_after_s
+        if self.silent_for(now) <= self.stale_after_s:
+            return False
+        return not (self.idle is not None and self.idle())
 
     def report(self, now: float | None = None) -> dict[str, Any]:
         return {
@@ -98,10 +101,18 @@ class Supervisor:
         )
         self.duties: dict[str, Duty] = {}
 
-    def add(self, name: str, body: DutyBody, *, stale_after_s: float) -> Duty:
+    def add(
+        self,
+        name: str,
+        body: DutyBody,
+        *,
+        stale_after_s: float,
+        idle: Callable[[], bool] | None = None,
+    ) -> Duty:
+        """Supervise ``body``; ``idle`` tells when it has no work (it is then never stale)."""
         if name in self.duties:
             raise ValueError(f"duty {name!r} is already supervised")
-        duty = Duty(name, body, stale_after_s)
+        duty = Duty(name, body, stale_after_s, idle)
         self.duties[name] = duty
         return duty
 

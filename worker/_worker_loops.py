@@ -17,11 +17,12 @@ from math import inf
 from typing import TYPE_CHECKING, Any
 
 from . import _health_http
+from ._batcher import Batcher
 from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
 from ._replay import error_json
 from ._requests import request_loop
-from ._supervisor import Duty
+from ._supervisor import Duty, DutyBody
 from ._world import Commit, Wakeup
 
 if TYPE_CHECKING:
@@ -42,10 +43,13 @@ def supervise(worker: Worker) -> None:
     quiet_s = worker.config.duty_quiet_s
     sup.add("read-wakeups", worker.read_loop, stale_after_s=quiet_s)
     # two loops share the committer: one batch is prepared while another is on the wire
-    sup.add("commit-a", lambda d: worker.committer.run(d.ok), stale_after_s=quiet_s)
-    sup.add("commit-b", lambda d: worker.committer.run(d.ok), stale_after_s=quiet_s)
-    sup.add("acquire", lambda d: worker.acquirer.run(d.ok), stale_after_s=quiet_s)
-    sup.add("release", lambda d: worker.releaser.run(d.ok), stale_after_s=quiet_s)
+    for name, batcher in (
+        ("commit-a", worker.committer),
+        ("commit-b", worker.committer),
+        ("acquire", worker.acquirer),
+        ("release", worker.releaser),
+    ):
+        sup.add(name, batcher_duty(batcher), stale_after_s=quiet_s, idle=batcher.idle)
     sup.add("heartbeat", lambda d: heartbeat_loop(worker, d), stale_after_s=max(lease_s, 5.0))
     sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
     sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
@@ -58,6 +62,13 @@ def supervise(worker: Worker) -> None:
     if sock is not None:  # it answers when asked: no success to expect while nobody asks
         serve = _health_http.serve
         sup.add("health-http", lambda d: serve(sock, lambda: report(worker), d), stale_after_s=inf)
+
+
+def batcher_duty(batcher: Batcher[Any, Any]) -> DutyBody:
+    async def body(duty: Duty) -> None:
+        await batcher.run(duty.ok)
+
+    return body
 
 
 def report(worker: Worker) -> dict[str, Any]:

@@ -121,3 +121,28 @@ async def test_batcher_cancelled_mid_call_settles_its_batch() -> None:
     await asyncio.gather(loop, return_exceptions=True)
     with pytest.raises(Exception, match="stopped"):
         await asyncio.wait_for(pending, 5)
+
+
+async def test_idle_batcher_is_not_stale_but_a_stuck_one_is() -> None:
+    """A batcher with no work is never reported; one whose call hangs past its allowance is."""
+    hang = asyncio.Event()
+
+    async def send(batch: list[str]) -> list[str]:
+        await hang.wait()
+        return batch
+
+    batcher: Batcher[str, str] = Batcher(send, 10)
+    sup = supervisor()
+    duty = sup.add("commit", lambda d: batcher.run(d.ok), stale_after_s=0.2, idle=batcher.idle)
+    task = asyncio.create_task(sup.run())
+    try:
+        await asyncio.sleep(0.3)  # ok: an idle spell longer than the allowance
+        assert sup.stale() == []
+        pending = asyncio.create_task(batcher.submit("x"))
+        await eventually(lambda: sup.stale() == [duty], 5, "the hung call to be reported")
+        hang.set()
+        assert await asyncio.wait_for(pending, 5) == "x"
+        assert sup.stale() == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

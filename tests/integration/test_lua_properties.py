@@ -27,6 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.props import bounded
 from tests.support import RedisServer
 from tests.unit.replay_support import TERMINAL_RUN, CommitRules, ModelCommit
 from worker._events import NewEvent
@@ -34,8 +35,6 @@ from worker._ids import new_run_id
 from worker._world import Commit
 from world_redis import RedisWorld
 from world_redis._keys import STATUSES
-
-from .props import bounded
 
 FAR_PAST = "1"
 FAR_FUTURE = "4000000000000"  # 2096: a retry or a wait that is never due during the test

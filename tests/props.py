@@ -20,7 +20,7 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: see the docstring
     database=None,
     deadline=None,
-    print_blob=True,
+    print_blob=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
@@ -28,7 +28,7 @@ settings.register_profile(
     derandomize=False,
     database=None,
     deadline=None,
-    print_blob=True,
+    print_blob=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 

@@ -7,8 +7,9 @@ run ended, ``step_started`` before a retry is due, hook tokens contended by both
 tokens and ``expected_seq`` fences, leases taken and released, and now and then a foreign entry
 in a run's stream. Each batch goes through the real ``RedisWorld.commit`` and through the model
 (at the server time the script reports), and after every step the two agree on each reply (code,
-seq, per-event status and extra) and on everything the script writes: run status and seq, the
-entity hash, the live hooks, the hook tokens, the timers, the status indexes and the wake-ups.
+seq, per-event status and extra, the events appended) and on everything the script writes: run
+status and seq, the log (type and correlation id of each entry), the entity hash, the live hooks,
+the hook tokens, the timers, the status indexes and the wake-ups.
 """
 
 from __future__ import annotations
@@ -272,13 +273,24 @@ class CommitMachine(RuleBasedStateMachine):
             ]
         )
 
-    @rule(first=BATCHES, second=BATCHES, swap=st.booleans(), wake=st.booleans())
+    @rule(
+        first=BATCHES,
+        second=BATCHES,
+        pair=st.sampled_from([(0, 1), (1, 0), (0, 0), (1, 2)]),
+        fence=FENCES,
+        wake=st.booleans(),
+    )
     def commit_two_runs(
-        self, first: list[EventSpec], second: list[EventSpec], swap: bool, wake: bool
+        self,
+        first: list[EventSpec],
+        second: list[EventSpec],
+        pair: tuple[int, int],
+        fence: str,
+        wake: bool,
     ) -> None:
-        order = [1, 0] if swap else [0, 1]
+        """Two runs in one script call (or one run twice: the second part sees the first)."""
         self._commit(
-            [(order[0], first, "none", "none", wake), (order[1], second, "none", "none", wake)]
+            [(pair[0], first, "none", fence, wake), (pair[1], second, "none", fence, wake)]
         )
 
     @rule(which=st.sampled_from([0, 1]), lease=st.sampled_from(LEASES))
@@ -304,6 +316,7 @@ class CommitMachine(RuleBasedStateMachine):
         entry = f"{run.stream_last + 1}-0"
         self.run(self.world.redis.xadd(self.world.keys.events(run_id), {"type": "x"}, id=entry))
         run.stream_last += 1
+        run.log.append(("x", ""))
         self.strays += 1
 
     @precondition(
@@ -333,6 +346,7 @@ class CommitMachine(RuleBasedStateMachine):
                 pipe.hmget(k.run(run_id), "status", "seq")
                 pipe.hgetall(k.entities(run_id))
                 pipe.hgetall(k.run_hooks(run_id))
+                pipe.xrange(k.events(run_id))
                 for status in STATUSES:
                     pipe.zscore(k.idx_status(0, status), run_id)
             pipe.hgetall(k.hooks(0))
@@ -347,6 +361,8 @@ class CommitMachine(RuleBasedStateMachine):
             assert (status, int(seq)) == (run.status, run.seq), run_id
             assert next(replies) == run.entities, run_id
             assert next(replies) == run.hooks, run_id
+            logged = [(f["type"], f.get("corr", "")) for _, f in next(replies)]
+            assert logged == run.log, run_id
             indexed = [s for s in STATUSES if next(replies) is not None]
             assert indexed == [run.status], run_id
             if run.status in TERMINAL_RUN:

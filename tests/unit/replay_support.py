@@ -329,6 +329,9 @@ class RunModel:
     stream_last: int = 1  # last entry id of the run's stream (create_run wrote 1-0)
     entities: dict[str, str] = field(default_factory=dict)  # corr -> "st|at|ra|sa|rs"
     hooks: dict[str, str] = field(default_factory=dict)  # the live hooks hash, field -> value
+    log: list[tuple[str, str]] = field(
+        default_factory=lambda: [("run_created", "")]
+    )  # (type, corr)
 
 
 @dataclass(frozen=True)
@@ -501,6 +504,7 @@ class CommitRules:
             return "corrupt", int(extra), ""  # XADD refuses an id not above the last one
         run.seq += 1
         run.stream_last = run.seq
+        run.log.append((etype, corr))
         if entity is not None:
             run.entities[corr] = "|".join(lua_str(v) for v in entity)
         if timer_at is not None:

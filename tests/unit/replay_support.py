@@ -424,6 +424,8 @@ class CommitRules:
         elif etype in ("step_created", "wait_created"):
             if terminal:
                 res = "terminal"
+            elif corr == "":
+                res = "invalid"
             elif step_status:
                 res = "exists"
             elif etype == "step_created":
@@ -477,6 +479,8 @@ class CommitRules:
             holder = self.tokens.get(token)
             if terminal:
                 res = "terminal"
+            elif corr == "":
+                res = "invalid"
             elif corr in hooks or holder == f"{run_id}|{corr}":
                 res = "exists"
             elif token == "":

@@ -170,7 +170,9 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
     data["seq"] = seq
     try:
         return msgspec.convert(data, cls, strict=False)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, UnicodeEncodeError) as exc:
+        # UnicodeEncodeError: an int field holding bytes that are not UTF-8 (read back as lone
+        # surrogates, see RedisWorld.from_url), which msgspec encodes before parsing the number
         name = entry_name(seq, str(etype), str(fields.get("corr", "")))
         raise CorruptEventError(f"run {run_id or '?'}: {name} does not parse: {exc}") from None
 

@@ -14,12 +14,18 @@ at its ``resume_at``. Which outstanding item resolves next is the one with the b
 ``"wait"`` for sleeps) to force completion orders. With ``batch=True`` every outstanding item is
 resolved (in that order) before the next advance, so several resolving events sit in the log at
 one idle point, as when completions land while the worker is busy.
+
+Every event after ``run_created`` is appended through :class:`CommitRules`, a model of
+``world_redis/lua/commit.lua``, which must accept it (and supplies what the script adds: a
+step's attempt, a wait's ``resume_at``). tests/integration/test_lua_properties.py checks the model
+against the script on random commits, so neither can drift from the other unnoticed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,7 @@ from typing import Any
 import msgspec
 
 from worker import _serde
-from worker._events import Event, NewEvent, event_from_fields
+from worker._events import _EXTRA_FIELD, Event, NewEvent, event_from_fields
 from worker._registry import WorkflowFunction
 from worker._replay import Outcome, WorkflowInstance
 
@@ -128,6 +134,7 @@ class Simulator:
         self.batch = batch
         self.max_rounds = max_rounds
         self.events: list[Event] = []
+        self.rules = CommitRules()
         self.instance = new_instance(wf, run_id)
         self._fed = 0
         self._open: dict[str, Pending] = {}
@@ -138,6 +145,17 @@ class Simulator:
     # -- the log -------------------------------------------------------------------------------
 
     def append(self, etype: str, corr: str = "", **fields: str) -> Event:
+        """Append through the commit rules (which must accept the event), as a worker would."""
+        if etype == "run_created":
+            self.rules.create(self.run_id)
+        else:
+            commit = ModelCommit(self.run_id, [(etype, corr, fields)])
+            (reply,) = self.rules.commit([commit], self.clock)
+            assert reply.code == "ok" and reply.results[0][0] == "ok", (etype, corr, reply)
+            etype = reply.appended[0]
+            extra_field = _EXTRA_FIELD.get(etype)
+            if extra_field is not None:
+                fields = {**fields, extra_field: str(reply.results[0][1])}
         seq = len(self.events) + 1
         raw = {"type": etype, "id": f"evnt_{seq}", "ts": str(self.clock), "corr": corr, **fields}
         ev = event_from_fields(seq, raw, self.run_id)
@@ -167,7 +185,7 @@ class Simulator:
                 started.append(cmd.corr)
             elif cmd.type == "wait_created":
                 resume_at = self.clock + int(cmd.fields["delay_ms"])
-                self.append("wait_created", cmd.corr, resume_at=str(resume_at))
+                self.append("wait_created", cmd.corr, until_ms=str(resume_at))
                 self._open[cmd.corr] = Pending(cmd.corr, "wait", "wait", resume_at, self._created)
                 self._created += 1
             else:  # pragma: no cover - the instance emits nothing else
@@ -271,3 +289,246 @@ def insert_event(events: Sequence[Event], index: int, fields: dict[str, str]) ->
     out = list(events)
     out.insert(index, event_from_fields(0, fields))
     return renumber(out)
+
+
+# -- the commit rules ---------------------------------------------------------------------------
+#
+# A pure re-implementation of ``world_redis/lua/commit.lua``: the verdicts the script gives, the
+# run status, the entity hash, the live hooks, the hook tokens and the timers it writes. The
+# simulator above appends every event through it, and tests/integration/test_lua_properties.py
+# drives the script and this model with the same random commits and requires the same verdicts.
+
+TERMINAL_RUN = frozenset({"completed", "failed", "cancelled"})
+_LUA_DECIMAL = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+_LUA_HEX = re.compile(r"\s*0[xX][0-9a-fA-F]+\s*")
+
+
+def lua_tonumber(text: str | None) -> float | None:
+    """Lua 5.1's ``tonumber`` of a string (decimal or hex; ``inf``/``nan`` are not modelled)."""
+    if text is None:
+        return None
+    if _LUA_DECIMAL.fullmatch(text):
+        return float(text)
+    if _LUA_HEX.fullmatch(text):
+        return float(int(text.strip(), 16))
+    return None
+
+
+def lua_str(value: float | int | str) -> str:
+    """How Lua 5.1 turns a number into text (``%.14g``); strings pass unchanged."""
+    return value if isinstance(value, str) else f"{value:.14g}"
+
+
+@dataclass
+class RunModel:
+    """One run as commit.lua sees it: its hash fields and the keys of its own."""
+
+    status: str = "pending"
+    seq: int = 1
+    lease_owner: str = ""
+    stream_last: int = 1  # last entry id of the run's stream (create_run wrote 1-0)
+    entities: dict[str, str] = field(default_factory=dict)  # corr -> "st|at|ra|sa|rs"
+    hooks: dict[str, str] = field(default_factory=dict)  # the live hooks hash, field -> value
+    log: list[tuple[str, str]] = field(
+        default_factory=lambda: [("run_created", "")]
+    )  # (type, corr)
+
+
+@dataclass(frozen=True)
+class ModelCommit:
+    """One run's part of a commit batch (``worker._world.Commit`` without the World types)."""
+
+    run_id: str
+    events: Sequence[tuple[str, str, dict[str, str]]]  # (type, corr, fields)
+    token: str = ""
+    expected_seq: int = -1
+    wake: str = ""
+
+
+@dataclass
+class ModelReply:
+    code: str
+    seq: int
+    results: list[tuple[str, int]]
+    appended: list[str] = field(default_factory=list)  # the types appended (hook_conflict...)
+
+
+@dataclass
+class CommitRules:
+    """The state commit.lua keeps for the runs of one partition, and its transition rules."""
+
+    runs: dict[str, RunModel] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # hook token -> "<run id>|<hook id>"
+    timers: dict[str, int] = field(default_factory=dict)  # "<run id>|<corr>" -> due ms
+    wakeups: int = 0  # wake-ups enqueued by commits
+
+    def create(self, run_id: str) -> None:
+        """What create_run.lua leaves: a pending run at seq 1 with no lease."""
+        self.runs.setdefault(run_id, RunModel())
+
+    def commit(self, commits: Sequence[ModelCommit], now: int) -> list[ModelReply]:
+        return [self._commit_run(c, now) for c in commits]
+
+    def _commit_run(self, c: ModelCommit, now: int) -> ModelReply:
+        run = self.runs.get(c.run_id)
+        if run is None:
+            return ModelReply("no_run", 0, [])
+        if c.token != "" and run.lease_owner != c.token:
+            return ModelReply("lease", run.seq, [])
+        if c.expected_seq >= 0 and run.seq != c.expected_seq:
+            return ModelReply("conflict", run.seq, [])
+        reply = ModelReply("ok", run.seq, [])
+        for etype, corr, fields in c.events:
+            res, extra, appended = self._event(c.run_id, run, etype, corr, fields, now)
+            reply.results.append((res, extra))
+            if appended:
+                reply.appended.append(appended)
+            if res not in ("ok", "exists"):
+                reply.code = "rejected"
+                break
+        reply.seq = run.seq
+        if reply.appended and c.wake:
+            self.wakeups += 1
+        return reply
+
+    def _event(
+        self, run_id: str, run: RunModel, etype: str, corr: str, f: dict[str, str], now: int
+    ) -> tuple[str, int, str]:
+        """(status, extra, type appended or "") of one event, applying it when it is appended."""
+        state: list[Any] = [None, "0", "0", None, "0"]
+        if corr != "" and corr in run.entities:
+            st, at, ra, sa, rs = run.entities[corr].split("|")
+            state = [st, at, ra, sa if sa != "0" else None, rs]
+        step_status = state[0]
+        entity: list[Any] | None = None
+        timer_at: float | None = None
+        new_status: str | None = None
+        res, extra = "ok", 0.0
+        hook_token = hook_dispose = hook_request = None
+        hooks = run.hooks
+        terminal = run.status in TERMINAL_RUN
+
+        if etype == "run_started":
+            if run.status == "pending":
+                new_status = "running"
+            else:
+                res = "exists" if run.status == "running" else "terminal"
+        elif etype in ("run_completed", "run_failed", "run_cancelled"):
+            if terminal:
+                cancel_again = etype == "run_cancelled" and run.status == "cancelled"
+                res = "exists" if cancel_again else "terminal"
+            else:
+                new_status = {"run_completed": "completed", "run_failed": "failed"}.get(
+                    etype, "cancelled"
+                )
+        elif etype in ("step_created", "wait_created"):
+            if terminal:
+                res = "terminal"
+            elif corr == "":
+                res = "invalid"
+            elif step_status:
+                res = "exists"
+            elif etype == "step_created":
+                entity = ["pending", 0, 0, 0, 0]
+            else:
+                until = lua_tonumber(f.get("until_ms", ""))
+                delay = lua_tonumber(f.get("delay_ms", "0")) or 0
+                resume_at = until if until is not None else now + delay
+                extra = resume_at
+                entity = ["waiting", 0, 0, 0, resume_at]
+                timer_at = resume_at
+        elif etype == "wait_completed":
+            if not step_status:
+                res = "not_found"
+            elif step_status != "waiting":
+                res = "exists"
+            elif (lua_tonumber(state[4]) or 0) > now:
+                res, extra = "too_early", lua_tonumber(state[4]) or 0
+            else:
+                entity = ["completed", 0, 0, 0, state[4]]
+        elif etype in ("step_started", "step_completed", "step_failed", "step_retrying"):
+            attempt = lua_tonumber(state[1]) or 0
+            if not step_status:
+                res = "not_found"
+            elif step_status in ("completed", "failed") or (terminal and step_status != "running"):
+                res = "terminal"
+            elif etype == "step_started":
+                due = lua_tonumber(state[2]) or 0
+                if due > now:
+                    res, extra = "too_early", due
+                else:
+                    attempt += 1
+                    extra = attempt
+                    entity = ["running", attempt, 0, state[3] or now, 0]
+            elif step_status != "running" or (
+                "attempt" in f and lua_tonumber(f["attempt"]) != attempt
+            ):
+                res = "stale"
+            elif etype == "step_completed":
+                entity = ["completed", attempt, 0, state[3] or 0, 0]
+            elif etype == "step_failed":
+                entity = ["failed", attempt, 0, state[3] or 0, 0]
+            else:
+                retry_after = lua_tonumber(f.get("retry_after", "0")) or 0
+                retry_after = max(retry_after, now)
+                extra = retry_after
+                entity = ["pending", attempt, retry_after, state[3] or 0, 0]
+                timer_at = retry_after
+        elif etype == "hook_created":
+            token = f.get("token", "")
+            holder = self.tokens.get(token)
+            if terminal:
+                res = "terminal"
+            elif corr == "":
+                res = "invalid"
+            elif corr in hooks or holder == f"{run_id}|{corr}":
+                res = "exists"
+            elif token == "":
+                res = "invalid"
+            elif holder is not None:
+                etype, extra = "hook_conflict", -1  # recorded instead of the creation
+            else:
+                hook_token = token
+        elif etype in ("hook_received", "hook_disposed"):
+            request_id = f.get("request_id", "")
+            if corr not in hooks:
+                res = "not_found"
+            elif etype == "hook_disposed":
+                hook_dispose = hooks[corr]
+            elif request_id != "":
+                hook_request = f"{corr}|req|{request_id}"
+                if hook_request in hooks:
+                    res = "exists"
+        else:
+            res = "invalid"
+
+        if res != "ok":
+            return res, int(extra), ""
+        if run.seq + 1 <= run.stream_last:
+            return "corrupt", int(extra), ""  # XADD refuses an id not above the last one
+        run.seq += 1
+        run.stream_last = run.seq
+        run.log.append((etype, corr))
+        if entity is not None:
+            run.entities[corr] = "|".join(lua_str(v) for v in entity)
+        if timer_at is not None:
+            self.timers[f"{run_id}|{corr}"] = int(timer_at)
+        if hook_token is not None:
+            self.tokens[hook_token] = f"{run_id}|{corr}"
+            hooks[corr] = hook_token
+            hooks[f"{corr}|meta"] = f.get("metadata", "null")
+        if hook_request is not None:
+            hooks[hook_request] = lua_str(run.seq)
+        if hook_dispose is not None:
+            if self.tokens.get(hook_dispose) == f"{run_id}|{corr}":
+                del self.tokens[hook_dispose]
+            hooks.pop(corr, None)
+            hooks.pop(f"{corr}|meta", None)
+        if new_status is not None:
+            run.status = new_status
+            if new_status in TERMINAL_RUN:
+                for hook_id, token in hooks.items():
+                    if "|" not in hook_id and self.tokens.get(token) == f"{run_id}|{hook_id}":
+                        del self.tokens[token]
+                hooks.clear()
+        return "ok", int(extra), etype

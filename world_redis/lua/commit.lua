@@ -30,8 +30,10 @@
 -- and results has one {status, extra} per event processed:
 --   status "ok" | "exists" (harmless duplicate, skipped; a hook_received whose field
 --          request_id the hook already received is one) | "terminal" | "not_found" |
---          "too_early" | "stale" | "invalid" | "corrupt" (the stream already holds the position
---          the run hash says is next: the log and the run disagree; nothing of it is written)
+--          "too_early" | "stale" | "invalid" (an unknown type; a step, wait or hook created
+--          without correlation id; a hook created without token) | "corrupt" (the stream already
+--          holds the position the run hash says is next: the log and the run disagree; nothing of
+--          it is written)
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early),
 --          -1 for a hook_created recorded as hook_conflict (the token is held by a live hook of
 --          another run: the event appended is hook_conflict with the token), else 0
@@ -120,6 +122,8 @@ for i = 0, #batch - 1 do
       elseif etype == 'step_created' or etype == 'wait_created' then
         if TERMINAL[status] then
           res = 'terminal'
+        elseif corr == '' then
+          res = 'invalid'  -- an entity without id: never found again, and no duplicate check
         elseif step_status then
           res = 'exists'
         elseif etype == 'step_created' then
@@ -177,6 +181,8 @@ for i = 0, #batch - 1 do
         local holder = redis.call('HGET', KEYS[10], f.token or '')
         if TERMINAL[status] then
           res = 'terminal'
+        elseif corr == '' then
+          res = 'invalid'
         elseif redis.call('HEXISTS', hooks_key, corr) == 1 or holder == run_id .. '|' .. corr then
           res = 'exists'
         elseif (f.token or '') == '' then

@@ -1,0 +1,32 @@
+"""Rules of commit.lua that the property test of tests/integration/test_lua_properties.py found
+missing, each pinned on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker._events import NewEvent
+from world_redis import RedisWorld
+
+from .helpers import commit1, ev, run_with_steps, snapshot, statuses
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev("step_created", "", name="add", input="[1]"),
+        ev("wait_created", "", delay_ms=0),
+        ev("hook_created", "", token="tok_regression"),
+    ],
+    ids=lambda e: e.type,
+)
+async def test_creation_without_correlation_id_is_invalid(
+    world: RedisWorld, event: NewEvent
+) -> None:
+    """A step, wait or hook created without correlation id is refused as invalid and writes nothing (twice it used to be appended twice)."""
+    run_id = await run_with_steps(world)
+    for _ in range(2):
+        before = await snapshot(world)
+        res = await commit1(world, run_id, event, wake="should_not_enqueue")
+        assert (res.code, res.seq, statuses(res)) == ("rejected", 2, [("invalid", 0)])
+        assert await snapshot(world) == before

@@ -113,7 +113,7 @@ async def test_step_whose_worker_always_dies_fails_after_its_attempts(
                 workers.append(start_worker("tests.e2e.fault_workflows", **FAST_LEASE))
         return False
 
-    await eventually(finished_or_restart, 40, what="the run to finish")
+    await eventually(finished_or_restart, 90, what="the run to finish")
     result = await run.result(timeout=1)
     assert result.startswith("caught: ") and "exceeded max retries (1 retries)" in result
     steps = await run.steps()

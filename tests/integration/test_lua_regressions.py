@@ -30,3 +30,25 @@ async def test_creation_without_correlation_id_is_invalid(
         res = await commit1(world, run_id, event, wake="should_not_enqueue")
         assert (res.code, res.seq, statuses(res)) == ("rejected", 2, [("invalid", 0)])
         assert await snapshot(world) == before
+
+
+@pytest.mark.parametrize(
+    "event",
+    [ev("step_started", "step_a"), ev("step_retrying", "step_a", attempt="1", error="{}")],
+    ids=lambda e: e.type,
+)
+async def test_no_new_attempt_of_a_running_step_once_its_run_ended(
+    world: RedisWorld, event: NewEvent
+) -> None:
+    """A running step of a cancelled run may still record its result, but gets no new attempt:
+    step_started and step_retrying are refused as terminal (they used to start a second attempt
+    or arm a retry timer for a run that had ended)."""
+    run_id = await run_with_steps(world, "step_a")
+    assert (await commit1(world, run_id, ev("step_started", "step_a"))).code == "ok"
+    assert (await commit1(world, run_id, ev("run_cancelled"))).code == "ok"
+    before = await snapshot(world)
+    res = await commit1(world, run_id, event)
+    assert (res.code, statuses(res)) == ("rejected", [("terminal", 0)])
+    assert await snapshot(world) == before
+    done = await commit1(world, run_id, ev("step_completed", "step_a", attempt="1", result="3"))
+    assert (done.code, statuses(done)) == ("ok", [("ok", 0)])

@@ -450,7 +450,10 @@ class CommitRules:
             attempt = lua_tonumber(state[1]) or 0
             if not step_status:
                 res = "not_found"
-            elif step_status in ("completed", "failed") or (terminal and step_status != "running"):
+            elif step_status in ("completed", "failed") or (
+                terminal
+                and (step_status != "running" or etype in ("step_started", "step_retrying"))
+            ):
                 res = "terminal"
             elif etype == "step_started":
                 due = lua_tonumber(state[2]) or 0

@@ -152,7 +152,9 @@ for i = 0, #batch - 1 do
           res = 'not_found'
         elseif step_status == 'completed' or step_status == 'failed' then
           res = 'terminal'
-        elseif TERMINAL[status] and step_status ~= 'running' then
+        elseif TERMINAL[status] and (step_status ~= 'running' or etype == 'step_started'
+            or etype == 'step_retrying') then
+          -- an ended run keeps the result of a step that was running, but starts no attempt
           res = 'terminal'
         elseif etype == 'step_started' then
           local ra = tonumber(e[3] or '0')

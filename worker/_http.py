@@ -124,6 +124,9 @@ def create_app(
     ``http://localhost:8787``, the origin ``Webhook.url`` uses too): the URL of the requests a
     webhook receives is built from it and the request path, never from the Host header.
     """
+    if token is not None and not token.strip():
+        # an empty token would lock every caller out (or, read loosely, let every caller in)
+        raise ValueError("token must not be empty: pass None to serve the API without a token")
     bearer = token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN") or None
     origin = base_url or default_base_url()
     api = _Api(world, bearer, origin, max_body_bytes, response_timeout_s)

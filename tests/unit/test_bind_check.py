@@ -1,10 +1,10 @@
-"""Which addresses the HTTP server may listen on without a token."""
+"""Which addresses the HTTP server may listen on without a token, and what a token may be."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker._http import UnsafeBindError, check_bind
+from worker._http import UnsafeBindError, check_bind, create_app
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,11 @@ def test_other_addresses_need_a_token(host: str) -> None:
     assert "WORKFLOW_HTTP_TOKEN" in str(err.value)
     check_bind(host, token="t")
     check_bind(host, token=None, allow_unauthenticated=True)
+
+
+def test_empty_api_token_is_refused() -> None:
+    """create_app(token="") is a configuration error naming the token (it used to lock every caller out)."""
+    with pytest.raises(ValueError, match="token must not be empty"):
+        create_app(token="")
+    with pytest.raises(ValueError, match="token must not be empty"):
+        create_app(token="  ")

@@ -79,6 +79,10 @@ class Held:
     leased: bool = False  # heartbeats renew only leases actually taken
     lost: bool = False
     failed: bool = False  # processing failed: the run is being handed over
+    releasing: bool = False  # a release of the lease is on the wire
+    # wake-ups that came in while a release was on the wire: they stay pending and are dispatched
+    # again once the run is let go, as the release may have passed before their events were written
+    deferred: list[Wakeup] = field(default_factory=list)
 
 
 class Worker:
@@ -211,6 +215,8 @@ class Worker:
         if held is None:
             self.held[w.run_id] = Held(w.run_id, w)
             self._spawn(self._process(self.held[w.run_id]))
+        elif held.releasing:
+            held.deferred.append(w)
         elif held.failed or w.message_id == held.wakeup.message_id:
             # the run's processing failed and its hand-over is under way, or this is the run's
             # own wake-up coming back: either way the message must stay pending, so that it is
@@ -249,6 +255,8 @@ class Worker:
             if self.held.get(run_id) is held:
                 del self.held[run_id]
             self._room.set()
+            for w in held.deferred:
+                self._dispatch(w)
 
     async def _hand_over_failed(self, held: Held, log: Any) -> None:
         """After a failure: the lease given up and a fresh wake-up for any worker.
@@ -370,7 +378,11 @@ class Worker:
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)
                 return
-            code, seq = await self.releaser.submit((held.run_id, inst.seq, held.wakeup))
+            held.releasing = True
+            try:
+                code, seq = await self.releaser.submit((held.run_id, inst.seq, held.wakeup))
+            finally:
+                held.releasing = False
             if code == "changed":
                 held.known_seq = seq
                 continue

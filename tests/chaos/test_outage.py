@@ -123,6 +123,16 @@ def outage(tmp_path: Path):  # type: ignore[no-untyped-def]
         server.stop()
 
 
+def executions(worker: WorkerProcess) -> tuple[int, int]:
+    """Step executions recorded beside the worker's log, and how many ran a step again."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for path in (worker.log_path.parent / "exec").glob("exec-*.log"):
+        for line in path.read_text().splitlines():
+            run_id, step_id = line.split()[:2]
+            seen[(run_id, step_id)] += 1
+    return sum(seen.values()), sum(n - 1 for n in seen.values())
+
+
 def report(
     name: str,
     runs: int,
@@ -132,6 +142,7 @@ def report(
     worker: WorkerProcess,
 ) -> None:
     exits = 0 if worker.proc.poll() is None else 1
+    total, again = executions(worker)
     figures = Figures(
         name,
         runs,
@@ -139,6 +150,8 @@ def report(
         failed=counts["failed"],
         stuck=runs - counts["completed"] - counts["failed"] - counts["cancelled"],
         faults=1,
+        step_executions=total,
+        duplicate_step_executions=again,
         unexpected_worker_exits=exits,
         wall_seconds=time.monotonic() - began,
         problems=problems,

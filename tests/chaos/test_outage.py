@@ -1,9 +1,14 @@
-"""Redis paused (SIGSTOP) longer than the workers' retry window under a flood of start requests.
+"""A Redis outage longer than the workers' retry window under a flood of start requests.
 
 Two defects of "Nothing lost under faults", reproduced end to end: runs stranded for good after
 an outage longer than ``WORKFLOW_REDIS_RETRY_SECONDS``, and background duties (the request loop,
-health) dying silently in it. One worker, 5,000 ``XADD <prefix>:start`` requests, Redis stopped
-for 10 s with a 3 s retry window, then continued.
+health) dying silently in it. One worker, 5,000 ``XADD <prefix>:start`` requests, a 3 s retry
+window, and a 10 s outage of one of two kinds:
+
+- ``sigstop``: redis-server paused (SIGSTOP) and continued. Its connections stay open, so most
+  commands simply wait for it; the clients' errors come when it continues.
+- ``down``: redis-server SIGKILLed and started again from its AOF (``appendfsync always``) 10 s
+  later: every command is refused for the whole outage.
 """
 
 from __future__ import annotations
@@ -89,10 +94,11 @@ def verdict(got: list[tuple[int, str | None, str | None]]) -> tuple[Counter[str]
     return counts, problems
 
 
-@pytest.fixture
-def outage(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """One worker, 5,000 start requests queued, Redis SIGSTOPped for 10 s and continued."""
-    server = RedisServer.start("--appendonly", "yes", "--appendfsync", "everysec")
+@pytest.fixture(params=["sigstop", "down"])
+def outage(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """One worker, 5,000 start requests queued, then a 10 s outage of Redis (``request.param``)."""
+    persistence = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisServer.start(*persistence)
     prefix = f"flood{uuid.uuid4().hex[:8]}"
     exec_dir = tmp_path / "exec"
     exec_dir.mkdir()
@@ -112,10 +118,16 @@ def outage(tmp_path: Path):  # type: ignore[no-untyped-def]
         flood(r, prefix, 0, REQUESTS)
         # the worker is at work on the flood when Redis stops
         wait_for(lambda: r.exists(f"{prefix}:{{p0}}:run:wrun_flood00100"), 60, what="runs created")
-        server.proc.send_signal(signal.SIGSTOP)
-        time.sleep(PAUSE_S)  # the fault itself, not a synchronization
-        server.proc.send_signal(signal.SIGCONT)
-        yield r, prefix, env, worker, began
+        if request.param == "sigstop":
+            server.proc.send_signal(signal.SIGSTOP)
+            time.sleep(PAUSE_S)  # the fault itself, not a synchronization
+            server.proc.send_signal(signal.SIGCONT)
+        else:
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(10)
+            time.sleep(PAUSE_S)  # the fault itself, not a synchronization
+            server = RedisServer.start(*persistence, port=server.port, directory=server.directory)
+        yield r, prefix, env, worker, began, request.param
     finally:
         server.proc.send_signal(signal.SIGCONT)
         r.close()
@@ -165,7 +177,7 @@ def report(
 def test_outage_past_retry_window_strands_no_request(outage) -> None:  # type: ignore[no-untyped-def]
     """Every one of the 5,000 requests becomes a run and every run completes with its value:
     none left pending or running with nothing to move it, no valid request turned into a failed run."""
-    r, prefix, _, worker, began = outage
+    r, prefix, _, worker, began, kind = outage
     got = wait_terminal(r, prefix, 0, REQUESTS)
     counts, problems = verdict(got)
     rejected = r.xlen(f"{prefix}:start:rejected")
@@ -173,14 +185,14 @@ def test_outage_past_retry_window_strands_no_request(outage) -> None:  # type: i
         problems.append(
             f"{rejected} requests rejected: {r.xrange(f'{prefix}:start:rejected', count=2)}"
         )
-    report("redis-sigstop-flood", REQUESTS, counts, began, problems, worker)
+    report(f"redis-{kind}-flood", REQUESTS, counts, began, problems, worker)
     assert counts["completed"] == REQUESTS and not rejected, "\n".join(problems)
 
 
 def test_duties_live_on_after_outage(outage) -> None:  # type: ignore[no-untyped-def]
     """After the outage the worker still reads new start requests (they become runs and complete)
     and ``wf health`` reports it healthy again."""
-    r, prefix, env, worker, began = outage
+    r, prefix, env, worker, began, kind = outage
     wait_terminal(r, prefix, 0, REQUESTS)
     flood(r, prefix, REQUESTS, LATER)
     got = wait_terminal(r, prefix, REQUESTS, LATER)
@@ -192,6 +204,6 @@ def test_duties_live_on_after_outage(outage) -> None:  # type: ignore[no-untyped
         ok = healthy(env)
     if not ok:
         problems.append("wf health: not healthy within 60 s")
-    report("redis-sigstop-duties", LATER, counts, began, problems, worker)
+    report(f"redis-{kind}-duties", LATER, counts, began, problems, worker)
     assert counts["completed"] == LATER, "\n".join(problems)
     assert ok, "\n".join(problems)

@@ -41,7 +41,7 @@ test: lint types
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 chaos: $(STAMP)
-	$(BIN)/pytest -q -m chaos tests/chaos
+	$(BIN)/pytest -q -s -m chaos tests/chaos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -172,7 +172,7 @@ class Scenario:
         default_factory=lambda: float(os.environ.get("CHAOS_FAULT_SECONDS", 45))
     )
     runs: int = field(default_factory=lambda: int(os.environ.get("CHAOS_RUNS", 1000)))
-    start_seconds: float = 25.0  # runs are started over this long, under the fault
+    start_seconds: float = 40.0  # runs are started over this long, under the fault
     workers: int = 3
     concurrency: int = 50
     redis_args: tuple[str, ...] = ("--appendonly", "yes", "--appendfsync", "always")
@@ -198,6 +198,7 @@ class Figures:
     faults: int = 0
     unexpected_worker_exits: int = 0
     wall_seconds: float = 0.0
+    log_events: dict[str, int] = field(default_factory=dict)  # evidence the fault bit
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -234,11 +235,40 @@ def run_scenario(scenario: Scenario, directory: Path) -> Figures:
     figures.wall_seconds = time.monotonic() - began
     figures.unexpected_worker_exits = len(cluster.unexpected_exits)
     figures.problems += cluster.unexpected_exits[:5]
+    figures.log_events = worker_log_events(directory)
     save(figures)
     print("\n" + figures.line(), flush=True)
+    print(f"  worker logs: {figures.log_events}", flush=True)
     for problem in figures.problems[:20]:
         print("  " + problem, flush=True)
     return figures
+
+
+# what workers log when a fault reaches them (see worker._worker and worker._worker_loops)
+EVIDENCE = (
+    "lease_lost",
+    "run_taken_over",
+    "step_result_discarded",
+    "wakeup_reclaimed",
+    "run_processing_failed",
+    "run_hand_over_failed",
+    "duty_failed",
+    "worker_failed",
+)
+
+
+def worker_log_events(directory: Path) -> dict[str, int]:
+    """How often the workers of a scenario logged each EVIDENCE event."""
+    counts: Counter[str] = Counter()
+    for path in directory.glob("worker*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line).get("event")
+            except (ValueError, AttributeError):
+                continue
+            if event in EVIDENCE:
+                counts[event] += 1
+    return {name: counts[name] for name in EVIDENCE}
 
 
 def run_id_of(i: int) -> str:
@@ -409,6 +439,11 @@ async def _verdict(
             continue
         figures.same_attempt_executions += sum(n - 1 for n in attempts.values())
         figures.duplicate_step_executions += max(0, sum(attempts.values()) - outcomes[key])
+    if figures.duplicate_step_executions and not scenario.worker_deaths:
+        # reported, not failed: design §8 promises one execution unless a worker dies mid-step
+        figures.problems.append(
+            f"{figures.duplicate_step_executions} step executions again without a worker death"
+        )
 
 
 def save(figures: Figures) -> None:

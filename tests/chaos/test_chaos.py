@@ -58,16 +58,18 @@ def test_workers_sigkilled(tmp_path: Path) -> None:
 
 
 def test_redis_sigkilled_aof_always(tmp_path: Path) -> None:
-    """Redis SIGKILLed every 5-8 s and restarted from its AOF (appendfsync always): nothing lost."""
-    check(run_scenario(Scenario("redis-sigkill-always", every(5, 8, kill_redis)), tmp_path))
+    """Redis SIGKILLed every 3-5 s and restarted from its AOF (appendfsync always): nothing lost."""
+    check(run_scenario(Scenario("redis-sigkill-always", every(3, 5, kill_redis)), tmp_path))
 
 
 def test_redis_sigkilled_aof_everysec(tmp_path: Path) -> None:
-    """The same with appendfsync everysec: a kill may lose the last second of acknowledged
-    writes, so a run may be gone although its start() returned; the others complete right."""
+    """The same with appendfsync everysec. Redis write()s the AOF before it replies and only
+    fsyncs once a second, so a SIGKILL of the process loses no acknowledged write (the kernel
+    still has it); the last second is lost only when the machine goes down, which this harness
+    does not do. A run gone although its start() returned is reported (``lost``), not failed."""
     scenario = Scenario(
         "redis-sigkill-everysec",
-        every(5, 8, kill_redis),
+        every(3, 5, kill_redis),
         redis_args=EVERYSEC,
         writes_may_be_lost=True,
     )
@@ -85,8 +87,8 @@ def test_redis_paused_past_retry_window(tmp_path: Path) -> None:
 
 
 def test_client_connections_killed(tmp_path: Path) -> None:
-    """CLIENT KILL TYPE normal of every connection every 2-4 s: runs complete once, right."""
-    check(run_scenario(Scenario("client-kill", every(2, 4, kill_connections)), tmp_path))
+    """CLIENT KILL TYPE normal of every connection every 1-3 s: runs complete once, right."""
+    check(run_scenario(Scenario("client-kill", every(1, 3, kill_connections)), tmp_path))
 
 
 def test_worker_paused_past_its_lease(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,11 +38,30 @@ def prefix() -> str:
 async def world(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisWorld]:
     """A RedisWorld on the private server with a key prefix of its own, set as the process World."""
     w = RedisWorld.from_url(redis_server.url, prefix=prefix)
+    # the prefix's partition count is stored at first use: done here, so that tests comparing
+    # key snapshots see only the keys their own commands write
+    await w.check_config()
     set_world(w)
     try:
         yield w
     finally:
         set_world(None)
+        await w.close()
+
+
+@pytest.fixture
+async def world_with_partitions(
+    redis_server: RedisServer, prefix: str
+) -> AsyncIterator[Callable[[int], RedisWorld]]:
+    """Build RedisWorlds with a given partition count on the test's prefix; all closed after."""
+    made: list[RedisWorld] = []
+
+    def make(partitions: int) -> RedisWorld:
+        made.append(RedisWorld.from_url(redis_server.url, prefix=prefix, partitions=partitions))
+        return made[-1]
+
+    yield make
+    for w in made:
         await w.close()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import _serde
 from ._client import get_run, get_world, start
-from ._errors import DecryptionError, EncryptionKeyError
+from ._errors import DecryptionError, EncryptionKeyError, PartitionCountMismatchError
 from ._logging import configure
 from ._registry import get_workflow
 from ._supervisor import DutyFailedError
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(handlers[args.command](args))
-    except EncryptionKeyError as exc:  # configuration, not a crash: say what to fix
+    except (EncryptionKeyError, PartitionCountMismatchError) as exc:
+        # configuration, not a crash: say what to fix
         print(f"wf {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
     except DecryptionError as exc:  # stored data this process has no key for

@@ -103,6 +103,21 @@ class EncryptionKeyError(WorkflowError, ValueError):
     """``WORKFLOW_ENCRYPTION_KEY`` is malformed; the message names what is wrong."""
 
 
+class PartitionCountMismatchError(WorkflowError, ValueError):
+    """This process is configured with another partition count than the deployment (key prefix)
+    it uses stores: its runs would be looked for under the wrong keys and stay pending."""
+
+    def __init__(self, prefix: str, stored: int, configured: int) -> None:
+        super().__init__(
+            f"key prefix {prefix!r} is used with {stored} partition(s), but this process is "
+            f"configured with WORKFLOW_PARTITIONS={configured}; set WORKFLOW_PARTITIONS={stored} "
+            f"(the count cannot change once a prefix is in use)"
+        )
+        self.prefix = prefix
+        self.stored = stored
+        self.configured = configured
+
+
 class InvalidRunIdError(WorkflowError, ValueError):
     """A caller-chosen run id that is not ``wrun_`` followed by 1-120 of [A-Za-z0-9_-]."""
 

@@ -187,6 +187,7 @@ async def check_health(
     from ._client import get_world
 
     world = world or get_world()
+    await world.check_config()  # a client on another partition count is misconfigured, say so
     results = await asyncio.gather(
         *(health_check(e, world=world, timeout=timeout) for e in ENDPOINTS)
     )

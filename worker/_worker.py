@@ -121,6 +121,7 @@ class Worker:
         Raises :class:`DutyFailedError` when a background duty keeps failing: the process should
         exit non-zero and be replaced rather than live on half-dead.
         """
+        await self.world.check_config()  # PartitionCountMismatchError before anything is read
         await self.world.ensure_groups()
         for warning in await self.world.server_warnings():
             self.log.warning("redis_configuration_risk", problem=warning)

@@ -4,6 +4,7 @@ All keys start with one prefix (default ``wf``). A run belongs to one partition,
 and fixed for its life; the partition is the hash tag shared by the run's keys and the partition's
 queue, timers and indexes, so every script touches one slot, as Redis Cluster requires (Cluster itself is not tested yet).
 
+    wf:config                         hash    deployment settings fixed at first use: "partitions"
     wf:start                          stream  start requests from any service (global)
     wf:{p0}:ready                     stream  wake-ups "run R has work", consumer group "workers"
     wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
@@ -53,6 +54,10 @@ class Keys:
 
     prefix: str = "wf"
     partitions: int = 1
+
+    def config(self) -> str:
+        """Settings every process of the deployment must share, stored by the first one."""
+        return f"{self.prefix}:config"
 
     def start_stream(self) -> str:
         return f"{self.prefix}:start"

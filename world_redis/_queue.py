@@ -17,7 +17,7 @@ from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
 from worker._codec import PayloadCodec
-from worker._errors import CorruptEventError
+from worker._errors import CorruptEventError, PartitionCountMismatchError, WorkflowError
 from worker._events import Event, event_from_fields
 from worker._logging import get_logger
 from worker._world import Acquired, StartRequest, Wakeup
@@ -100,6 +100,7 @@ class RedisQueue:
         self.codec: PayloadCodec | None = None  # payload encryption (set by RedisWorld)
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
+        self._config_checked = False
         self._log = get_logger(component="world_redis")
 
     def _script(self, name: str) -> AsyncScript:
@@ -113,11 +114,45 @@ class RedisQueue:
         script = self._script(name)
         return await with_retry(script, keys=list(keys), args=list(args))
 
+    # -- the deployment's settings -------------------------------------------------------------
+
+    async def check_config(self) -> None:
+        """Store this process's partition count for the prefix if none is stored yet (the first
+        process decides), else refuse a different one with PartitionCountMismatchError.
+
+        A client and a worker that disagree on the count derive different keys for the same run,
+        and the run stays pending without a word. Checked once per World: callers test
+        ``_config_checked`` first, so the hot path costs no round trip.
+        """
+        if self._config_checked:
+            return
+        key, configured = self.keys.config(), self.keys.partitions
+
+        async def run() -> Any:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hsetnx(key, "partitions", configured)
+            pipe.hget(key, "partitions")
+            return await pipe.execute()
+
+        _, stored_text = await with_retry(run)
+        try:
+            stored = int(stored_text)
+        except (TypeError, ValueError):
+            raise WorkflowError(
+                f"{key} field 'partitions' holds {stored_text!r}, not a partition count; "
+                f"restore it (e.g. HSET {key} partitions {configured})"
+            ) from None
+        if stored != configured:
+            raise PartitionCountMismatchError(self.keys.prefix, stored, configured)
+        self._config_checked = True
+
     # -- the work queue ----------------------------------------------------------------------
 
     async def ensure_groups(self) -> None:
         if self._groups_ready:
             return
+        if not self._config_checked:
+            await self.check_config()
         streams = [self.keys.ready(p) for p in range(self.keys.partitions)]
         streams += [self.keys.start_stream(), self.keys.resume_stream()]
         for stream in streams:

@@ -126,6 +126,8 @@ class RedisWorld(RedisQueue, RedisPresence):
     async def create_run(
         self, run_id: str, workflow: str, input_json: str, deployment: str = ""
     ) -> bool:
+        if not self._config_checked:
+            await self.check_config()
         k = self.keys
         p = k.partition(run_id)
         run, ev, *_ = k.run_keys(run_id)
@@ -154,6 +156,8 @@ class RedisWorld(RedisQueue, RedisPresence):
         return bool(reply[0] == "created")
 
     async def get_run(self, run_id: str) -> RunInfo | None:
+        if not self._config_checked:
+            await self.check_config()
         data = await with_retry(self.redis.hgetall, self.keys.run(run_id))
         return self._run_info(run_id, data, self.codec) if data else None
 
@@ -228,6 +232,8 @@ class RedisWorld(RedisQueue, RedisPresence):
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
+        if not self._config_checked:
+            await self.check_config()
         k = self.keys
         after: tuple[int, str] | None = None
         if cursor:
@@ -280,6 +286,8 @@ class RedisWorld(RedisQueue, RedisPresence):
             offset += page
 
     async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
+        if not self._config_checked:
+            await self.check_config()
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
         rows = await with_retry(self.redis.xrange, key, start, "+")
@@ -303,6 +311,8 @@ class RedisWorld(RedisQueue, RedisPresence):
 
     async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
         """Append events for several runs; one script call per partition."""
+        if not self._config_checked:
+            await self.check_config()
         by_partition = self._by_partition([c.run_id for c in commits])
         results: list[CommitResult | None] = [None] * len(commits)
         for p, idxs in by_partition.items():

@@ -53,6 +53,7 @@ def test_cookbook_covers_the_operator_questions() -> None:
         r"^XRANGE wf:\{p0\}:dlq - \+ COUNT 10$",
         r"^XRANGE wf:start:rejected ",
         r"^XADD wf:start \* workflow \S+ args ",
+        r"^HGETALL wf:config$",
     ]
     for pattern in wanted:
         assert any(re.search(pattern, r) for r in recipes), f"no recipe matches {pattern}"
@@ -98,6 +99,7 @@ async def test_every_cookbook_recipe_runs(world: RedisWorld, redis_server, start
     assert '"completed"' in state and '"11"' in state
     assert "step_" in out(r"^HGETALL \S+:ent$")
     assert "workers" in out(r"^XINFO GROUPS ")
+    assert out(r"^HGETALL \S+:config$").split()[1::2] == ['"partitions"', '"1"']
     assert re.fullmatch(r'"\d+-\d+"\n', out(r"^XADD "))
 
     # the XADD recipe really started a run: two completed add_ten runs now

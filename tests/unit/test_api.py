@@ -17,6 +17,7 @@ WORKER_API = {
     "HookNotFoundError",
     "InvalidRunIdError",
     "NondeterminismError",
+    "PartitionCountMismatchError",
     "PayloadCodec",
     "PayloadTooLargeError",
     "RemoteError",

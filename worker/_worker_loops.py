@@ -161,8 +161,9 @@ async def reclaim_loop(worker: Worker, duty: Duty) -> None:
     interval = max(0.2, worker.config.lease_ms / 3000.0)
     while not worker.stopping.is_set():
         await asyncio.sleep(interval)
-        if len(worker.held) < worker.config.concurrency:
-            for w in await worker.world.reclaim(worker.name, worker.config.lease_ms, 50):
+        room = min(worker.config.concurrency - len(worker.held), 50)
+        if room > 0:
+            for w in await worker.world.reclaim(worker.name, worker.config.lease_ms, room):
                 if w.deliveries > worker.config.max_deliveries:
                     await dead_letter(worker, w)
                 else:

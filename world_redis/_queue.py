@@ -101,6 +101,8 @@ class RedisQueue:
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
         self._config_checked = False
+        self._next_partition = 0  # where the next read of wake-ups starts (see read_wakeups)
+        self._next_reclaim = 0  # the same for reclaims
         self._log = get_logger(component="world_redis")
 
     def _script(self, name: str) -> AsyncScript:
@@ -290,22 +292,69 @@ class RedisQueue:
         )
 
     async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
-        streams = {self.keys.ready(p): ">" for p in range(self.keys.partitions)}
-        reply = await self._read_group(consumer, streams, count, block_ms)
+        """At most ``count`` wake-ups from the ready streams of all partitions.
+
+        XREADGROUP's COUNT applies per stream: one read over N streams with COUNT c can hand this
+        consumer N*c entries, and entries read are pending on it (a surplus would wait for a
+        reclaim, and the worker would hold more runs than its concurrency). So first a
+        non-blocking pass, one read per partition with COUNT = the room still left, starting at
+        a partition that rotates from call to call so that no partition is always served last.
+        Only when that pass found nothing does a read block, on streams and with a COUNT whose
+        product cannot exceed ``count``: all streams with COUNT count // N when count >= N,
+        else ``count`` streams (the rotation's next ones) with COUNT 1; the other partitions are
+        then seen at the next pass, one ``block_ms`` later at most.
+        """
+        n = self.keys.partitions
+        start = self._next_partition % n
+        self._next_partition = (start + 1) % n
+        order = [(start + i) % n for i in range(n)]
         out: list[Wakeup] = []
+        taken = 0
+        for p in order:
+            if taken >= count:
+                break
+            reply = await self._read_group(consumer, {self.keys.ready(p): ">"}, count - taken, 0)
+            taken += await self._wakeups_of(reply, out)
+        if taken or not block_ms or count <= 0:
+            return out
+        if count >= n:
+            streams, per_stream = order, count // n
+        else:
+            streams, per_stream = order[:count], 1
+        reply = await self._read_group(
+            consumer, {self.keys.ready(p): ">" for p in streams}, per_stream, block_ms
+        )
+        await self._wakeups_of(reply, out)
+        return out
+
+    async def _wakeups_of(self, reply: Any, out: list[Wakeup]) -> int:
+        """Append the wake-ups of an XREADGROUP reply to ``out``; the number of entries read
+        (undecodable ones, dead-lettered, included)."""
+        read = 0
         for stream, entries in reply or []:
             for mid, fields in entries:
+                read += 1
                 w = await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1)
                 if w is not None:
                     out.append(w)
-        return out
+        return read
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
-        """Take over wake-ups whose consumer stopped renewing them (a dead or stuck worker)."""
+        """Take over at most ``count`` wake-ups, over all partitions, whose consumer stopped
+        renewing them (a dead or stuck worker); like ``read_wakeups`` it never takes more than the
+        room the caller has, starting at a rotating partition."""
+        n = self.keys.partitions
+        start = self._next_reclaim % n
+        self._next_reclaim = (start + 1) % n
         out: list[Wakeup] = []
-        for p in range(self.keys.partitions):
+        taken = 0
+        for p in ((start + i) % n for i in range(n)):
+            if taken >= count:
+                break
             stream = self.keys.ready(p)
-            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+            claimed = await self._claim(stream, consumer, min_idle_ms, count - taken)
+            taken += len(claimed)
+            for mid, fields, deliveries in claimed:
                 w = await self._wakeup(stream, mid, fields, deliveries)
                 if w is not None:
                     out.append(w)

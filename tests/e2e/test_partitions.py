@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from collections.abc import Callable
 
 import pytest
 
 from tests.e2e import fault_workflows as fw
-from tests.support import REPO, WF
+from tests.support import REPO, WF, eventually
 from worker import PartitionCountMismatchError, start
-from world_redis import RedisWorld
+from worker._ids import new_run_id
+from world_redis import RedisWorld, partition_of
 
 GROUP = "workers"
 
@@ -61,3 +63,71 @@ async def test_matching_counts_complete_runs(
     assert await client.redis.hgetall(f"{prefix}:config") == {"partitions": "3"}
     start_worker("tests.e2e.fault_workflows", WORKFLOW_PARTITIONS="3")
     assert [await r.result(timeout=30) for r in runs] == list(range(6))
+
+
+async def start_runs_in_every_partition(client: RedisWorld, per_partition: int) -> list[str]:
+    """Start long_running runs (0.3 s step), ``per_partition`` of them in each partition."""
+    n = client.keys.partitions
+    chosen: dict[int, list[str]] = {p: [] for p in range(n)}
+    while any(len(ids) < per_partition for ids in chosen.values()):
+        run_id = new_run_id()
+        ids = chosen[partition_of(run_id, n)]
+        if len(ids) < per_partition:
+            ids.append(run_id)
+    run_ids = [r for ids in chosen.values() for r in ids]
+    for run_id in run_ids:
+        await start(fw.long_running, 0.3, run_id=run_id, world=client)
+    return run_ids
+
+
+async def most_held_until_completed(client: RedisWorld, run_ids: list[str], consumer: str) -> int:
+    """Sample the wake-ups pending on ``consumer`` over all ready streams until every run has
+    completed; the largest number seen."""
+    most = 0
+
+    async def all_completed() -> bool:
+        nonlocal most
+        pipe = client.redis.pipeline(transaction=False)
+        for p in range(client.keys.partitions):
+            pipe.xpending(client.keys.ready(p), GROUP)
+        held = sum(
+            int(c["pending"])
+            for summary in await pipe.execute()
+            for c in summary["consumers"]
+            if c["name"] == consumer
+        )
+        most = max(most, held)
+        runs = [await client.get_run(r) for r in run_ids]
+        return all(r is not None and r.status == "completed" for r in runs)
+
+    await eventually(all_completed, timeout=90, what="every run to complete")
+    return most
+
+
+async def test_worker_never_holds_more_runs_than_concurrency(
+    world_with_partitions: Callable[[int], RedisWorld], start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """With 4 partitions and --concurrency 2, the worker's pending wake-ups never exceed 2, and every run completes."""
+    client = world_with_partitions(4)
+    run_ids = await start_runs_in_every_partition(client, 3)
+    worker = start_worker("tests.e2e.fault_workflows", concurrency=2, WORKFLOW_PARTITIONS="4")
+    consumer = f"{socket.gethostname()}:{worker.proc.pid}"
+    assert 1 <= await most_held_until_completed(client, run_ids, consumer) <= 2
+
+
+async def test_worker_reclaims_no_more_runs_than_concurrency(
+    world_with_partitions: Callable[[int], RedisWorld], start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """Wake-ups left pending by a dead consumer are reclaimed at most --concurrency (2) at a time, and every run completes."""
+    client = world_with_partitions(4)
+    run_ids = await start_runs_in_every_partition(client, 3)
+    assert len(await client.read_wakeups("dead-worker", 100, 0)) == 12
+    worker = start_worker(
+        "tests.e2e.fault_workflows",
+        concurrency=2,
+        WORKFLOW_PARTITIONS="4",
+        WORKFLOW_LEASE_MS="1000",
+        WORKFLOW_HEARTBEAT_MS="200",
+    )
+    consumer = f"{socket.gethostname()}:{worker.proc.pid}"
+    assert 1 <= await most_held_until_completed(client, run_ids, consumer) <= 2

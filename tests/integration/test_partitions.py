@@ -63,3 +63,33 @@ async def test_other_count_is_refused_before_any_write(
     with pytest.raises(PartitionCountMismatchError):
         await other.ensure_groups()
     assert sorted(await world4.redis.keys(f"{prefix}:*")) == before
+
+
+async def test_read_wakeups_never_returns_more_than_count(world4: RedisWorld) -> None:
+    """With wake-ups in all four partitions, read_wakeups takes at most ``count`` of them."""
+    for run_id in runs_per_partition(3):
+        await world4.create_run(run_id, "wf_test", "[]")
+    first = await world4.read_wakeups("c1", 2, 0)
+    assert len(first) == 2
+    assert await pending_of(world4, "c1") == 2
+    second = await world4.read_wakeups("c1", 5, 0)
+    assert len(second) == 5
+    assert await pending_of(world4, "c1") == 7
+    rest = await world4.read_wakeups("c1", 100, 0)
+    assert len(rest) == 12 - 7
+    # less room than partitions, one wake-up in each: the rest stays for the next read
+    for run_id in runs_per_partition(1):
+        await world4.create_run(run_id, "wf_test", "[]")
+    assert len(await world4.read_wakeups("c2", 3, 0)) == 3
+    assert len(await world4.read_wakeups("c2", 3, 50)) == 1
+
+
+async def test_reclaim_takes_at_most_count_over_all_partitions(world4: RedisWorld) -> None:
+    """reclaim's count bounds the wake-ups taken over all partitions, not per partition."""
+    for run_id in runs_per_partition(2):
+        await world4.create_run(run_id, "wf_test", "[]")
+    assert len(await world4.read_wakeups("dead", 100, 0)) == 8
+    first = await world4.reclaim("c2", 0, 3)
+    assert len(first) == 3
+    assert await pending_of(world4, "c2") == 3
+    assert len({w.partition for w in await world4.reclaim("c3", 0, 100)}) == PARTITIONS

@@ -304,18 +304,24 @@ class RedisQueue:
         else ``count`` streams (the rotation's next ones) with COUNT 1; the other partitions are
         then seen at the next pass, one ``block_ms`` later at most.
         """
+        out: list[Wakeup] = []
         n = self.keys.partitions
+        if count <= 0:
+            return out
+        if n == 1:  # one stream: its COUNT is the whole count, and one (blocking) read is exact
+            reply = await self._read_group(consumer, {self.keys.ready(0): ">"}, count, block_ms)
+            await self._wakeups_of(reply, out)
+            return out
         start = self._next_partition % n
         self._next_partition = (start + 1) % n
         order = [(start + i) % n for i in range(n)]
-        out: list[Wakeup] = []
         taken = 0
         for p in order:
             if taken >= count:
                 break
             reply = await self._read_group(consumer, {self.keys.ready(p): ">"}, count - taken, 0)
             taken += await self._wakeups_of(reply, out)
-        if taken or not block_ms or count <= 0:
+        if taken or not block_ms:
             return out
         if count >= n:
             streams, per_stream = order, count // n

@@ -46,17 +46,20 @@ class RedisHookTokens(RedisQueue):
         return taken, reserved
 
     async def _reserve_token(self, token: str, holder: str, ours: set[str]) -> bool:
-        """Reserve ``token`` for ``holder``, reclaiming it once from a holder that lost it."""
+        """Reserve ``token`` for ``holder``, reclaiming it once from a holder that lost it.
+
+        Every fence is followed by a release and a reserve of the fencer's own, so under contention
+        the last reservation made is never a fenced one: one asker ends up holding the token."""
         key = self.keys.hook_token(token)
-        for _ in range(2):
-            reply = await self._eval("reserve_hook", [key], [holder])
-            if _s(reply[0]) == "ok":
-                return True
-            other = _s(reply[1])
-            if other in ours or await self._holds(other, token):
-                return False
-            await self._eval("release_hook", [key], [other])
-        return False
+        reply = await self._eval("reserve_hook", [key], [holder])
+        if _s(reply[0]) == "ok":
+            return True
+        other = _s(reply[1])
+        if other in ours or await self._holds(other, token):
+            return False
+        await self._eval("release_hook", [key], [other])
+        reply = await self._eval("reserve_hook", [key], [holder])
+        return _s(reply[0]) == "ok"
 
     async def _holds(self, holder: str, token: str) -> bool:
         """Whether ``holder`` ("<run id>|<hook id>") holds ``token``; if not, it never will."""

@@ -401,20 +401,19 @@ class CommitRules:
 
     def _reserve(self, token: str, holder: str, ours: set[str]) -> bool:
         """reserve_hook.lua, with one reclaim of a reservation whose hook is lost (fence_hook.lua)."""
-        for _ in range(2):
-            other = self.tokens.setdefault(token, holder)
-            if other == holder:
-                return True
-            run_id, _, hook_id = other.partition("|")
-            run = self.runs.get(run_id)
-            if other in ours:
+        other = self.tokens.setdefault(token, holder)
+        if other == holder:
+            return True
+        run_id, _, hook_id = other.partition("|")
+        run = self.runs.get(run_id)
+        if other in ours:
+            return False
+        if run is not None and run.status not in TERMINAL_RUN:
+            if run.hooks.get(hook_id) == token:
                 return False
-            if run is not None and run.status not in TERMINAL_RUN:
-                if run.hooks.get(hook_id) == token:
-                    return False
-                run.hooks[f"{hook_id}|lost"] = token
-            del self.tokens[token]
-        return False
+            run.hooks[f"{hook_id}|lost"] = token
+        self.tokens[token] = holder  # released, then reserved again: nothing came in between
+        return True
 
     def _commit_run(
         self, c: ModelCommit, now: int, taken: set[str], freed: list[tuple[str, str]]

@@ -3,6 +3,8 @@
 All keys start with one prefix (default ``wf``). A run belongs to one partition, derived from its id
 and fixed for its life; the partition is the hash tag shared by the run's keys and the partition's
 queue, timers and indexes, so every script touches one slot, as Redis Cluster requires (Cluster itself is not tested yet).
+A hook token's reservation has a slot of its own (a hash of the token), so tokens are unique across
+all partitions and nodes.
 
     wf:config                         hash    deployment settings fixed at first use: "partitions"
     wf:start                          stream  start requests from any service (global)
@@ -15,13 +17,15 @@ queue, timers and indexes, so every script touches one slot, as Redis Cluster re
     wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
     wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor)
     wf:{p0}:workflows                 set     workflow names seen in the partition
-    wf:{p0}:hooks                     hash    hook token -> "<run id>|<hook id>" (live hooks only)
+    wf:hook:{<sha256(token)[:32]>}    string  "<run id>|<hook id>": the token's reservation (global;
+                                              stale when that run does not hold that hook)
     wf:hooks:resume                   stream  hook resume requests from any service (global)
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and
-                                              "<hook id>|req|<request id>" -> seq (resumes received)
+                                              "<hook id>|req|<request id>" -> seq (resumes received),
+                                              "<hook id>|lost" -> token (reservation reclaimed)
     wf:{p0}:run:<run id>:stream:<n>   stream  output stream <n> of the run (see _streams.py)
     wf:{p0}:run:<run id>:streams      set     names of the run's output streams
     wf:{p0}:run:<run id>:response:<r> list    a manual webhook response on its way to the HTTP app
@@ -34,6 +38,7 @@ queue, timers and indexes, so every script touches one slot, as Redis Cluster re
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -127,8 +132,10 @@ class Keys:
         """Where requests of a request stream that could not be honoured are copied, with why."""
         return f"{stream}:rejected"
 
-    def hooks(self, partition: int) -> str:
-        return f"{self.tag(partition)}:hooks"
+    def hook_token(self, token: str) -> str:
+        """The reservation of a hook token: its own hash tag, whatever characters the token has."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"{self.prefix}:hook:{{{digest}}}"
 
     def run_hooks(self, run_id: str) -> str:
         return f"{self.run(run_id)}:hooks"
@@ -145,13 +152,11 @@ class Keys:
         return f"{self.prefix}:hooks:resume"
 
     def partition_keys(self, partition: int) -> list[str]:
-        """KEYS[1..10] of commit.lua: ready, timers, idx all, idx done, the five status indexes,
-        the hook tokens."""
+        """KEYS[1..9] of commit.lua: ready, timers, idx all, idx done, the five status indexes."""
         return [
             self.ready(partition),
             self.timers(partition),
             self.idx_all(partition),
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
-            self.hooks(partition),
         ]

@@ -31,9 +31,10 @@ from worker._world import (
     StepInfo,
 )
 
+from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
 from ._presence import RedisPresence
-from ._queue import RedisQueue, _s
+from ._queue import _s
 from ._retry import with_retry
 from ._streams import RedisStreams
 
@@ -60,7 +61,7 @@ def _is_json(text: str) -> bool:
     return True
 
 
-class RedisWorld(RedisQueue, RedisPresence):
+class RedisWorld(RedisHookTokens, RedisPresence):
     """The engine's storage, queue and timers on one Redis server."""
 
     def __init__(
@@ -310,11 +311,16 @@ class RedisWorld(RedisQueue, RedisPresence):
     # -- the commit script -------------------------------------------------------------------
 
     async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
-        """Append events for several runs; one script call per partition."""
+        """Append events for several runs; one script call per partition.
+
+        The hook tokens the commits ask for are reserved first, and the tokens of the hooks they
+        end are released after (see _hook_tokens.py)."""
         if not self._config_checked:
             await self.check_config()
+        taken, reserved = await self._reserve_tokens(commits)
         by_partition = self._by_partition([c.run_id for c in commits])
         results: list[CommitResult | None] = [None] * len(commits)
+        freed: list[list[Any]] = [[] for _ in commits]
         for p, idxs in by_partition.items():
             batch = [commits[i] for i in idxs]
             flat_ids = new_ids("evnt", sum(len(c.events) for c in batch))
@@ -325,7 +331,7 @@ class RedisWorld(RedisQueue, RedisPresence):
             keys = self.keys.partition_keys(p)
             payload: list[Any] = []
             codec = self.codec
-            for c, ids in zip(batch, event_ids, strict=True):
+            for i, c, ids in zip(idxs, batch, event_ids, strict=True):
                 keys.extend(self.keys.run_keys(c.run_id))
                 payload.append(
                     [
@@ -344,13 +350,17 @@ class RedisWorld(RedisQueue, RedisPresence):
                             ]
                             for ev, evid in zip(c.events, ids, strict=True)
                         ],
+                        taken[i],
                     ]
                 )
             args = [self.retention_s, _JSON.encode(payload)]
             reply = await self._eval("commit", keys, args)
             for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
                 results[i] = self._commit_result(c, ids, r)
-        return [r for r in results if r is not None]
+                freed[i] = list(r[4])
+        done = [r for r in results if r is not None]
+        await self._release_tokens(commits, done, freed, reserved)
+        return done
 
     @staticmethod
     def _commit_result(c: Commit, ids: list[str], reply: list[Any]) -> CommitResult:
@@ -378,16 +388,20 @@ class RedisWorld(RedisQueue, RedisPresence):
         return sorted(hooks)
 
     async def find_hook(self, token: str) -> tuple[str, str, str] | None:
-        """(run id, hook id, metadata JSON) of the live hook holding ``token``, if any."""
-        for p in range(self.keys.partitions):
-            holder = await with_retry(self.redis.hget, self.keys.hooks(p), token)
-            if holder:
-                run_id, _, hook_id = str(holder).partition("|")
-                meta = await with_retry(
-                    self.redis.hget, self.keys.run_hooks(run_id), f"{hook_id}|meta"
-                )
-                return run_id, hook_id, self._hook_meta(run_id, hook_id, meta)
-        return None
+        """(run id, hook id, metadata JSON) of the live hook holding ``token``, if any.
+
+        The token's reservation names the holder; a reservation whose run does not hold the hook
+        (its writer died before the commit, or before the release) is no holder."""
+        holder = await with_retry(self.redis.get, self.keys.hook_token(token))
+        if not holder:
+            return None
+        run_id, _, hook_id = _s(holder).partition("|")
+        held, meta = await with_retry(
+            self.redis.hmget, self.keys.run_hooks(run_id), [hook_id, f"{hook_id}|meta"]
+        )
+        if held != token:
+            return None
+        return run_id, hook_id, self._hook_meta(run_id, hook_id, meta)
 
     def _hook_meta(self, run_id: str, hook_id: str, meta: str | None) -> str:
         """A hook's stored metadata, decrypted (DecryptionError when it cannot be)."""

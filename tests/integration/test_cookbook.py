@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import shlex
 
@@ -36,7 +37,13 @@ def cookbook_commands() -> list[list[str]]:
 
 def localize(args: list[str], prefix: str, run_id: str) -> list[str]:
     """Point a recipe at the test's keys: a leading ``wf:`` of a key name becomes the test prefix."""
-    return [re.sub(r"^wf:", f"{prefix}:", a).replace("<run_id>", run_id) for a in args]
+    token_hash = hashlib.sha256(b"approve-o-17").hexdigest()[:32]
+    return [
+        re.sub(r"^wf:", f"{prefix}:", a)
+        .replace("<run_id>", run_id)
+        .replace("<token_hash>", token_hash)
+        for a in args
+    ]
 
 
 def test_cookbook_covers_the_operator_questions() -> None:

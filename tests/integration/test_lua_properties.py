@@ -349,7 +349,8 @@ class CommitMachine(RuleBasedStateMachine):
                 pipe.xrange(k.events(run_id))
                 for status in STATUSES:
                     pipe.zscore(k.idx_status(0, status), run_id)
-            pipe.hgetall(k.hooks(0))
+            for token in TOKENS:
+                pipe.get(k.hook_token(token))
             pipe.zrange(k.timers(0), 0, -1, withscores=True)
             pipe.xlen(k.ready(0))
             return list(await pipe.execute())
@@ -367,7 +368,8 @@ class CommitMachine(RuleBasedStateMachine):
             assert indexed == [run.status], run_id
             if run.status in TERMINAL_RUN:
                 assert not run.hooks
-        assert next(replies) == model.tokens
+        reservations = {t: next(replies) for t in TOKENS}
+        assert {t: h for t, h in reservations.items() if h is not None} == model.tokens
         assert {m: int(s) for m, s in next(replies)} == model.timers
         assert next(replies) == self.base_wakeups + model.wakeups
 

@@ -355,10 +355,11 @@ class ModelReply:
 
 @dataclass
 class CommitRules:
-    """The state commit.lua keeps for the runs of one partition, and its transition rules."""
+    """The state commit.lua keeps for the runs of one partition, and its transition rules, with
+    the hook token reservations RedisWorld.commit takes before the script and releases after."""
 
     runs: dict[str, RunModel] = field(default_factory=dict)
-    tokens: dict[str, str] = field(default_factory=dict)  # hook token -> "<run id>|<hook id>"
+    tokens: dict[str, str] = field(default_factory=dict)  # reservations: token -> "<run>|<hook>"
     timers: dict[str, int] = field(default_factory=dict)  # "<run id>|<corr>" -> due ms
     wakeups: int = 0  # wake-ups enqueued by commits
 
@@ -367,9 +368,56 @@ class CommitRules:
         self.runs.setdefault(run_id, RunModel())
 
     def commit(self, commits: Sequence[ModelCommit], now: int) -> list[ModelReply]:
-        return [self._commit_run(c, now) for c in commits]
+        reserved: dict[tuple[int, str], str] = {}
+        taken: list[set[str]] = [set() for _ in commits]
+        ours: set[str] = set()
+        for i, c in enumerate(commits):
+            for etype, corr, f in c.events:
+                token = f.get("token", "")
+                if etype != "hook_created" or not corr or not token:
+                    continue
+                holder = f"{c.run_id}|{corr}"
+                if self._reserve(token, holder, ours):
+                    ours.add(holder)
+                    reserved[(i, corr)] = token
+                else:
+                    taken[i].add(corr)
+        replies, freed = [], []
+        for c, t in zip(commits, taken, strict=True):
+            ended: list[tuple[str, str]] = []
+            replies.append(self._commit_run(c, now, t, ended))
+            freed.append(ended)
+        for i, (c, reply, ended) in enumerate(zip(commits, replies, freed, strict=True)):
+            if reply.code == "no_run":
+                ended += [(h, t) for (n, h), t in reserved.items() if n == i]
+            for (etype, corr, _), (res, extra) in zip(c.events, reply.results, strict=False):
+                lost = res == "terminal" or (res == "ok" and extra == -1)
+                if etype == "hook_created" and (i, corr) in reserved and lost:
+                    ended.append((corr, reserved[(i, corr)]))
+            for hook_id, token in ended:
+                if self.tokens.get(token) == f"{c.run_id}|{hook_id}":
+                    del self.tokens[token]
+        return replies
 
-    def _commit_run(self, c: ModelCommit, now: int) -> ModelReply:
+    def _reserve(self, token: str, holder: str, ours: set[str]) -> bool:
+        """reserve_hook.lua, with one reclaim of a reservation whose hook is lost (fence_hook.lua)."""
+        other = self.tokens.setdefault(token, holder)
+        if other == holder:
+            return True
+        run_id, _, hook_id = other.partition("|")
+        run = self.runs.get(run_id)
+        if other in ours:
+            return False
+        if run is not None and run.status not in TERMINAL_RUN:
+            if run.hooks.get(hook_id) == token:
+                return False
+            run.hooks[f"{hook_id}|lost"] = token
+        self.tokens[token] = holder  # released, then reserved again: nothing came in between
+        return True
+
+    def _commit_run(
+        self, c: ModelCommit, now: int, taken: set[str], freed: list[tuple[str, str]]
+    ) -> ModelReply:
         run = self.runs.get(c.run_id)
         if run is None:
             return ModelReply("no_run", 0, [])
@@ -379,7 +427,9 @@ class CommitRules:
             return ModelReply("conflict", run.seq, [])
         reply = ModelReply("ok", run.seq, [])
         for etype, corr, fields in c.events:
-            res, extra, appended = self._event(c.run_id, run, etype, corr, fields, now)
+            res, extra, appended = self._event(
+                c.run_id, run, etype, corr, fields, now, taken, freed
+            )
             reply.results.append((res, extra))
             if appended:
                 reply.appended.append(appended)
@@ -392,7 +442,15 @@ class CommitRules:
         return reply
 
     def _event(
-        self, run_id: str, run: RunModel, etype: str, corr: str, f: dict[str, str], now: int
+        self,
+        run_id: str,
+        run: RunModel,
+        etype: str,
+        corr: str,
+        f: dict[str, str],
+        now: int,
+        taken: set[str],
+        freed: list[tuple[str, str]],
     ) -> tuple[str, int, str]:
         """(status, extra, type appended or "") of one event, applying it when it is appended."""
         state: list[Any] = [None, "0", "0", None, "0"]
@@ -479,16 +537,15 @@ class CommitRules:
                 timer_at = retry_after
         elif etype == "hook_created":
             token = f.get("token", "")
-            holder = self.tokens.get(token)
             if terminal:
                 res = "terminal"
             elif corr == "":
                 res = "invalid"
-            elif corr in hooks or holder == f"{run_id}|{corr}":
+            elif corr in hooks:
                 res = "exists"
             elif token == "":
                 res = "invalid"
-            elif holder is not None:
+            elif corr in taken or f"{corr}|lost" in hooks:
                 etype, extra = "hook_conflict", -1  # recorded instead of the creation
             else:
                 hook_token = token
@@ -517,21 +574,17 @@ class CommitRules:
         if timer_at is not None:
             self.timers[f"{run_id}|{corr}"] = int(timer_at)
         if hook_token is not None:
-            self.tokens[hook_token] = f"{run_id}|{corr}"
             hooks[corr] = hook_token
             hooks[f"{corr}|meta"] = f.get("metadata", "null")
         if hook_request is not None:
             hooks[hook_request] = lua_str(run.seq)
         if hook_dispose is not None:
-            if self.tokens.get(hook_dispose) == f"{run_id}|{corr}":
-                del self.tokens[hook_dispose]
+            freed.append((corr, hook_dispose))
             hooks.pop(corr, None)
             hooks.pop(f"{corr}|meta", None)
         if new_status is not None:
             run.status = new_status
             if new_status in TERMINAL_RUN:
-                for hook_id, token in hooks.items():
-                    if "|" not in hook_id and self.tokens.get(token) == f"{run_id}|{hook_id}":
-                        del self.tokens[token]
+                freed += [(h, t) for h, t in hooks.items() if "|" not in h]
                 hooks.clear()
         return "ok", int(extra), etype

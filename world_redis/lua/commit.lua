@@ -10,21 +10,25 @@
 -- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
 -- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
 -- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
--- KEYS[10] partition hook tokens (hash token -> "<run id>|<hook id>")  wf:{pN}:hooks
--- then per run i (0-based) four keys at 11 + 4*i:
+-- then per run i (0-based) four keys at 10 + 4*i:
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
 --   names, inputs, outputs and errors live in the event log only), and the run's live hooks
 --   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
---   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id)
+--   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id,
+--   "<hook id>|lost" -> token when fence_hook.lua found the hook's reservation stale)
 --
 -- ARGV[1]  retention of finished runs, seconds
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
---            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...]],
---           ...]   -- run i of the batch uses the four run keys at 11 + 4*(i-1)
+--            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...],
+--            [hook id, ...] (hooks whose token another hook has reserved)],
+--           ...]   -- run i of the batch uses the four run keys at 10 + 4*(i-1)
 --
--- Reply: per run {code, seq, now_ms, results} where code is
+-- Hook tokens are reserved by the caller before the commit (reserve_hook.lua, a slot of their own)
+-- and freed by it after (release_hook.lua): this script only records hooks in the run's slot.
+--
+-- Reply: per run {code, seq, now_ms, results, freed} where code is
 --   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
 --   "rejected" (an event was refused; later events of that run are skipped)
 -- and results has one {status, extra} per event processed:
@@ -35,8 +39,11 @@
 --          holds the position the run hash says is next: the log and the run disagree; nothing of
 --          it is written)
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early),
---          -1 for a hook_created recorded as hook_conflict (the token is held by a live hook of
---          another run: the event appended is hook_conflict with the token), else 0
+--          -1 for a hook_created recorded as hook_conflict (the batch names the hook as one whose
+--          token another hook reserved, or the hook is marked lost: the event appended is
+--          hook_conflict with the token), else 0
+--   freed: [hook id, token, ...] of the hooks this commit ended (disposed, or their run ended):
+--          the caller releases their reservations
 -- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
 -- the inline fast path in worker/_worker.py. Payload fields (input, result, output, error,
 -- payload, metadata) are opaque text here: JSON, or with payload encryption an envelope
@@ -44,7 +51,7 @@
 --
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4,
 -- hook_conflict only in place of a hook_created whose token is taken. A run reaching a terminal
--- status loses its hooks: their tokens are free again at once.
+-- status loses its hooks (listed in freed).
 
 local retention = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
@@ -56,10 +63,13 @@ local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 local replies = {}
 for i = 0, #batch - 1 do
-  local run_key, ev_key = KEYS[11 + 4 * i], KEYS[12 + 4 * i]
-  local ent_key, hooks_key = KEYS[13 + 4 * i], KEYS[14 + 4 * i]
+  local run_key, ev_key = KEYS[10 + 4 * i], KEYS[11 + 4 * i]
+  local ent_key, hooks_key = KEYS[12 + 4 * i], KEYS[13 + 4 * i]
   local c = batch[i + 1]
   local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
+  local taken = {}
+  for _, hook_id in ipairs(c[6] or {}) do taken[hook_id] = true end
+  local freed = {}
 
   local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner')
   local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
@@ -180,17 +190,16 @@ for i = 0, #batch - 1 do
           timer_at = ra
         end
       elseif etype == 'hook_created' then
-        local holder = redis.call('HGET', KEYS[10], f.token or '')
         if TERMINAL[status] then
           res = 'terminal'
         elseif corr == '' then
           res = 'invalid'
-        elseif redis.call('HEXISTS', hooks_key, corr) == 1 or holder == run_id .. '|' .. corr then
+        elseif redis.call('HEXISTS', hooks_key, corr) == 1 then
           res = 'exists'
         elseif (f.token or '') == '' then
           res = 'invalid'
-        elseif holder then
-          -- the token is held by a live hook of another run: record the conflict instead
+        elseif taken[corr] or redis.call('HEXISTS', hooks_key, corr .. '|lost') == 1 then
+          -- the token is reserved by another hook: record the conflict instead
           etype, extra = 'hook_conflict', -1
           flat = { 'token', f.token }
         else
@@ -236,14 +245,12 @@ for i = 0, #batch - 1 do
           if entity then redis.call('HSET', ent_key, corr, table.concat(entity, '|')) end
           if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
           if hook_token then
-            redis.call('HSET', KEYS[10], hook_token, run_id .. '|' .. corr)
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
           if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
           if hook_dispose then
-            if redis.call('HGET', KEYS[10], hook_dispose) == run_id .. '|' .. corr then
-              redis.call('HDEL', KEYS[10], hook_dispose)
-            end
+            freed[#freed + 1] = corr
+            freed[#freed + 1] = hook_dispose
             redis.call('HDEL', hooks_key, corr, corr .. '|meta')
           end
           if new_status then
@@ -252,12 +259,12 @@ for i = 0, #batch - 1 do
             local created = redis.call('ZSCORE', KEYS[3], run_id) or now
             redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
             if TERMINAL[new_status] then
-              -- the run's hooks end with it: free their tokens
+              -- the run's hooks end with it: the caller frees their tokens
               local live = redis.call('HGETALL', hooks_key)
               for j = 1, #live, 2 do
-                if not string.find(live[j], '|', 1, true)
-                    and redis.call('HGET', KEYS[10], live[j + 1]) == run_id .. '|' .. live[j] then
-                  redis.call('HDEL', KEYS[10], live[j + 1])
+                if not string.find(live[j], '|', 1, true) then
+                  freed[#freed + 1] = live[j]
+                  freed[#freed + 1] = live[j + 1]
                 end
               end
               redis.call('DEL', hooks_key)
@@ -285,6 +292,6 @@ for i = 0, #batch - 1 do
       end
     end
   end
-  replies[#replies + 1] = { code, seq or 0, now, results }
+  replies[#replies + 1] = { code, seq or 0, now, results, freed }
 end
 return replies

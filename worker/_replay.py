@@ -164,11 +164,17 @@ class ReplayLoop(asyncio.BaseEventLoop):
         pass
 
     def run_ready(self) -> None:
+        """Run every ready callback. SystemExit and KeyboardInterrupt raised by workflow code
+        are kept by the task that raised them (asyncio stores them, then re-raises): that task
+        fails, as it would with any error, and the worker's own process goes on."""
         ready: deque[asyncio.Handle] = self._ready  # type: ignore[attr-defined]
         while ready:
             handle = ready.popleft()
             if not handle._cancelled:
-                handle._run()
+                try:
+                    handle._run()
+                except (SystemExit, KeyboardInterrupt):
+                    continue
 
 
 class WorkflowInstance:
@@ -279,21 +285,29 @@ class WorkflowInstance:
         finally:
             asyncio.events._set_running_loop(previous)
 
-    def close(self) -> None:
-        """Tear the instance down; pending coroutines are closed without running further."""
-        if self._task is not None and not self._task.done():
+    def close(self) -> BaseException | None:
+        """Tear the instance down; pending coroutines are closed without running further.
+
+        What the workflow code raised while its task was cancelled (its ``finally`` blocks run
+        then) is returned for the runtime to report, never raised: not even SystemExit may end
+        the worker from there. The replay core does not log.
+        """
+        error: BaseException | None = None
+        task = self._task
+        if task is not None and not task.done():
             previous = asyncio.events._get_running_loop()
             asyncio.events._set_running_loop(self._loop)
             try:
-                for task in asyncio.all_tasks(self._loop):
-                    task.cancel()
+                for pending in asyncio.all_tasks(self._loop):
+                    pending.cancel()
                 self._loop.run_ready()
-            except BaseException:
-                pass
             finally:
                 asyncio.events._set_running_loop(previous)
+            if task.done() and not task.cancelled():
+                error = task.exception()
         self._loop._ready.clear()  # type: ignore[attr-defined]
         self._loop.close()
+        return error
 
     def pending_steps(self) -> list[StepCall]:
         """Steps in the log that have not completed or failed yet (cost: the open ones only)."""

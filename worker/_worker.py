@@ -293,7 +293,12 @@ class Worker:
     def _evict(self, run_id: str) -> None:
         inst = self.cache.pop(run_id, None)
         if inst is not None:
-            inst.close()
+            self._close(inst)
+
+    def _close(self, inst: WorkflowInstance) -> None:
+        error = inst.close()
+        if error is not None:  # raised by the workflow's own cleanup code: it ends nothing here
+            self.log.warning("workflow_cleanup_failed", run_id=inst.run_id, error=repr(error))
 
     def _remember(self, inst: WorkflowInstance) -> None:
         self.cache[inst.run_id] = inst
@@ -303,7 +308,7 @@ class Worker:
             if old_id in self.held:
                 self.cache[old_id] = old
                 break
-            old.close()
+            self._close(old)
 
     async def _load(self, held: Held, fresh: list[Event]) -> WorkflowInstance | None:
         """The run's instance, caught up with the log (``fresh``: events already read)."""

@@ -199,7 +199,7 @@ def test_duties_live_on_after_outage(outage) -> None:  # type: ignore[no-untyped
     deadline = time.monotonic() + 60
     ok = healthy(env)
     while not ok and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(1)  # ok: polls `wf health` (a subprocess) until a deadline
         ok = healthy(env)
     if not ok:
         problems.append("wf health: not healthy within 60 s")

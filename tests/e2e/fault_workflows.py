@@ -224,3 +224,12 @@ async def echo_then_hook(token: str) -> list[object]:
     first = await echo("before")
     payload = await create_hook(token=token)
     return [first, payload]
+
+
+@workflow(name="exits_the_process")
+async def exits_the_process() -> None:
+    """Workflow code (not a step) that calls sys.exit: the run fails, the worker lives on."""
+    import sys
+
+    await echo("before")
+    sys.exit(5)

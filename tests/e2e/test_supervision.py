@@ -7,11 +7,12 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e import fault_workflows as fw
 from tests.e2e.test_health import wf_health
 from tests.support import eventually, free_port, wait_for
-from worker import check_health, start
+from worker import WorkflowRunFailedError, check_health, start
 from world_redis import RedisWorld
 
 QUICK_DUTIES = {
@@ -104,3 +105,18 @@ async def test_busy_worker_answers_health_checks_ahead_of_its_backlog(
     report = await check_health(world, timeout=5)
     assert report["allHealthy"], report
     assert [r["healthy"] for r in report["results"]] == [True, True]
+
+
+async def test_workflow_code_calling_sys_exit_fails_only_its_run(
+    world: RedisWorld, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """Workflow code calling sys.exit(5) fails its run with SystemExit; the worker process stays
+    up and completes the next run (it used to exit with code 5)."""
+    proc = start_worker("tests.e2e.fault_workflows")
+    run = await start(fw.exits_the_process)
+    with pytest.raises(WorkflowRunFailedError) as err:
+        await run.result(timeout=20)
+    cause = err.value.__cause__
+    assert "SystemExit" in getattr(cause, "type_name", "") and str(cause) == "5"
+    assert proc.proc.poll() is None
+    assert await (await start(fw.echo_wf, "next")).result(timeout=20) == "next"

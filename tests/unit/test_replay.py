@@ -243,6 +243,21 @@ async def stuck() -> None:
     await asyncio.Future()
 
 
+@workflow(name="t_replay.exits")
+async def exits() -> int:
+    await add(1, 1)
+    raise SystemExit(3)
+
+
+@workflow(name="t_replay.exits_in_cleanup")
+async def exits_in_cleanup() -> None:
+    try:
+        await add(1, 1)
+        await asyncio.Future()
+    finally:
+        raise SystemExit(4)
+
+
 # -- helpers -----------------------------------------------------------------------------------
 
 
@@ -758,3 +773,21 @@ def test_waiting_on_a_plain_future_is_stuck() -> None:
     inst, out = replay_instance(stuck, res.events[:-1])  # the step still running: not stuck
     assert out.kind == "suspended" and out.commands == [] and not inst.is_stuck()
     inst.close()
+
+
+def test_workflow_code_raising_system_exit_fails_the_run() -> None:
+    """SystemExit raised by workflow code fails the run with that error; it never leaves the
+    replay (it used to propagate out of advance() and end the worker process)."""
+    res = simulate(exits)
+    assert res.outcome.kind == "failed"
+    assert "SystemExit" in str(res.outcome.error)
+
+
+def test_workflow_cleanup_raising_system_exit_is_reported_by_close() -> None:
+    """A workflow whose finally block raises SystemExit when its instance is closed: close()
+    returns the error instead of raising it."""
+    res = simulate(stuck)
+    inst, out = replay_instance(exits_in_cleanup, res.events)
+    assert out.kind == "suspended"
+    error = inst.close()
+    assert isinstance(error, SystemExit) and error.code == 4

@@ -148,3 +148,15 @@ def test_readme_shows_the_deployed_acl_rule() -> None:
     readme = (DEPLOY.parent / "README.md").read_text()
     for rule in acl_rules():
         assert rule.replace("#@WF_PASSWORD_SHA256@", ">PASSWORD") in readme, rule
+
+
+def test_k8s_worker_liveness_probe_reads_its_health_endpoint_on_loopback() -> None:
+    """k8s: the worker serves /healthz on 127.0.0.1 only, and its liveness probe reads it from
+    inside the pod (an exec probe), so nothing listens beyond loopback unauthenticated."""
+    (worker,) = manifests()["Deployment/wf-worker"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    port = env["WORKFLOW_HEALTH_PORT"]
+    assert env.get("WORKFLOW_HEALTH_HOST", "127.0.0.1") == "127.0.0.1"
+    probe = worker["livenessProbe"]
+    assert "httpGet" not in probe and "tcpSocket" not in probe
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(probe["exec"]["command"])

@@ -84,3 +84,14 @@ class DeterministicIds:
 
     def next(self, prefix: str) -> str:
         return f"{prefix}_{_ulid_text(self._ts << 80 | self._rng.getrandbits(80))}"
+
+
+def lease_token(worker: str) -> str:
+    """A worker's lease token: its name (its consumer name in the queues) and a fresh nonce, so a
+    restarted process with the same name never holds the leases of its predecessor."""
+    return f"{worker}#{new_id('lease')[6:]}"
+
+
+def token_worker(token: str) -> str:
+    """The worker (consumer) name inside a lease token made by :func:`lease_token`."""
+    return token.split("#", 1)[0]

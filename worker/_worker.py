@@ -30,7 +30,7 @@ from ._errors import (
 )
 from ._events import Event, NewEvent, make_event
 from ._health import answer_health_check, health_check_id
-from ._ids import new_run_id
+from ._ids import lease_token
 from ._logging import get_logger
 from ._registry import StepFunction, get_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
@@ -90,7 +90,7 @@ class Worker:
         self.world = world
         self.config = config or WorkerConfig()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.token = f"{self.name}#{new_run_id()[5:]}"
+        self.token = lease_token(self.name)
         self.log = get_logger(worker=self.name)
         self.held: dict[str, Held] = {}
         self.cache: OrderedDict[str, WorkflowInstance] = OrderedDict()

@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast, get_args
 
 import msgspec
 
+from ._errors import WorkflowError
 from ._events import Event, NewEvent
 from ._streams import StreamStore
 
@@ -62,15 +63,45 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True):
     wake: str = ""
 
 
+# what the scripts answer (see world_redis/lua/commit.lua and acquire.lua): a typo is a type error
+CommitCode = Literal["ok", "no_run", "lease", "conflict", "rejected"]
+EventStatus = Literal[
+    "ok", "exists", "terminal", "not_found", "too_early", "stale", "invalid", "corrupt"
+]
+AcquireCode = Literal["ok", "busy", "no_run"]
+_COMMIT_CODES: tuple[str, ...] = get_args(CommitCode)
+_EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
+_ACQUIRE_CODES: tuple[str, ...] = get_args(AcquireCode)
+
+
+def _word(text: str, words: tuple[str, ...], what: str) -> str:
+    if text not in words:
+        raise WorkflowError(f"unknown {what} {text!r} in a script reply (expected one of {words})")
+    return text
+
+
+def commit_code(text: str) -> CommitCode:
+    """A commit reply's code; WorkflowError for a word the script never answers."""
+    return cast(CommitCode, _word(text, _COMMIT_CODES, "commit code"))
+
+
+def event_status(text: str) -> EventStatus:
+    return cast(EventStatus, _word(text, _EVENT_STATUSES, "event status"))
+
+
+def acquire_code(text: str) -> AcquireCode:
+    return cast(AcquireCode, _word(text, _ACQUIRE_CODES, "acquire code"))
+
+
 class EventResult(msgspec.Struct, frozen=True):
-    status: str  # ok | exists | terminal | not_found | too_early | stale | invalid
+    status: EventStatus
     extra: int = 0
 
 
 class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of a Commit: ``code`` is ok | no_run | lease | conflict | rejected."""
+    """Outcome of a Commit (see :data:`CommitCode`)."""
 
-    code: str
+    code: CommitCode
     seq: int
     now_ms: int
     results: list[EventResult]
@@ -86,7 +117,7 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Acquired(msgspec.Struct, frozen=True):
-    code: str  # ok | busy | no_run
+    code: AcquireCode
     seq: int
     status: str
     taken_over: bool = False

@@ -19,8 +19,9 @@ from redis.commands.core import AsyncScript
 from worker._codec import PayloadCodec
 from worker._errors import CorruptEventError, PartitionCountMismatchError, WorkflowError
 from worker._events import Event, event_from_fields
+from worker._ids import token_worker
 from worker._logging import get_logger
-from worker._world import Acquired, StartRequest, Wakeup
+from worker._world import Acquired, StartRequest, Wakeup, acquire_code
 
 from ._keys import GROUP, Keys
 from ._retry import with_retry
@@ -440,7 +441,7 @@ class RedisQueue:
             events = self._log_events(run_id, r[4])
         except CorruptEventError:  # DecryptionError too
             events = []  # the caller reads the log itself and reports the corrupt event
-        return Acquired(_s(r[0]), int(r[1]), _s(r[2]), int(r[3]) == 1, events)
+        return Acquired(acquire_code(_s(r[0])), int(r[1]), _s(r[2]), int(r[3]) == 1, events)
 
     def _by_partition(self, run_ids: Sequence[str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
@@ -485,7 +486,7 @@ class RedisQueue:
         for w in wakeups:
             by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
         for stream, ids in by_stream.items():
-            consumer = token.split("#", 1)[0]
+            consumer = token_worker(token)
             await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
         return out
 

@@ -29,6 +29,8 @@ from worker._world import (
     EventResult,
     RunInfo,
     StepInfo,
+    commit_code,
+    event_status,
 )
 
 from ._hook_tokens import RedisHookTokens
@@ -365,8 +367,8 @@ class RedisWorld(RedisHookTokens, RedisPresence):
     @staticmethod
     def _commit_result(c: Commit, ids: list[str], reply: list[Any]) -> CommitResult:
         # replies are already str (decode_responses=True) and ints
-        code, seq, now = reply[0], int(reply[1]), int(reply[2])
-        results = [EventResult(r[0], r[1]) for r in reply[3]]
+        code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
+        results = [EventResult(event_status(r[0]), r[1]) for r in reply[3]]
         appended: list[Event] = []
         ok_count = sum(1 for r in results if r.status == "ok")
         s = seq - ok_count

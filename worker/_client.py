@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -44,7 +43,10 @@ def get_world() -> World:
     """The process's World: ``WORKFLOW_REDIS_URL``, else the embedded Redis under ``.workflow/``."""
     global _world, _world_pid
     if _world is None or _world_pid != os.getpid():
-        world_redis = importlib.import_module("world_redis")
+        # imported here, not at the top: world_redis imports worker.world, so a top-level import
+        # would be a cycle; the engine itself only knows the World protocol
+        import world_redis
+
         url = os.environ.get("WORKFLOW_REDIS_URL") or world_redis.ensure_embedded(
             os.environ.get("WORKFLOW_DATA_DIR", ".workflow")
         )

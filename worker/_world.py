@@ -142,7 +142,11 @@ class World(Protocol):
     """Storage of events and entities, the work queue and timers. All methods are coroutines."""
 
     max_payload_bytes: int
-    streams: StreamStore
+
+    @property
+    def streams(self) -> StreamStore:
+        """The run's output streams (read-only here, so a World may hold a subtype)."""
+        ...
 
     async def create_run(
         self, run_id: str, workflow: str, input_json: str, deployment: str = ""

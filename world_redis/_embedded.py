@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from worker._errors import WorldUnavailableError
+from worker.world import WorldUnavailableError
 
 
 def _binary() -> str:

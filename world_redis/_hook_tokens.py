@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker._events import HOOK_CONFLICT
-from worker._world import Commit, CommitResult
+from worker.world import HOOK_CONFLICT, Commit, CommitResult
 
 from ._queue import RedisQueue, _s
 

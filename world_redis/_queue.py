@@ -16,12 +16,20 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.commands.core import AsyncScript
 
-from worker._codec import PayloadCodec
-from worker._errors import CorruptEventError, PartitionCountMismatchError, WorkflowError
-from worker._events import Event, event_from_fields
-from worker._ids import token_worker
-from worker._logging import get_logger
-from worker._world import Acquired, StartRequest, Wakeup, acquire_code
+from worker.world import (
+    Acquired,
+    CorruptEventError,
+    Event,
+    PartitionCountMismatchError,
+    PayloadCodec,
+    StartRequest,
+    Wakeup,
+    WorkflowError,
+    acquire_code,
+    event_from_fields,
+    get_logger,
+    token_worker,
+)
 
 from ._keys import GROUP, Keys
 from ._retry import with_retry

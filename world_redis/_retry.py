@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from worker._errors import WorldUnavailableError
+from worker.world import WorldUnavailableError
 
 T = TypeVar("T")
 

@@ -37,8 +37,7 @@ import base64
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from worker import _serde
-from worker._errors import RunNotFoundError, WorkflowError
+from worker.world import RunNotFoundError, WorkflowError, check_size, dumps, loads
 
 from ._retry import with_retry
 
@@ -64,7 +63,7 @@ class RedisStreams:
     async def close(self, run_id: str, name: str, error: BaseException | None = None) -> None:
         entries: list[dict[str, str]] = []
         if error is not None:
-            err = {"err": _serde.dumps(error, what=f"error of stream {name}")}
+            err = {"err": dumps(error, what=f"error of stream {name}")}
             entries.append(self._seal(run_id, name, err))
         entries.append({"eof": "1"})
         await self._append(run_id, name, entries)
@@ -118,10 +117,10 @@ class RedisStreams:
         what, limit = f"chunk of stream {name}", self._world.max_payload_bytes
         if isinstance(value, bytes | bytearray | memoryview):
             raw = bytes(value)
-            _serde.check_size(raw, what=what, limit=limit)
+            check_size(raw, what=what, limit=limit)
             return {"b": base64.b64encode(raw).decode("ascii")}
-        text = _serde.dumps(value, what=what)
-        _serde.check_size(text, what=what, limit=limit)
+        text = dumps(value, what=what)
+        check_size(text, what=what, limit=limit)
         return {"v": text}
 
     async def _append(self, run_id: str, name: str, entries: list[dict[str, str]]) -> None:
@@ -170,11 +169,11 @@ class RedisStreams:
 def _decode(fields: dict[str, str]) -> Any:
     if "b" in fields:
         return base64.b64decode(fields["b"])
-    return _serde.loads(fields.get("v", "null"), what="stream chunk")
+    return loads(fields.get("v", "null"), what="stream chunk")
 
 
 def _stored_error(text: str, name: str) -> BaseException:
-    error = _serde.loads(text, what=f"error of stream {name}")
+    error = loads(text, what=f"error of stream {name}")
     if isinstance(error, BaseException):
         return error
     return WorkflowError(f"stream {name} failed: {error}")

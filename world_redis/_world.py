@@ -11,26 +11,26 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from worker._codec import PayloadCodec, is_envelope
-from worker._errors import DecryptionError
-from worker._events import (
+from worker.world import (
+    Commit,
+    CommitResult,
+    DecryptionError,
     Event,
+    EventResult,
+    PayloadCodec,
+    RunInfo,
     StepCompleted,
     StepCreated,
     StepFailed,
+    StepInfo,
     StepRetrying,
     StepStarted,
-    make_event,
-)
-from worker._ids import new_event_id, new_ids
-from worker._world import (
-    Commit,
-    CommitResult,
-    EventResult,
-    RunInfo,
-    StepInfo,
     commit_code,
     event_status,
+    is_envelope,
+    make_event,
+    new_event_id,
+    new_ids,
 )
 
 from ._hook_tokens import RedisHookTokens

@@ -78,3 +78,20 @@ def test_errors_share_one_root() -> None:
             if name in ("FatalError", "RetryableError", "RemoteError"):
                 continue
             assert issubclass(obj, worker.WorkflowError), name
+
+
+def test_world_seam_is_one_public_module() -> None:
+    """`worker.world` exports what a storage World needs, and world_redis imports the engine
+    only through it (never through a private `worker._module`)."""
+    import ast
+    from pathlib import Path
+
+    import worker.world as seam
+
+    for name in seam.__all__:
+        assert getattr(seam, name) is not None
+    package = Path(world_redis.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("worker"):
+                assert node.module == "worker.world", f"{path.name} imports {node.module}"

@@ -1,0 +1,94 @@
+"""What a storage World gets from the engine: the World protocol, the values it exchanges, the
+events, ids, errors and codecs it stores.
+
+``world_redis`` (and any other World) imports these names from here, never from the engine's
+private modules, so the seam between the two is this one public module. Names are added here
+deliberately (a test pins them).
+"""
+
+from __future__ import annotations
+
+from ._codec import PayloadCodec, is_envelope
+from ._errors import (
+    CorruptEventError,
+    DecryptionError,
+    PartitionCountMismatchError,
+    RunNotFoundError,
+    WorkflowError,
+    WorldUnavailableError,
+)
+from ._events import (
+    HOOK_CONFLICT,
+    Event,
+    NewEvent,
+    StepCompleted,
+    StepCreated,
+    StepFailed,
+    StepRetrying,
+    StepStarted,
+    event_from_fields,
+    make_event,
+)
+from ._ids import new_event_id, new_ids, token_worker
+from ._logging import get_logger
+from ._serde import check_size, dumps, loads
+from ._world import (
+    AcquireCode,
+    Acquired,
+    Commit,
+    CommitCode,
+    CommitResult,
+    EventResult,
+    EventStatus,
+    RunInfo,
+    StartRequest,
+    StepInfo,
+    Wakeup,
+    World,
+    acquire_code,
+    commit_code,
+    event_status,
+)
+
+__all__ = [
+    "HOOK_CONFLICT",
+    "AcquireCode",
+    "Acquired",
+    "Commit",
+    "CommitCode",
+    "CommitResult",
+    "CorruptEventError",
+    "DecryptionError",
+    "Event",
+    "EventResult",
+    "EventStatus",
+    "NewEvent",
+    "PartitionCountMismatchError",
+    "PayloadCodec",
+    "RunInfo",
+    "RunNotFoundError",
+    "StartRequest",
+    "StepCompleted",
+    "StepCreated",
+    "StepFailed",
+    "StepInfo",
+    "StepRetrying",
+    "StepStarted",
+    "Wakeup",
+    "WorkflowError",
+    "World",
+    "WorldUnavailableError",
+    "acquire_code",
+    "check_size",
+    "commit_code",
+    "dumps",
+    "event_from_fields",
+    "event_status",
+    "get_logger",
+    "is_envelope",
+    "loads",
+    "make_event",
+    "new_event_id",
+    "new_ids",
+    "token_worker",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import shutil
@@ -11,9 +12,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 WF = str(REPO / ".venv" / "bin" / "wf") if (REPO / ".venv" / "bin" / "wf").exists() else "wf"
@@ -182,3 +184,27 @@ async def hook_is_live(token: str) -> bool:
     except HookNotFoundError:
         return False
     return True
+
+
+async def hook_ready(token: str) -> object:
+    """The live hook holding ``token``, once there is one (TimeoutError after 20 s)."""
+    from worker import HookNotFoundError, get_hook_by_token
+
+    async def found() -> object:
+        try:
+            return await get_hook_by_token(token)
+        except HookNotFoundError:
+            return None
+
+    return await eventually(found, 20, what=f"hook {token!r} to be created")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(worker: Any) -> AsyncIterator[Any]:
+    """An in-process ``Worker`` running for the block; stopped (and drained) after it."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)

@@ -12,13 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.e2e import encryption_workflows as ew
-from tests.support import WF, RedisServer, eventually, wf_json
+from tests.support import WF, RedisServer, hook_ready, wf_json
 from worker import (
-    HookNotFoundError,
     PayloadCodec,
     Run,
     WorkflowRunFailedError,
-    get_hook_by_token,
     get_run,
     resume_hook,
     start,
@@ -43,16 +41,6 @@ async def raw_dump(redis_server: RedisServer, world: RedisWorld, run_id: str) ->
         return repr(parts)
     finally:
         await client.aclose()
-
-
-async def hook_ready(token: str) -> Any:
-    async def found() -> Any:
-        try:
-            return await get_hook_by_token(token)
-        except HookNotFoundError:
-            return None
-
-    return await eventually(found, 20, what=f"hook {token!r}")
 
 
 async def test_encrypted_run_from_a_plaintext_start_request(  # type: ignore[no-untyped-def]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 
 import pytest
 
 from tests.e2e import hook_workflows as hw
-from tests.support import eventually, redis_cli_binary, wf_json
+from tests.support import eventually, hook_ready, redis_cli_binary, wf_json
 from worker import (
     HookNotFoundError,
     Run,
@@ -21,16 +20,6 @@ from worker import (
 from world_redis import RedisWorld
 
 MODULE = "tests.e2e.hook_workflows"
-
-
-async def hook_ready(token: str) -> Any:
-    async def found() -> Any:
-        try:
-            return await get_hook_by_token(token)
-        except HookNotFoundError:
-            return None
-
-    return await eventually(found, 20, what=f"hook {token!r} to be created")
 
 
 async def test_hook_workflow_three_resumes(world: RedisWorld, start_worker, worker_env) -> None:  # type: ignore[no-untyped-def]

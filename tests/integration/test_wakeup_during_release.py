@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from tests.e2e import fault_workflows as fw
-from tests.support import RedisServer, eventually
+from tests.support import RedisServer, eventually, running_worker
 from worker import resume_hook, start
 from worker._worker import Worker, WorkerConfig
 from worker._world import Wakeup
@@ -46,16 +44,6 @@ class ResumeDuringRelease(RedisWorld):
         await eventually(lambda: self.read - before, 10, what="the hook's wake-up read")
 
 
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
-
-
 async def test_hook_resumed_while_lease_is_released(redis_server: RedisServer, prefix: str) -> None:
     """A hook resumed just after its run's lease was released, whose wake-up the worker reads
     before the release's answer reaches the run: the run still finishes (the wake-up used to be
@@ -65,7 +53,7 @@ async def test_hook_resumed_while_lease_is_released(redis_server: RedisServer, p
     world.token = f"tok-{prefix}"
     config = WorkerConfig(concurrency=10, lease_ms=2000, heartbeat_ms=200, drain_timeout_s=1)
     try:
-        async with running(Worker(world, config)):
+        async with running_worker(Worker(world, config)):
             await world.ensure_groups()
             world.victim = "wrun_01JRELEASERACE000000000001"
             run = await start(fw.echo_then_hook, world.token, world=world, run_id=world.victim)

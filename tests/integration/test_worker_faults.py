@@ -4,14 +4,14 @@ unreachable, and a worker whose clock disagrees with the server's."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import types
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
 from tests.e2e import fault_workflows as fw
+from tests.support import running_worker
 from worker import start
 from worker._errors import WorldUnavailableError
 from worker._worker import Worker, WorkerConfig
@@ -49,16 +49,6 @@ class Outage(RedisWorld):
         return await super().release_many(token, runs)
 
 
-@contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
-
-
 async def test_run_whose_processing_failed_is_recovered(redis_server, prefix: str) -> None:  # type: ignore[no-untyped-def]
     """A run whose processing fails in an outage, and whose release hangs past the lease while the
     reclaim loop takes its wake-up back, is still finished afterwards (it used to be stranded:
@@ -68,7 +58,7 @@ async def test_run_whose_processing_failed_is_recovered(redis_server, prefix: st
     world.release_hang_s = 4 * lease_ms / 1000
     config = WorkerConfig(concurrency=10, lease_ms=lease_ms, heartbeat_ms=150, drain_timeout_s=1)
     try:
-        async with running(Worker(world, config)):
+        async with running_worker(Worker(world, config)):
             await world.ensure_groups()
             run = await start(
                 fw.echo_wf, "ok", world=world, run_id="wrun_01JOUTAGE00000000000000001"
@@ -89,6 +79,6 @@ async def test_timers_follow_the_server_clock(
     )
     monkeypatch.setattr("worker._worker.time", skewed)
     config = WorkerConfig(concurrency=10, drain_timeout_s=1)
-    async with running(Worker(world, config)):
+    async with running_worker(Worker(world, config)):
         run = await start(fw.sleeps_then_adds, 1)
         assert await run.result(timeout=20) == 2

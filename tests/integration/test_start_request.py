@@ -8,7 +8,7 @@ import pytest
 import redis
 from ulid import ULID
 
-from tests.support import redis_cli_binary, wait_for
+from tests.support import redis_cli_binary, redis_cli_errors, wait_for
 
 pytestmark = pytest.mark.skipif(redis_cli_binary() is None, reason="redis-cli is not installed")
 
@@ -23,7 +23,7 @@ def cli(port: int, *args: str) -> str:
         check=False,
     )
     assert done.returncode == 0, done
-    assert "ERR" not in done.stdout, done.stdout
+    assert not redis_cli_errors(done.stdout), done.stdout
     return done.stdout.strip()
 
 

@@ -39,6 +39,7 @@ from ._errors import (
 from ._fetch import FetchResponse, fetch
 from ._health import check_health
 from ._hooks import Hook, HookInfo, create_hook, get_hook_by_token, resume_hook
+from ._patching import deprecate_patch, patched
 from ._registry import step, workflow
 from ._serde import RemoteError
 from ._streams import get_writable
@@ -89,6 +90,7 @@ __all__ = [
     "create_app",
     "create_hook",
     "create_webhook",
+    "deprecate_patch",
     "fetch",
     "get_hook_by_token",
     "get_run",
@@ -97,6 +99,7 @@ __all__ = [
     "get_world",
     "get_writable",
     "now",
+    "patched",
     "resume_hook",
     "set_world",
     "sleep",

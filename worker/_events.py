@@ -104,6 +104,14 @@ class HookDisposed(Event, frozen=True, tag="hook_disposed"):
     resolves: ClassVar[bool] = True
 
 
+class PatchRecorded(Event, frozen=True, tag="patch_recorded"):
+    """Workflow code asked ``patched(corr)`` (or ``deprecate_patch(corr)``) at a point it ran for
+    the first time, so this run takes the new code path of change ``corr``; see worker/_patching.py.
+    """
+
+    deprecated: bool = False  # recorded by deprecate_patch(): replay ignores it when nothing asks
+
+
 AnyEvent = (
     RunCreated
     | RunStarted
@@ -121,6 +129,7 @@ AnyEvent = (
     | HookConflict
     | HookReceived
     | HookDisposed
+    | PatchRecorded
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -142,6 +151,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         HookConflict,
         HookReceived,
         HookDisposed,
+        PatchRecorded,
     )
 }
 
@@ -180,6 +190,7 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
 _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
 HOOK_CONFLICT = -1  # commit.lua's "extra" for a hook_created it turned into hook_conflict
 _INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
+_BOOL_FIELDS = frozenset({"deprecated"})  # stored as the text true | false
 _BASE_FIELDS = frozenset({"seq", "id", "ts", "corr"})
 _PAYLOAD_FIELDS = {
     tag: frozenset(cls.__struct_fields__) - _BASE_FIELDS for tag, cls in EVENT_TYPES.items()
@@ -193,7 +204,7 @@ def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> E
     data: dict[str, Any] = {}
     for k, v in new.fields.items():
         if k in payload:
-            data[k] = int(v) if k in _INT_FIELDS else v
+            data[k] = int(v) if k in _INT_FIELDS else (v == "true" if k in _BOOL_FIELDS else v)
     if new.type == "hook_created" and extra == HOOK_CONFLICT:
         cls = HookConflict  # the World recorded a conflict instead of the creation
         data = {"token": new.fields.get("token", "")}

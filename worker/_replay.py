@@ -15,6 +15,15 @@ every task is blocked (an *idle point*), then consumes events from the head of t
 When the log is exhausted and the code still waits, ``advance`` returns the creation events for the
 calls not yet in the log: the runtime appends them and feeds them back. Instances are kept alive
 between advances, so each new event costs the same however long the log is.
+
+``patched(change_id)`` is answered at once, from the log: the code is *replaying* at a call when
+the log, past the events consumed so far, already holds something the code at this point has not
+caused yet (see :meth:`WorkflowInstance._replaying`). A ``patch_recorded`` marker of the change
+found there first answers True; other evidence first answers False (the run was recorded by code
+that did not take the new path here); neither means the code runs here for the first time: True,
+and the marker goes out first in the next commit, so on replay it lies ahead of everything that
+commit holds and is found before any evidence. A marker no call asked for is a divergence (one
+recorded by ``deprecate_patch`` is ignored, as Temporal does).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from ._events import (
     HookDisposed,
     HookReceived,
     NewEvent,
+    PatchRecorded,
     RunCancelled,
     RunCompleted,
     RunCreated,
@@ -112,6 +122,8 @@ class Outcome:
 
     ``kind`` is completed | failed | suspended, or the tag of a terminal event already in the log
     (run_completed | run_failed | run_cancelled) when the run ended before the code did.
+    ``commands``: the events to append (when completed or failed: the ``patch_recorded`` markers
+    to append before the run's end).
     """
 
     kind: str
@@ -217,6 +229,9 @@ class WorkflowInstance:
         self.has_started = False
         self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
         self._log_open: dict[str, str] = {}  # calls the log opened and did not finish: corr -> kind
+        self.patches: dict[str, bool] = {}  # patched()/deprecate_patch() answers, by change id
+        self._markers_open: dict[str, bool] = {}  # markers to record: change id -> deprecated
+        self._marker_at: dict[str, int] = {}  # markers in the log: change id -> index in log
 
     # -- API used by the runtime -------------------------------------------------------------
 
@@ -236,6 +251,8 @@ class WorkflowInstance:
                 )
             self._fold(ev)
             self.seq = ev.seq
+            if isinstance(ev, PatchRecorded):
+                self._marker_at[ev.corr] = len(self.log)
             self.log.append(ev)
             if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
                 self.ended = _tag(ev)
@@ -252,6 +269,9 @@ class WorkflowInstance:
         problem = None
         if isinstance(ev, RunCreated) != (ev.seq == 1):
             problem = "a log holds exactly one run_created, as its first entry"
+        elif isinstance(ev, PatchRecorded):
+            if not ev.corr or ev.corr in self._marker_at:
+                problem = f"a change is recorded once per run, by its id (here {ev.corr!r})"
         else:
             opens, closes = _OPENS.get(type(ev)), _NEEDS.get(type(ev))
             kind = self._log_open.get(ev.corr)
@@ -383,6 +403,66 @@ class WorkflowInstance:
             self._open.pop(wait.corr, None)
             self._active_waits.pop(wait.corr, None)
 
+    def patch(self, change_id: str, deprecated: bool) -> bool:
+        """Answer ``patched(change_id)``: the same answer for a change all run long.
+
+        True when the log records the change (a marker ahead of any evidence of replay, or one
+        already consumed), False when the code is replaying a history recorded without it, and
+        True in a first execution, which records the marker at the next commit.
+        """
+        known = self.patches.get(change_id)
+        if known is not None:
+            return known
+        at = self._marker_at.get(change_id)
+        if at is not None and at < self._pos:
+            answer = True  # a deprecated marker consumed before anything asked for it
+        else:
+            found = self._replaying(change_id)
+            answer = found != "replaying"
+            if found == "new":
+                self._markers_open[change_id] = deprecated
+        self.patches[change_id] = answer
+        return answer
+
+    def _replaying(self, change_id: str) -> str:
+        """What the log past the consumed events says about a call made now.
+
+        "marker": the marker of ``change_id`` comes before any evidence of replay. "replaying":
+        an event the code at this point has not caused yet comes first: the creation of a step,
+        sleep or hook it has not called (or the disposal of a hook it has not disposed), the
+        marker of a change it has not asked about, or the end of the run; the log then holds
+        what the code did past this point, and without this change. "new": neither, the code
+        runs here for the first time. Events of calls already made and events of the world
+        (results, payloads, run_started) are no evidence: they can already be in the log when
+        the code runs somewhere for the first time.
+        """
+        for i in range(self._pos, len(self.log)):
+            ev = self.log[i]
+            if isinstance(ev, PatchRecorded):
+                if ev.corr == change_id:
+                    return "marker"
+                if ev.corr not in self.patches:
+                    return "replaying"
+            elif isinstance(ev, StepCreated | WaitCreated | HookCreated | HookConflict):
+                if not self._called(ev.corr):
+                    return "replaying"
+            elif isinstance(ev, HookDisposed):
+                hook = self.hooks.get(ev.corr)
+                if hook is None or not hook.dispose_requested:
+                    return "replaying"
+            elif isinstance(ev, RunCompleted | RunFailed | RunCancelled):
+                return "replaying"
+        return "new"
+
+    def _called(self, corr: str) -> bool:
+        return corr in self.steps or corr in self.waits or corr in self.hooks
+
+    def _marker_commands(self) -> list[NewEvent]:
+        return [
+            NewEvent("patch_recorded", change_id, {"deprecated": "true" if deprecated else "false"})
+            for change_id, deprecated in self._markers_open.items()
+        ]
+
     # -- the driver ----------------------------------------------------------------------------
 
     def _start(self, run_created: RunCreated) -> None:
@@ -436,6 +516,8 @@ class WorkflowInstance:
         if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
             self.terminal_event = ev.__struct_config__.tag  # type: ignore[assignment]
             return True
+        if isinstance(ev, PatchRecorded):
+            return self._consume_marker(ev)
         if ev.corr in self.steps:
             return self._consume_step(self.steps[ev.corr], ev)
         if ev.corr in self.waits:
@@ -446,6 +528,20 @@ class WorkflowInstance:
             f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) matches no call the "
             "workflow code made at this point; the code changed since the run started, or it "
             "depends on something other than its inputs, steps and sleeps"
+        )
+
+    def _consume_marker(self, ev: PatchRecorded) -> bool:
+        answer = self.patches.get(ev.corr)
+        if answer:
+            self._markers_open.pop(ev.corr, None)
+            return False
+        if answer is None and ev.deprecated:
+            return False  # the change's old path is gone from the code: nothing asks any more
+        asked = "was not asked about" if answer is None else "answered False"
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} patch_recorded ({ev.corr}) recorded that the run "
+            f"took the new path of change {ev.corr!r}, but the workflow code {asked} before this "
+            "point; remove patched() only through deprecate_patch(), and keep it where it was"
         )
 
     def _consume_step(self, call: StepCall, ev: Event) -> bool:
@@ -581,8 +677,9 @@ class WorkflowInstance:
         for hook in list(self._active_hooks.values()):
             if hook.dispose_requested:
                 hooks.append(NewEvent("hook_disposed", hook.corr))
-        # hooks first: whoever a step tells about a hook must find it
-        return Outcome(kind="suspended", commands=hooks + commands)
+        # hooks first: whoever a step tells about a hook must find it; markers before them, so
+        # that a replay meets a marker before the creations this commit holds (see _replaying)
+        return Outcome(kind="suspended", commands=self._marker_commands() + hooks + commands)
 
     def is_stuck(self) -> bool:
         """True when the code waits but has nothing durable outstanding to wait for."""
@@ -594,6 +691,12 @@ class WorkflowInstance:
         )
 
     def _finish(self) -> Outcome:
+        """The code's end, with the markers its last stretch decided (recorded before the end)."""
+        outcome = self._ending()
+        outcome.commands = self._marker_commands()
+        return outcome
+
+    def _ending(self) -> Outcome:
         assert self._task is not None
         if self._task.cancelled():
             self.finished = Outcome(
@@ -618,6 +721,15 @@ class WorkflowInstance:
     def _unreached_creation(self) -> NondeterminismError | None:
         """A step or sleep recorded in the log that the code finished without calling."""
         for ev in self.log[self._pos :]:
+            if isinstance(ev, PatchRecorded):
+                answer = self.patches.get(ev.corr)
+                if answer is False or (answer is None and not ev.deprecated):
+                    return NondeterminismError(
+                        f"run {self.run_id}: event {ev.seq} patch_recorded ({ev.corr}) was "
+                        f"recorded, but the workflow code now finishes without taking the new "
+                        f"path of change {ev.corr!r}"
+                    )
+                continue
             if (
                 isinstance(ev, StepCreated | WaitCreated | HookCreated)
                 and ev.corr not in self.steps

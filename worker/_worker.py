@@ -456,10 +456,10 @@ class Worker:
         now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
-        if outcome.kind == "completed":
-            events = [NewEvent("run_completed", "", {"output": outcome.output})]
+        if outcome.kind == "completed":  # commands: the markers patched() decided at the end
+            events = [*outcome.commands, NewEvent("run_completed", "", {"output": outcome.output})]
         elif outcome.kind == "failed":
-            events = [NewEvent("run_failed", "", {"error": outcome.error})]
+            events = [*outcome.commands, NewEvent("run_failed", "", {"error": outcome.error})]
         elif outcome.kind == "suspended":
             created = self._creation_events(inst, outcome, log)
             if created is not None:

@@ -3,7 +3,7 @@ the replay simulator appends through) give the same verdicts on the same random 
 
 A Hypothesis state machine drives two runs of one partition (plus a run that does not exist)
 with random batches of events: valid and unknown correlation ids, duplicates, events after the
-run ended, ``step_started`` before a retry is due, hook tokens contended by both runs, lease
+run ended, patch markers (once per change, only on a running run), ``step_started`` before a retry is due, hook tokens contended by both runs, lease
 tokens and ``expected_seq`` fences, leases taken and released, and now and then a foreign entry
 in a run's stream. Each batch goes through the real ``RedisWorld.commit`` and through the model
 (at the server time the script reports), and after every step the two agree on each reply (code,
@@ -138,6 +138,11 @@ def event_types(
     by_type.update(zip(["wait_created", "wait_completed"], wait_events, strict=True))
     by_type.update(
         zip(["hook_created", "hook_received", "hook_disposed"], hook_events, strict=True)
+    )
+    by_type["patch_recorded"] = _event(
+        "patch_recorded",
+        pick(("patch_a", "patch_b")),
+        deprecated=st.sampled_from(["true", "false", "x"]),
     )
     by_type["run_started"] = _run_event("run_started")
     for etype in ("run_completed", "run_failed", "run_cancelled"):

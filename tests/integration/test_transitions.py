@@ -484,3 +484,40 @@ async def test_refused_xadd_leaves_no_timer_behind(world: RedisWorld) -> None:
     assert res.code == "rejected"
     assert [r.status for r in res.results] == ["corrupt"]
     assert await snapshot(world) == before
+
+
+async def test_patch_marker_is_recorded_once_and_only_on_a_running_run(world: RedisWorld) -> None:
+    """patch_recorded: refused on a pending or ended run and with a malformed flag; a second
+    marker of the same change is "exists"; refusals write nothing."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "wf_test", "[]")
+    marker = ev("patch_recorded", "use-new", deprecated="false")
+    before = await snapshot(world)
+    res = await commit1(world, run_id, marker)
+    assert (res.code, statuses(res)) == ("rejected", [("invalid", 0)])
+    assert await snapshot(world) == before
+
+    await commit1(world, run_id, ev("run_started"))
+    for bad in (ev("patch_recorded", ""), ev("patch_recorded", "x", deprecated="yes")):
+        before = await snapshot(world)
+        res = await commit1(world, run_id, bad)
+        assert (res.code, statuses(res)) == ("rejected", [("invalid", 0)])
+        assert await snapshot(world) == before
+
+    res = await commit1(world, run_id, marker, ev("patch_recorded", "other", deprecated="true"))
+    assert (res.code, statuses(res)) == ("ok", [("ok", 0), ("ok", 0)])
+    (first, second) = res.appended
+    assert (first.corr, getattr(first, "deprecated", None)) == ("use-new", False)
+    assert (second.corr, getattr(second, "deprecated", None)) == ("other", True)
+    assert await world.redis.hget(world.keys.entities(run_id), "patch|use-new") == str(first.seq)
+    events = await get_run(run_id, world=world).events()
+    assert events[-2:] == res.appended
+
+    before = await snapshot(world)
+    again = await commit1(world, run_id, marker)
+    assert (again.code, statuses(again), again.appended) == ("ok", [("exists", 0)], [])
+    assert await snapshot(world) == before
+
+    await commit1(world, run_id, ev("run_completed", output="1"))
+    res = await commit1(world, run_id, ev("patch_recorded", "late"))
+    assert (res.code, statuses(res)) == ("rejected", [("terminal", 0)])

@@ -180,7 +180,9 @@ class Simulator:
     def _create(self, commands: list[NewEvent]) -> None:
         started: list[str] = []
         for cmd in commands:
-            if cmd.type == "step_created":
+            if cmd.type == "patch_recorded":
+                self.append("patch_recorded", cmd.corr, **cmd.fields)
+            elif cmd.type == "step_created":
                 self.append("step_created", cmd.corr, **cmd.fields)
                 started.append(cmd.corr)
             elif cmd.type == "wait_created":
@@ -254,6 +256,9 @@ class Simulator:
             outcome = self._advance()
         else:  # pragma: no cover
             raise AssertionError("simulation did not settle")
+        if outcome.kind in ("completed", "failed"):
+            for cmd in outcome.commands:  # markers decided by the code's last stretch
+                self.append(cmd.type, cmd.corr, **cmd.fields)
         if outcome.kind == "completed":
             self.append("run_completed", output=outcome.output)
         elif outcome.kind == "failed":
@@ -299,6 +304,7 @@ def insert_event(events: Sequence[Event], index: int, fields: dict[str, str]) ->
 # drives the script and this model with the same random commits and requires the same verdicts.
 
 TERMINAL_RUN = frozenset({"completed", "failed", "cancelled"})
+_ENTITY = re.compile(r"([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)\|([^|]*)")  # commit.lua's pattern
 _LUA_DECIMAL = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 _LUA_HEX = re.compile(r"\s*0[xX][0-9a-fA-F]+\s*")
 
@@ -454,15 +460,16 @@ class CommitRules:
     ) -> tuple[str, int, str]:
         """(status, extra, type appended or "") of one event, applying it when it is appended."""
         state: list[Any] = [None, "0", "0", None, "0"]
-        if corr != "" and corr in run.entities:
-            st, at, ra, sa, rs = run.entities[corr].split("|")
+        parsed = _ENTITY.fullmatch(run.entities.get(corr, "")) if corr != "" else None
+        if parsed is not None:  # a field that is no step or wait ("patch|<id>") reads as none
+            st, at, ra, sa, rs = parsed.groups()
             state = [st, at, ra, sa if sa != "0" else None, rs]
         step_status = state[0]
         entity: list[Any] | None = None
         timer_at: float | None = None
         new_status: str | None = None
         res, extra = "ok", 0.0
-        hook_token = hook_dispose = hook_request = None
+        hook_token = hook_dispose = hook_request = patch_field = None
         hooks = run.hooks
         terminal = run.status in TERMINAL_RUN
 
@@ -559,6 +566,16 @@ class CommitRules:
                 hook_request = f"{corr}|req|{request_id}"
                 if hook_request in hooks:
                     res = "exists"
+        elif etype == "patch_recorded":
+            deprecated = f.get("deprecated", "false")
+            if terminal:
+                res = "terminal"
+            elif run.status != "running" or corr == "" or deprecated not in ("true", "false"):
+                res = "invalid"
+            elif f"patch|{corr}" in run.entities:
+                res = "exists"
+            else:
+                patch_field = f"patch|{corr}"
         else:
             res = "invalid"
 
@@ -578,6 +595,8 @@ class CommitRules:
             hooks[f"{corr}|meta"] = f.get("metadata", "null")
         if hook_request is not None:
             hooks[hook_request] = lua_str(run.seq)
+        if patch_field is not None:
+            run.entities[patch_field] = lua_str(run.seq)
         if hook_dispose is not None:
             freed.append((corr, hook_dispose))
             hooks.pop(corr, None)

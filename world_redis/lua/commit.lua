@@ -13,7 +13,8 @@
 -- then per run i (0-based) four keys at 10 + 4*i:
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
---   names, inputs, outputs and errors live in the event log only), and the run's live hooks
+--   names, inputs, outputs and errors live in the event log only; "patch|<change id>" -> seq of
+--   the change's patch_recorded), and the run's live hooks
 --   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
 --   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id,
 --   "<hook id>|lost" -> token when fence_hook.lua found the hook's reservation stale)
@@ -35,7 +36,9 @@
 --   status "ok" | "exists" (harmless duplicate, skipped; a hook_received whose field
 --          request_id the hook already received is one) | "terminal" | "not_found" |
 --          "too_early" | "stale" | "invalid" (an unknown type; a step, wait or hook created
---          without correlation id; a hook created without token) | "corrupt" (the stream already
+--          without correlation id; a hook created without token; a patch_recorded on a run not
+--          running, without change id, or with a field deprecated not "true" or "false") |
+--          "corrupt" (the stream already
 --          holds the position the run hash says is next: the log and the run disagree; nothing of
 --          it is written)
 --   extra: attempt (step_started), resume_at ms (wait_created), retry_after ms (too_early),
@@ -50,8 +53,9 @@
 -- "$enc:v1:<key id>:<base64>" (see worker/_codec.py); the script copies them, never parses them.
 --
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4,
--- hook_conflict only in place of a hook_created whose token is taken. A run reaching a terminal
--- status loses its hooks (listed in freed).
+-- hook_conflict only in place of a hook_created whose token is taken; patch_recorded (correlation
+-- id = the change id, once per run: again is "exists"). A run reaching a terminal status loses its
+-- hooks (listed in freed).
 
 local retention = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
@@ -99,6 +103,7 @@ for i = 0, #batch - 1 do
       local hook_token = nil    -- reserve this token for hook `corr` (after the append)
       local hook_dispose = nil  -- free this token of hook `corr` (after the append)
       local hook_request = nil  -- remember this request id of hook `corr` (after the append)
+      local patch_field = nil   -- record change `corr` in the entity hash (after the append)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       local e = { false, '0', '0', false, '0' }
       if corr ~= '' then
@@ -218,6 +223,18 @@ for i = 0, #batch - 1 do
             res = 'exists'
           end
         end
+      elseif etype == 'patch_recorded' then
+        -- workflow code runs only while its run is running; one marker per change and run
+        local deprecated = f.deprecated or 'false'
+        if TERMINAL[status] then
+          res = 'terminal'
+        elseif status ~= 'running' or corr == '' or (deprecated ~= 'true' and deprecated ~= 'false') then
+          res = 'invalid'
+        elseif redis.call('HEXISTS', ent_key, 'patch|' .. corr) == 1 then
+          res = 'exists'
+        else
+          patch_field = 'patch|' .. corr
+        end
       else
         res = 'invalid'
       end
@@ -248,6 +265,7 @@ for i = 0, #batch - 1 do
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
           if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
+          if patch_field then redis.call('HSET', ent_key, patch_field, seq) end
           if hook_dispose then
             freed[#freed + 1] = corr
             freed[#freed + 1] = hook_dispose

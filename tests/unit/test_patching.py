@@ -7,6 +7,7 @@ Each test records a log with one version of a workflow (the in-memory simulator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +22,26 @@ from tests.unit.replay_support import (
     replay_instance,
     simulate,
 )
-from worker import NondeterminismError, WorkflowError, _serde, deprecate_patch, patched
+from worker import (
+    HookConflictError,
+    NondeterminismError,
+    WorkflowError,
+    _serde,
+    create_hook,
+    deprecate_patch,
+    patched,
+)
 from worker._client import sleep
 from worker._errors import CorruptEventError
-from worker._events import Event, NewEvent, PatchRecorded, WaitCreated, event_from_fields
+from worker._events import (
+    HOOK_CONFLICT,
+    Event,
+    NewEvent,
+    PatchRecorded,
+    WaitCreated,
+    event_from_fields,
+    make_event,
+)
 from worker._registry import step
 from worker._replay import Outcome, WorkflowInstance
 
@@ -340,3 +357,35 @@ def test_marker_commands_carry_the_flag_as_text() -> None:
     inst.feed(log)
     out = inst.advance()
     assert out.commands[0] == NewEvent("patch_recorded", "use-new", {"deprecated": "true"})
+
+
+async def conflict_then_asks() -> list[Any]:
+    hook = create_hook(token="taken")
+    task = asyncio.ensure_future(old_step())
+    with contextlib.suppress(HookConflictError):
+        await hook
+    return [patched("after-conflict"), await task]
+
+
+def test_creations_of_calls_already_made_do_not_make_a_first_execution_a_replay() -> None:
+    """The step created with a hook that conflicts is still ahead when the code first asks: True."""
+    inst = new_instance(conflict_then_asks)
+    inst.feed(
+        [
+            event_from_fields(1, {"type": "run_created", "workflow": "w", "input": "[]"}),
+            event_from_fields(2, {"type": "run_started"}),
+        ]
+    )
+    out = inst.advance()
+    assert [c.type for c in out.commands] == ["hook_created", "step_created"]
+    hook, created = out.commands
+    inst.feed(
+        [
+            make_event(hook, 3, "evnt_3", 3, HOOK_CONFLICT),
+            make_event(created, 4, "evnt_4", 4, 0),
+            make_event(NewEvent("step_started", created.corr), 5, "evnt_5", 5, 1),
+        ]
+    )
+    out = inst.advance()
+    assert out.commands == [NewEvent("patch_recorded", "after-conflict", {"deprecated": "false"})]
+    assert inst.patches == {"after-conflict": True}

@@ -10,9 +10,11 @@ from typing import Any, cast
 
 import pytest
 
+from tests.e2e import patch_workflows as pw
 from tests.support import WorkerProcess, hook_ready, wf_json
 from worker import Run, WorkflowRunFailedError, resume_hook, start
-from worker._events import PatchRecorded
+from worker._events import PatchRecorded, StepCompleted
+from worker._replay import WorkflowInstance
 from world_redis import RedisWorld
 
 VERSIONS = Path(__file__).parent / "versions"
@@ -87,3 +89,32 @@ async def test_the_same_change_without_patched_fails_the_run_in_flight(
     new = await paused_run("E-5")
     await resume_hook("shipped-E-5", "friday")
     assert await new.result(timeout=30) == {"receipt": "charged E-5 with tax", "shipped": "friday"}
+
+
+async def test_markers_go_out_with_an_inline_step_result_and_with_the_run_end(
+    world: RedisWorld, start_worker: Any
+) -> None:
+    """A marker decided after a step (which a worker runs inline) follows that step's result and
+    precedes the next creation; one decided at the end precedes run_completed; the recorded log
+    replays to the same result."""
+    start_worker("tests.e2e.patch_workflows")
+    run = await start(pw.patched_between_steps_and_at_the_end)
+    assert await run.result(timeout=30) == ["first", "second", "end"]
+    events = await run.events()
+    shown = [(str(e.__struct_config__.tag), getattr(e, "name", e.corr)) for e in events]
+    first_done = next(i for i, e in enumerate(events) if isinstance(e, StepCompleted))
+    assert shown[first_done + 1 : first_done + 3] == [
+        ("patch_recorded", "second-step"),
+        ("step_created", "tests.e2e.patch_workflows:second"),
+    ]
+    assert shown[-2:] == [("patch_recorded", "at-end"), ("run_completed", "")]
+    inst = WorkflowInstance(
+        run.run_id,
+        pw.patched_between_steps_and_at_the_end.name,
+        pw.patched_between_steps_and_at_the_end.fn,
+        pw.patched_between_steps_and_at_the_end.decode_args,
+    )
+    inst.feed(events)
+    out = inst.advance()
+    assert (out.kind, out.commands) == ("completed", [])
+    assert inst.patches == {"second-step": True, "at-end": True}

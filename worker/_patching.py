@@ -14,7 +14,9 @@ replaying, no marker          False                allowed (nothing recorded)
 ============================  ===================  ==========================================
 
 and code that asks nothing about a change replays a log holding its ``deprecated`` marker as if
-the marker were not there, but fails on a marker ``patched()`` recorded.
+the marker were not there, but fails on a marker ``patched()`` recorded. (This is the table of
+Temporal's patch state machine, ``sdk-core``, which its Python SDK's ``workflow.patched`` and
+``workflow.deprecate_patch`` follow.)
 
 *Replaying* is decided at the call, from the log alone, so every replay gives the same answer:
 the code replays at a point when the log, past the events consumed so far, already holds an

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 from . import _serde
 from ._context import current_step
 from ._errors import StepNotRegisteredError, WorkflowError, WorkflowNotRegisteredError
+from ._pool_world import check_queue
 from ._replay import current_instance
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -214,6 +215,8 @@ def step(
     def wrap(f: Callable[..., Any]) -> Any:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if queue is not None:
+            check_queue(queue)  # InvalidQueueNameError at import, not when a run reaches it
         st = StepFunction(f, name or _default_name(f), max_retries, queue)
         existing = _steps.get(st.name)
         if (

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.e2e import pool_workflows as pw
-from tests.support import eventually, wf_json
+from tests.support import WF, eventually, wait_for, wf_json
 from worker import start
 from world_redis import RedisWorld
 
@@ -53,3 +56,85 @@ async def test_step_waits_for_its_pool_then_runs_there(
     assert row is not None and row["length"] == 0 and row["pending"] == 0
     assert "pool_step_done" in gpu.output() and "step_routed" in default.output()
     assert "pool_step_done" not in default.output()
+
+
+async def test_pool_worker_killed_mid_step_another_finishes(
+    world: RedisWorld, start_worker, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A gpu worker SIGKILLed mid-step: another gpu worker reclaims the task after the lease and
+    finishes the step; the log holds exactly one step_completed, from the second worker."""
+    marker = tmp_path / "m"
+    start_worker(MODULE, **FAST_LEASE)
+    first = start_worker(MODULE, queues="gpu", POOL_MARKER="first", **FAST_LEASE)
+    run = await start(pw.pool_slow, str(marker))
+    started = tmp_path / f"m.{first.proc.pid}"
+    wait_for(started.exists, 20, what="the step to start in the first gpu worker")
+    first.kill()
+    second = start_worker(MODULE, queues="gpu", POOL_MARKER="second", **FAST_LEASE)
+    again = tmp_path / f"m.{second.proc.pid}"
+    wait_for(again.exists, 30, what="the second gpu worker to take the step over")
+    assert again.read_text() == "2"  # a new attempt under a new claim
+    (tmp_path / "m.go").touch()
+    out = await run.result(timeout=30)
+    assert out == {"pid": second.proc.pid, "marker": "second"}
+    types = _types(await run.events())
+    assert types.count("step_started") == 2 and types.count("step_completed") == 1
+    assert "pool_task_reclaimed" in second.output()
+
+
+async def test_retries_go_through_the_pool(
+    world: RedisWorld, start_worker, worker_env: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    """A gpu step that fails twice with RetryableError: each retry is routed to the gpu queue
+    again when due, and the third attempt succeeds in the gpu worker (a default worker never
+    runs it)."""
+    start_worker(MODULE, POOL_MARKER="default")
+    gpu = start_worker(MODULE, queues="gpu", POOL_MARKER="gpu")
+    run = await start(pw.pool_retries, 2)
+    out = await run.result(timeout=30)
+    assert out == {"pid": gpu.proc.pid, "marker": "gpu", "attempt": 3}
+    types = _types(await run.events())
+    assert types.count("step_retrying") == 2 and types.count("step_completed") == 1
+    steps = await run.steps()
+    assert steps[0].attempt == 3
+    row = await _queue_row(worker_env, "gpu")
+    assert row is not None and row["length"] == 0 and row["pending"] == 0
+
+
+async def test_one_worker_serves_default_and_gpu_with_parallel_steps(
+    world: RedisWorld, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """`--queues default,gpu` in one process with a small concurrency: a run gathering more gpu
+    steps than the concurrency completes, every step in that process."""
+    both = start_worker(MODULE, concurrency=2, queues="default,gpu", POOL_MARKER="both")
+    run = await start(pw.pool_parallel, 6)
+    assert await run.result(timeout=60) == [0, 2, 4, 6, 8, 10]
+    assert both.output().count("pool_step_done") == 6
+
+
+async def test_pools_over_partitions(
+    world_with_partitions: Callable[[int], RedisWorld], start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """With 4 partitions, runs of every partition get their gpu steps run by one gpu worker."""
+    client = world_with_partitions(4)
+    start_worker(MODULE, WORKFLOW_PARTITIONS="4")
+    gpu = start_worker(MODULE, queues="gpu", WORKFLOW_PARTITIONS="4", POOL_MARKER="gpu")
+    runs = [await start(pw.pool_basic, i, world=client) for i in range(8)]
+    assert {client.keys.partition(r.run_id) for r in runs} != {0}
+    for i, run in enumerate(runs):
+        out = await run.result(timeout=60)
+        assert out["gpu"] == {"pid": gpu.proc.pid, "marker": "gpu", "x": 2 * i}
+
+
+def test_invalid_queue_name_is_refused(worker_env: dict[str, str]) -> None:
+    """`wf worker --queues` with an invalid name exits 2 naming it, before connecting."""
+    for bad in ("gpu,bad name", "gpu,,cpu", "x" * 65, "-gpu"):
+        done = subprocess.run(
+            [WF, "worker", MODULE, f"--queues={bad}"],
+            env=worker_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, (bad, done.stderr)
+        assert "--queues: invalid queue name" in done.stderr, done.stderr

@@ -68,7 +68,7 @@ class PoolRunner:
 
     def _has_room(self) -> bool:
         w = self.worker
-        return w.config.concurrency - len(w.held) - self.load > 0
+        return w.config.concurrency - len(w.held) - w.reading_wakeups - self.load > 0
 
     def supervise(self) -> None:
         sup = self.worker.supervisor
@@ -109,6 +109,9 @@ class PoolRunner:
             duty.ok()
             for task in tasks:
                 self._start(task)
+            # a turn for the other readers (wake-ups, other queues) waiting for room
+            w._room.set()
+            await asyncio.sleep(0)
 
     async def reclaim_loop(self, duty: Duty) -> None:
         w = self.worker
@@ -117,7 +120,8 @@ class PoolRunner:
             await asyncio.sleep(interval)
             for queue in self.queues:
                 for p in range(self.store.partitions):
-                    room = min(w.config.concurrency - len(w.held) - self.load, 50)
+                    room = w.config.concurrency - len(w.held) - w.reading_wakeups - self.load
+                    room = min(room, 50)
                     if room <= 0:
                         break
                     claimed = await self.store.reclaim_tasks(

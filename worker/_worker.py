@@ -119,6 +119,7 @@ class Worker:
         self.supervisor = Supervisor(self.log)
         self.serves_default = DEFAULT_QUEUE in self.config.queues
         self.pools: PoolRunner | None = None
+        self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill (with pools only)
         if any(q != DEFAULT_QUEUE for q in self.config.queues):
             self.pools = PoolRunner(self, self.config.queues)
 
@@ -216,10 +217,28 @@ class Worker:
                         await self._room.wait()
                 duty.ok()  # waiting for room is this duty's work too
                 continue
-            wakeups = await self.world.read_wakeups(self.name, min(room, self.config.batch), 200)
+            if self.pools is None:
+                wakeups = await self.world.read_wakeups(
+                    self.name, min(room, self.config.batch), 200
+                )
+            else:
+                wakeups = await self._read_beside_pools(min(room, self.config.batch))
             duty.ok()
             for w in wakeups:
                 self._dispatch(w)
+
+    async def _read_beside_pools(self, count: int) -> list[Wakeup]:
+        """Read wake-ups while pool readers share the concurrency: the slots this read may fill
+        are taken for its duration (so the two never bring more work than there is room for), and
+        given back with a turn for the pool readers before the next read."""
+        assert self.pools is not None
+        self.reading_wakeups = count
+        try:
+            return await self.world.read_wakeups(self.name, count, 200)
+        finally:
+            self.reading_wakeups = 0
+            self.pools.room.set()
+            await asyncio.sleep(0)
 
     def _dispatch(self, w: Wakeup) -> None:
         check_id = health_check_id(w)

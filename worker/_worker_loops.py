@@ -82,6 +82,8 @@ def report(worker: Worker) -> dict[str, Any]:
         worker.supervisor.report(),
         held=len(worker.held),
         concurrency=worker.config.concurrency,
+        queues=list(worker.config.queues),
+        pool_tasks=len(worker.pools.running) if worker.pools is not None else 0,
         pid=os.getpid(),
     )
 

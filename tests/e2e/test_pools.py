@@ -112,6 +112,17 @@ async def test_one_worker_serves_default_and_gpu_with_parallel_steps(
     assert both.output().count("pool_step_done") == 6
 
 
+async def test_concurrency_one_shares_its_slot_between_runs_and_pool_steps(
+    world: RedisWorld, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """`--concurrency 1 --queues default,gpu`: the one slot goes to the run and to its gpu steps
+    in turn (neither reader starves the other), and the runs complete."""
+    start_worker(MODULE, concurrency=1, queues="default,gpu", POOL_MARKER="one")
+    runs = [await start(pw.pool_parallel, 3), await start(pw.pool_basic, 5)]
+    assert await runs[0].result(timeout=60) == [0, 2, 4]
+    assert (await runs[1].result(timeout=60))["gpu"]["x"] == 10
+
+
 async def test_pools_over_partitions(
     world_with_partitions: Callable[[int], RedisWorld], start_worker
 ) -> None:  # type: ignore[no-untyped-def]

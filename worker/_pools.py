@@ -199,6 +199,18 @@ class PoolRunner:
             await self.store.ack_tasks([task])
             return
         attempt = started.results[0].extra
+        if attempt > fn.max_retries + 1:
+            # reclaimed once more after the last attempt allowed: pool workers died running it
+            # every time (the holder's rule for steps it runs itself)
+            error = RuntimeError(
+                f'Step "{fn.name}" exceeded max retries ({fn.max_retries} retries): its pool '
+                f"worker stopped during each of its {attempt - 1} attempts"
+            )
+            failed = {"error": error_json(error), "claim": claim}
+            await self._commit(task, [NewEvent("step_failed", task.step_id, failed)], "step")
+            log.error("pool_step_exhausted", attempt=attempt)
+            await self.store.ack_tasks([task])
+            return
         ctx = StepContext(
             step_id=task.step_id,
             step_name=fn.name,

@@ -248,3 +248,28 @@ async def test_pool_worker_runs_a_task_and_wakes_the_run(world: RedisWorld) -> N
     assert await world.redis.xlen(world.keys.queue_stream(0, "gpu")) == 0
     reasons = [f["reason"] for _, f in await world.redis.xrange(world.keys.ready(0), "-", "+")]
     assert "step" in reasons
+
+
+async def test_step_whose_pool_workers_died_every_attempt_fails(world: RedisWorld) -> None:
+    """A task reclaimed after the step's last allowed attempt (its pool workers died each time)
+    fails the step naming the cause, without running it again."""
+    run_id, step = await _gpu_run(world)
+    pools = world.pools
+    await pools.ensure_queue_groups(["gpu"])
+    await pools.route_steps(run_id, [(step, GPU_STEP, "gpu")])
+    (task,) = await pools.read_tasks("dead", "gpu", 0, 1, 0)
+    for _ in range(3):  # attempts 1-3, then attempt 4 (max_retries 3: the last) under a claim
+        await commit1(world, run_id, ev("step_started", step))
+    claimed = ev("step_started", step, claim="clm_dead", task=task.message_id)
+    assert statuses(await commit1(world, run_id, claimed)) == [("ok", 4)]
+    await _make_idle(world, "gpu", task.message_id)
+    async with running_worker(_pool_worker(world, lease_ms=600)):
+
+        async def failed() -> bool:
+            return any(s.status == "failed" for s in await world.list_steps(run_id))
+
+        await eventually(failed, 20, what="the step to fail")
+    (info,) = await world.list_steps(run_id)
+    assert "exceeded max retries (3 retries)" in (info.error or "")
+    assert info.output is None
+    assert await world.redis.xlen(world.keys.queue_stream(0, "gpu")) == 0

@@ -33,7 +33,7 @@ from ._errors import StepNotRegisteredError
 from ._events import NewEvent, RunCreated, RunStarted, StepCreated
 from ._ids import new_id
 from ._pool_world import DEFAULT_QUEUE, PoolQueues, PoolTask, pool_queues
-from ._registry import revive_step_ref
+from ._registry import StepFunction, revive_step_ref
 from ._replay import error_json
 from ._supervisor import Duty, DutyBody
 from ._world import Commit, CommitResult
@@ -167,28 +167,12 @@ class PoolRunner:
             self.worker._room.set()
 
     async def _handle(self, task: PoolTask, log: Any) -> None:
-        w = self.worker
-        if not task.run_id.startswith("wrun_") or not task.step_id:
-            log.warning("malformed_pool_task")
-            await self.store.dead_letter_task(task, "malformed pool task: no valid 'run'/'step'")
+        """Claim the task's step, run one attempt, commit its outcome under the claim, ack."""
+        prepared = await self._prepare(task, log)
+        if prepared is None:
             return
+        fn, created, workflow = prepared
         claim = new_id("clm")
-        if task.deliveries > w.config.max_deliveries:
-            await self._give_up(task, claim, log)
-            return
-        found = await self._step_of(task)
-        if found is None:
-            log.warning("pool_task_without_step")  # the run expired, or its log was removed
-            await self.store.ack_tasks([task])
-            return
-        created, ctx_base = found
-        try:
-            fn = revive_step_ref(created.name, {})
-        except StepNotRegisteredError:
-            # left pending: another pool worker (one that imports the step) reclaims it after
-            # the lease; dead-lettered with its step failed if none ever does
-            log.error("pool_step_not_registered", step=created.name)
-            return
         started = await self._commit(task, [self._claimed("step_started", task, claim)], "")
         status = started.results[0].status if started.results else started.code
         if started.code != "ok" or status != "ok":
@@ -200,27 +184,18 @@ class PoolRunner:
             return
         attempt = started.results[0].extra
         if attempt > fn.max_retries + 1:
-            # reclaimed once more after the last attempt allowed: pool workers died running it
-            # every time (the holder's rule for steps it runs itself)
-            error = RuntimeError(
-                f'Step "{fn.name}" exceeded max retries ({fn.max_retries} retries): its pool '
-                f"worker stopped during each of its {attempt - 1} attempts"
-            )
-            failed = {"error": error_json(error), "claim": claim}
-            await self._commit(task, [NewEvent("step_failed", task.step_id, failed)], "step")
-            log.error("pool_step_exhausted", attempt=attempt)
-            await self.store.ack_tasks([task])
+            await self._exhausted(task, claim, fn, attempt, log)
             return
         ctx = StepContext(
             step_id=task.step_id,
             step_name=fn.name,
             attempt=attempt,
-            started_ms=w.now_ms(),
+            started_ms=self.worker.now_ms(),
             run_id=task.run_id,
-            workflow_name=ctx_base[0],
-            workflow_started_ms=ctx_base[1],
+            workflow_name=workflow[0],
+            workflow_started_ms=workflow[1],
         )
-        outcome = await w.steps.run_task(fn, task.step_id, created.input, ctx)
+        outcome = await self.worker.steps.run_task(fn, task.step_id, created.input, ctx)
         fields = {**outcome.fields, "claim": claim}
         res = await self._commit(task, [NewEvent(outcome.type, task.step_id, fields)], "step")
         status = res.results[0].status if res.results else res.code
@@ -230,6 +205,47 @@ class PoolRunner:
             log.warning("pool_step_result_refused", attempt=attempt)
             return
         log.info("pool_step_done", outcome=outcome.type, attempt=attempt, status=status)
+        await self.store.ack_tasks([task])
+
+    async def _prepare(
+        self, task: PoolTask, log: Any
+    ) -> tuple[StepFunction, StepCreated, tuple[str, int]] | None:
+        """The step function, its creation event and (workflow name, run start ms); None when
+        the task was settled here instead (malformed, delivered too often, step gone) or is
+        left for another worker (a step this worker does not import)."""
+        if not task.run_id.startswith("wrun_") or not task.step_id:
+            log.warning("malformed_pool_task")
+            await self.store.dead_letter_task(task, "malformed pool task: no valid 'run'/'step'")
+            return None
+        if task.deliveries > self.worker.config.max_deliveries:
+            await self._give_up(task, new_id("clm"), log)
+            return None
+        found = await self._step_of(task)
+        if found is None:
+            log.warning("pool_task_without_step")  # the run expired, or its log was removed
+            await self.store.ack_tasks([task])
+            return None
+        created, workflow = found
+        try:
+            return revive_step_ref(created.name, {}), created, workflow
+        except StepNotRegisteredError:
+            # left pending: another pool worker (one that imports the step) reclaims it after
+            # the lease; dead-lettered with its step failed if none ever does
+            log.error("pool_step_not_registered", step=created.name)
+            return None
+
+    async def _exhausted(
+        self, task: PoolTask, claim: str, fn: StepFunction, attempt: int, log: Any
+    ) -> None:
+        """Reclaimed once more after the last attempt allowed: pool workers died running the step
+        every time. It fails without running (the holder's rule for steps it runs itself)."""
+        error = RuntimeError(
+            f'Step "{fn.name}" exceeded max retries ({fn.max_retries} retries): its pool '
+            f"worker stopped during each of its {attempt - 1} attempts"
+        )
+        failed = {"error": error_json(error), "claim": claim}
+        await self._commit(task, [NewEvent("step_failed", task.step_id, failed)], "step")
+        log.error("pool_step_exhausted", attempt=attempt)
         await self.store.ack_tasks([task])
 
     def _claimed(self, etype: str, task: PoolTask, claim: str) -> NewEvent:

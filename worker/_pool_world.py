@@ -1,7 +1,8 @@
 """What a World offers worker pools: queue names, pool tasks, and the protocol of their storage.
 
 A step declared with ``@step(queue="gpu")`` runs only on workers that serve the queue ``gpu``
-(``wf worker ... --queues gpu``). ``default`` is the queue of workflows and of steps without one.
+(``wf worker ... --queues gpu``); a workflow declared with ``@workflow(queue="q")`` is replayed
+only by workers serving ``q``. ``default`` is the queue of workflows and steps without one.
 The run's holder hands such a step to its queue as a *pool task* ("run R's step S is due"); a
 pool worker takes the task, executes one attempt and commits its outcome under a step-level
 claim (see ``worker/_pools.py`` for the flow and ``world_redis/_pools.py`` for the Redis side).
@@ -19,6 +20,7 @@ from typing import Literal, Protocol, runtime_checkable
 import msgspec
 
 from ._errors import WorkflowError
+from ._world import Wakeup
 
 DEFAULT_QUEUE = "default"
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -105,10 +107,15 @@ class PoolQueues(Protocol):
     ) -> list[RouteCode]: ...
     async def read_tasks(
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
-    ) -> list[PoolTask]: ...
+    ) -> list[PoolTask | Wakeup]:
+        """New entries of one queue stream: step tasks, and wake-ups of runs of workflows
+        declared with the queue (forwarded there by ``forward_wakeup``)."""
+        ...
+
     async def reclaim_tasks(
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
-    ) -> list[PoolTask]: ...
+    ) -> list[PoolTask | Wakeup]: ...
+    async def forward_wakeup(self, wakeup: Wakeup, queue: str) -> None: ...
     async def heartbeat_tasks(self, consumer: str, tasks: Sequence[PoolTask]) -> None: ...
     async def ack_tasks(self, tasks: Sequence[PoolTask]) -> None: ...
     async def dead_letter_task(self, task: PoolTask, reason: str) -> None: ...

@@ -20,6 +20,14 @@ holder when the run's retry timer wakes it.
 Recovery mirrors the wake-ups': the entries of running tasks are heartbeated; entries of a dead
 worker are reclaimed after the lease; one delivered more than ``max_deliveries`` times is
 dead-lettered and its step failed, with the reason (see world_redis/_pools.py).
+
+Workflows. ``@workflow(queue="q")`` routes the replay of the workflow's runs: every wake-up still
+arrives on the partition's ready stream, and a ``default`` worker that takes one for a run of
+such a workflow (its module imported, as every default worker imports every workflow) gives the
+lease up at once and forwards the wake-up to the queue's stream (``PoolQueues.forward_wakeup``:
+copy, note the run's queue, ack, in one transaction). A worker serving ``q`` reads it there beside
+its step tasks and holds the run like any other; the wake-up's heartbeat, release and requeue act
+on that stream. Steps without a queue run where the run is held, i.e. in the ``q`` worker.
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from ._pool_world import DEFAULT_QUEUE, PoolQueues, PoolTask, pool_queues
 from ._registry import StepFunction, revive_step_ref
 from ._replay import error_json
 from ._supervisor import Duty, DutyBody
-from ._world import Commit, CommitResult
+from ._worker_loops import dead_letter
+from ._world import Commit, CommitResult, Wakeup
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -127,16 +136,26 @@ class PoolRunner:
                     claimed = await self.store.reclaim_tasks(
                         w.name, queue, p, w.config.lease_ms, room
                     )
-                    for task in claimed:
-                        if task.message_id not in self.running:
-                            w.log.info(
-                                "pool_task_reclaimed",
-                                run_id=task.run_id,
-                                step_id=task.step_id,
-                                deliveries=task.deliveries,
-                            )
-                            self._start(task)
+                    for entry in claimed:
+                        await self._reclaimed(entry)
             duty.ok()
+
+    async def _reclaimed(self, entry: PoolTask | Wakeup) -> None:
+        w = self.worker
+        if isinstance(entry, Wakeup):  # a run's wake-up: the same rules as on the ready stream
+            if entry.deliveries > w.config.max_deliveries:
+                await dead_letter(w, entry)
+            else:
+                w.log.info("wakeup_reclaimed", run_id=entry.run_id, queue=entry.queue)
+                w._dispatch(entry)
+        elif entry.message_id not in self.running:
+            w.log.info(
+                "pool_task_reclaimed",
+                run_id=entry.run_id,
+                step_id=entry.step_id,
+                deliveries=entry.deliveries,
+            )
+            self._start(entry)
 
     async def heartbeat_loop(self, duty: Duty) -> None:
         interval = self.worker.config.heartbeat_ms / 1000.0
@@ -148,7 +167,10 @@ class PoolRunner:
 
     # -- one task ------------------------------------------------------------------------------
 
-    def _start(self, task: PoolTask) -> None:
+    def _start(self, task: PoolTask | Wakeup) -> None:
+        if isinstance(task, Wakeup):  # a run of a workflow of this queue: held like any other
+            self.worker._dispatch(task)
+            return
         self.running[task.message_id] = task
         self.worker._spawn(self._run(task))
 

@@ -401,6 +401,10 @@ class Worker:
             if inst is None:
                 await self.world.ack([held.wakeup])
                 return
+            queue = get_workflow(inst.workflow_name).queue
+            if queue not in self.config.queues:
+                await self._forward(held, queue, log)
+                return
             if held.lost:
                 break
             try:
@@ -435,6 +439,15 @@ class Worker:
                 self._evict(held.run_id)
             return
         self._evict(held.run_id)
+
+    async def _forward(self, held: Held, queue: str, log: Any) -> None:
+        """A run of a workflow declared with a queue this worker does not serve: its lease given
+        up and its wake-up handed to that queue's stream, where a worker serving it picks the
+        run up (see _pools.py). Until the hand-over is written the wake-up stays pending here."""
+        self._evict(held.run_id)
+        await self.world.release(held.run_id, self.token, -1)
+        await pool_queues(self.world).forward_wakeup(held.wakeup, queue)
+        log.info("run_forwarded", queue=queue)
 
     async def _wait_nudge(self, held: Held, delay: float | None) -> None:
         with contextlib.suppress(TimeoutError):

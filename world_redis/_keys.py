@@ -35,7 +35,8 @@ all partitions and nodes.
     wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason (fields
                                               cut to 1 KB; undecodable ones as <name>:b64)
     wf:{p0}:q:<queue>                 stream  pool tasks "run R's step S is due" of a queue other
-                                              than default, consumer group "workers" (_pools.py)
+                                              than default, and wake-ups of runs of workflows of
+                                              the queue, consumer group "workers" (_pools.py)
     wf:{p0}:queues                    set     names of the queues the partition's runs used
 """
 

@@ -2,10 +2,13 @@
 
 Keys (all in the run's partition, so every command touches one slot):
 
-    wf:{pN}:q:<queue>   stream  "run R's step S is due" (fields run, step, name, queue), consumer
-                                group "workers"; the queue ``default`` has no such stream: it is
-                                the partition's ready stream (wake-ups of runs)
-    wf:{pN}:queues      set     the queue names the partition's runs handed steps to
+    wf:{pN}:q:<queue>   stream  "run R's step S is due" (fields run, step, name, queue), and
+                                wake-ups of runs of workflows declared with the queue (fields run,
+                                reason: forwarded from the ready stream), consumer group "workers";
+                                the queue ``default`` has no such stream: it is the partition's
+                                ready stream (wake-ups of runs)
+    wf:{pN}:queues      set     the queue names the partition's runs handed steps or runs to
+    wf:{pN}:run:<id>    hash    field "queue": the run's workflow queue, once forwarded
     wf:{pN}:run:<id>:ent        "<step>|queued" -> "<attempts so far>|<queue>|<entry id>": the step
                                 was handed to its queue for that attempt count (route.lua);
                                 "<step>|claim" -> "<claim token>|<entry id>": the pool worker
@@ -38,7 +41,7 @@ from typing import Any, cast
 
 from redis import exceptions as rexc
 
-from worker.world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
+from worker.world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode, Wakeup
 
 from ._keys import GROUP, Keys
 from ._queue import RedisQueue, _s, undecodable
@@ -105,7 +108,7 @@ class RedisPools:
 
     async def read_tasks(
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
-    ) -> list[PoolTask]:
+    ) -> list[PoolTask | Wakeup]:
         """At most ``count`` new tasks of one queue stream (one XREADGROUP, one slot)."""
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
@@ -123,7 +126,7 @@ class RedisPools:
                 raise
             self._groups.discard(stream)  # the stream was deleted under us: recreated next read
             return []
-        out: list[PoolTask] = []
+        out: list[PoolTask | Wakeup] = []
         for _, entries in reply or []:
             for mid, fields in entries:
                 task = await self._task(queue, partition, _s(mid), dict(fields or {}), 1)
@@ -133,11 +136,11 @@ class RedisPools:
 
     async def reclaim_tasks(
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
-    ) -> list[PoolTask]:
+    ) -> list[PoolTask | Wakeup]:
         """Take over tasks of one queue stream pending longer than ``min_idle_ms``."""
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
-        out: list[PoolTask] = []
+        out: list[PoolTask | Wakeup] = []
         for mid, fields, deliveries in await self.q._claim(stream, consumer, min_idle_ms, count):
             task = await self._task(queue, partition, mid, fields, deliveries)
             if task is not None:
@@ -146,14 +149,24 @@ class RedisPools:
 
     async def _task(
         self, queue: str, partition: int, message_id: str, fields: dict[str, str], deliveries: int
-    ) -> PoolTask | None:
-        """The task of one entry; None for an undecodable one, which is set aside."""
+    ) -> PoolTask | Wakeup | None:
+        """The task of one entry, or the wake-up of a run forwarded to the queue (an entry
+        without ``step``); None for an undecodable one, which is set aside."""
         if undecodable(fields):
             stream = self.keys.queue_stream(partition, queue)
             await self.q._set_aside(
                 stream, self.keys.dlq(partition), message_id, fields, deliveries
             )
             return None
+        if "step" not in fields:
+            return Wakeup(
+                partition=partition,
+                message_id=message_id,
+                run_id=fields.get("run", ""),
+                reason=fields.get("reason", ""),
+                deliveries=deliveries,
+                queue=queue,
+            )
         return PoolTask(
             queue=queue,
             partition=partition,
@@ -178,6 +191,25 @@ class RedisPools:
     async def ack_tasks(self, tasks: Sequence[PoolTask]) -> None:
         for stream, ids in self._by_stream(tasks).items():
             await self.q._ack_ids(stream, ids)
+
+    async def forward_wakeup(self, wakeup: Wakeup, queue: str) -> None:
+        """Hand a run's wake-up to the stream of its workflow's queue: a copy added there, the
+        run hash told its queue (``wf inspect run``), the wake-up acknowledged: one transaction
+        in the run's partition."""
+        p = wakeup.partition
+        source, target = self.q.wake_stream(wakeup), self.keys.queue_stream(p, queue)
+        await self._ensure_group(target)
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(target, {"run": wakeup.run_id, "reason": wakeup.reason})
+            pipe.sadd(self.keys.queue_names(p), queue)
+            pipe.hset(self.keys.run(wakeup.run_id), "queue", queue)
+            pipe.xack(source, GROUP, wakeup.message_id)
+            pipe.xdel(source, wakeup.message_id)
+            await pipe.execute()
+
+        await with_retry(run)
 
     async def dead_letter_task(self, task: PoolTask, reason: str) -> None:
         """Copy the task to the partition's dead-letter stream, then acknowledge it."""
@@ -243,6 +275,9 @@ class RedisPools:
         fields = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
         p = self.keys.partition(run_id)
         out: list[tuple[str, str, int]] = []
+        run_queue = await with_retry(self.redis.hget, self.keys.run(run_id), "queue")
+        if run_queue:  # the run's own wake-ups go to its workflow's queue (step id "")
+            out.append(("", _s(run_queue), p))
         for name, value in sorted(fields.items()):
             if not name.endswith("|queued"):
                 continue

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from worker import RetryableError, get_step_metadata, step, workflow
+from worker import RetryableError, get_step_metadata, sleep, step, workflow
 
 
 def where() -> dict[str, object]:
@@ -67,3 +67,14 @@ async def pool_retries(failures: int) -> dict[str, object]:
 async def pool_parallel(n: int) -> list[int]:
     results = await asyncio.gather(*(on_gpu(i) for i in range(n)))
     return [int(str(r["x"])) for r in results]
+
+
+@workflow(name="pool_routed_workflow", queue="wfq")
+async def routed_workflow(x: int) -> dict[str, object]:
+    """Replayed only by workers serving "wfq": its step without a queue runs there too, its gpu
+    step in the gpu pool; the sleep (longer than a worker holds a run for a timer) brings it
+    back through the ready stream, forwarded again."""
+    here = await on_default()
+    await sleep(1.5)
+    gpu = await on_gpu(x)
+    return {"default_step": here, "gpu": gpu}

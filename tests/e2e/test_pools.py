@@ -54,8 +54,8 @@ async def test_step_waits_for_its_pool_then_runs_there(
     assert out["default"] == {"pid": default.proc.pid, "marker": "default"}
     row = await _queue_row(worker_env, "gpu")
     assert row is not None and row["length"] == 0 and row["pending"] == 0
-    assert "pool_step_done" in gpu.output() and "step_routed" in default.output()
-    assert "pool_step_done" not in default.output()
+    wait_for(lambda: "pool_step_done" in gpu.output(), 20, what="the gpu worker's log line")
+    assert "step_routed" in default.output() and "pool_step_done" not in default.output()
 
 
 async def test_pool_worker_killed_mid_step_another_finishes(
@@ -79,7 +79,7 @@ async def test_pool_worker_killed_mid_step_another_finishes(
     assert out == {"pid": second.proc.pid, "marker": "second"}
     types = _types(await run.events())
     assert types.count("step_started") == 2 and types.count("step_completed") == 1
-    assert "pool_task_reclaimed" in second.output()
+    wait_for(lambda: "pool_task_reclaimed" in second.output(), 20, what="the reclaim's log")
 
 
 async def test_retries_go_through_the_pool(
@@ -109,7 +109,7 @@ async def test_one_worker_serves_default_and_gpu_with_parallel_steps(
     both = start_worker(MODULE, concurrency=2, queues="default,gpu", POOL_MARKER="both")
     run = await start(pw.pool_parallel, 6)
     assert await run.result(timeout=60) == [0, 2, 4, 6, 8, 10]
-    assert both.output().count("pool_step_done") == 6
+    wait_for(lambda: both.output().count("pool_step_done") == 6, 20, what="six pool steps")
 
 
 async def test_concurrency_one_shares_its_slot_between_runs_and_pool_steps(
@@ -149,3 +149,30 @@ def test_invalid_queue_name_is_refused(worker_env: dict[str, str]) -> None:
         )
         assert done.returncode == 2, (bad, done.stderr)
         assert "--queues: invalid queue name" in done.stderr, done.stderr
+
+
+async def test_workflow_queue_routes_the_replay(
+    world: RedisWorld, start_worker, worker_env: dict[str, str]
+) -> None:  # type: ignore[no-untyped-def]
+    """`@workflow(queue="wfq")`: a default worker only forwards the run's wake-ups to the wfq
+    stream; the run waits (visible) until a --queues wfq worker starts, which replays it and
+    runs its steps without a queue, while its gpu step runs in the gpu pool."""
+    default = start_worker(MODULE, POOL_MARKER="default")
+    run = await start(pw.routed_workflow, 4)
+
+    async def waiting() -> dict[str, Any] | None:
+        row = await _queue_row(worker_env, "wfq")
+        return row if row is not None and row["lag"] == 1 else None
+
+    await eventually(waiting, 20, what="the run's wake-up to wait in the wfq stream")
+    shown = await wf_json(worker_env, "inspect", "run", run.run_id)
+    assert isinstance(shown, dict) and shown["status"] == "pending"
+    assert shown["waiting_on"][0]["queue"] == "wfq" and shown["waiting_on"][0]["step_id"] == ""
+
+    wfq = start_worker(MODULE, queues="wfq", POOL_MARKER="wfq")
+    gpu = start_worker(MODULE, queues="gpu", POOL_MARKER="gpu")
+    out = await run.result(timeout=60)
+    assert out["default_step"] == {"pid": wfq.proc.pid, "marker": "wfq"}
+    assert out["gpu"] == {"pid": gpu.proc.pid, "marker": "gpu", "x": 8}
+    wait_for(lambda: "run_completed" in wfq.output(), 20, what="the wfq worker's log line")
+    assert "run_forwarded" in default.output() and "run_completed" not in default.output()

@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.support import eventually, running_worker
 from worker._worker import Worker, WorkerConfig
+from worker._world import Wakeup
 from world_redis import RedisWorld
 
 from .helpers import commit1, ev, new_id, run_with_steps, statuses
@@ -273,3 +274,30 @@ async def test_step_whose_pool_workers_died_every_attempt_fails(world: RedisWorl
     assert "exceeded max retries (3 retries)" in (info.error or "")
     assert info.output is None
     assert await world.redis.xlen(world.keys.queue_stream(0, "gpu")) == 0
+
+
+async def test_forwarded_wakeup_lives_on_its_queue_stream(world: RedisWorld) -> None:
+    """A run's wake-up forwarded to its workflow's queue is read there as a wake-up, and its
+    heartbeat, requeue and release (with the ack) act on that stream, not the ready stream."""
+    run_id = await run_with_steps(world, started=False)
+    pools = world.pools
+    (w,) = await world.read_wakeups("default-worker", 10, 0)
+    await pools.forward_wakeup(w, "wfq")
+    ready, wfq = world.keys.ready(0), world.keys.queue_stream(0, "wfq")
+    assert await world.redis.xlen(ready) == 0
+    assert await world.redis.xpending_range(ready, GROUP, "-", "+", 9) == []
+    assert await world.redis.hget(world.keys.run(run_id), "queue") == "wfq"
+    assert await pools.waiting_on(run_id) == [("", "wfq", 0)]
+
+    (fw,) = await pools.read_tasks("wfq-worker", "wfq", 0, 10, 0)
+    assert isinstance(fw, Wakeup) and (fw.run_id, fw.queue, fw.reason) == (run_id, "wfq", "created")
+    token = "wfq-worker#1"
+    assert (await world.acquire(run_id, token, 60_000)).code == "ok"
+    await world.heartbeat(token, [run_id], [fw], 60_000)
+    await world.requeue(fw, "handoff")
+    (row,) = await world.redis.xrange(wfq, "-", "+")
+    assert row[1] == {"run": run_id, "reason": "handoff"}
+    (fw2,) = await pools.read_tasks("wfq-worker", "wfq", 0, 10, 0)
+    assert await world.release(run_id, token, -1, fw2) == ("ok", 1)
+    assert await world.redis.xlen(wfq) == 0
+    assert await world.redis.xpending_range(wfq, GROUP, "-", "+", 9) == []

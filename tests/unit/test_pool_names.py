@@ -7,6 +7,7 @@ import pytest
 from worker import WorkflowError, step
 from worker._pool_world import InvalidQueueNameError, check_queue, parse_queues
 from worker._pools import step_queue
+from worker._registry import get_workflow
 
 
 def test_parse_queues_keeps_order_and_drops_repeats() -> None:
@@ -51,3 +52,22 @@ def test_default_queue_is_not_routed() -> None:
     def gpu() -> None: ...
 
     assert (step_queue(plain), step_queue(explicit), step_queue(gpu)) == (None, None, "gpu")
+
+
+def test_workflow_queue() -> None:
+    """`@workflow(queue=...)` is checked like a step's; without one a workflow is "default"'s."""
+    from worker import workflow
+
+    with pytest.raises(InvalidQueueNameError):
+
+        @workflow(queue="no good")
+        async def bad() -> None: ...
+
+    @workflow(name="pool_names.routed", queue="wfq")
+    async def routed() -> None: ...
+
+    @workflow(name="pool_names.plain_wf")
+    async def plain() -> None: ...
+
+    queues = (get_workflow("pool_names.routed").queue, get_workflow("pool_names.plain_wf").queue)
+    assert queues == ("wfq", "default")

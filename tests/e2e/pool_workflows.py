@@ -78,3 +78,19 @@ async def routed_workflow(x: int) -> dict[str, object]:
     await sleep(1.5)
     gpu = await on_gpu(x)
     return {"default_step": here, "gpu": gpu}
+
+
+@step
+def default_until(marker: str) -> dict[str, object]:
+    """Like ``gpu_until``, for a step without a queue (it runs where its run is held)."""
+    Path(f"{marker}.{os.getpid()}").write_text(str(get_step_metadata().attempt))
+    go = Path(f"{marker}.go")
+    deadline = time.monotonic() + 60
+    while not go.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return where()
+
+
+@workflow(name="pool_routed_slow", queue="wfq")
+async def routed_slow(marker: str) -> dict[str, object]:
+    return await default_until(marker)

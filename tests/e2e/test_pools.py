@@ -176,3 +176,23 @@ async def test_workflow_queue_routes_the_replay(
     assert out["gpu"] == {"pid": gpu.proc.pid, "marker": "gpu", "x": 8}
     wait_for(lambda: "run_completed" in wfq.output(), 20, what="the wfq worker's log line")
     assert "run_forwarded" in default.output() and "run_completed" not in default.output()
+
+
+async def test_workflow_queue_worker_killed_another_takes_the_run(
+    world: RedisWorld, start_worker, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The wfq worker holding a run dies mid-step: another wfq worker reclaims the forwarded
+    wake-up from the queue's stream after the lease and finishes the run (one step_completed)."""
+    marker = tmp_path / "m"
+    start_worker(MODULE, **FAST_LEASE)
+    first = start_worker(MODULE, queues="wfq", POOL_MARKER="first", **FAST_LEASE)
+    run = await start(pw.routed_slow, str(marker))
+    wait_for((tmp_path / f"m.{first.proc.pid}").exists, 20, what="the step to start")
+    first.kill()
+    second = start_worker(MODULE, queues="wfq", POOL_MARKER="second", **FAST_LEASE)
+    again = tmp_path / f"m.{second.proc.pid}"
+    wait_for(again.exists, 30, what="the second wfq worker to take the run over")
+    (tmp_path / "m.go").touch()
+    assert await run.result(timeout=30) == {"pid": second.proc.pid, "marker": "second"}
+    types = _types(await run.events())
+    assert types.count("step_started") == 2 and types.count("step_completed") == 1

@@ -197,14 +197,20 @@ class RedisPools:
         run hash told its queue (``wf inspect run``), the wake-up acknowledged: one transaction
         in the run's partition."""
         p = wakeup.partition
-        source, target = self.q.wake_stream(wakeup), self.keys.queue_stream(p, queue)
+        source = self.q.wake_stream(wakeup)
+        # back to the ready stream when the workflow's queue became "default" (changed code)
+        default = queue == DEFAULT_QUEUE
+        target = self.keys.ready(p) if default else self.keys.queue_stream(p, queue)
         await self._ensure_group(target)
 
         async def run() -> None:
             pipe = self.redis.pipeline(transaction=True)
             pipe.xadd(target, {"run": wakeup.run_id, "reason": wakeup.reason})
-            pipe.sadd(self.keys.queue_names(p), queue)
-            pipe.hset(self.keys.run(wakeup.run_id), "queue", queue)
+            if default:
+                pipe.hdel(self.keys.run(wakeup.run_id), "queue")
+            else:
+                pipe.sadd(self.keys.queue_names(p), queue)
+                pipe.hset(self.keys.run(wakeup.run_id), "queue", queue)
             pipe.xack(source, GROUP, wakeup.message_id)
             pipe.xdel(source, wakeup.message_id)
             await pipe.execute()

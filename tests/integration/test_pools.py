@@ -301,3 +301,19 @@ async def test_forwarded_wakeup_lives_on_its_queue_stream(world: RedisWorld) -> 
     assert await world.release(run_id, token, -1, fw2) == ("ok", 1)
     assert await world.redis.xlen(wfq) == 0
     assert await world.redis.xpending_range(wfq, GROUP, "-", "+", 9) == []
+
+
+async def test_wakeup_forwarded_back_to_default(world: RedisWorld) -> None:
+    """A wake-up on a queue's stream whose workflow now belongs to "default" (changed code) goes
+    back to the ready stream, and the run hash forgets the queue."""
+    run_id = await run_with_steps(world, started=False)
+    (w,) = await world.read_wakeups("default-worker", 10, 0)
+    await world.pools.forward_wakeup(w, "wfq")
+    (fw,) = await world.pools.read_tasks("wfq-worker", "wfq", 0, 10, 0)
+    assert isinstance(fw, Wakeup)
+    await world.pools.forward_wakeup(fw, "default")
+    assert await world.redis.xlen(world.keys.queue_stream(0, "wfq")) == 0
+    (back,) = await world.read_wakeups("default-worker", 10, 0)
+    assert (back.run_id, back.queue) == (run_id, "default")
+    assert await world.redis.hget(world.keys.run(run_id), "queue") is None
+    assert await world.pools.waiting_on(run_id) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,17 @@ async def test_step_waits_for_its_pool_then_runs_there(
     row = await _queue_row(worker_env, "gpu")
     assert row is not None and row["length"] == 1 and row["lag"] == 1
     assert row["oldest_age_ms"] is not None
+    text = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "inspect", "queues"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    header, *lines = text.stdout.splitlines()
+    assert header.split() == ["partition", "queue", "length", "lag", "pending", "oldest"]
+    assert any(line.split()[:5] == ["0", "gpu", "1", "1", "0"] for line in lines), text.stdout
     assert await run.status() == "running"
 
     gpu = start_worker(MODULE, queues="gpu", POOL_MARKER="gpu")

@@ -79,10 +79,15 @@ def worker_env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
-    """Start `wf worker MODULE...` processes as a user would; all are stopped after the test."""
+    """Start `wf worker MODULE...` processes as a user would (``queues="default,gpu"`` serves
+    those queues); all are stopped after the test."""
     procs: list[WorkerProcess] = []
 
-    def start(*modules: str, concurrency: int = 50, **env: str) -> WorkerProcess:
+    def start(
+        *modules: str, concurrency: int = 50, queues: str | None = None, **env: str
+    ) -> WorkerProcess:
+        if queues is not None:  # the worker's --queues, through its environment default
+            env = {**env, "WORKFLOW_QUEUES": queues}
         proc = WorkerProcess.start(
             list(modules), {**worker_env, **env}, tmp_path / f"worker{len(procs)}.log", concurrency
         )

@@ -18,6 +18,7 @@ from . import _serde
 from ._client import get_run, get_world, start
 from ._errors import DecryptionError, EncryptionKeyError, PartitionCountMismatchError
 from ._logging import configure
+from ._pool_world import InvalidQueueNameError, parse_queues, pool_queues
 from ._registry import get_workflow
 from ._supervisor import DutyFailedError
 from ._worker import Worker, WorkerConfig
@@ -35,7 +36,10 @@ async def _run_worker(args: argparse.Namespace) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     config = WorkerConfig(
-        concurrency=args.concurrency, health_host=args.health_host, health_port=args.health_port
+        concurrency=args.concurrency,
+        health_host=args.health_host,
+        health_port=args.health_port,
+        queues=args.queues,
     )
     worker = Worker(get_world(), config)
     loop = asyncio.get_running_loop()
@@ -184,7 +188,12 @@ async def _inspect(args: argparse.Namespace) -> None:
             print(f"\nmore: --cursor {cursor}")
     elif args.what == "run":
         info = await get_run(args.id).info()
-        print(json.dumps(_struct_fields(info), indent=2))
+        shown = _struct_fields(info)
+        if info.status in ("pending", "running"):
+            shown["waiting_on"] = await _waiting_on(world, args.id)
+        print(json.dumps(shown, indent=2))
+    elif args.what == "queues":
+        await _inspect_queues(world, args.json)
     elif args.what == "events":
         if args.json:
             events = await get_run(args.id).events()
@@ -211,6 +220,40 @@ async def _inspect(args: argparse.Namespace) -> None:
     elif args.what == "streams":
         names = await world.streams.list_streams(args.id)
         print(json.dumps(names) if args.json else "\n".join(names))
+
+
+async def _waiting_on(world: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's steps waiting in (or running from) a queue other than default, with the lag
+    and pending count of that queue's stream in the run's partition."""
+    pools = pool_queues(world)
+    waiting = await pools.waiting_on(run_id)
+    if not waiting:
+        return []
+    stats = {(s.queue, s.partition): s for s in await pools.queue_stats()}
+    out = []
+    for step_id, queue, partition in waiting:
+        row: dict[str, Any] = {"step_id": step_id, "queue": queue, "partition": partition}
+        s = stats.get((queue, partition))
+        if s is not None:
+            row.update(lag=s.lag, pending=s.pending, oldest_age_ms=s.oldest_age_ms)
+        out.append(row)
+    return out
+
+
+async def _inspect_queues(world: Any, as_json: bool) -> None:
+    stats = await pool_queues(world).queue_stats()
+    if as_json:
+        print(json.dumps([_struct_fields(s) for s in stats]))
+        return
+
+    def age(ms: int | None) -> str:
+        return "-" if ms is None else f"{ms / 1000:.1f}s"
+
+    rows = [[str(s.partition), s.queue, str(s.length), str(s.lag)] for s in stats]
+    print_table(
+        [[*row, str(s.pending), age(s.oldest_age_ms)] for row, s in zip(rows, stats, strict=True)],
+        ["partition", "queue", "length", "lag", "pending", "oldest"],
+    )
 
 
 async def _cancel(args: argparse.Namespace) -> None:
@@ -277,6 +320,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("WORKFLOW_HEALTH_HOST", "127.0.0.1"),
         help="address of the health endpoint (default loopback)",
     )
+    p.add_argument(
+        "--queues",
+        action="append",
+        help="queues to serve, comma-separated (default: 'default', or WORKFLOW_QUEUES): "
+        "'default' replays runs; any other name runs the steps declared with @step(queue=...)",
+    )
 
     p = sub.add_parser("demo", help="run an example workflow with an in-process worker")
     p.add_argument("module", nargs="?", default="examples.order")
@@ -292,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser(
         "inspect", aliases=["i"], help="list runs, or show a run's events, steps, hooks or streams"
     )
-    p.add_argument("what", choices=["runs", "run", "events", "steps", "hooks", "streams"])
+    p.add_argument("what", choices=["runs", "run", "events", "steps", "hooks", "streams", "queues"])
     p.add_argument("id", nargs="?")
     p.add_argument("--status")
     p.add_argument("--workflow")
@@ -318,6 +367,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        try:
+            args.queues = parse_queues(
+                args.queues or os.environ.get("WORKFLOW_QUEUES") or "default"
+            )
+        except InvalidQueueNameError as exc:
+            parser.error(f"--queues: {exc}")  # exit code 2, with the usage line
     configure()
     handlers = {
         "worker": _run_worker,

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 from . import _serde
 from ._context import current_step
 from ._errors import StepNotRegisteredError, WorkflowError, WorkflowNotRegisteredError
+from ._pool_world import DEFAULT_QUEUE, check_queue
 from ._replay import current_instance
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,11 +86,12 @@ class ArgSpec:
 class WorkflowFunction:
     """A registered workflow. Calling it outside a worker runs the coroutine function directly."""
 
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, queue: str | None = None) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise WorkflowError(f"workflow {name!r} must be an 'async def' function")
         self.fn = fn
         self.name = name
+        self.queue = queue or DEFAULT_QUEUE
         self.signature = _hints(fn)
         self.argspec = ArgSpec(self.signature)
         functools.update_wrapper(self, fn)
@@ -180,12 +182,16 @@ _serde.set_stepref_resolver(revive_step_ref)
 @overload
 def workflow(fn: F, /) -> F: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[F], F]: ...
-def workflow(fn: Any = None, /, *, name: str | None = None) -> Any:
-    """Declare an ``async def`` as a workflow: ``@workflow`` or ``@workflow(name="orders.place")``."""
+def workflow(*, name: str | None = None, queue: str | None = None) -> Callable[[F], F]: ...
+def workflow(fn: Any = None, /, *, name: str | None = None, queue: str | None = None) -> Any:
+    """Declare an ``async def`` as a workflow: ``@workflow`` or ``@workflow(name="orders.place")``.
+
+    ``queue``: only workers serving that queue (``wf worker --queues``) replay its runs."""
+    if queue is not None:
+        check_queue(queue)
 
     def wrap(f: Callable[..., Any]) -> Any:
-        wf = WorkflowFunction(f, name or _default_name(f))
+        wf = WorkflowFunction(f, name or _default_name(f), queue)
         existing = _workflows.get(wf.name)
         if existing is not None and existing.fn.__qualname__ != f.__qualname__:
             raise WorkflowError(f"workflow name {wf.name!r} is already used by {existing.fn!r}")
@@ -214,6 +220,8 @@ def step(
     def wrap(f: Callable[..., Any]) -> Any:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if queue is not None:
+            check_queue(queue)  # InvalidQueueNameError at import, not when a run reaches it
         st = StepFunction(f, name or _default_name(f), max_retries, queue)
         existing = _steps.get(st.name)
         if (

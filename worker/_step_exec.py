@@ -52,14 +52,22 @@ class StepExecutor:
             workflow_started_ms=inst.started_at_ms,
         )
         async with self.slots:
-            return await self._call(fn, call, ctx, attempt)
+            return await self._call(fn, call.corr, call.input, ctx, attempt)
+
+    async def run_task(
+        self, fn: StepFunction, step_id: str, input_json: str, ctx: StepContext
+    ) -> NewEvent:
+        """Run one attempt of a step a pool worker took from its queue (no workflow instance:
+        the run is held, if at all, by another worker); the event that records its outcome."""
+        async with self.slots:
+            return await self._call(fn, step_id, input_json, ctx, ctx.attempt)
 
     async def _call(
-        self, fn: StepFunction, call: StepCall, ctx: StepContext, attempt: int
+        self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int
     ) -> NewEvent:
         token = current_step.set(ctx)
         try:
-            raw = _serde.loads(call.input)
+            raw = _serde.loads(input_json)
             args, kwargs = fn.argspec.convert(
                 raw.get("args", []), raw.get("kwargs") or {}, f"step {fn.name!r}"
             )
@@ -77,24 +85,24 @@ class StepExecutor:
                 raise PayloadTooLargeError(
                     f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
                 )
-            return NewEvent("step_completed", call.corr, {"result": text, "attempt": str(attempt)})
+            return NewEvent("step_completed", corr, {"result": text, "attempt": str(attempt)})
         # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
         # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
         # handler, never as KeyboardInterrupt here); CancelledError is the worker's own shutdown
         except (Exception, SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
-            log = self.log.bind(run_id=ctx.run_id, step_id=call.corr, step=fn.name)
-            return self._error(fn, call, exc, attempt, log)
+            log = self.log.bind(run_id=ctx.run_id, step_id=corr, step=fn.name)
+            return self._error(fn, corr, exc, attempt, log)
         finally:
             current_step.reset(token)
 
     def _error(
-        self, fn: StepFunction, call: StepCall, exc: BaseException, attempt: int, log: Any
+        self, fn: StepFunction, corr: str, exc: BaseException, attempt: int, log: Any
     ) -> NewEvent:
         error = error_json(exc)
         fatal = isinstance(exc, FatalError | _serde.SerializationError | PayloadTooLargeError)
         if fatal or attempt >= fn.max_retries + 1:
             log.info("step_failed", attempt=attempt, error=str(exc))
-            return NewEvent("step_failed", call.corr, {"error": error, "attempt": str(attempt)})
+            return NewEvent("step_failed", corr, {"error": error, "attempt": str(attempt)})
         delay = DEFAULT_RETRY_DELAY_S
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
             delay = to_seconds(exc.retry_after)
@@ -102,6 +110,6 @@ class StepExecutor:
         log.info("step_retrying", attempt=attempt, error=str(exc), retry_in=delay)
         return NewEvent(
             "step_retrying",
-            call.corr,
+            corr,
             {"error": error, "retry_after": str(retry_at), "attempt": str(attempt)},
         )

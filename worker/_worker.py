@@ -32,6 +32,8 @@ from ._events import Event, NewEvent, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
+from ._pool_world import DEFAULT_QUEUE, pool_queues
+from ._pools import PoolRunner, step_queue
 from ._registry import StepFunction, get_workflow
 from ._replay import Outcome, StepCall, WorkflowInstance, error_json
 from ._step_exec import StepExecutor
@@ -65,6 +67,9 @@ class WorkerConfig:
     duty_quiet_s: float = _env_float("WORKFLOW_DUTY_QUIET_SECONDS", 60.0)
     health_host: str = "127.0.0.1"
     health_port: int | None = None  # serve GET /healthz there (see _health_http)
+    # the queues this worker serves: "default" replays runs and runs their steps without a queue;
+    # any other name runs the steps declared with it (see _pools.py)
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
 
 
 @dataclass
@@ -112,6 +117,11 @@ class Worker:
         self._clock_offset_ms = 0
         self.health_socket: socket.socket | None = None
         self.supervisor = Supervisor(self.log)
+        self.serves_default = DEFAULT_QUEUE in self.config.queues
+        self.pools: PoolRunner | None = None
+        self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill (with pools only)
+        if any(q != DEFAULT_QUEUE for q in self.config.queues):
+            self.pools = PoolRunner(self, self.config.queues)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -123,12 +133,16 @@ class Worker:
         """
         await self.world.check_config()  # PartitionCountMismatchError before anything is read
         await self.world.ensure_groups()
+        if self.pools is not None:
+            await self.pools.start()
         for warning in await self.world.server_warnings():
             self.log.warning("redis_configuration_risk", problem=warning)
         await self.sync_clock()
         if self.config.health_port is not None:
             self.health_socket = _health_http.bind(self.config.health_host, self.config.health_port)
-        self.log.info("worker_started", concurrency=self.config.concurrency)
+        self.log.info(
+            "worker_started", concurrency=self.config.concurrency, queues=list(self.config.queues)
+        )
         duties.start_watchdog(self)
         duties.supervise(self)
         supervised = asyncio.create_task(self.supervisor.run())
@@ -154,6 +168,11 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    @property
+    def pool_load(self) -> int:
+        """Slots of the concurrency taken by pool tasks this worker executes (see _pools.py)."""
+        return self.pools.load if self.pools is not None else 0
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -190,7 +209,7 @@ class Worker:
 
     async def read_loop(self, duty: Duty) -> None:
         while not self.stopping.is_set():
-            room = self.config.concurrency - len(self.held)
+            room = self.config.concurrency - len(self.held) - self.pool_load
             if room <= 0:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -198,10 +217,28 @@ class Worker:
                         await self._room.wait()
                 duty.ok()  # waiting for room is this duty's work too
                 continue
-            wakeups = await self.world.read_wakeups(self.name, min(room, self.config.batch), 200)
+            if self.pools is None:
+                wakeups = await self.world.read_wakeups(
+                    self.name, min(room, self.config.batch), 200
+                )
+            else:
+                wakeups = await self._read_beside_pools(min(room, self.config.batch))
             duty.ok()
             for w in wakeups:
                 self._dispatch(w)
+
+    async def _read_beside_pools(self, count: int) -> list[Wakeup]:
+        """Read wake-ups while pool readers share the concurrency: the slots this read may fill
+        are taken for its duration (so the two never bring more work than there is room for), and
+        given back with a turn for the pool readers before the next read."""
+        assert self.pools is not None
+        self.reading_wakeups = count
+        try:
+            return await self.world.read_wakeups(self.name, count, 200)
+        finally:
+            self.reading_wakeups = 0
+            self.pools.room.set()
+            await asyncio.sleep(0)
 
     def _dispatch(self, w: Wakeup) -> None:
         check_id = health_check_id(w)
@@ -256,6 +293,8 @@ class Worker:
             if self.held.get(run_id) is held:
                 del self.held[run_id]
             self._room.set()
+            if self.pools is not None:
+                self.pools.room.set()
             for w in held.deferred:
                 self._dispatch(w)
 
@@ -362,6 +401,10 @@ class Worker:
             if inst is None:
                 await self.world.ack([held.wakeup])
                 return
+            queue = get_workflow(inst.workflow_name).queue
+            if queue not in self.config.queues:
+                await self._forward(held, queue, log)
+                return
             if held.lost:
                 break
             try:
@@ -397,6 +440,15 @@ class Worker:
             return
         self._evict(held.run_id)
 
+    async def _forward(self, held: Held, queue: str, log: Any) -> None:
+        """A run of a workflow declared with a queue this worker does not serve: its lease given
+        up and its wake-up handed to that queue's stream, where a worker serving it picks the
+        run up (see _pools.py). Until the hand-over is written the wake-up stays pending here."""
+        self._evict(held.run_id)
+        await self.world.release(held.run_id, self.token, -1)
+        await pool_queues(self.world).forward_wakeup(held.wakeup, queue)
+        log.info("run_forwarded", queue=queue)
+
     async def _wait_nudge(self, held: Held, delay: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
@@ -404,7 +456,13 @@ class Worker:
 
     def _next_due_in(self, inst: WorkflowInstance) -> float | None:
         dues = [w.resume_at for w in inst.pending_waits()]
-        dues += [s.retry_after for s in inst.pending_steps() if s.status == "pending"]
+        now_ms = self.now_ms()
+        dues += [
+            s.retry_after
+            for s in inst.pending_steps()
+            # a routed step already due waits in its queue, not here
+            if s.status == "pending" and not (step_queue(s.fn) and s.retry_after <= now_ms)
+        ]
         if not dues:
             return None
         return max(0.01, (min(dues) - self.now_ms()) / 1000.0)
@@ -456,6 +514,7 @@ class Worker:
         now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
+        routed: list[StepCall] = []
         if outcome.kind == "completed":  # commands: the markers patched() decided at the end
             events = [*outcome.commands, NewEvent("run_completed", "", {"output": outcome.output})]
         elif outcome.kind == "failed":
@@ -463,12 +522,13 @@ class Worker:
         elif outcome.kind == "suspended":
             created = self._creation_events(inst, outcome, log)
             if created is not None:
-                start, exhausted = self._startable(held, inst, outcome, now_ms)
+                start, exhausted, routed = self._startable(held, inst, outcome, now_ms)
                 events = created + [NewEvent("step_started", c.corr) for c in start]
                 events += [self._exhausted(c) for c in exhausted]
         if head is not None:
             events.insert(0, head)
         if not events:
+            await self._route(held, routed, log)
             return False, None
         res = await self.committer.submit(
             Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
@@ -490,6 +550,7 @@ class Worker:
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
             return False, None
+        await self._route(held, routed, log)
         attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
         if len(start) == 1 and not held.local:
             # the common sequential case: run the step right here, no task, no wake-up
@@ -522,20 +583,37 @@ class Worker:
 
     def _startable(
         self, held: Held, inst: WorkflowInstance, outcome: Outcome, now_ms: int
-    ) -> tuple[list[StepCall], list[StepCall]]:
+    ) -> tuple[list[StepCall], list[StepCall], list[StepCall]]:
         """Steps to start now: the ones just created, pending ones whose retry delay has passed,
-        and running ones no task of this worker runs (their previous worker is gone); and, apart,
-        orphaned ones that have used up their attempts (workers died running them every time)."""
-        out = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
+        and running ones no task of this worker runs (their previous worker is gone); apart,
+        orphaned ones that have used up their attempts (workers died running them every time);
+        and apart, the due steps of a queue other than default, which their pool runs (a running
+        one is its pool's: a dead pool worker's task is reclaimed by the pool)."""
+        created = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
+        out = [c for c in created if not step_queue(c.fn)]
+        routed = [c for c in created if step_queue(c.fn)]
         exhausted = []
         for call in inst.pending_steps():  # only the open steps: cost does not grow with history
             if call.corr in held.local or call.future.done() or call.retry_after > now_ms:
                 continue
-            if call.status == "running" and call.attempt >= call.fn.max_retries + 1:
+            if step_queue(call.fn):
+                if call.status == "pending" and all(c.corr != call.corr for c in routed):
+                    routed.append(call)
+            elif call.status == "running" and call.attempt >= call.fn.max_retries + 1:
                 exhausted.append(call)
             else:
                 out.append(call)
-        return out, exhausted
+        return out, exhausted, routed
+
+    async def _route(self, held: Held, calls: list[StepCall], log: Any) -> None:
+        """Hand due steps of a queue other than default to their queues (idempotent)."""
+        if not calls:
+            return
+        steps = [(c.corr, c.name, step_queue(c.fn) or DEFAULT_QUEUE) for c in calls]
+        codes = await pool_queues(self.world).route_steps(held.run_id, steps)
+        for (corr, name, queue), code in zip(steps, codes, strict=False):
+            if code == "queued":
+                log.info("step_routed", step_id=corr, step=name, queue=queue)
 
     @staticmethod
     def _exhausted(call: StepCall) -> NewEvent:

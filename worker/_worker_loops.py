@@ -41,7 +41,8 @@ def supervise(worker: Worker) -> None:
     sup = worker.supervisor
     lease_s = worker.config.lease_ms / 1000.0
     quiet_s = worker.config.duty_quiet_s
-    sup.add("read-wakeups", worker.read_loop, stale_after_s=quiet_s)
+    if worker.serves_default:  # a pool-only worker (--queues gpu) replays no runs
+        sup.add("read-wakeups", worker.read_loop, stale_after_s=quiet_s)
     # two loops share the committer: one batch is prepared while another is on the wire
     for name, batcher in (
         ("commit-a", worker.committer),
@@ -52,7 +53,10 @@ def supervise(worker: Worker) -> None:
         sup.add(name, batcher_duty(batcher), stale_after_s=quiet_s, idle=batcher.idle)
     sup.add("heartbeat", lambda d: heartbeat_loop(worker, d), stale_after_s=max(lease_s, 5.0))
     sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
-    sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
+    if worker.serves_default:
+        sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
+    if worker.pools is not None:
+        worker.pools.supervise()
     sup.add("requests", lambda d: request_loop(worker, d), stale_after_s=quiet_s)
     sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
@@ -78,6 +82,8 @@ def report(worker: Worker) -> dict[str, Any]:
         worker.supervisor.report(),
         held=len(worker.held),
         concurrency=worker.config.concurrency,
+        queues=list(worker.config.queues),
+        pool_tasks=len(worker.pools.running) if worker.pools is not None else 0,
         pid=os.getpid(),
     )
 
@@ -161,7 +167,7 @@ async def reclaim_loop(worker: Worker, duty: Duty) -> None:
     interval = max(0.2, worker.config.lease_ms / 3000.0)
     while not worker.stopping.is_set():
         await asyncio.sleep(interval)
-        room = min(worker.config.concurrency - len(worker.held), 50)
+        room = min(worker.config.concurrency - len(worker.held) - worker.pool_load, 50)
         if room > 0:
             for w in await worker.world.reclaim(worker.name, worker.config.lease_ms, room):
                 if w.deliveries > worker.config.max_deliveries:

@@ -114,6 +114,9 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     reason: str
     deliveries: int = 1
+    # the stream it came from: "default" is the partition's ready stream, another name that
+    # queue's stream (the wake-up of a run of a workflow declared with that queue, forwarded)
+    queue: str = "default"
 
 
 class Acquired(msgspec.Struct, frozen=True):

@@ -31,6 +31,7 @@ from ._events import (
 )
 from ._ids import new_event_id, new_ids, token_worker
 from ._logging import get_logger
+from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
 from ._serde import check_size, dumps, loads
 from ._world import (
     AcquireCode,
@@ -51,6 +52,7 @@ from ._world import (
 )
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "HOOK_CONFLICT",
     "AcquireCode",
     "Acquired",
@@ -65,6 +67,9 @@ __all__ = [
     "NewEvent",
     "PartitionCountMismatchError",
     "PayloadCodec",
+    "PoolTask",
+    "QueueStats",
+    "RouteCode",
     "RunInfo",
     "RunNotFoundError",
     "StartRequest",

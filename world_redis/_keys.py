@@ -34,6 +34,10 @@ all partitions and nodes.
     wf:workers                        hash    worker name -> its last status report (JSON)
     wf:start:rejected, wf:hooks:resume:rejected   stream  requests refused, with the reason (fields
                                               cut to 1 KB; undecodable ones as <name>:b64)
+    wf:{p0}:q:<queue>                 stream  pool tasks "run R's step S is due" of a queue other
+                                              than default, and wake-ups of runs of workflows of
+                                              the queue, consumer group "workers" (_pools.py)
+    wf:{p0}:queues                    set     names of the queues the partition's runs used
 """
 
 from __future__ import annotations
@@ -160,3 +164,11 @@ class Keys:
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
         ]
+
+    def queue_stream(self, partition: int, queue: str) -> str:
+        """The stream of pool tasks of ``queue`` (not ``default``: that is the ready stream)."""
+        return f"{self.tag(partition)}:q:{queue}"
+
+    def queue_names(self, partition: int) -> str:
+        """The set of queue names the partition's runs handed steps to."""
+        return f"{self.tag(partition)}:queues"

@@ -375,12 +375,18 @@ class RedisQueue:
                     out.append(w)
         return out
 
+    def wake_stream(self, w: Wakeup) -> str:
+        """The stream a wake-up came from: the ready stream, or a queue's (see _pools.py)."""
+        if w.queue == "default":
+            return self.keys.ready(w.partition)
+        return self.keys.queue_stream(w.partition, w.queue)
+
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
         if not wakeups:
             return
         by_stream: dict[str, list[str]] = {}
         for w in wakeups:
-            by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
+            by_stream.setdefault(self.wake_stream(w), []).append(w.message_id)
 
         async def run() -> None:
             pipe = self.redis.pipeline(transaction=False)
@@ -393,7 +399,7 @@ class RedisQueue:
 
     async def requeue(self, wakeup: Wakeup, reason: str) -> None:
         """Hand a run over to any worker: a fresh wake-up, then the old message acknowledged."""
-        stream = self.keys.ready(wakeup.partition)
+        stream = self.wake_stream(wakeup)
 
         async def run() -> None:
             pipe = self.redis.pipeline(transaction=False)
@@ -468,8 +474,14 @@ class RedisQueue:
     ) -> list[tuple[str, int]]:
         """Release several leases and acknowledge their wake-ups: one call per partition."""
         out: list[tuple[str, int] | None] = [None] * len(runs)
+        groups: dict[str, list[int]] = {}  # one call per wake-up stream (in one partition)
         for p, idxs in self._by_partition([r[0] for r in runs]).items():
-            keys = [self.keys.ready(p)]
+            for i in idxs:
+                wakeup = runs[i][2]
+                stream = self.wake_stream(wakeup) if wakeup is not None else self.keys.ready(p)
+                groups.setdefault(stream, []).append(i)
+        for stream, idxs in groups.items():
+            keys = [stream]
             args: list[Any] = [token, GROUP]
             for i in idxs:
                 run_id, seq, wakeup = runs[i]
@@ -492,7 +504,7 @@ class RedisQueue:
             out = {r: int(s) for r, s in zip(run_ids, seqs, strict=True)}
         by_stream: dict[str, list[str]] = {}
         for w in wakeups:
-            by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
+            by_stream.setdefault(self.wake_stream(w), []).append(w.message_id)
         for stream, ids in by_stream.items():
             consumer = token_worker(token)
             await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)

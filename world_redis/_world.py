@@ -35,6 +35,7 @@ from worker.world import (
 
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
+from ._pools import RedisPools
 from ._presence import RedisPresence
 from ._queue import _s
 from ._retry import with_retry
@@ -88,6 +89,7 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         )
         self.deployment = deployment or os.environ.get("WORKFLOW_DEPLOYMENT_ID", "dpl_redis")
         self.streams = RedisStreams(self)
+        self.pools = RedisPools(self)  # worker pools: queue streams (see _pools.py)
 
     @classmethod
     def from_url(cls, url: str, *, ssl_ca_certs: str | None = None, **kwargs: Any) -> RedisWorld:

@@ -3,9 +3,10 @@ the replay simulator appends through) give the same verdicts on the same random 
 
 A Hypothesis state machine drives two runs of one partition (plus a run that does not exist)
 with random batches of events: valid and unknown correlation ids, duplicates, events after the
-run ended, patch markers (once per change, only on a running run), ``step_started`` before a retry is due, hook tokens contended by both runs, lease
-tokens and ``expected_seq`` fences, leases taken and released, and now and then a foreign entry
-in a run's stream. Each batch goes through the real ``RedisWorld.commit`` and through the model
+run ended, patch markers (once per change, only on a running run), ``step_started`` before a retry
+is due, pool claims on steps (claimed starts from the same or another task entry, results under
+a stale claim), hook tokens contended by both runs, lease tokens and ``expected_seq`` fences,
+leases taken and released, and now and then a foreign entry in a run's stream. Each batch goes through the real ``RedisWorld.commit`` and through the model
 (at the server time the script reports), and after every step the two agree on each reply (code,
 seq, per-event status and extra, the events appended) and on everything the script writes: run
 status and seq, the log (type and correlation id of each entry), the entity hash, the live hooks,
@@ -42,6 +43,9 @@ FAR_FUTURE = "4000000000000"  # 2096: a retry or a wait that is never due during
 CORRS = ("step_1", "step_2", "wait_1", "wait_2", "hook_1", "hook_2", "", "step_unknown")
 TOKENS = ("tok_1", "tok_2", "")
 LEASES = ("lease_1", "lease_2")
+# pool claims on steps (see commit.lua's header): claim tokens and the task entries they came from
+CLAIMS = st.sampled_from(["claim_1", "claim_2", ""])
+TASKS = ("1-0", "2-0", "")
 
 TERMINAL_EVENTS = ("run_completed", "run_failed", "run_cancelled")
 INVALID_TYPES = ("hook_conflict", "run_created", "bogus")
@@ -86,19 +90,33 @@ def event_types(
     # retry_after) are integer text. commit.lua checks neither.
     step_events = [
         _event("step_created", pick(steps), {"name": "add"}, input=st.just("[1]")),
-        _event("step_started", pick(steps), attempt=st.sampled_from(["1", "2"])),
+        _event(
+            "step_started",
+            pick(steps),
+            attempt=st.sampled_from(["1", "2"]),
+            claim=CLAIMS,
+            task=st.sampled_from(TASKS),
+        ),
         _event(
             "step_completed",
             pick(steps),
             result=st.just("3"),
             attempt=st.sampled_from(["1", "2", "x", ""]),
+            claim=CLAIMS,
         ),
-        _event("step_failed", pick(steps), error=st.just('"no"'), attempt=st.sampled_from("1x")),
+        _event(
+            "step_failed",
+            pick(steps),
+            error=st.just('"no"'),
+            attempt=st.sampled_from("1x"),
+            claim=CLAIMS,
+        ),
         st.tuples(
             st.just("step_retrying"),
             pick(steps),
             st.fixed_dictionaries(
-                {"retry_after": st.sampled_from([FAR_PAST, FAR_FUTURE, FAR_FUTURE, "0"])}
+                {"retry_after": st.sampled_from([FAR_PAST, FAR_FUTURE, FAR_FUTURE, "0"])},
+                optional={"claim": CLAIMS},
             ),
         ),
     ]

@@ -470,6 +470,7 @@ class CommitRules:
         new_status: str | None = None
         res, extra = "ok", 0.0
         hook_token = hook_dispose = hook_request = patch_field = None
+        claim_write: str | None = None  # "" ends the step's claim
         hooks = run.hooks
         terminal = run.status in TERMINAL_RUN
 
@@ -513,6 +514,16 @@ class CommitRules:
                 entity = ["completed", 0, 0, 0, state[4]]
         elif etype in ("step_started", "step_completed", "step_failed", "step_retrying"):
             attempt = lua_tonumber(state[1]) or 0
+            # a pool worker's claim: "<claim token>|<task entry id>" (see commit.lua's header)
+            record = run.entities.get(f"{corr}|claim")
+            held_claim, held_task = (None, None)
+            if record is not None and "|" in record:
+                held_claim, held_task = record.split("|", 1)
+            claim = f.get("claim") or None
+            if claim and etype == "step_started":
+                claim_write = f"{claim}|{f.get('task', '')}"
+            elif record is not None:
+                claim_write = ""
             if not step_status:
                 res = "not_found"
             elif step_status in ("completed", "failed") or (
@@ -520,6 +531,14 @@ class CommitRules:
                 and (step_status != "running" or etype in ("step_started", "step_retrying"))
             ):
                 res = "terminal"
+            elif (
+                etype == "step_started"
+                and claim
+                and step_status == "running"
+                and held_task is not None
+                and held_task != f.get("task", "")
+            ):
+                res = "exists"  # another pool worker holds the step, for another task entry
             elif etype == "step_started":
                 due = lua_tonumber(state[2]) or 0
                 if due > now:
@@ -528,8 +547,10 @@ class CommitRules:
                     attempt += 1
                     extra = attempt
                     entity = ["running", attempt, 0, state[3] or now, 0]
-            elif step_status != "running" or (
-                "attempt" in f and lua_tonumber(f["attempt"]) != attempt
+            elif (
+                step_status != "running"
+                or ("attempt" in f and lua_tonumber(f["attempt"]) != attempt)
+                or (claim and claim != held_claim)
             ):
                 res = "stale"
             elif etype == "step_completed":
@@ -588,6 +609,10 @@ class CommitRules:
         run.log.append((etype, corr))
         if entity is not None:
             run.entities[corr] = "|".join(lua_str(v) for v in entity)
+        if claim_write:
+            run.entities[f"{corr}|claim"] = claim_write
+        elif claim_write is not None:
+            run.entities.pop(f"{corr}|claim", None)
         if timer_at is not None:
             self.timers[f"{run_id}|{corr}"] = int(timer_at)
         if hook_token is not None:

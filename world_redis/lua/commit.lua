@@ -14,7 +14,8 @@
 --   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
 --   names, inputs, outputs and errors live in the event log only; "patch|<change id>" -> seq of
---   the change's patch_recorded), and the run's live hooks
+--   the change's patch_recorded; "<corr>|claim" -> "<claim token>|<task entry id>" while a pool
+--   worker holds a routed step, "<corr>|queued" written by route.lua), and the run's live hooks
 --   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
 --   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id,
 --   "<hook id>|lost" -> token when fence_hook.lua found the hook's reservation stale)
@@ -47,6 +48,13 @@
 --          hook_conflict with the token), else 0
 --   freed: [hook id, token, ...] of the hooks this commit ended (disposed, or their run ended):
 --          the caller releases their reservations
+-- Step fencing for worker pools (see world_redis/_pools.py): a step_started with a field "claim"
+-- (and "task", the pool task entry id) records the claim in "<corr>|claim"; while the step runs
+-- under a claim, a step_started with another claim for ANOTHER task entry answers "exists" (a
+-- duplicate task: nothing appended), one for the SAME entry (reclaimed from a dead pool worker)
+-- starts a new attempt under the new claim. A step_completed / step_failed / step_retrying with a
+-- field "claim" is "stale" unless that claim is the recorded one. Any step event other than a
+-- claimed step_started ends the recorded claim.
 -- An event's field "ts" (ms), when given, is stored as its time instead of the server's: see
 -- the inline fast path in worker/_worker.py. Payload fields (input, result, output, error,
 -- payload, metadata) are opaque text here: JSON, or with payload encryption an envelope
@@ -104,6 +112,7 @@ for i = 0, #batch - 1 do
       local hook_dispose = nil  -- free this token of hook `corr` (after the append)
       local hook_request = nil  -- remember this request id of hook `corr` (after the append)
       local patch_field = nil   -- record change `corr` in the entity hash (after the append)
+      local claim_write = nil   -- a step event: the pool claim to record (false: end it)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       local e = { false, '0', '0', false, '0' }
       if corr ~= '' then
@@ -163,6 +172,17 @@ for i = 0, #batch - 1 do
       elseif etype == 'step_started' or etype == 'step_completed'
           or etype == 'step_failed' or etype == 'step_retrying' then
         local attempt = tonumber(e[2] or '0')
+        -- a pool worker's claim on the step: "<claim token>|<task entry id>" (see the header)
+        local held_claim, held_task = nil, nil
+        local record = redis.call('HGET', ent_key, corr .. '|claim')
+        if record then held_claim, held_task = string.match(record, '^([^|]*)|(.*)$') end
+        local claim = f.claim
+        if claim == '' then claim = nil end
+        if claim and etype == 'step_started' then
+          claim_write = claim .. '|' .. (f.task or '')
+        elseif record then
+          claim_write = false
+        end
         if not step_status then
           res = 'not_found'
         elseif step_status == 'completed' or step_status == 'failed' then
@@ -171,6 +191,9 @@ for i = 0, #batch - 1 do
             or etype == 'step_retrying') then
           -- an ended run keeps the result of a step that was running, but starts no attempt
           res = 'terminal'
+        elseif etype == 'step_started' and claim and step_status == 'running'
+            and held_task and held_task ~= (f.task or '') then
+          res = 'exists'  -- another pool worker holds the step, for another task entry
         elseif etype == 'step_started' then
           local ra = tonumber(e[3] or '0')
           if ra > now then
@@ -181,7 +204,8 @@ for i = 0, #batch - 1 do
             extra_fields = { 'attempt', attempt }
             entity = { 'running', attempt, 0, e[4] or now, 0 }
           end
-        elseif step_status ~= 'running' or (f.attempt and tonumber(f.attempt) ~= attempt) then
+        elseif step_status ~= 'running' or (f.attempt and tonumber(f.attempt) ~= attempt)
+            or (claim and claim ~= held_claim) then
           res = 'stale'
         elseif etype == 'step_completed' then
           entity = { 'completed', attempt, 0, e[4] or 0, 0 }
@@ -260,6 +284,14 @@ for i = 0, #batch - 1 do
           seq = seq + 1
           appended = true
           if entity then redis.call('HSET', ent_key, corr, table.concat(entity, '|')) end
+          if claim_write ~= nil then
+            -- step_started with a claim records it; any other step event ends the claim
+            if claim_write then
+              redis.call('HSET', ent_key, corr .. '|claim', claim_write)
+            else
+              redis.call('HDEL', ent_key, corr .. '|claim')
+            end
+          end
           if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
           if hook_token then
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')

@@ -1,6 +1,7 @@
 -- release.lua: give up the lease on runs, unless events arrived that the holder has not seen.
 --
--- KEYS[1]     partition ready stream  wf:{pN}:ready
+-- KEYS[1]     the wake-ups' stream: the partition ready stream wf:{pN}:ready, or the stream of
+--             the queue they were forwarded to wf:{pN}:q:<queue> (see world_redis/_pools.py)
 -- KEYS[1+i]   run hash of run i of the batch  wf:{pN}:run:<id>
 -- ARGV[1]     lease token of the caller
 -- ARGV[2]     consumer group of the ready stream

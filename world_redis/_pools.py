@@ -1,0 +1,294 @@
+"""The Redis side of worker pools: one stream of pool tasks per queue and partition.
+
+Keys (all in the run's partition, so every command touches one slot):
+
+    wf:{pN}:q:<queue>   stream  "run R's step S is due" (fields run, step, name, queue), and
+                                wake-ups of runs of workflows declared with the queue (fields run,
+                                reason: forwarded from the ready stream), consumer group "workers";
+                                the queue ``default`` has no such stream: it is the partition's
+                                ready stream (wake-ups of runs)
+    wf:{pN}:queues      set     the queue names the partition's runs handed steps or runs to
+    wf:{pN}:run:<id>    hash    field "queue": the run's workflow queue, once forwarded
+    wf:{pN}:run:<id>:ent        "<step>|queued" -> "<attempts so far>|<queue>|<entry id>": the step
+                                was handed to its queue for that attempt count (route.lua);
+                                "<step>|claim" -> "<claim token>|<entry id>": the pool worker
+                                holding the step (commit.lua)
+
+Flow. The run's holder (a ``default`` worker replaying the run) hands each due step that has a
+queue to ``route.lua``, which adds one task entry per attempt count (a second replay adds none).
+A pool worker reads its queues' streams (one XREADGROUP per stream, never several partitions in
+one command), then commits ``step_started`` carrying a fresh claim token and the task's entry id;
+commit.lua records the claim in the entity hash. The step's result (``step_completed``,
+``step_retrying``, ``step_failed``) carries the claim and is refused ("stale") unless that claim is
+still the recorded one, and it wakes the run (a wake-up on its ready stream). The entry is
+acknowledged (XACK + XDEL) after the result is committed.
+
+Recovery is the wake-ups' own: an entry stays pending while its worker executes the step
+(heartbeats reset its idle time); once a worker died it is reclaimed after the lease (XPENDING +
+XCLAIM with min-idle); the new claimant's ``step_started`` for the SAME entry starts a new attempt
+under a new claim, which fences the old worker out should it come back (a zombie). A duplicate
+entry for a step another live claimant holds gets "exists", a finished step "terminal": either
+way the entry is acknowledged without executing. An entry delivered more than the maximum is
+dead-lettered (``wf:{pN}:dlq``) and its step failed; an undecodable entry is set aside there with
+its raw bytes and the reason.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any, cast
+
+from redis import exceptions as rexc
+
+from worker.world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode, Wakeup
+
+from ._keys import GROUP, Keys
+from ._queue import RedisQueue, _s, undecodable
+from ._retry import with_retry
+
+
+class RedisPools:
+    """Pool task streams of a RedisWorld (composed: ``RedisWorld.pools``)."""
+
+    def __init__(self, queue: RedisQueue) -> None:
+        self.q = queue
+        self._groups: set[str] = set()
+
+    @property
+    def redis(self) -> Any:
+        return self.q.redis
+
+    @property
+    def keys(self) -> Keys:
+        return self.q.keys
+
+    @property
+    def partitions(self) -> int:
+        return self.keys.partitions
+
+    # -- the holder's side ---------------------------------------------------------------------
+
+    async def route_steps(
+        self, run_id: str, steps: Sequence[tuple[str, str, str]]
+    ) -> list[RouteCode]:
+        """Hand due steps ``(step id, step name, queue)`` of one run to their queues (route.lua)."""
+        if not steps:
+            return []
+        p = self.keys.partition(run_id)
+        run, _, ent, _ = self.keys.run_keys(run_id)
+        keys = [run, ent, self.keys.queue_names(p)]
+        args: list[Any] = [run_id]
+        for corr, name, queue in steps:
+            keys.append(self.keys.queue_stream(p, queue))
+            args += [corr, name, queue]
+        reply = await self.q._eval("route", keys, args)
+        return [cast(RouteCode, _s(code)) for code in reply]
+
+    # -- the pool worker's side ----------------------------------------------------------------
+
+    async def ensure_queue_groups(self, queues: Sequence[str]) -> None:
+        """The consumer group of each queue stream of every partition (created with the stream)."""
+        await self.q.ensure_groups()
+        for queue in queues:
+            if queue == DEFAULT_QUEUE:
+                continue
+            for p in range(self.keys.partitions):
+                await self._ensure_group(self.keys.queue_stream(p, queue))
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    async def read_tasks(
+        self, consumer: str, queue: str, partition: int, count: int, block_ms: int
+    ) -> list[PoolTask | Wakeup]:
+        """At most ``count`` new tasks of one queue stream (one XREADGROUP, one slot)."""
+        stream = self.keys.queue_stream(partition, queue)
+        await self._ensure_group(stream)
+        try:
+            reply = await with_retry(
+                self.redis.xreadgroup,
+                GROUP,
+                consumer,
+                {stream: ">"},
+                count=count,
+                block=block_ms or None,
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)  # the stream was deleted under us: recreated next read
+            return []
+        out: list[PoolTask | Wakeup] = []
+        for _, entries in reply or []:
+            for mid, fields in entries:
+                task = await self._task(queue, partition, _s(mid), dict(fields or {}), 1)
+                if task is not None:
+                    out.append(task)
+        return out
+
+    async def reclaim_tasks(
+        self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
+    ) -> list[PoolTask | Wakeup]:
+        """Take over tasks of one queue stream pending longer than ``min_idle_ms``."""
+        stream = self.keys.queue_stream(partition, queue)
+        await self._ensure_group(stream)
+        out: list[PoolTask | Wakeup] = []
+        for mid, fields, deliveries in await self.q._claim(stream, consumer, min_idle_ms, count):
+            task = await self._task(queue, partition, mid, fields, deliveries)
+            if task is not None:
+                out.append(task)
+        return out
+
+    async def _task(
+        self, queue: str, partition: int, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> PoolTask | Wakeup | None:
+        """The task of one entry, or the wake-up of a run forwarded to the queue (an entry
+        without ``step``); None for an undecodable one, which is set aside."""
+        if undecodable(fields):
+            stream = self.keys.queue_stream(partition, queue)
+            await self.q._set_aside(
+                stream, self.keys.dlq(partition), message_id, fields, deliveries
+            )
+            return None
+        if "step" not in fields:
+            return Wakeup(
+                partition=partition,
+                message_id=message_id,
+                run_id=fields.get("run", ""),
+                reason=fields.get("reason", ""),
+                deliveries=deliveries,
+                queue=queue,
+            )
+        return PoolTask(
+            queue=queue,
+            partition=partition,
+            message_id=message_id,
+            run_id=fields.get("run", ""),
+            step_id=fields.get("step", ""),
+            step_name=fields.get("name", ""),
+            deliveries=deliveries,
+        )
+
+    def _by_stream(self, tasks: Sequence[PoolTask]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for t in tasks:
+            out.setdefault(self.keys.queue_stream(t.partition, t.queue), []).append(t.message_id)
+        return out
+
+    async def heartbeat_tasks(self, consumer: str, tasks: Sequence[PoolTask]) -> None:
+        """Reset the idle time of tasks being executed (XCLAIM JUSTID: no delivery counted)."""
+        for stream, ids in self._by_stream(tasks).items():
+            await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
+
+    async def ack_tasks(self, tasks: Sequence[PoolTask]) -> None:
+        for stream, ids in self._by_stream(tasks).items():
+            await self.q._ack_ids(stream, ids)
+
+    async def forward_wakeup(self, wakeup: Wakeup, queue: str) -> None:
+        """Hand a run's wake-up to the stream of its workflow's queue: a copy added there, the
+        run hash told its queue (``wf inspect run``), the wake-up acknowledged: one transaction
+        in the run's partition."""
+        p = wakeup.partition
+        source = self.q.wake_stream(wakeup)
+        # back to the ready stream when the workflow's queue became "default" (changed code)
+        default = queue == DEFAULT_QUEUE
+        target = self.keys.ready(p) if default else self.keys.queue_stream(p, queue)
+        await self._ensure_group(target)
+
+        async def run() -> None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(target, {"run": wakeup.run_id, "reason": wakeup.reason})
+            if default:
+                pipe.hdel(self.keys.run(wakeup.run_id), "queue")
+            else:
+                pipe.sadd(self.keys.queue_names(p), queue)
+                pipe.hset(self.keys.run(wakeup.run_id), "queue", queue)
+            pipe.xack(source, GROUP, wakeup.message_id)
+            pipe.xdel(source, wakeup.message_id)
+            await pipe.execute()
+
+        await with_retry(run)
+
+    async def dead_letter_task(self, task: PoolTask, reason: str) -> None:
+        """Copy the task to the partition's dead-letter stream, then acknowledge it."""
+        await with_retry(
+            self.redis.xadd,
+            self.keys.dlq(task.partition),
+            {
+                "run": task.run_id,
+                "step": task.step_id,
+                "queue": task.queue,
+                "reason": reason,
+                "message_id": task.message_id,
+                "deliveries": str(task.deliveries),
+                "host": socket.gethostname(),
+            },
+            maxlen=100_000,
+            approximate=True,
+        )
+        await self.ack_tasks([task])
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Every partition's ready stream (queue ``default``) and the queue streams its runs used."""
+        sec, usec = await with_retry(self.redis.time)
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        out: list[QueueStats] = []
+        for p in range(self.keys.partitions):
+            names = sorted(await with_retry(self.redis.smembers, self.keys.queue_names(p)))
+            out.append(await self._stats(p, DEFAULT_QUEUE, self.keys.ready(p), now_ms))
+            for name in names:
+                out.append(await self._stats(p, name, self.keys.queue_stream(p, name), now_ms))
+        return out
+
+    async def _stats(self, partition: int, queue: str, stream: str, now_ms: int) -> QueueStats:
+        length = int(await with_retry(self.redis.xlen, stream))
+        lag, pending = length, 0
+        try:
+            groups = await with_retry(self.redis.xinfo_groups, stream)
+        except rexc.ResponseError:  # no such stream yet
+            groups = []
+        for g in groups:
+            if _s(g.get("name")) == GROUP:
+                pending = int(g.get("pending") or 0)
+                # lag is nil when Redis cannot tell (entries deleted): count what is not pending
+                raw = g.get("lag")
+                lag = int(raw) if raw is not None else max(0, length - pending)
+        oldest: int | None = None
+        first = await with_retry(self.redis.xrange, stream, "-", "+", count=1)
+        if first:
+            oldest = max(0, now_ms - int(_s(first[0][0]).split("-", 1)[0]))
+        return QueueStats(
+            partition=partition,
+            queue=queue,
+            length=length,
+            lag=lag,
+            pending=pending,
+            oldest_age_ms=oldest,
+        )
+
+    async def waiting_on(self, run_id: str) -> list[tuple[str, str, int]]:
+        """(step id, queue, partition) of the run's steps handed to a queue, not finished yet."""
+        fields = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
+        p = self.keys.partition(run_id)
+        out: list[tuple[str, str, int]] = []
+        run_queue = await with_retry(self.redis.hget, self.keys.run(run_id), "queue")
+        if run_queue:  # the run's own wake-ups go to its workflow's queue (step id "")
+            out.append(("", _s(run_queue), p))
+        for name, value in sorted(fields.items()):
+            if not name.endswith("|queued"):
+                continue
+            corr = name[: -len("|queued")]
+            status = fields.get(corr, "").split("|", 1)[0]
+            if status in ("pending", "running"):
+                out.append((corr, value.split("|")[1] if value.count("|") >= 2 else "?", p))
+        return out

@@ -16,6 +16,7 @@ from ._context import (
     now,
     workflow_random,
 )
+from ._deployments import InvalidDeploymentIdError, UnknownDeploymentError
 from ._errors import (
     DecryptionError,
     EncryptionKeyError,
@@ -66,6 +67,7 @@ __all__ = [
     "HookDisposedError",
     "HookInfo",
     "HookNotFoundError",
+    "InvalidDeploymentIdError",
     "InvalidRunIdError",
     "NondeterminismError",
     "PartitionCountMismatchError",
@@ -77,6 +79,7 @@ __all__ = [
     "RunNotFoundError",
     "SerializationError",
     "StepMetadata",
+    "UnknownDeploymentError",
     "Webhook",
     "WebhookRequest",
     "WebhookResponse",

@@ -16,7 +16,23 @@ from typing import Any
 
 from . import _serde
 from ._client import get_run, get_world, start
-from ._errors import DecryptionError, EncryptionKeyError, PartitionCountMismatchError
+from ._deployments import (
+    InvalidDeploymentIdError,
+    MigrateError,
+    UnknownDeploymentError,
+    base_queue,
+    check_deployment_id,
+    check_known,
+    deployment_store,
+    lane_deployment,
+    live_window_ms,
+)
+from ._errors import (
+    DecryptionError,
+    EncryptionKeyError,
+    PartitionCountMismatchError,
+    RunNotFoundError,
+)
 from ._logging import configure
 from ._pool_world import InvalidQueueNameError, parse_queues, pool_queues
 from ._registry import get_workflow
@@ -40,6 +56,7 @@ async def _run_worker(args: argparse.Namespace) -> None:
         health_host=args.health_host,
         health_port=args.health_port,
         queues=args.queues,
+        deployment=args.deployment,
     )
     worker = Worker(get_world(), config)
     loop = asyncio.get_running_loop()
@@ -191,9 +208,12 @@ async def _inspect(args: argparse.Namespace) -> None:
         shown = _struct_fields(info)
         if info.status in ("pending", "running"):
             shown["waiting_on"] = await _waiting_on(world, args.id)
+            shown.update(await _deployment_state(world, info.deployment))
         print(json.dumps(shown, indent=2))
     elif args.what == "queues":
         await _inspect_queues(world, args.json)
+    elif args.what == "deployments":
+        await _inspect_deployments(world, args.json)
     elif args.what == "events":
         if args.json:
             events = await get_run(args.id).events()
@@ -232,7 +252,13 @@ async def _waiting_on(world: Any, run_id: str) -> list[dict[str, Any]]:
     stats = {(s.queue, s.partition): s for s in await pools.queue_stats()}
     out = []
     for step_id, queue, partition in waiting:
-        row: dict[str, Any] = {"step_id": step_id, "queue": queue, "partition": partition}
+        # a lane (``gpu@dpl_x``) shown as its queue and the deployment whose workers serve it
+        row: dict[str, Any] = {
+            "step_id": step_id,
+            "queue": base_queue(queue),
+            "deployment": lane_deployment(queue),
+            "partition": partition,
+        }
         s = stats.get((queue, partition))
         if s is not None:
             row.update(lag=s.lag, pending=s.pending, oldest_age_ms=s.oldest_age_ms)
@@ -240,19 +266,84 @@ async def _waiting_on(world: Any, run_id: str) -> list[dict[str, Any]]:
     return out
 
 
+async def _deployment_state(world: Any, deployment: str) -> dict[str, Any]:
+    """Whether an active run's deployment has a live worker: if not, the run waits for one."""
+    if not deployment:  # pinned by the first worker that takes it
+        return {"deployment_live": None, "waiting_for_deployment": False}
+    known = await deployment_store(world).registry(live_window_ms())
+    live = any(d.deployment_id == deployment and d.live for d in known)
+    return {"deployment_live": live, "waiting_for_deployment": not live}
+
+
+async def _inspect_deployments(world: Any, as_json: bool) -> None:
+    stats = await deployment_store(world).stats(live_window_ms())
+    if as_json:
+        print(json.dumps([_struct_fields(s) for s in stats]))
+        return
+    print_table(
+        [
+            [
+                s.deployment_id,
+                "live" if s.live else "gone",
+                str(len(s.workers)),
+                _short(",".join(s.workflows), 40) or "-",
+                str(s.runs_pinned),
+                str(s.waiting),
+                str(s.pending),
+                _ts(s.first_seen_ms),
+                _ts(s.last_seen_ms),
+            ]
+            for s in stats
+        ],
+        [
+            "deployment",
+            "state",
+            "workers",
+            "workflows",
+            "runs pinned",
+            "waiting",
+            "pending",
+            "first seen",
+            "last seen",
+        ],
+    )
+
+
+async def _runs(args: argparse.Namespace) -> None:
+    """``wf runs migrate RUN --to ID``: pin a run to another deployment and wake it there."""
+    world = get_world()
+    await check_known(world, args.to)
+    previous = await deployment_store(world).migrate(args.run_id, args.to)
+    print(f"migrated {args.run_id} from {previous or '(unpinned)'} to {args.to}")
+
+
 async def _inspect_queues(world: Any, as_json: bool) -> None:
     stats = await pool_queues(world).queue_stats()
     if as_json:
-        print(json.dumps([_struct_fields(s) for s in stats]))
+        shown = [
+            {
+                **_struct_fields(s),
+                "queue": base_queue(s.queue),
+                "deployment": lane_deployment(s.queue),
+            }
+            for s in stats
+        ]
+        print(json.dumps(shown))
         return
 
     def age(ms: int | None) -> str:
         return "-" if ms is None else f"{ms / 1000:.1f}s"
 
-    rows = [[str(s.partition), s.queue, str(s.length), str(s.lag)] for s in stats]
+    rows = [
+        [str(s.partition), base_queue(s.queue), lane_deployment(s.queue) or "-", str(s.length)]
+        for s in stats
+    ]
     print_table(
-        [[*row, str(s.pending), age(s.oldest_age_ms)] for row, s in zip(rows, stats, strict=True)],
-        ["partition", "queue", "length", "lag", "pending", "oldest"],
+        [
+            [*row, str(s.lag), str(s.pending), age(s.oldest_age_ms)]
+            for row, s in zip(rows, stats, strict=True)
+        ],
+        ["partition", "queue", "deployment", "length", "lag", "pending", "oldest"],
     )
 
 
@@ -326,6 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         help="queues to serve, comma-separated (default: 'default', or WORKFLOW_QUEUES): "
         "'default' replays runs; any other name runs the steps declared with @step(queue=...)",
     )
+    p.add_argument(
+        "--deployment",
+        default=os.environ.get("WORKFLOW_DEPLOYMENT_ID") or None,
+        help="the deployment id of this worker (default WORKFLOW_DEPLOYMENT_ID, else dpl_ + a "
+        "hash of the source of the imported workflow modules): runs pinned to it run here only",
+    )
 
     p = sub.add_parser("demo", help="run an example workflow with an in-process worker")
     p.add_argument("module", nargs="?", default="examples.order")
@@ -341,13 +438,22 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser(
         "inspect", aliases=["i"], help="list runs, or show a run's events, steps, hooks or streams"
     )
-    p.add_argument("what", choices=["runs", "run", "events", "steps", "hooks", "streams", "queues"])
+    p.add_argument(
+        "what",
+        choices=["runs", "run", "events", "steps", "hooks", "streams", "queues", "deployments"],
+    )
     p.add_argument("id", nargs="?")
     p.add_argument("--status")
     p.add_argument("--workflow")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--cursor")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("runs", help="act on runs: migrate RUN --to DEPLOYMENT")
+    runs = p.add_subparsers(dest="action", required=True)
+    m = runs.add_parser("migrate", help="pin a run to another deployment and wake it there")
+    m.add_argument("run_id")
+    m.add_argument("--to", required=True, help="the deployment id to move the run to")
 
     p = sub.add_parser("cancel", help="cancel a run")
     p.add_argument("run_id")
@@ -374,6 +480,16 @@ def main(argv: list[str] | None = None) -> None:
             )
         except InvalidQueueNameError as exc:
             parser.error(f"--queues: {exc}")  # exit code 2, with the usage line
+        try:
+            if args.deployment is not None:
+                check_deployment_id(args.deployment)
+        except InvalidDeploymentIdError as exc:
+            parser.error(f"--deployment: {exc}")
+    if args.command == "runs":
+        try:
+            check_deployment_id(args.to)
+        except InvalidDeploymentIdError as exc:
+            parser.error(f"--to: {exc}")
     configure()
     handlers = {
         "worker": _run_worker,
@@ -382,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         "inspect": _inspect,
         "i": _inspect,
         "cancel": _cancel,
+        "runs": _runs,
         "serve": _serve,
         "health": _health,
     }
@@ -390,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(handlers[args.command](args))
+    except (UnknownDeploymentError, MigrateError, RunNotFoundError) as exc:
+        print(f"wf {args.command}: {exc}", file=sys.stderr)
+        sys.exit(1)
     except (EncryptionKeyError, PartitionCountMismatchError) as exc:
         # configuration, not a crash: say what to fix
         print(f"wf {args.command}: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _serde
 from ._context import current_step, ms_to_datetime
+from ._deployments import resolve_deployment
 from ._duration import Duration, to_seconds
 from ._errors import (
     PayloadTooLargeError,
@@ -76,12 +77,21 @@ def encode_workflow_input(
 
 
 async def start(
-    fn: Any, *args: Any, run_id: str | None = None, world: World | None = None, **kwargs: Any
+    fn: Any,
+    *args: Any,
+    run_id: str | None = None,
+    world: World | None = None,
+    deployment_id: str | None = None,
+    **kwargs: Any,
 ) -> Run:
     """Start a run of workflow ``fn`` (a ``@workflow`` function or its registered name).
 
     Arguments are checked against the workflow's annotations before any run exists. With
     ``run_id`` the call is idempotent: starting the same id again returns the existing run.
+    ``deployment_id`` pins the run to that deployment (UnknownDeploymentError when no worker
+    ever registered it, and nothing is created); without it the run is pinned to the newest live
+    deployment serving the workflow, or left for the first worker that takes it (see
+    ``worker._deployments``).
     """
     if current_instance.get() is not None and current_step.get() is None:
         raise WorkflowError("start() cannot be called in workflow code; call it from a step")
@@ -96,7 +106,8 @@ async def start(
         input_json = _serde.dumps(payload, what=f"arguments of workflow {name!r}")
     check_payload(w, input_json, f"arguments of workflow {name!r}")
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
-    await w.create_run(rid, name, input_json)
+    deployment = await resolve_deployment(w, name, deployment_id)
+    await w.create_run(rid, name, input_json, deployment)
     return Run(rid, world=w)
 
 

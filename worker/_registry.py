@@ -245,3 +245,13 @@ def get_workflow(name: str) -> WorkflowFunction:
 
 def has_workflow(name: str) -> bool:
     return name in _workflows
+
+
+def registered_workflows() -> list[WorkflowFunction]:
+    """Every workflow this process registered (in registration order)."""
+    return list(_workflows.values())
+
+
+def registered_steps() -> list[StepFunction]:
+    """Every step this process registered (in registration order)."""
+    return list(_steps.values())

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import _serde
+from ._deployments import resolve_deployment
 from ._errors import (
     HookNotFoundError,
     InvalidRunIdError,
@@ -162,7 +163,9 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
         if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
             await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
         return
-    created = await worker.world.create_run(run_id, name, args_text)
+    # pinned like start() pins: the newest live deployment serving the workflow, if any
+    deployment = await resolve_deployment(worker.world, name, None)
+    created = await worker.world.create_run(run_id, name, args_text, deployment)
     worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
 
 

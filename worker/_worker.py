@@ -23,6 +23,7 @@ from typing import Any
 from . import _health_http
 from . import _worker_loops as duties
 from ._batcher import Batcher
+from ._deployments import lane, worker_deployment_id, worker_lanes
 from ._errors import (
     CorruptEventError,
     PayloadTooLargeError,
@@ -70,6 +71,9 @@ class WorkerConfig:
     # the queues this worker serves: "default" replays runs and runs their steps without a queue;
     # any other name runs the steps declared with it (see _pools.py)
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    # the deployment id (see _deployments.py): None takes WORKFLOW_DEPLOYMENT_ID, else the hash
+    # of the imported workflow modules' source, when the worker is built
+    deployment: str | None = None
 
 
 @dataclass
@@ -96,12 +100,15 @@ class Worker:
         self.config = config or WorkerConfig()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.token = lease_token(self.name)
-        self.log = get_logger(worker=self.name)
+        self.deployment = worker_deployment_id(self.config.deployment)
+        self.log = get_logger(worker=self.name, deployment=self.deployment)
         self.held: dict[str, Held] = {}
         self.cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self.committer: Batcher[Commit, CommitResult] = Batcher(self._commits, self.config.batch)
         self.acquirer: Batcher[tuple[str, int], Acquired] = Batcher(
-            lambda runs: world.acquire_many(self.token, self.config.lease_ms, runs),
+            lambda runs: world.acquire_many(
+                self.token, self.config.lease_ms, runs, self.deployment
+            ),
             self.config.batch,
         )
         self.releaser: Batcher[tuple[str, int, Wakeup | None], tuple[str, int]] = Batcher(
@@ -118,10 +125,11 @@ class Worker:
         self.health_socket: socket.socket | None = None
         self.supervisor = Supervisor(self.log)
         self.serves_default = DEFAULT_QUEUE in self.config.queues
-        self.pools: PoolRunner | None = None
         self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill (with pools only)
-        if any(q != DEFAULT_QUEUE for q in self.config.queues):
-            self.pools = PoolRunner(self, self.config.queues)
+        # the queue streams this worker reads: its queues' (not default: the ready stream) and
+        # its deployment's lanes of each of its queues (see _deployments.py)
+        lanes = worker_lanes(self.deployment, self.config.queues)
+        self.pools: PoolRunner | None = PoolRunner(self, (*self.config.queues, *lanes))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,7 +149,10 @@ class Worker:
         if self.config.health_port is not None:
             self.health_socket = _health_http.bind(self.config.health_host, self.config.health_port)
         self.log.info(
-            "worker_started", concurrency=self.config.concurrency, queues=list(self.config.queues)
+            "worker_started",
+            concurrency=self.config.concurrency,
+            queues=list(self.config.queues),
+            deployment=self.deployment,
         )
         duties.start_watchdog(self)
         duties.supervise(self)
@@ -276,6 +287,12 @@ class Worker:
         try:
             cached = self._instance(run_id)
             acq = await self.acquirer.submit((run_id, cached.seq if cached else 0))
+            if acq.code == "pinned":  # another deployment's run: never replayed by this code
+                self._evict(run_id)
+                target = lane(held.wakeup.queue, acq.deployment)
+                await pool_queues(self.world).forward_wakeup(held.wakeup, target)
+                log.info("run_forwarded_to_deployment", deployment=acq.deployment, lane=target)
+                return
             if acq.code != "ok":
                 await self.world.ack([held.wakeup])
                 return
@@ -446,8 +463,10 @@ class Worker:
         run up (see _pools.py). Until the hand-over is written the wake-up stays pending here."""
         self._evict(held.run_id)
         await self.world.release(held.run_id, self.token, -1)
-        await pool_queues(self.world).forward_wakeup(held.wakeup, queue)
-        log.info("run_forwarded", queue=queue)
+        # the run is pinned to this worker's deployment (acquire.lua): its lane of that queue
+        target = lane(queue, self.deployment)
+        await pool_queues(self.world).forward_wakeup(held.wakeup, target)
+        log.info("run_forwarded", queue=queue, lane=target)
 
     async def _wait_nudge(self, held: Held, delay: float | None) -> None:
         with contextlib.suppress(TimeoutError):
@@ -609,7 +628,12 @@ class Worker:
         """Hand due steps of a queue other than default to their queues (idempotent)."""
         if not calls:
             return
-        steps = [(c.corr, c.name, step_queue(c.fn) or DEFAULT_QUEUE) for c in calls]
+        # the lane of the run's deployment (this worker's): pool workers of another one never
+        # see the task
+        steps = [
+            (c.corr, c.name, lane(step_queue(c.fn) or DEFAULT_QUEUE, self.deployment))
+            for c in calls
+        ]
         codes = await pool_queues(self.world).route_steps(held.run_id, steps)
         for (corr, name, queue), code in zip(steps, codes, strict=False):
             if code == "queued":

@@ -68,7 +68,7 @@ CommitCode = Literal["ok", "no_run", "lease", "conflict", "rejected"]
 EventStatus = Literal[
     "ok", "exists", "terminal", "not_found", "too_early", "stale", "invalid", "corrupt"
 ]
-AcquireCode = Literal["ok", "busy", "no_run"]
+AcquireCode = Literal["ok", "busy", "no_run", "pinned"]
 _COMMIT_CODES: tuple[str, ...] = get_args(CommitCode)
 _EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 _ACQUIRE_CODES: tuple[str, ...] = get_args(AcquireCode)
@@ -125,6 +125,8 @@ class Acquired(msgspec.Struct, frozen=True):
     status: str
     taken_over: bool = False
     events: list[Event] = []  # the log after the seq the caller asked from
+    # the run's deployment ("" while unpinned); with "pinned", the one it must be replayed by
+    deployment: str = ""
 
 
 class StartRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,13 +180,13 @@ class World(Protocol):
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]: ...
     async def ack(self, wakeups: Sequence[Wakeup]) -> None: ...
     async def acquire(
-        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1
+        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1, deployment: str = ""
     ) -> Acquired: ...
     async def release(
         self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
     ) -> tuple[str, int]: ...
     async def acquire_many(
-        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]]
+        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
     ) -> list[Acquired]: ...
     async def release_many(
         self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]

@@ -9,6 +9,7 @@ deliberately (a test pins them).
 from __future__ import annotations
 
 from ._codec import PayloadCodec, is_envelope
+from ._deployments import Deployment, DeploymentStats, MigrateError, lane_deployment
 from ._errors import (
     CorruptEventError,
     DecryptionError,
@@ -61,9 +62,12 @@ __all__ = [
     "CommitResult",
     "CorruptEventError",
     "DecryptionError",
+    "Deployment",
+    "DeploymentStats",
     "Event",
     "EventResult",
     "EventStatus",
+    "MigrateError",
     "NewEvent",
     "PartitionCountMismatchError",
     "PayloadCodec",
@@ -91,6 +95,7 @@ __all__ = [
     "event_status",
     "get_logger",
     "is_envelope",
+    "lane_deployment",
     "loads",
     "make_event",
     "new_event_id",

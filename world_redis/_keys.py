@@ -38,6 +38,11 @@ all partitions and nodes.
                                               than default, and wake-ups of runs of workflows of
                                               the queue, consumer group "workers" (_pools.py)
     wf:{p0}:queues                    set     names of the queues the partition's runs used
+    wf:{p0}:q:<queue>@<deployment>    stream  a lane: wake-ups and pool tasks of runs pinned to
+                                              the deployment, for its workers of the queue
+                                              ("default@<id>": replays), group "workers"
+    wf:deployments                    hash    deployment id -> JSON {workflows, first_seen_ms,
+                                              last_seen_ms}, renewed by its workers (global)
 """
 
 from __future__ import annotations
@@ -172,3 +177,7 @@ class Keys:
     def queue_names(self, partition: int) -> str:
         """The set of queue names the partition's runs handed steps to."""
         return f"{self.tag(partition)}:queues"
+
+    def deployments(self) -> str:
+        """The deployment registry: deployment id -> JSON (workflows, first/last seen ms)."""
+        return f"{self.prefix}:deployments"

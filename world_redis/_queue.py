@@ -411,19 +411,20 @@ class RedisQueue:
         await with_retry(run)
 
     async def acquire(
-        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1
+        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1, deployment: str = ""
     ) -> Acquired:
-        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)])
+        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)], deployment)
         return result
 
     async def acquire_many(
-        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]]
+        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
     ) -> list[Acquired]:
-        """Take the leases of several runs: one script call per partition."""
+        """Take the leases of several runs: one script call per partition. With a ``deployment``
+        a run pinned to another one answers "pinned", an unpinned one is pinned to it."""
         out: list[Acquired | None] = [None] * len(runs)
         for idxs in self._by_partition([r for r, _ in runs]).values():
             keys: list[str] = []
-            args: list[Any] = [token, lease_ms]
+            args: list[Any] = [token, lease_ms, deployment]
             for i in idxs:
                 run, ev, *_ = self.keys.run_keys(runs[i][0])
                 keys += [run, ev]
@@ -455,7 +456,9 @@ class RedisQueue:
             events = self._log_events(run_id, r[4])
         except CorruptEventError:  # DecryptionError too
             events = []  # the caller reads the log itself and reports the corrupt event
-        return Acquired(acquire_code(_s(r[0])), int(r[1]), _s(r[2]), int(r[3]) == 1, events)
+        deployment = _s(r[5]) if len(r) > 5 else ""
+        code = acquire_code(_s(r[0]))
+        return Acquired(code, int(r[1]), _s(r[2]), int(r[3]) == 1, events, deployment)
 
     def _by_partition(self, run_ids: Sequence[str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}

@@ -33,6 +33,7 @@ from worker.world import (
     new_ids,
 )
 
+from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
 from ._pools import RedisPools
@@ -87,9 +88,12 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         self.max_payload_bytes = max_payload_bytes or int(
             os.environ.get("WORKFLOW_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD)
         )
-        self.deployment = deployment or os.environ.get("WORKFLOW_DEPLOYMENT_ID", "dpl_redis")
+        # the deployment new runs are pinned to when start() names none and chose none ("":
+        # unpinned, pinned by the first worker that takes the run; see _deployments.py)
+        self.deployment = deployment or ""
         self.streams = RedisStreams(self)
         self.pools = RedisPools(self)  # worker pools: queue streams (see _pools.py)
+        self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
 
     @classmethod
     def from_url(cls, url: str, *, ssl_ca_certs: str | None = None, **kwargs: Any) -> RedisWorld:

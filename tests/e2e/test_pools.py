@@ -56,8 +56,21 @@ async def test_step_waits_for_its_pool_then_runs_there(
         check=True,
     )
     header, *lines = text.stdout.splitlines()
-    assert header.split() == ["partition", "queue", "length", "lag", "pending", "oldest"]
-    assert any(line.split()[:5] == ["0", "gpu", "1", "1", "0"] for line in lines), text.stdout
+    assert header.split() == [
+        "partition",
+        "queue",
+        "deployment",
+        "length",
+        "lag",
+        "pending",
+        "oldest",
+    ]
+    # the task waits in the gpu lane of the run's deployment (the default worker's)
+    assert any(
+        line.split()[:2] == ["0", "gpu"] and line.split()[3:6] == ["1", "1", "0"]
+        for line in lines
+    ), text.stdout
+    assert wait["deployment"] == row["deployment"] == (await run.info()).deployment
     assert await run.status() == "running"
 
     gpu = start_worker(MODULE, queues="gpu", POOL_MARKER="gpu")

@@ -22,8 +22,12 @@ WORKFLOW = "shipping:ship_order"
 
 
 def deploy(start_worker: Any, version: str) -> WorkerProcess:
-    """A worker process serving one version of the ``shipping`` module."""
-    worker: WorkerProcess = start_worker("shipping", PYTHONPATH=str(VERSIONS / version))
+    """A worker process serving one version of the ``shipping`` module, every version under one
+    deployment id: the change is carried in place by patched() (a new deployment id would keep
+    the runs in flight on the old code instead: see test_deployments.py)."""
+    worker: WorkerProcess = start_worker(
+        "shipping", PYTHONPATH=str(VERSIONS / version), WORKFLOW_DEPLOYMENT_ID="shipping"
+    )
     return worker
 
 

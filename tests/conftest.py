@@ -80,14 +80,20 @@ def worker_env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
 @pytest.fixture
 def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
     """Start `wf worker MODULE...` processes as a user would (``queues="default,gpu"`` serves
-    those queues); all are stopped after the test."""
+    those queues, ``deployment="v2"`` sets the deployment id); all are stopped after the test."""
     procs: list[WorkerProcess] = []
 
     def start(
-        *modules: str, concurrency: int = 50, queues: str | None = None, **env: str
+        *modules: str,
+        concurrency: int = 50,
+        queues: str | None = None,
+        deployment: str | None = None,
+        **env: str,
     ) -> WorkerProcess:
         if queues is not None:  # the worker's --queues, through its environment default
             env = {**env, "WORKFLOW_QUEUES": queues}
+        if deployment is not None:  # its --deployment, the same way
+            env = {**env, "WORKFLOW_DEPLOYMENT_ID": deployment}
         proc = WorkerProcess.start(
             list(modules), {**worker_env, **env}, tmp_path / f"worker{len(procs)}.log", concurrency
         )

@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -208,17 +209,19 @@ def live_window_ms() -> int:
 
 # -- the client's choice ---------------------------------------------------------------------
 
-_cache: dict[int, tuple[float, list[Deployment]]] = {}
+# per World (weakly: a closed World's read goes with it): (monotonic time of the read, the read)
+_cache: weakref.WeakKeyDictionary[object, tuple[float, list[Deployment]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _read_registry(world: object, *, fresh: bool) -> list[Deployment]:
-    key = id(world)
     now = time.monotonic()
-    cached = _cache.get(key)
+    cached = _cache.get(world)
     if not fresh and cached is not None and now - cached[0] < REGISTRY_CACHE_S:
         return cached[1]
     found = await deployment_store(world).registry(live_window_ms())
-    _cache[key] = (now, found)
+    _cache[world] = (now, found)
     return found
 
 

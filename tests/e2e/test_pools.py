@@ -67,8 +67,7 @@ async def test_step_waits_for_its_pool_then_runs_there(
     ]
     # the task waits in the gpu lane of the run's deployment (the default worker's)
     assert any(
-        line.split()[:2] == ["0", "gpu"] and line.split()[3:6] == ["1", "1", "0"]
-        for line in lines
+        line.split()[:2] == ["0", "gpu"] and line.split()[3:6] == ["1", "1", "0"] for line in lines
     ), text.stdout
     assert wait["deployment"] == row["deployment"] == (await run.info()).deployment
     assert await run.status() == "running"

@@ -1,0 +1,116 @@
+"""Deployments on a real Redis: acquire.lua's pin check, migrate.lua, the registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker import RunNotFoundError
+from worker._deployments import MigrateError, lane
+from worker._world import Acquired, Wakeup
+from world_redis import RedisWorld
+
+from .helpers import commit1, ev, new_run_id, snapshot
+
+
+async def test_acquire_pins_an_unpinned_run_to_the_callers_deployment(world: RedisWorld) -> None:
+    """An unpinned run is pinned by the first worker that takes its lease, atomically."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "wf_test", "[]")
+    info = await world.get_run(run_id)
+    assert info is not None and info.deployment == ""
+    got = await world.acquire(run_id, "w1#a", 10_000, deployment="dpl_one")
+    assert got == Acquired("ok", 1, "pending", False, [], "dpl_one")
+    assert await world.redis.hget(world.keys.run(run_id), "deployment") == "dpl_one"
+
+
+async def test_acquire_of_a_run_pinned_elsewhere_answers_pinned_and_writes_nothing(
+    world: RedisWorld,
+) -> None:
+    """A worker of another deployment gets "pinned" with the run's deployment, even while the
+    lease is free, and nothing changes; a worker of the run's deployment gets the lease."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "wf_test", "[]", "dpl_one")
+    before = await snapshot(world)
+    got = await world.acquire(run_id, "w2#b", 10_000, after_seq=0, deployment="dpl_two")
+    assert got == Acquired("pinned", 1, "pending", False, [], "dpl_one")
+    assert await snapshot(world) == before
+    assert (await world.acquire(run_id, "w1#a", 10_000, deployment="dpl_one")).code == "ok"
+    # a caller without a deployment is not checked (and pins nothing)
+    assert (await world.acquire(run_id, "w1#a", 10_000)).code == "ok"
+
+
+async def test_a_finished_run_is_not_pinned(world: RedisWorld) -> None:
+    """acquire on a terminal unpinned run leaves it unpinned (nothing to replay there)."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "wf_test", "[]")
+    await commit1(world, run_id, ev("run_cancelled"))
+    got = await world.acquire(run_id, "w1#a", 10_000, deployment="dpl_one")
+    assert (got.code, got.deployment) == ("ok", "")
+
+
+async def test_migrate_repins_drops_the_old_lane_entries_and_wakes_the_run(
+    world: RedisWorld,
+) -> None:
+    """migrate.lua: the pin moves, the run's wake-ups waiting in the old deployment's lane go
+    (other runs' entries stay), one wake-up goes to the ready stream."""
+    run_id, other = new_run_id(), new_run_id()
+    for r in (run_id, other):
+        assert await world.create_run(r, "wf_test", "[]", "dpl_one")
+    p = world.keys.partition(run_id)
+    ready = world.keys.ready(p)
+    await world.ensure_groups()
+    for r in (run_id, other):  # each wake-up forwarded to dpl_one's lane by another worker
+        ((_, entries),) = await world.redis.xreadgroup("workers", "w2", {ready: ">"}, count=1)
+        ((mid, _),) = entries
+        w = Wakeup(partition=p, message_id=mid, run_id=r, reason="created")
+        await world.pools.forward_wakeup(w, lane("default", "dpl_one"))
+    old_lane = world.keys.queue_stream(p, "default@dpl_one")
+    assert await world.redis.xlen(old_lane) == 2
+
+    assert await world.deployments.migrate(run_id, "dpl_two") == "dpl_one"
+    info = await world.get_run(run_id)
+    assert info is not None and info.deployment == "dpl_two"
+    assert await world.redis.hget(world.keys.run(run_id), "queue") is None
+    left = await world.redis.xrange(old_lane)
+    assert [f["run"] for _, f in left] == [other]
+    woken = await world.redis.xrange(ready)
+    assert [(f["run"], f["reason"]) for _, f in woken] == [(run_id, "migrated")]
+
+
+async def test_migrate_refuses_finished_and_missing_runs(world: RedisWorld) -> None:
+    """A finished run keeps its deployment (MigrateError); a missing run is RunNotFoundError."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "wf_test", "[]", "dpl_one")
+    await commit1(world, run_id, ev("run_cancelled"))
+    before = await snapshot(world)
+    with pytest.raises(MigrateError, match="is cancelled"):
+        await world.deployments.migrate(run_id, "dpl_two")
+    with pytest.raises(RunNotFoundError):
+        await world.deployments.migrate(new_run_id(), "dpl_two")
+    assert await snapshot(world) == before
+
+
+async def test_registry_keeps_first_seen_and_tells_live_from_gone(world: RedisWorld) -> None:
+    """Renewals keep the first-seen time and join the workflows of a live entry; an entry not
+    renewed within the live window is not live."""
+    await world.deployments.register("dpl_one", ["a:wf"], 60_000)
+    (first,) = await world.deployments.registry(60_000)
+    await world.deployments.register("dpl_one", ["b:wf"], 60_000)
+    (again,) = await world.deployments.registry(60_000)
+    assert again.first_seen_ms == first.first_seen_ms and again.live
+    assert again.workflows == ["a:wf", "b:wf"]
+    assert again.last_seen_ms >= first.last_seen_ms
+    raw = json.loads(await world.redis.hget(world.keys.deployments(), "dpl_one"))
+    assert raw["workflows"] == ["a:wf", "b:wf"]
+
+    stale = {"workflows": ["a:wf"], "first_seen_ms": 1, "last_seen_ms": 2}
+    await world.redis.hset(world.keys.deployments(), "dpl_old", json.dumps(stale))
+    await world.redis.hset(world.keys.deployments(), "dpl_bad", "not json")
+    shown = {d.deployment_id: d for d in await world.deployments.registry(60_000)}
+    assert not shown["dpl_old"].live and shown["dpl_one"].live
+    assert shown["dpl_bad"].workflows == [] and not shown["dpl_bad"].live
+    await world.deployments.register("dpl_none", [], 60_000)
+    raw = json.loads(await world.redis.hget(world.keys.deployments(), "dpl_none"))
+    assert raw["workflows"] == []

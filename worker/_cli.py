@@ -163,7 +163,7 @@ async def _demo(args: argparse.Namespace) -> None:
 async def _start(args: argparse.Namespace) -> None:
     _import_modules(args.import_ or [])
     values = [json.loads(a) for a in args.args]
-    run = await start(args.workflow, *values, run_id=args.run_id)
+    run = await start(args.workflow, *values, run_id=args.run_id, deployment_id=args.deployment)
     print(run.run_id)
     if args.wait:
         print(
@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("args", nargs="*", help="JSON values, one per argument")
     p.add_argument("--import", dest="import_", action="append", help="module defining the workflow")
     p.add_argument("--run-id")
+    p.add_argument("--deployment", help="pin the run to this deployment id")
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float, default=60)
 
@@ -507,7 +508,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(handlers[args.command](args))
-    except (UnknownDeploymentError, MigrateError, RunNotFoundError) as exc:
+    except (
+        UnknownDeploymentError,
+        InvalidDeploymentIdError,
+        MigrateError,
+        RunNotFoundError,
+    ) as exc:
         print(f"wf {args.command}: {exc}", file=sys.stderr)
         sys.exit(1)
     except (EncryptionKeyError, PartitionCountMismatchError) as exc:

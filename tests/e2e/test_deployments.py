@@ -87,8 +87,15 @@ async def test_runs_in_flight_finish_on_their_deployment(
     assert "run_forwarded_to_deployment" in v2.output()
     assert "NondeterminismError" not in v2.output()
     assert await old.status() == "running" and await not_failed(old)
-    shown = cast(dict[str, Any], await wf_json(worker_env, "inspect", "run", old.run_id))
-    assert shown["deployment"] == dep1
+    # seen by a `wf` whose lease (the live window) is short: v1 is gone and the run waits for it
+    short = {**worker_env, "WORKFLOW_LEASE_MS": "1000"}
+
+    async def waits_for_v1() -> dict[str, Any] | None:
+        shown = cast(dict[str, Any], await wf_json(short, "inspect", "run", old.run_id))
+        return shown if shown["waiting_for_deployment"] else None
+
+    shown = cast(dict[str, Any], await eventually(waits_for_v1, 30, what="v1 gone"))
+    assert shown["deployment"] == dep1 and shown["deployment_live"] is False
     table = wf(worker_env, "inspect", "deployments")
     assert table.returncode == 0 and dep1 in table.stdout and dep2 in table.stdout
 

@@ -267,10 +267,15 @@ def worker_lanes(deployment: str, queues: Sequence[str]) -> list[str]:
     return [lane(q, deployment) for q in queues]
 
 
+def register_interval_s(lease_ms: int) -> float:
+    """How often a worker renews its deployment: three times per lease, at most every 5 s."""
+    return max(0.2, min(5.0, lease_ms / 3000.0))
+
+
 async def register_loop(worker: Worker, duty: Duty) -> None:
     """Renew the registration of the worker's deployment, a few times per lease."""
     store = deployment_store(worker.world)
-    interval = max(0.2, min(5.0, worker.config.lease_ms / 3000.0))
+    interval = register_interval_s(worker.config.lease_ms)
     workflows = served_workflows(worker.config.queues)
     while True:
         await store.register(worker.deployment, workflows, worker.config.lease_ms)

@@ -28,6 +28,12 @@ lease up at once and forwards the wake-up to the queue's stream (``PoolQueues.fo
 copy, note the run's queue, ack, in one transaction). A worker serving ``q`` reads it there beside
 its step tasks and holds the run like any other; the wake-up's heartbeat, release and requeue act
 on that stream. Steps without a queue run where the run is held, i.e. in the ``q`` worker.
+
+Deployments. Every hand-over targets the *lane* of the run's deployment (``gpu@dpl_x``, a queue
+stream like any other; see _deployments.py): the holder routes a step to ``<queue>@<its
+deployment>`` and forwards a workflow's wake-up to ``<workflow queue>@<its deployment>``, and a
+runner reads the lanes of its worker's deployment beside its queues' plain streams. So a pool
+worker of another deployment never runs a pinned run's step.
 """
 
 from __future__ import annotations

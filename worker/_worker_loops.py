@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _health_http
 from ._batcher import Batcher
-from ._deployments import register_loop
+from ._deployments import register_interval_s, register_loop
 from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
 from ._replay import error_json
@@ -59,7 +59,9 @@ def supervise(worker: Worker) -> None:
     if worker.pools is not None:
         worker.pools.supervise()
     sup.add("requests", lambda d: request_loop(worker, d), stale_after_s=quiet_s)
-    sup.add("deployment", lambda d: register_loop(worker, d), stale_after_s=quiet_s)
+    # a success per renewal: quiet only when several renewals in a row failed
+    register_s = max(quiet_s, 3 * register_interval_s(worker.config.lease_ms))
+    sup.add("deployment", lambda d: register_loop(worker, d), stale_after_s=register_s)
     sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
     status_s = max(quiet_s, 3 * STATUS_INTERVAL_S)

@@ -11,7 +11,7 @@ from worker._deployments import MigrateError, lane
 from worker._world import Acquired, Wakeup
 from world_redis import RedisWorld
 
-from .helpers import commit1, ev, new_run_id, snapshot
+from .helpers import commit1, ev, new_id, new_run_id, run_with_steps, snapshot
 
 
 async def test_acquire_pins_an_unpinned_run_to_the_callers_deployment(world: RedisWorld) -> None:
@@ -114,3 +114,20 @@ async def test_registry_keeps_first_seen_and_tells_live_from_gone(world: RedisWo
     await world.deployments.register("dpl_none", [], 60_000)
     raw = json.loads(await world.redis.hget(world.keys.deployments(), "dpl_none"))
     assert raw["workflows"] == []
+
+
+async def test_a_migrated_runs_due_step_goes_to_the_lane_of_its_new_deployment(
+    world: RedisWorld,
+) -> None:
+    """route.lua: a step handed to the gpu lane of one deployment is handed again (same attempt)
+    to the gpu lane of the deployment the run moved to; twice to one lane stays once."""
+    step = new_id("step")
+    run_id = await run_with_steps(world, step)
+    old, new = lane("gpu", "dpl_one"), lane("gpu", "dpl_two")
+    assert await world.pools.route_steps(run_id, [(step, "add", old)]) == ["queued"]
+    assert await world.pools.route_steps(run_id, [(step, "add", old)]) == ["exists"]
+    assert await world.pools.route_steps(run_id, [(step, "add", new)]) == ["queued"]
+    assert await world.pools.route_steps(run_id, [(step, "add", new)]) == ["exists"]
+    for name in (old, new):
+        assert await world.redis.xlen(world.keys.queue_stream(0, name)) == 1
+    assert await world.pools.waiting_on(run_id) == [(step, new, 0)]

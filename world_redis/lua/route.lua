@@ -17,7 +17,8 @@
 --
 -- Reply: one code per step:
 --   "queued"     a task entry was added
---   "exists"     already handed over for this attempt count (the task is in the stream)
+--   "exists"     already handed over to this queue for this attempt count (the task is in the
+--                stream)
 --   "running"    the step is running (a pool worker holds it): nothing to do
 --   "done"       the step is completed or failed
 --   "too_early"  its retry delay has not passed (a timer wakes the run when it has)
@@ -48,7 +49,11 @@ for i = 1, #KEYS - 3 do
     code = 'too_early'
   else
     local queued = redis.call('HGET', KEYS[2], corr .. '|queued')
-    if queued and string.match(queued, '^([^|]*)|') == attempt then
+    local q_attempt, q_queue
+    if queued then q_attempt, q_queue = string.match(queued, '^([^|]*)|([^|]*)|') end
+    -- a hand-over to another queue name (the lane of another deployment, after the run was
+    -- migrated) does not count: the task goes to the lane of the run's deployment now
+    if queued and q_attempt == attempt and q_queue == queue then
       code = 'exists'
     else
       local id = redis.call('XADD', KEYS[3 + i], '*', 'run', run_id, 'step', corr, 'name', name,

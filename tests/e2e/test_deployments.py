@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from tests.e2e import pool_workflows as pw
 from tests.e2e.test_versioning import VERSIONS, WORKFLOW, paused_run
 from tests.support import WF, WorkerProcess, eventually, hook_ready, wf_json
 from worker import (
@@ -193,3 +194,30 @@ async def test_a_run_started_with_no_live_deployment_is_pinned_by_its_first_work
     await hook_ready("shipped-G-7")
     await resume_hook("shipped-G-7", "z")
     assert await run.result(timeout=30) == {"receipt": "charged G-7", "shipped": "z"}
+
+
+async def test_a_pool_worker_of_another_deployment_never_runs_a_pinned_runs_step(
+    world: RedisWorld, start_worker: Any, worker_env: dict[str, str]
+) -> None:
+    """A gpu step of a run pinned to pool-v1 waits in pool-v1's gpu lane while only a pool-v2 gpu
+    worker runs; a pool-v1 gpu worker then runs it."""
+    module = "tests.e2e.pool_workflows"
+    default = start_worker(module, deployment="pool-v1", POOL_MARKER="default")
+    other = start_worker(module, queues="gpu", deployment="pool-v2", POOL_MARKER="other")
+    run = await start(pw.pool_basic, 21)
+
+    async def waiting() -> dict[str, Any] | None:
+        shown = cast(dict[str, Any], await wf_json(worker_env, "inspect", "run", run.run_id))
+        waits = shown.get("waiting_on") or []
+        return waits[0] if waits and waits[0].get("lag") == 1 else None
+
+    wait = cast(dict[str, Any], await eventually(waiting, 30, what="the step in its lane"))
+    assert (wait["queue"], wait["deployment"]) == ("gpu", "pool-v1")
+    assert (await run.info()).deployment == "pool-v1"
+    assert "pool_step_done" not in other.output()
+
+    mine = start_worker(module, queues="gpu", deployment="pool-v1", POOL_MARKER="mine")
+    out = await run.result(timeout=30)
+    assert out["gpu"] == {"pid": mine.proc.pid, "marker": "mine", "x": 42}
+    assert out["default"] == {"pid": default.proc.pid, "marker": "default"}
+    assert "pool_step_done" not in other.output()

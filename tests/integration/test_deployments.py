@@ -6,12 +6,14 @@ import json
 
 import pytest
 
+from tests.support import running_worker
 from worker import RunNotFoundError
 from worker._deployments import MigrateError, lane
+from worker._worker import Worker, WorkerConfig
 from worker._world import Acquired, Wakeup
 from world_redis import RedisWorld
 
-from .helpers import commit1, ev, new_id, new_run_id, run_with_steps, snapshot
+from .helpers import commit1, ev, eventually, new_id, new_run_id, run_with_steps, snapshot
 
 
 async def test_acquire_pins_an_unpinned_run_to_the_callers_deployment(world: RedisWorld) -> None:
@@ -131,3 +133,26 @@ async def test_a_migrated_runs_due_step_goes_to_the_lane_of_its_new_deployment(
     for name in (old, new):
         assert await world.redis.xlen(world.keys.queue_stream(0, name)) == 1
     assert await world.pools.waiting_on(run_id) == [(step, new, 0)]
+
+
+async def test_a_worker_forwards_a_run_of_another_deployment_without_replaying_it(
+    world: RedisWorld,
+) -> None:
+    """An in-process worker of dpl_a takes the wake-up of a run pinned to dpl_b (a workflow it
+    does not even have, which a replay would fail): the wake-up moves to dpl_b's lane, the run
+    and its log stay as they were."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "not_here:wf", "[]", "dpl_b")
+    lane_stream = world.keys.queue_stream(0, lane("default", "dpl_b"))
+    worker = Worker(world, WorkerConfig(deployment="dpl_a", drain_timeout_s=1))
+    async with running_worker(worker):
+
+        async def forwarded() -> bool:
+            return bool(await world.redis.xlen(lane_stream))
+
+        await eventually(forwarded, timeout=20, what="the wake-up in dpl_b's lane")
+    info = await world.get_run(run_id)
+    assert info is not None and (info.status, info.seq, info.deployment) == ("pending", 1, "dpl_b")
+    assert info.lease_owner == ""
+    assert await world.redis.xlen(world.keys.ready(0)) == 0
+    assert [f["run"] for _, f in await world.redis.xrange(lane_stream)] == [run_id]

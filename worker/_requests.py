@@ -19,7 +19,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import _serde
-from ._deployments import resolve_deployment
+from ._deployments import (
+    InvalidDeploymentIdError,
+    UnknownDeploymentError,
+    resolve_deployment,
+)
 from ._errors import (
     HookNotFoundError,
     InvalidRunIdError,
@@ -51,6 +55,8 @@ VERDICTS = (
     PayloadTooLargeError,
     SerializationError,
     HookNotFoundError,
+    UnknownDeploymentError,
+    InvalidDeploymentIdError,
 )
 
 
@@ -136,7 +142,8 @@ def request_run_id(req: StartRequest) -> str:
 
 
 async def handle_start_request(worker: Worker, req: StartRequest) -> None:
-    """``XADD <prefix>:start * workflow NAME args JSON [run_id ID]``: create the run (idempotent)."""
+    """``XADD <prefix>:start * workflow NAME args JSON [run_id ID] [deployment ID]``: create the
+    run (idempotent)."""
     fields = req.fields
     run_id = fields.get("run_id") or request_run_id(req)
     try:
@@ -156,6 +163,9 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
         if not has_workflow(name):
             raise WorkflowNotRegisteredError(name)
         convert_args(get_workflow(name).signature, args, {}, f"workflow {name!r}")
+        # pinned like start() pins: the request's "deployment" (registered), else the newest
+        # live deployment serving the workflow, if any
+        deployment = await resolve_deployment(worker.world, name, fields.get("deployment"))
     except VERDICTS as exc:
         reason = f"{type(exc).__name__}: {exc}"
         worker.log.warning("start_request_rejected", message_id=req.message_id, reason=reason)
@@ -163,8 +173,6 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
         if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
             await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
         return
-    # pinned like start() pins: the newest live deployment serving the workflow, if any
-    deployment = await resolve_deployment(worker.world, name, None)
     created = await worker.world.create_run(run_id, name, args_text, deployment)
     worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
 

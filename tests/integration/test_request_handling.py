@@ -170,3 +170,35 @@ async def test_resume_repeated_after_a_lost_reply_is_received_once(
         assert [e["payload"] for e in received] == ['{"n":1}']
     finally:
         await world.close()
+
+
+async def test_start_requests_pin_to_a_named_deployment_or_are_rejected(
+    world: RedisWorld,
+) -> None:
+    """A start request's "deployment" field pins the run when a worker registered that id; an
+    unknown or invalid one rejects the request with the reason, and no run is created."""
+    worker = Worker(world, WorkerConfig(lease_ms=60_000))
+    await world.ensure_groups()
+    await world.deployments.register("dpl_known", ["text_length"], 60_000)
+    start = world.keys.start_stream()
+    for run_id, deployment in (
+        ("wrun_pinned_by_request", "dpl_known"),
+        ("", "dpl_unknown"),
+        ("", "not valid"),
+    ):
+        fields = {"workflow": "text_length", "args": '["abc"]', "deployment": deployment}
+        await world.redis.xadd(start, {**fields, **({"run_id": run_id} if run_id else {})})
+
+    async def decided() -> bool:
+        return await world.redis.xlen(start) == 0
+
+    await run_loop_until(worker, decided, "the three requests decided")
+    info = await world.get_run("wrun_pinned_by_request")
+    assert info is not None and info.deployment == "dpl_known"
+    rejected = [f for _, f in await world.redis.xrange(world.keys.rejected(start))]
+    reasons = [(f["deployment"], f["reason"].split(":")[0]) for f in rejected]
+    assert reasons == [
+        ("dpl_unknown", "UnknownDeploymentError"),
+        ("not valid", "InvalidDeploymentIdError"),
+    ]
+    assert len((await world.list_runs())[0]) == 1

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 READ_BLOCK_MS = 1000  # a reader's blocking read; it wakes at once when an entry arrives
+# a reader of a deployment's replay lane blocks as briefly as the read of the ready stream: with
+# a concurrency of 1 the two take turns, and a long block would delay every wake-up behind it
+LANE_BLOCK_MS = 200
 
 
 def step_queue(fn: Any) -> str | None:
@@ -118,7 +121,8 @@ class PoolRunner:
                 continue
             self.reading += 1
             try:
-                tasks = await self.store.read_tasks(w.name, queue, partition, 1, READ_BLOCK_MS)
+                block = LANE_BLOCK_MS if queue.startswith(f"{DEFAULT_QUEUE}@") else READ_BLOCK_MS
+                tasks = await self.store.read_tasks(w.name, queue, partition, 1, block)
             finally:
                 self.reading -= 1
             duty.ok()

@@ -125,11 +125,11 @@ class Worker:
         self.health_socket: socket.socket | None = None
         self.supervisor = Supervisor(self.log)
         self.serves_default = DEFAULT_QUEUE in self.config.queues
-        self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill (with pools only)
+        self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill
         # the queue streams this worker reads: its queues' (not default: the ready stream) and
         # its deployment's lanes of each of its queues (see _deployments.py)
         lanes = worker_lanes(self.deployment, self.config.queues)
-        self.pools: PoolRunner | None = PoolRunner(self, (*self.config.queues, *lanes))
+        self.pools = PoolRunner(self, (*self.config.queues, *lanes))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -141,8 +141,7 @@ class Worker:
         """
         await self.world.check_config()  # PartitionCountMismatchError before anything is read
         await self.world.ensure_groups()
-        if self.pools is not None:
-            await self.pools.start()
+        await self.pools.start()
         for warning in await self.world.server_warnings():
             self.log.warning("redis_configuration_risk", problem=warning)
         await self.sync_clock()
@@ -183,7 +182,7 @@ class Worker:
     @property
     def pool_load(self) -> int:
         """Slots of the concurrency taken by pool tasks this worker executes (see _pools.py)."""
-        return self.pools.load if self.pools is not None else 0
+        return self.pools.load
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -228,12 +227,7 @@ class Worker:
                         await self._room.wait()
                 duty.ok()  # waiting for room is this duty's work too
                 continue
-            if self.pools is None:
-                wakeups = await self.world.read_wakeups(
-                    self.name, min(room, self.config.batch), 200
-                )
-            else:
-                wakeups = await self._read_beside_pools(min(room, self.config.batch))
+            wakeups = await self._read_beside_pools(min(room, self.config.batch))
             duty.ok()
             for w in wakeups:
                 self._dispatch(w)
@@ -242,7 +236,6 @@ class Worker:
         """Read wake-ups while pool readers share the concurrency: the slots this read may fill
         are taken for its duration (so the two never bring more work than there is room for), and
         given back with a turn for the pool readers before the next read."""
-        assert self.pools is not None
         self.reading_wakeups = count
         try:
             return await self.world.read_wakeups(self.name, count, 200)
@@ -310,8 +303,7 @@ class Worker:
             if self.held.get(run_id) is held:
                 del self.held[run_id]
             self._room.set()
-            if self.pools is not None:
-                self.pools.room.set()
+            self.pools.room.set()
             for w in held.deferred:
                 self._dispatch(w)
 

@@ -56,8 +56,7 @@ def supervise(worker: Worker) -> None:
     sup.add("timers", lambda d: timer_loop(worker, d), stale_after_s=quiet_s)
     if worker.serves_default:
         sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
-    if worker.pools is not None:
-        worker.pools.supervise()
+    worker.pools.supervise()  # queue streams and the deployment's lanes (see _pools.py)
     sup.add("requests", lambda d: request_loop(worker, d), stale_after_s=quiet_s)
     # a success per renewal: quiet only when several renewals in a row failed
     register_s = max(quiet_s, 3 * register_interval_s(worker.config.lease_ms))
@@ -88,7 +87,7 @@ def report(worker: Worker) -> dict[str, Any]:
         concurrency=worker.config.concurrency,
         queues=list(worker.config.queues),
         deployment=worker.deployment,
-        pool_tasks=len(worker.pools.running) if worker.pools is not None else 0,
+        pool_tasks=len(worker.pools.running),
         pid=os.getpid(),
     )
 

@@ -22,10 +22,10 @@ from ._deployments import (
     UnknownDeploymentError,
     base_queue,
     check_deployment_id,
-    check_known,
     deployment_store,
     lane_deployment,
     live_window_ms,
+    migrate_run,
 )
 from ._errors import (
     DecryptionError,
@@ -311,9 +311,7 @@ async def _inspect_deployments(world: Any, as_json: bool) -> None:
 
 async def _runs(args: argparse.Namespace) -> None:
     """``wf runs migrate RUN --to ID``: pin a run to another deployment and wake it there."""
-    world = get_world()
-    await check_known(world, args.to)
-    previous = await deployment_store(world).migrate(args.run_id, args.to)
+    previous = await migrate_run(get_world(), args.run_id, args.to)
     print(f"migrated {args.run_id} from {previous or '(unpinned)'} to {args.to}")
 
 

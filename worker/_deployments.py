@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import msgspec
 
-from ._errors import WorkflowError
+from ._errors import RunNotFoundError, WorkflowError
 
 if TYPE_CHECKING:
     from ._supervisor import Duty
     from ._worker import Worker
+    from ._world import World
 
 _DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 REGISTRY_CACHE_S = 3.0  # how long a client reuses its read of the registry (see resolve)
@@ -247,9 +248,27 @@ async def resolve_deployment(world: object, workflow: str, explicit: str | None)
     return max(serving, key=lambda d: (d.first_seen_ms, d.deployment_id)).deployment_id
 
 
-async def check_known(world: object, deployment_id: str) -> None:
-    """UnknownDeploymentError unless a worker registered ``deployment_id``."""
-    await resolve_deployment(world, "", check_deployment_id(deployment_id))
+async def migrate_run(world: World, run_id: str, deployment_id: str) -> str:
+    """Pin run ``run_id`` to ``deployment_id`` and wake it there (``wf runs migrate``); the
+    deployment it was pinned to ("" when unpinned).
+
+    Refused, with nothing moved: an invalid id (InvalidDeploymentIdError), one no worker
+    registered (UnknownDeploymentError), one whose workers do not serve the run's workflow, a
+    finished run (MigrateError), a missing run (RunNotFoundError)."""
+    check_deployment_id(deployment_id)
+    info = await world.get_run(run_id)
+    if info is None:
+        raise RunNotFoundError(run_id)
+    known = {d.deployment_id: d for d in await _read_registry(world, fresh=True)}
+    target = known.get(deployment_id)
+    if target is None:
+        raise UnknownDeploymentError(deployment_id, list(known))
+    if target.workflows and info.workflow not in target.workflows:
+        raise MigrateError(
+            f"deployment {deployment_id!r} does not serve workflow {info.workflow!r} of run "
+            f"{run_id} (it serves {', '.join(target.workflows)}); nothing moved"
+        )
+    return await deployment_store(world).migrate(run_id, deployment_id)
 
 
 # -- the worker's registration duty ----------------------------------------------------------

@@ -41,6 +41,7 @@ from ._step_exec import StepExecutor
 from ._supervisor import Duty, Supervisor
 from ._world import Acquired, Commit, CommitResult, Wakeup, World
 
+TERMINAL = ("completed", "failed", "cancelled")
 HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
 
 
@@ -280,6 +281,9 @@ class Worker:
         try:
             cached = self._instance(run_id)
             acq = await self.acquirer.submit((run_id, cached.seq if cached else 0))
+            if acq.code == "pinned" and acq.status in TERMINAL:
+                await self.world.ack([held.wakeup])  # a finished run: nothing left to replay
+                return
             if acq.code == "pinned":  # another deployment's run: never replayed by this code
                 self._evict(run_id)
                 target = lane(held.wakeup.queue, acq.deployment)

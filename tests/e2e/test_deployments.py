@@ -132,6 +132,11 @@ async def test_migrate_moves_a_waiting_run_to_another_deployment(
     assert unknown.returncode == 1 and "unknown deployment 'ship-v9'" in unknown.stderr
     bad = wf(worker_env, "runs", "migrate", old.run_id, "--to", "no way")
     assert bad.returncode == 2 and "invalid deployment id 'no way'" in bad.stderr
+    await world.deployments.register("billing-v1", ["billing:charge"], 60_000)
+    other = wf(worker_env, "runs", "migrate", old.run_id, "--to", "billing-v1")
+    assert other.returncode == 1 and "does not serve workflow 'shipping:ship_order'" in other.stderr
+    missing = wf(worker_env, "runs", "migrate", "wrun_missing", "--to", "ship-v2")
+    assert missing.returncode == 1 and "wrun_missing" in missing.stderr
     assert (await old.info()).deployment == "ship-v1"
 
     moved = wf(worker_env, "runs", "migrate", old.run_id, "--to", "ship-v2")

@@ -156,3 +156,22 @@ async def test_a_worker_forwards_a_run_of_another_deployment_without_replaying_i
     assert info.lease_owner == ""
     assert await world.redis.xlen(world.keys.ready(0)) == 0
     assert [f["run"] for _, f in await world.redis.xrange(lane_stream)] == [run_id]
+
+
+async def test_a_finished_run_of_another_deployment_is_not_forwarded(world: RedisWorld) -> None:
+    """The wake-up of a cancelled run pinned elsewhere is acknowledged where it was read: it
+    would only linger in a lane that nobody may serve any more."""
+    run_id = new_run_id()
+    assert await world.create_run(run_id, "not_here:wf", "[]", "dpl_b")
+    await commit1(world, run_id, ev("run_cancelled"), wake="cancelled")
+    worker = Worker(world, WorkerConfig(deployment="dpl_a", drain_timeout_s=1))
+    async with running_worker(worker):
+
+        async def acknowledged() -> bool:
+            groups = await world.redis.xinfo_groups(world.keys.ready(0))
+            return await world.redis.xlen(world.keys.ready(0)) == 0 and groups[0]["pending"] == 0
+
+        await eventually(acknowledged, timeout=20, what="both wake-ups acknowledged")
+    assert not await world.redis.exists(world.keys.queue_stream(0, lane("default", "dpl_b")))
+    info = await world.get_run(run_id)
+    assert info is not None and info.status == "cancelled"

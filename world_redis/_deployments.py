@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis import exceptions as rexc
 
 from worker.world import (
     Deployment,
@@ -155,7 +156,7 @@ class RedisDeployments:
         length = int(await with_retry(self.redis.xlen, stream))
         try:
             groups = await with_retry(self.redis.xinfo_groups, stream)
-        except Exception:  # no such stream (yet): nothing waits in it
+        except rexc.ResponseError:  # no such stream (yet): nothing waits in it
             return length, 0
         for g in groups:
             if _s(g.get("name")) == GROUP:

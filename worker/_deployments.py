@@ -4,8 +4,8 @@ Every worker has a deployment id: ``wf worker --deployment ID``, else ``WORKFLOW
 else :func:`default_deployment_id`, a hash of the source of the modules that define the workflows
 and steps it imported (so a deploy of changed code gets a new id by itself, and restarting the same
 code keeps it). Workers register their deployment in the World with a heartbeat (the workflows it
-serves, when it was first and last seen); a deployment is *live* while a worker of it renewed the
-registration within a lease.
+serves, when it was first and last seen, its workers); a deployment is *live* while a worker of
+it renewed the registration within a lease and has not left it (a worker leaves when it stops).
 
 A run is pinned to one deployment: ``start(..., deployment_id=ID)`` pins explicitly (an id never
 registered is refused with :class:`UnknownDeploymentError`, nothing created); without it the run is
@@ -148,13 +148,15 @@ def worker_deployment_id(explicit: str | None = None) -> str:
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered deployment as the registry holds it (``live``: renewed within a lease)."""
+    """A registered deployment as the registry holds it (``live``: one of its workers renewed
+    the registration within a lease and has not left)."""
 
     deployment_id: str
     workflows: list[str] = []
     first_seen_ms: int = 0
     last_seen_ms: int = 0
     live: bool = False
+    workers: list[str] = []  # its workers renewed within a lease
 
 
 class DeploymentStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,8 +181,14 @@ class MigrateError(WorkflowError):
 class DeploymentStore(Protocol):
     """The deployments' storage: a registry with heartbeats, and moving runs between them."""
 
-    async def register(self, deployment_id: str, workflows: Sequence[str], live_ms: int) -> None:
-        """Record that a worker of ``deployment_id`` serving ``workflows`` is alive."""
+    async def register(
+        self, deployment_id: str, worker: str, workflows: Sequence[str], live_ms: int
+    ) -> None:
+        """Record that ``worker`` of ``deployment_id``, serving ``workflows``, is alive."""
+        ...
+
+    async def leave(self, deployment_id: str, worker: str, live_ms: int) -> None:
+        """Record that ``worker`` stopped (the deployment is not live once its last one left)."""
         ...
 
     async def registry(self, live_ms: int) -> list[Deployment]:
@@ -204,7 +212,7 @@ def deployment_store(world: object) -> DeploymentStore:
 
 
 def live_window_ms() -> int:
-    """A deployment is live while renewed within this long: one lease (WORKFLOW_LEASE_MS)."""
+    """A worker is live while it renewed within this long: one lease (WORKFLOW_LEASE_MS)."""
     return int(os.environ.get("WORKFLOW_LEASE_MS") or 15000)
 
 
@@ -297,6 +305,17 @@ async def register_loop(worker: Worker, duty: Duty) -> None:
     interval = register_interval_s(worker.config.lease_ms)
     workflows = served_workflows(worker.config.queues)
     while True:
-        await store.register(worker.deployment, workflows, worker.config.lease_ms)
+        await store.register(worker.deployment, worker.name, workflows, worker.config.lease_ms)
         duty.ok()
         await asyncio.sleep(interval)
+
+
+async def leave(worker: Worker) -> None:
+    """A worker that stops leaves its deployment: with its last worker gone, a deployment is not
+    live at once (new runs are not pinned to it), instead of a lease later."""
+    try:
+        await deployment_store(worker.world).leave(
+            worker.deployment, worker.name, worker.config.lease_ms
+        )
+    except Exception as exc:  # the registration lapses after a lease anyway
+        worker.log.warning("deployment_leave_failed", error=str(exc))

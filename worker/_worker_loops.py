@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _health_http
 from ._batcher import Batcher
+from ._deployments import leave as leave_deployment
 from ._deployments import register_interval_s, register_loop
 from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
@@ -125,7 +126,8 @@ async def status_loop(worker: Worker, duty: Duty) -> None:
 
 
 async def forget_self(worker: Worker) -> None:
-    """A worker that stops takes its status report with it."""
+    """A worker that stops takes its status report with it, and leaves its deployment."""
+    await leave_deployment(worker)
     try:
         await presence(worker.world).forget_workers([worker.name])
     except Exception as exc:

@@ -3,9 +3,10 @@
 Keys (see worker/_deployments.py for the rules):
 
     wf:deployments                  hash    deployment id -> JSON {"workflows": [...],
-                                            "first_seen_ms": ms, "last_seen_ms": ms}, renewed by
-                                            each worker of the deployment (register_deployment.lua,
-                                            server clock); live = renewed within a lease
+                                            "first_seen_ms": ms, "last_seen_ms": ms, "workers":
+                                            {name: ms}}, renewed by each worker of the deployment
+                                            and left when it stops (register_deployment.lua,
+                                            server clock); live = a worker renewed within a lease
     wf:{pN}:run:<id>                hash    field "deployment": the run's pin ("" while unpinned;
                                             set by create_run.lua, acquire.lua or migrate.lua)
     wf:{pN}:q:<queue>@<deployment>  stream  a lane: the deployment's wake-ups (queue "default")
@@ -43,7 +44,6 @@ from ._retry import with_retry
 if TYPE_CHECKING:
     from ._world import RedisWorld
 
-STATUS_LIVE_MS = 15_000  # a worker status report older than this (3 reports) is not live
 MIGRATE_SCAN = 10_000  # entries of the old lane looked through for the run's wake-ups
 
 
@@ -51,6 +51,7 @@ class _Entry(msgspec.Struct):
     workflows: list[str] | dict[str, Any] = []
     first_seen_ms: int = 0
     last_seen_ms: int = 0
+    workers: dict[str, int] | list[Any] = {}  # an empty object may come back as a list
 
 
 _ENTRY = msgspec.json.Decoder(_Entry)
@@ -69,11 +70,17 @@ class RedisDeployments:
     async def _now_ms(self) -> int:
         return await self.world.server_time_ms()
 
-    async def register(self, deployment_id: str, workflows: Sequence[str], live_ms: int) -> None:
+    async def register(
+        self, deployment_id: str, worker: str, workflows: Sequence[str], live_ms: int
+    ) -> None:
         keys = [self.world.keys.deployments()]
-        await self.world._eval(
-            "register_deployment", keys, [deployment_id, json.dumps(list(workflows)), live_ms]
-        )
+        args = [deployment_id, json.dumps(list(workflows)), live_ms, worker, "register"]
+        await self.world._eval("register_deployment", keys, args)
+
+    async def leave(self, deployment_id: str, worker: str, live_ms: int) -> None:
+        keys = [self.world.keys.deployments()]
+        args = [deployment_id, "[]", live_ms, worker, "leave"]
+        await self.world._eval("register_deployment", keys, args)
 
     async def registry(self, live_ms: int) -> list[Deployment]:
         now = await self._now_ms()
@@ -85,13 +92,16 @@ class RedisDeployments:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 entry = _Entry()  # shown with no workflows: never chosen by default
             workflows = entry.workflows if isinstance(entry.workflows, list) else []
+            seen = entry.workers if isinstance(entry.workers, dict) else {}
+            workers = sorted(w for w, at in seen.items() if at >= now - live_ms)
             out.append(
                 Deployment(
                     deployment_id=_s(name),
                     workflows=sorted(workflows),
                     first_seen_ms=entry.first_seen_ms,
                     last_seen_ms=entry.last_seen_ms,
-                    live=entry.last_seen_ms >= now - live_ms,
+                    live=bool(workers),
+                    workers=workers,
                 )
             )
         return out
@@ -166,25 +176,10 @@ class RedisDeployments:
                 return lag, pending
         return length, 0
 
-    async def live_workers(self) -> dict[str, list[str]]:
-        """Deployment id -> names of its workers whose status report is recent."""
-        now = await self._now_ms()
-        out: dict[str, list[str]] = {}
-        for name, text in (await self.world.worker_statuses()).items():
-            try:
-                report = json.loads(text)
-                at_ms, dep = int(report.get("at_ms", 0)), str(report.get("deployment", ""))
-            except (ValueError, AttributeError, TypeError):
-                continue
-            if dep and at_ms >= now - STATUS_LIVE_MS:
-                out.setdefault(dep, []).append(name)
-        return {k: sorted(v) for k, v in out.items()}
-
     async def stats(self, live_ms: int) -> list[DeploymentStats]:
         registry = {d.deployment_id: d for d in await self.registry(live_ms)}
         pinned = await self.pinned_counts()
         load = await self.lane_load()
-        workers = await self.live_workers()
         ids = sorted(set(registry) | {d for d in pinned if d} | set(load))
         out: list[DeploymentStats] = []
         for dep in ids:
@@ -194,7 +189,7 @@ class RedisDeployments:
                 DeploymentStats(
                     deployment_id=dep,
                     live=bool(reg and reg.live),
-                    workers=workers.get(dep, []),
+                    workers=list(reg.workers) if reg else [],
                     workflows=list(reg.workflows) if reg else [],
                     first_seen_ms=reg.first_seen_ms if reg else 0,
                     last_seen_ms=reg.last_seen_ms if reg else 0,

@@ -42,7 +42,8 @@ all partitions and nodes.
                                               the deployment, for its workers of the queue
                                               ("default@<id>": replays), group "workers"
     wf:deployments                    hash    deployment id -> JSON {workflows, first_seen_ms,
-                                              last_seen_ms}, renewed by its workers (global)
+                                              last_seen_ms, workers}, renewed by its workers
+                                              and left when they stop (global)
 """
 
 from __future__ import annotations
@@ -179,5 +180,5 @@ class Keys:
         return f"{self.tag(partition)}:queues"
 
     def deployments(self) -> str:
-        """The deployment registry: deployment id -> JSON (workflows, first/last seen ms)."""
+        """The deployment registry: deployment id -> JSON (workflows, first/last seen, workers)."""
         return f"{self.prefix}:deployments"

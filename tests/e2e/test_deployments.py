@@ -84,15 +84,14 @@ async def test_runs_in_flight_finish_on_their_deployment(
         return row if row and row["waiting"] >= 1 and not row["workers"] else None
 
     row = cast(dict[str, Any], await eventually(waits_on_v1, 30, what="the run waiting on v1"))
-    assert row["runs_pinned"] == 1 and WORKFLOW in row["workflows"]
+    assert row["runs_pinned"] == 1 and WORKFLOW in row["workflows"] and row["live"] is False
     assert "run_forwarded_to_deployment" in v2.output()
     assert "NondeterminismError" not in v2.output()
     assert await old.status() == "running" and await not_failed(old)
-    # seen by a `wf` whose lease (the live window) is short: v1 is gone and the run waits for it
-    short = {**worker_env, "WORKFLOW_LEASE_MS": "1000"}
 
+    # v1's only worker left the registry when it stopped: the run waits for v1
     async def waits_for_v1() -> dict[str, Any] | None:
-        shown = cast(dict[str, Any], await wf_json(short, "inspect", "run", old.run_id))
+        shown = cast(dict[str, Any], await wf_json(worker_env, "inspect", "run", old.run_id))
         return shown if shown["waiting_for_deployment"] else None
 
     shown = cast(dict[str, Any], await eventually(waits_for_v1, 30, what="v1 gone"))
@@ -132,7 +131,7 @@ async def test_migrate_moves_a_waiting_run_to_another_deployment(
     assert unknown.returncode == 1 and "unknown deployment 'ship-v9'" in unknown.stderr
     bad = wf(worker_env, "runs", "migrate", old.run_id, "--to", "no way")
     assert bad.returncode == 2 and "invalid deployment id 'no way'" in bad.stderr
-    await world.deployments.register("billing-v1", ["billing:charge"], 60_000)
+    await world.deployments.register("billing-v1", "w1", ["billing:charge"], 60_000)
     other = wf(worker_env, "runs", "migrate", old.run_id, "--to", "billing-v1")
     assert other.returncode == 1 and "does not serve workflow 'shipping:ship_order'" in other.stderr
     missing = wf(worker_env, "runs", "migrate", "wrun_missing", "--to", "ship-v2")

@@ -95,27 +95,41 @@ async def test_migrate_refuses_finished_and_missing_runs(world: RedisWorld) -> N
 
 
 async def test_registry_keeps_first_seen_and_tells_live_from_gone(world: RedisWorld) -> None:
-    """Renewals keep the first-seen time and join the workflows of a live entry; an entry not
-    renewed within the live window is not live."""
-    await world.deployments.register("dpl_one", ["a:wf"], 60_000)
-    (first,) = await world.deployments.registry(60_000)
-    await world.deployments.register("dpl_one", ["b:wf"], 60_000)
-    (again,) = await world.deployments.registry(60_000)
+    """Renewals keep the first-seen time and join the workflows of the live workers; a
+    deployment is live while one of its workers renewed within the window and has not left."""
+    reg = world.deployments
+    await reg.register("dpl_one", "w1", ["a:wf"], 60_000)
+    (first,) = await reg.registry(60_000)
+    assert (first.live, first.workers, first.workflows) == (True, ["w1"], ["a:wf"])
+    await reg.register("dpl_one", "w2", ["b:wf"], 60_000)
+    (again,) = await reg.registry(60_000)
     assert again.first_seen_ms == first.first_seen_ms and again.live
-    assert again.workflows == ["a:wf", "b:wf"]
+    assert (again.workers, again.workflows) == (["w1", "w2"], ["a:wf", "b:wf"])
     assert again.last_seen_ms >= first.last_seen_ms
-    raw = json.loads(await world.redis.hget(world.keys.deployments(), "dpl_one"))
-    assert raw["workflows"] == ["a:wf", "b:wf"]
 
-    stale = {"workflows": ["a:wf"], "first_seen_ms": 1, "last_seen_ms": 2}
+    await reg.leave("dpl_one", "w1", 60_000)
+    (one_left,) = await reg.registry(60_000)
+    assert one_left.live and one_left.workers == ["w2"]
+    await reg.leave("dpl_one", "w2", 60_000)
+    (gone,) = await reg.registry(60_000)
+    assert not gone.live and gone.workers == [] and gone.first_seen_ms == first.first_seen_ms
+    assert gone.workflows == ["a:wf", "b:wf"]  # what it served, shown while gone
+    await reg.register("dpl_one", "w3", ["c:wf"], 60_000)
+    (back,) = await reg.registry(60_000)
+    assert back.workflows == ["c:wf"] and back.first_seen_ms == first.first_seen_ms
+
+    # a worker that stopped renewing (died) is not live after the window
+    stale = {"workflows": ["a:wf"], "first_seen_ms": 1, "last_seen_ms": 2, "workers": {"w": 2}}
     await world.redis.hset(world.keys.deployments(), "dpl_old", json.dumps(stale))
     await world.redis.hset(world.keys.deployments(), "dpl_bad", "not json")
-    shown = {d.deployment_id: d for d in await world.deployments.registry(60_000)}
+    shown = {d.deployment_id: d for d in await reg.registry(60_000)}
     assert not shown["dpl_old"].live and shown["dpl_one"].live
     assert shown["dpl_bad"].workflows == [] and not shown["dpl_bad"].live
-    await world.deployments.register("dpl_none", [], 60_000)
+    await reg.register("dpl_none", "w1", [], 60_000)
     raw = json.loads(await world.redis.hget(world.keys.deployments(), "dpl_none"))
-    assert raw["workflows"] == []
+    assert raw["workflows"] == [] and list(raw["workers"]) == ["w1"]
+    await reg.leave("dpl_never", "w1", 60_000)  # never registered: nothing recorded
+    assert not await world.redis.hexists(world.keys.deployments(), "dpl_never")
 
 
 async def test_a_migrated_runs_due_step_goes_to_the_lane_of_its_new_deployment(

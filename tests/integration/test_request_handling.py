@@ -179,7 +179,7 @@ async def test_start_requests_pin_to_a_named_deployment_or_are_rejected(
     unknown or invalid one rejects the request with the reason, and no run is created."""
     worker = Worker(world, WorkerConfig(lease_ms=60_000))
     await world.ensure_groups()
-    await world.deployments.register("dpl_known", ["text_length"], 60_000)
+    await world.deployments.register("dpl_known", "w1", ["text_length"], 60_000)
     start = world.keys.start_stream()
     for run_id, deployment in (
         ("wrun_pinned_by_request", "dpl_known"),

@@ -169,12 +169,13 @@ class DeploymentStats(msgspec.Struct, frozen=True, kw_only=True):
     first_seen_ms: int
     last_seen_ms: int
     runs_pinned: int  # pending or running runs pinned to it
-    waiting: int  # wake-ups in its lanes not yet taken by one of its workers (lag)
-    pending: int  # wake-ups of its lanes held by its workers (or by dead ones, until reclaimed)
+    waiting: int  # wake-ups and pool tasks in its lanes no worker of it has taken yet (lag)
+    pending: int  # entries of its lanes held by its workers (or by dead ones, until reclaimed)
 
 
 class MigrateError(WorkflowError):
-    """``wf runs migrate`` refused: the run is finished (or its stored state is not a run)."""
+    """``wf runs migrate`` refused: the run is finished, or the target deployment does not serve
+    the run's workflow. Nothing was moved."""
 
 
 @runtime_checkable

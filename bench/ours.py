@@ -51,13 +51,16 @@ def wf_binary() -> str:
     return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "wf")
 
 
-def spawn_worker(url: str, prefix: str, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    url: str, prefix: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """One ``wf worker bench.workloads`` process on ``prefix``; its output goes to ``log_path``."""
     env = {
         **os.environ,
         "WORKFLOW_REDIS_URL": url,
         "WORKFLOW_PREFIX": prefix,
         "WORKFLOW_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
     }
     with open(log_path, "ab") as out:
         return subprocess.Popen(

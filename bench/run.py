@@ -9,7 +9,9 @@ Prints the machine and one block per figure, "ours X | peer Y | ratio", and writ
 exit code is 1 only when one of OUR figures failed.
 
 Figures: 1 durable steps/s with one worker, 2 start-to-result latency, 3 per-step overhead of a
-1,000-step run, 4 Redis memory per finished run. See ``bench/ours.py`` for exactly what is timed.
+1,000-step run, 4 Redis memory per finished run (``bench/ours.py`` says exactly what is timed), 5
+scale-out: 1 and 2 workers on one server with 1 and 4 partitions and on a local 3-master cluster
+(``bench/scale.py``; ``--scale-only`` measures just that, into ``results/scale-<time>.json``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ours
+from bench import ours, scale
 from bench.infra import (
     BENCH,
     RESULTS,
@@ -167,6 +169,37 @@ def unavailable(peer: Result) -> str | None:
     if any(isinstance(peer.get(k), dict) for k in figures):
         return None
     return why_not(peer)
+
+
+def scale_report(rows: list[Result] | None) -> list[str]:
+    """Figure 5's lines (none when it was not measured)."""
+    if rows is None:
+        return []
+    out = ["", "5. Scale-out: 1,000 runs x 10 no-op steps, N worker processes (higher is better)"]
+    single = next(
+        (
+            r["steps_per_s"]
+            for r in rows
+            if (r.get("topology"), r.get("partitions"), r.get("workers")) == ("server", 1, 1)
+            and "steps_per_s" in r
+        ),
+        None,
+    )
+    for r in rows:
+        where = (
+            f"{r['topology']}, {r.get('partitions') or 'default'} partition(s), "
+            f"{r['workers']} worker(s)"
+        )
+        if "error" in r:
+            out.append(f"   ours {where}: failed: {r['error'].splitlines()[0]}")
+            continue
+        vs = f" ({r['steps_per_s'] / single:.2f}x the first line)" if single else ""
+        out.append(
+            f"   ours {where}: {num(r['steps_per_s'])} steps/s{vs}; CPU per step: workers "
+            f"{r['worker_cpu_us_per_step']} µs, redis-server {r['redis_cpu_us_per_step']} µs"
+        )
+    out.append("   peers: not measured for this figure (arq and DBOS are measured on one server)")
+    return out
 
 
 def report(machine: Result, ours_r: Result, peers: dict[str, Result], started: str) -> str:
@@ -337,18 +370,20 @@ def report(machine: Result, ours_r: Result, peers: dict[str, Result], started: s
             f"{keys['run_hash']} B, event stream {keys['event_stream']} B, entity hash "
             f"{keys['entity_hash']} B (stream-node-max-bytes {mem['stream_node_max_bytes']})"
         )
+
+    out += scale_report(ours_r.get("scale_out"))
     return "\n".join(out)
 
 
 # -- results -------------------------------------------------------------------------------------
 
 
-def write_results(data: Result, stamp: str) -> list[str]:
-    """``results/latest.json`` and ``results/<stamp>.json``, each written atomically."""
+def write_results(data: Result, stamp: str, latest: bool = True) -> list[str]:
+    """``results/<stamp>.json`` and (``latest``) ``results/latest.json``, each written atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     written = []
-    for name in (f"{stamp}.json", "latest.json"):
+    for name in (f"{stamp}.json", "latest.json") if latest else (f"{stamp}.json",):
         path = RESULTS / name
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(text)
@@ -362,7 +397,7 @@ def ours_failed(ours_r: Result) -> bool:
         isinstance(v, dict) and "error" in v
         for k, v in ours_r.items()
         if k in ("throughput", "latency", "per_step", "memory")
-    )
+    ) or any("error" in r for r in ours_r.get("scale_out", []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.run", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--no-peers", action="store_true", help="measure only our engine")
+    parser.add_argument(
+        "--scale-only", action="store_true", help="only figure 5, scale-out (implies --no-peers)"
+    )
     args = parser.parse_args(argv)
+    if args.scale_only:
+        args.no_peers = True
     os.chdir(ROOT)
     now = datetime.now(UTC)
     started = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -387,10 +427,17 @@ def main(argv: list[str] | None = None) -> int:
     with private_redis() as server:
         log(f"private redis-server on 127.0.0.1:{server.port} ({server.binary})")
         machine = machine_info(server)
-        ours_r = asyncio.run(ours.run_all(server, secrets.token_hex(3)))
+        tag = secrets.token_hex(3)
+        ours_r = {} if args.scale_only else asyncio.run(ours.run_all(server, tag))
+        ours_r["scale_out"] = asyncio.run(scale.scale_out(server, tag))
         peers = run_peers(envs, server.port)
 
-    text = report(machine, ours_r, peers, started)
+    if args.scale_only:
+        text = "\n".join(
+            report(machine, {}, {}, started).splitlines()[:3] + scale_report(ours_r["scale_out"])
+        )
+    else:
+        text = report(machine, ours_r, peers, started)
     data: Result = {
         "started_at": started,
         "duration_s": round(time.monotonic() - t0, 1),
@@ -400,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         "peers": peers,
         "report": text.splitlines(),
     }
-    written = write_results(data, stamp)
+    # a partial run never replaces latest.json, which holds a whole one
+    written = write_results(
+        data, f"scale-{stamp}" if args.scale_only else stamp, not args.scale_only
+    )
     print()
     print(text)
     print(f"\nresults: {', '.join(written)}")

@@ -53,9 +53,13 @@ def partition_of(run_id: str, partitions: int) -> int:
     return zlib.crc32(run_id.encode()) % partitions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keys:
-    """Key builder for one prefix and partition count."""
+    """Key builder for one prefix and partition count.
+
+    ``partitions`` is 0 while not known: a World configured with no count learns it from
+    ``<prefix>:config`` at first use and sets it here, once (so a Keys held before sees it too).
+    """
 
     prefix: str = "wf"
     partitions: int = 1
@@ -95,6 +99,10 @@ class Keys:
         return f"{self.tag(partition)}:workflows"
 
     def partition(self, run_id: str) -> int:
+        if self.partitions < 1:
+            raise RuntimeError(
+                "the partition count is read at first use; call check_config() first"
+            )
         return partition_of(run_id, self.partitions)
 
     def run(self, run_id: str) -> str:

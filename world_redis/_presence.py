@@ -10,35 +10,36 @@ capped.
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis import exceptions as rexc
 
-from ._keys import GROUP, Keys
+from ._client import stream_replies, text_dict
+from ._keys import GROUP
+from ._queue import RedisQueue
 from ._retry import with_retry
 
 HEALTH_STREAM_MAXLEN = 1000
 
 
-class RedisPresence:
-    """Mixed into RedisWorld: needs ``redis`` and ``keys``."""
-
-    redis: Any
-    keys: Keys
+class RedisPresence(RedisQueue):
+    """Workers' presence of a RedisWorld."""
 
     async def publish_worker_status(self, worker: str, status: str) -> None:
+        await self._ready()
         await with_retry(self.redis.hset, self.keys.workers(), worker, status)
 
     async def forget_workers(self, workers: list[str]) -> None:
+        await self._ready()
         if workers:
             await with_retry(self.redis.hdel, self.keys.workers(), *workers)
 
     async def worker_statuses(self) -> dict[str, str]:
         """Worker name -> its last status report (JSON text), live and dead workers alike."""
-        return dict(await with_retry(self.redis.hgetall, self.keys.workers()))
+        await self._ready()
+        return text_dict(await with_retry(self.redis.hgetall, self.keys.workers()))
 
     async def enqueue_health_check(self, check_id: str) -> None:
         """A health check that the first worker to read it answers (see ``worker._health``)."""
+        await self._ready()
         await with_retry(
             self.redis.xadd,
             self.keys.health_stream(),
@@ -49,6 +50,7 @@ class RedisPresence:
 
     async def read_health_checks(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
         """(message id, check id) of new health checks for this worker."""
+        await self._ready()
         reply = await with_retry(
             self.redis.xreadgroup,
             GROUP,
@@ -59,16 +61,18 @@ class RedisPresence:
             noack=True,
         )
         return [
-            (str(mid), str((fields or {}).get("check", "")))
-            for _, entries in reply or []
-            for mid, fields in entries
+            (mid, fields.get("check", ""))
+            for _, rows in stream_replies(reply)
+            for mid, fields in rows
         ]
 
     async def done_health_checks(self, message_ids: list[str]) -> None:
+        await self._ready()
         if message_ids:
             await with_retry(self.redis.xdel, self.keys.health_stream(), *message_ids)
 
     async def ensure_health_group(self) -> None:
+        await self._ready()
         try:
             await with_retry(
                 self.redis.xgroup_create, self.keys.health_stream(), GROUP, id="$", mkstream=True
@@ -79,5 +83,6 @@ class RedisPresence:
 
     async def server_time_ms(self) -> int:
         """The Redis server's clock (TIME), the one clock that decides when timers are due."""
+        await self._ready()
         sec, usec = await with_retry(self.redis.time)
         return int(sec) * 1000 + int(usec) // 1000

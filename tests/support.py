@@ -91,6 +91,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def cli_args(self) -> list[str]:
+        """redis-cli's arguments to reach this server."""
+        return ["-p", str(self.port)]
+
     @classmethod
     def start(
         cls, *extra: str, port: int | None = None, directory: str | None = None
@@ -167,6 +171,15 @@ class RedisClusterNodes:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}"
 
+    @property
+    def port(self) -> int:
+        """The first node's port (the one ``url`` names)."""
+        return self.ports[0]
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's arguments to reach the cluster: ``-c`` follows MOVED to the key's node."""
+        return ["-c", "-p", str(self.ports[0])]
+
     @classmethod
     def start(cls, masters: int = 3) -> RedisClusterNodes:
         cli = redis_cli_binary()
@@ -182,15 +195,12 @@ class RedisClusterNodes:
         for port in ports:
             node_dir = Path(directory) / str(port)
             node_dir.mkdir()
+            args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                    "--dir", str(node_dir), "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no"]  # fmt: skip
             procs.append(
-                subprocess.Popen(
-                    [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                     "--dir", str(node_dir), "--cluster-enabled", "yes",
-                     "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
-                     "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         nodes = cls(ports, directory, procs)
         try:

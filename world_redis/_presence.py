@@ -10,9 +10,14 @@ capped.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from redis import exceptions as rexc
 
-from ._client import stream_replies, text_dict
+from worker.world import WorldUnavailableError
+
+from ._client import stream_replies, text, text_dict
 from ._keys import GROUP
 from ._queue import RedisQueue
 from ._retry import with_retry
@@ -86,3 +91,26 @@ class RedisPresence(RedisQueue):
         await self._ready()
         sec, usec = await with_retry(self.redis.time)
         return int(sec) * 1000 + int(usec) // 1000
+
+    async def partition_health(self) -> list[dict[str, Any]]:
+        """Each partition's ready stream, asked on the node that holds it (concurrently):
+        ``{"partition", "length", "pending", "lag"}``, or ``{"partition", "error"}`` when its node
+        cannot be reached or answers with an error (within the retry window of _retry.py)."""
+        await self._ready()
+
+        async def one(p: int) -> dict[str, Any]:
+            stream = self.keys.ready(p)
+            try:
+                groups = await with_retry(self.redis.xinfo_groups, stream)
+                length = await with_retry(self.redis.xlen, stream)
+            except (rexc.RedisError, WorldUnavailableError) as exc:
+                return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
+            group = next((g for g in groups if text(g.get("name")) == GROUP), {})
+            return {
+                "partition": p,
+                "length": int(length),
+                "pending": int(group.get("pending") or 0),
+                "lag": group.get("lag"),
+            }
+
+        return list(await asyncio.gather(*(one(p) for p in range(self.keys.partitions))))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import (
@@ -41,7 +42,7 @@ from redis.typing import (
     ZSetRangeResponse,
 )
 
-from worker.world import WorkflowError
+from worker.world import WorkflowError, get_logger
 
 from ._retry import with_retry
 
@@ -204,6 +205,7 @@ class ClientFactory:
     url: str
     cluster: bool | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    _single: aioredis.Redis | None = None
 
     def first(self) -> tuple[RedisClient, bool]:
         """The client to start with (no connection is made yet), and whether it is final.
@@ -214,12 +216,33 @@ class ClientFactory:
             if self.url.startswith("unix://"):
                 raise WorkflowError("a Redis Cluster is reached over TCP, not a unix socket")
             return RedisCluster.from_url(self.url, **self.options), True
-        single = aioredis.Redis.from_url(self.url, **self.options)
-        return single, self.cluster is False or self.url.startswith("unix://")
+        self._single = aioredis.Redis.from_url(self.url, **self.options)
+        return self._single, self.cluster is False or self.url.startswith("unix://")
 
-    async def detect(self, single: RedisClient) -> RedisCluster | None:
-        """A cluster client when the server behind ``single`` says ``cluster_enabled:1``."""
-        info = await with_retry(single.info, "cluster")
-        if str(info.get("cluster_enabled", 0)) != "1":
+    async def detect(self) -> RedisCluster | None:
+        """A cluster client when the server of the first client is a cluster node, else None.
+
+        ``CLUSTER INFO`` answers on a cluster node and fails with "cluster support disabled"
+        elsewhere (the deploy ACL grants it: it is not @dangerous, unlike INFO). A user that may
+        run neither it nor ``INFO cluster`` is taken to be on one server, with a warning that
+        ``WORKFLOW_REDIS_CLUSTER=1`` says otherwise."""
+        single = self._single
+        if single is None:
+            return None
+        try:
+            await with_retry(single.execute_command, "CLUSTER", "INFO")
+        except rexc.NoPermissionError:
+            try:
+                info = await with_retry(single.info, "cluster")
+            except rexc.NoPermissionError:
+                get_logger(component="world_redis").warning(
+                    "redis_topology_unknown",
+                    problem="the ACL denies CLUSTER INFO and INFO: taken for one server; "
+                    f"set {CLUSTER_ENV}=1 if it is a Redis Cluster",
+                )
+                return None
+            if str(info.get("cluster_enabled", 0)) != "1":
+                return None
+        except rexc.ResponseError:  # "ERR This instance has cluster support disabled"
             return None
         return RedisCluster.from_url(self.url, **self.options)

@@ -95,7 +95,9 @@ class RedisPresence(RedisQueue):
     async def partition_health(self) -> list[dict[str, Any]]:
         """Each partition's ready stream, asked on the node that holds it (concurrently):
         ``{"partition", "length", "pending", "lag"}``, or ``{"partition", "error"}`` when its node
-        cannot be reached or answers with an error (within the retry window of _retry.py)."""
+        cannot be reached or answers with an error (within the retry window of _retry.py); an
+        ACL that denies XINFO or XLEN gives ``"unchecked"`` instead (the queue is not at fault).
+        A stream deleted by hand reads as empty (its group comes back at the next read)."""
         await self._ready()
 
         async def one(p: int) -> dict[str, Any]:
@@ -103,6 +105,12 @@ class RedisPresence(RedisQueue):
             try:
                 groups = await with_retry(self.redis.xinfo_groups, stream)
                 length = await with_retry(self.redis.xlen, stream)
+            except rexc.NoPermissionError as exc:  # an ACL from before this check: not a fault
+                return {"partition": p, "length": 0, "pending": 0, "lag": 0, "unchecked": str(exc)}
+            except rexc.ResponseError as exc:
+                if "no such key" not in str(exc):
+                    return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
+                return {"partition": p, "length": 0, "pending": 0, "lag": 0}  # no run there yet
             except (rexc.RedisError, WorldUnavailableError) as exc:
                 return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
             group = next((g for g in groups if text(g.get("name")) == GROUP), {})

@@ -179,7 +179,7 @@ class RedisQueue:
             if self._config_checked:
                 return
             if self._factory is not None:
-                found = await self._factory.detect(self._client)
+                found = await self._factory.detect()
                 if found is not None:
                     await self._client.aclose()
                     self._client, self.cluster = found, True

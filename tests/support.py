@@ -95,6 +95,18 @@ class RedisServer:
         """redis-cli's arguments to reach this server."""
         return ["-p", str(self.port)]
 
+    def client(self, **options: Any) -> Any:
+        """A plain (sync) redis-py client of this server."""
+        import redis
+
+        return redis.Redis(port=self.port, **options)
+
+    def async_client(self, **options: Any) -> Any:
+        """A plain asyncio redis-py client of this server."""
+        import redis.asyncio
+
+        return redis.asyncio.Redis(port=self.port, **options)
+
     @classmethod
     def start(
         cls, *extra: str, port: int | None = None, directory: str | None = None
@@ -179,6 +191,18 @@ class RedisClusterNodes:
     def cli_args(self) -> list[str]:
         """redis-cli's arguments to reach the cluster: ``-c`` follows MOVED to the key's node."""
         return ["-c", "-p", str(self.ports[0])]
+
+    def client(self, **options: Any) -> Any:
+        """A plain (sync) redis-py cluster client."""
+        import redis
+
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], **options)
+
+    def async_client(self, **options: Any) -> Any:
+        """A plain asyncio redis-py cluster client."""
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.ports[0], **options)
 
     @classmethod
     def start(cls, masters: int = 3) -> RedisClusterNodes:
@@ -348,3 +372,15 @@ async def running_worker(worker: Any) -> AsyncIterator[Any]:
     finally:
         worker.stop()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+
+
+async def all_keys(world: Any, pattern: str) -> list[str]:
+    """KEYS ``pattern`` over the whole server or every primary of a cluster, sorted."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = world.redis
+    if isinstance(client, RedisCluster):
+        found = await client.keys(pattern, target_nodes=RedisCluster.PRIMARIES)
+    else:
+        found = await client.keys(pattern)
+    return sorted(found)

@@ -495,15 +495,20 @@ class RedisQueue:
         start = self._next_reclaim % n
         self._next_reclaim = (start + 1) % n
         out: list[Wakeup] = []
+        seen: set[tuple[int, str]] = set()
 
         async def take(p: int, quota: int) -> int:
-            stream = self.keys.ready(p)
-            claimed = await self._claim(stream, consumer, min_idle_ms, quota)
-            for mid, fields, deliveries in claimed:
+            # asked again, a partition may offer what this call took from it (min_idle_ms 0)
+            stream, fresh = self.keys.ready(p), 0
+            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, quota):
+                if (p, mid) in seen:
+                    continue
+                seen.add((p, mid))
+                fresh += 1
                 w = await self._wakeup(stream, mid, fields, deliveries)
                 if w is not None:
                     out.append(w)
-            return len(claimed)
+            return fresh
 
         await self._share_out([(start + i) % n for i in range(n)], count, take)
         return out

@@ -100,14 +100,21 @@ def cli(server: Topology, *args: str) -> str:
 
 
 def run_ids_in_partitions(world: RedisWorld, partitions: list[int]) -> list[str]:
-    """One new run id in each of ``partitions``."""
-    n, wanted, out = world.keys.partitions, set(partitions), {}
-    while wanted - set(out):
-        run_id = f"wrun_{ULID()}"
-        p = partition_of(run_id, n)
-        if p in wanted and p not in out:
-            out[p] = run_id
-    return [out[p] for p in partitions]
+    """A new run id in each of ``partitions`` (a partition listed twice gets two)."""
+    n, out = world.keys.partitions, list[str]()
+    for wanted in partitions:
+        while True:
+            run_id = f"wrun_{ULID()}"
+            if partition_of(run_id, n) == wanted:
+                out.append(run_id)
+                break
+    return out
+
+
+def spread(world: RedisWorld, runs: int) -> list[int]:
+    """``runs`` partitions spread evenly over the partition count (repeated when fewer)."""
+    n = world.keys.partitions
+    return [r * n // runs for r in range(runs)]
 
 
 async def test_topology_and_partition_count(
@@ -217,10 +224,7 @@ async def test_worker_never_holds_more_runs_than_its_concurrency(
     world: RedisWorld, start_worker
 ) -> None:  # type: ignore[no-untyped-def]
     """Runs in 12 partitions and --concurrency 2: the wake-ups pending on the worker and the runs it reports holding never exceed 2."""
-    n = world.keys.partitions
-    run_ids = run_ids_in_partitions(world, [p * n // 12 for p in range(12)] if n >= 12 else [])
-    if not run_ids:
-        run_ids = [f"wrun_{ULID()}" for _ in range(12)]
+    run_ids = run_ids_in_partitions(world, spread(world, 12))
     for run_id in run_ids:
         await start(fw.long_running, 0.2, run_id=run_id)
     worker = start_worker("tests.e2e.fault_workflows", concurrency=2)
@@ -238,6 +242,27 @@ async def test_worker_never_holds_more_runs_than_its_concurrency(
 
     await eventually(all_completed, timeout=90, what="every run to complete")
     assert 1 <= most["pending"] <= 2 and most["held"] <= 2, most
+
+
+async def test_reads_never_take_more_than_count(world: RedisWorld) -> None:
+    """With wake-ups in 12 partitions, read_wakeups and reclaim never return more than ``count``, whatever the partition count."""
+    run_ids = run_ids_in_partitions(world, spread(world, 12))
+    for run_id in run_ids * 2:  # two wake-ups per run: one at creation, one requested here
+        if not await world.create_run(run_id, "add_ten", "[1]"):
+            p = world.keys.partition(run_id)
+            await world.redis.xadd(world.keys.ready(p), {"run": run_id, "reason": "test"})
+    total = 2 * len(run_ids)
+    got = []
+    for count in (1, 3, 5, 100):
+        batch = await world.read_wakeups("reader", count, 0)
+        assert len(batch) <= count
+        got += batch
+    assert len(got) == min(total, 1 + 3 + 5 + 100)
+    assert await pending_on(world, "reader") == len(got)
+    assert len(await world.read_wakeups("reader", 100, 50)) == total - len(got)
+    for consumer, count in (("second", 2), ("third", 7)):
+        assert len(await world.reclaim(consumer, 0, count)) == count
+        assert await pending_on(world, consumer) == count
 
 
 async def test_every_entry_point_works_first(redis_server: Topology, prefix: str) -> None:

@@ -55,16 +55,21 @@ def redis_cluster() -> Iterator[RedisClusterNodes]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisClusterNodes]:
-    """A private redis-server for the test session (the cluster with WF_TEST_TOPOLOGY=cluster)."""
-    if TOPOLOGY == "cluster":
-        yield request.getfixturevalue("redis_cluster")
-        return
+def single_redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the test session, whatever the topology."""
     server = RedisServer.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> RedisServer | RedisClusterNodes:
+    """The session's Redis: a private redis-server, or the cluster with WF_TEST_TOPOLOGY=cluster."""
+    if TOPOLOGY == "cluster":
+        return request.getfixturevalue("redis_cluster")  # type: ignore[no-any-return]
+    return request.getfixturevalue("single_redis_server")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

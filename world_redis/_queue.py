@@ -449,9 +449,25 @@ class RedisQueue:
                 for p in streams
             )
         )
+        # An entry's idle time runs from its delivery, which may be up to block_ms before the
+        # slowest read returned: reset it now (XCLAIM JUSTID, as the heartbeat does), so that it
+        # becomes reclaimable no earlier than the run's lease, taken next, lapses.
+        await asyncio.gather(
+            *(
+                self._touch(stream, consumer, [mid for mid, _ in rows])
+                for reply in replies
+                for stream, rows in reply
+                if rows
+            )
+        )
         for reply in replies:
             await self._wakeups_of(reply, out)
         return out
+
+    async def _touch(self, stream: str, consumer: str, message_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries pending on ``consumer`` (XCLAIM JUSTID: no count bump)."""
+        ids: list[Any] = list(message_ids)
+        await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
 
     @staticmethod
     async def _share_out(
@@ -639,16 +655,9 @@ class RedisQueue:
         for w in wakeups:
             by_stream.setdefault(self.keys.ready(w.partition), []).append(w.message_id)
         consumer = token_worker(token)
-
-        async def touch(stream: str, ids: list[str]) -> None:
-            message_ids: list[Any] = list(ids)
-            await with_retry(
-                self.redis.xclaim, stream, GROUP, consumer, 0, message_ids, justid=True
-            )
-
         await asyncio.gather(
             *(extend(idxs) for idxs in self._by_partition(run_ids).values()),
-            *(touch(stream, ids) for stream, ids in by_stream.items()),
+            *(self._touch(stream, consumer, ids) for stream, ids in by_stream.items()),
         )
         return out
 

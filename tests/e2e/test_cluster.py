@@ -48,10 +48,9 @@ def topology(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def redis_server(  # type: ignore[override]
-    redis_server: Topology, redis_cluster: RedisClusterNodes, topology: str
-) -> Topology:
-    return redis_cluster if topology == "cluster" else redis_server
+def redis_server(request: pytest.FixtureRequest, topology: str) -> Topology:
+    name = "redis_cluster" if topology == "cluster" else "single_redis_server"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
 
 
 def configured_partitions(topology: str) -> int | None:

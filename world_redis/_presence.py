@@ -1,4 +1,5 @@
-"""Workers' presence: their status reports, the health-check stream, the server clock.
+"""Workers' presence and health: their status reports, the health-check stream, the server clock,
+every partition's queue and the servers' configuration (``wf health``, a worker's start).
 
 A worker publishes a status report (its duties and when each last succeeded) every few seconds
 into one hash; ``wf health`` reads it to name a worker whose duty has gone quiet. Health checks
@@ -11,9 +12,11 @@ capped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
 from worker.world import WorldUnavailableError
 
@@ -122,3 +125,53 @@ class RedisPresence(RedisQueue):
             }
 
         return list(await asyncio.gather(*(one(p) for p in range(self.keys.partitions))))
+
+    async def server_warnings(self) -> list[str]:
+        """What in the server's configuration puts runs at risk (empty when all is well); on a
+        cluster, every primary is asked and a warning names the primary it concerns.
+
+        Eviction silently deletes run keys; without AOF a restart loses every run. An ACL user
+        without CONFIG GET (the recommended one) gets a warning that the check did not run;
+        managed services that refuse CONFIG in other ways report nothing.
+        """
+        await self._ready()
+        client = self.redis
+        if not isinstance(client, RedisCluster):
+            return await self._config_warnings(client.config_get, "")
+        await with_retry(client.initialize)
+        warnings: list[str] = []
+        for node in client.get_primaries():
+
+            async def config_get(pattern: str, node: Any = node) -> dict[str | None, str | None]:
+                reply: dict[str | None, str | None] = await client.config_get(
+                    pattern, target_nodes=node
+                )
+                return reply
+
+            warnings += await self._config_warnings(config_get, f"{node.name}: ")
+        return warnings
+
+    @staticmethod
+    async def _config_warnings(
+        config_get: Callable[[str], Awaitable[dict[str | None, str | None]]], where: str
+    ) -> list[str]:
+        try:
+            policy = await with_retry(config_get, "maxmemory-policy")
+            aof = await with_retry(config_get, "appendonly")
+        except rexc.NoPermissionError:
+            return [
+                f"{where}configuration check could not run: the ACL denies CONFIG GET to this "
+                "user; check maxmemory-policy (noeviction) and appendonly (yes) on the server by hand"
+            ]
+        except rexc.ResponseError:
+            return []
+        warnings = []
+        value = policy.get("maxmemory-policy") or "noeviction"
+        if value != "noeviction":
+            warnings.append(
+                f"{where}maxmemory-policy is {value!r}: Redis may evict run keys; "
+                "set it to 'noeviction'"
+            )
+        if (aof.get("appendonly") or "yes") != "yes":
+            warnings.append(f"{where}appendonly is 'no': a Redis restart loses runs; enable AOF")
+        return warnings

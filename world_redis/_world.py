@@ -38,6 +38,7 @@ from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES
 from ._presence import RedisPresence
 from ._queue import _s
+from ._requests import RedisRequests
 from ._retry import with_retry
 from ._streams import RedisStreams
 
@@ -64,7 +65,7 @@ def _is_json(text: str) -> bool:
     return True
 
 
-class RedisWorld(RedisHookTokens, RedisPresence):
+class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
     """The engine's storage, queue and timers on one Redis server or a Redis Cluster.
 
     ``client`` is a redis-py asyncio client (single-node or cluster, ``decode_responses=True``),

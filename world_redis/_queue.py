@@ -35,7 +35,7 @@ from worker.world import (
     token_worker,
 )
 
-from ._client import ClientFactory, Entry, RedisClient, stream_replies, text, text_dict
+from ._client import ClientFactory, Entry, RedisClient, entries, stream_replies, text, text_dict
 from ._keys import GROUP, Keys
 from ._retry import with_retry
 
@@ -267,13 +267,15 @@ class RedisQueue:
         return int(stream.rsplit("{p", 1)[1].split("}", 1)[0])
 
     async def _claim(
-        self, stream: str, consumer: str, min_idle_ms: int, count: int
+        self, stream: str, consumer: str, min_idle_ms: int, count: int, wakeups: bool = False
     ) -> list[tuple[str, dict[str, str], int]]:
         """Claim entries of ``stream`` pending longer than ``min_idle_ms``: (id, fields, deliveries).
 
         XPENDING gives the delivery counts (XAUTOCLAIM does not), XCLAIM with the same min-idle
         takes them (an entry another worker claimed meanwhile is no longer idle: not taken twice).
         Pending entries deleted from the stream are acknowledged, so they stop coming back.
+        ``wakeups``: entries of a ready stream whose run is leased are left alone (see
+        ``_not_leased``).
         """
         pending = await with_retry(
             self.redis.xpending_range,
@@ -287,6 +289,11 @@ class RedisQueue:
         if not pending:
             return []
         deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
+        if wakeups:
+            free = await self._not_leased(stream, list(deliveries))
+            deliveries = {mid: n for mid, n in deliveries.items() if mid in free}
+            if not deliveries:
+                return []
         ids: list[StreamIdT] = list(deliveries)
         claimed = await with_retry(self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, ids)
         out: list[tuple[str, dict[str, str], int]] = []
@@ -301,6 +308,45 @@ class RedisQueue:
         if gone:
             await with_retry(self.redis.xack, stream, GROUP, *gone)
         return out
+
+    async def _not_leased(self, stream: str, message_ids: list[str]) -> set[str]:
+        """The wake-ups among ``message_ids`` whose run no worker holds a live lease on.
+
+        A wake-up's idle time runs from its delivery, the lease from its acquisition a little
+        later: a worker that dies in between leaves a wake-up that is reclaimable while the run
+        is still leased, and taking it then would only meet "busy" and drop it, orphaning the
+        run. Left pending instead, it is taken once the lease lapses (no delivery counted
+        meanwhile). Deleted entries and entries without a run stay in: the claim settles them.
+        """
+        rows = await asyncio.gather(
+            *(with_retry(self.redis.xrange, stream, mid, mid, count=1) for mid in message_ids)
+        )
+        run_of: dict[str, str] = {}
+        for mid, row in zip(message_ids, rows, strict=True):
+            found = entries(row)
+            run_id = found[0][1].get("run", "") if found else ""
+            if run_id.startswith("wrun_"):
+                run_of[mid] = run_id
+        runs = sorted(set(run_of.values()))
+        if not runs:
+            return set(message_ids)
+        sec, usec = await with_retry(self.redis.time)
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        leases = await asyncio.gather(
+            *(
+                with_retry(self.redis.hmget, self.keys.run(r), ["lease_owner", "lease_until"])
+                for r in runs
+            )
+        )
+        live = set()
+        for run_id, (owner, until) in zip(runs, leases, strict=True):
+            try:
+                lapses = int(text(until) or 0)
+            except ValueError:
+                lapses = 0
+            if text(owner) and lapses > now_ms:
+                live.add(run_id)
+        return {mid for mid in message_ids if run_of.get(mid) not in live}
 
     async def _exists(self, stream: str, message_id: str) -> bool:
         return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
@@ -468,7 +514,9 @@ class RedisQueue:
         async def take(p: int, quota: int) -> int:
             # asked again, a partition may offer what this call took from it (min_idle_ms 0)
             stream, fresh = self.keys.ready(p), 0
-            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, quota):
+            for mid, fields, deliveries in await self._claim(
+                stream, consumer, min_idle_ms, quota, wakeups=True
+            ):
                 if (p, mid) in seen:
                     continue
                 seen.add((p, mid))

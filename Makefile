@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint types unit integration e2e chaos bench clean
+.PHONY: install run test test-cluster lint types unit integration e2e chaos bench clean
 
 SRC := $(wildcard worker world_redis tests bench examples)
 
@@ -39,6 +39,10 @@ e2e: $(STAMP)
 ## test: lint, types, then every test tier but chaos
 test: lint types
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+
+## test-cluster: the whole e2e tier on a local 3-master Redis Cluster (started by the tests)
+test-cluster: $(STAMP)
+	WF_TEST_TOPOLOGY=cluster $(BIN)/pytest -q -p no:cacheprovider tests/e2e
 
 chaos: $(STAMP)
 	$(BIN)/pytest -q -s -m chaos tests/chaos

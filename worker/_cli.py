@@ -384,6 +384,10 @@ async def _health(args: argparse.Namespace) -> None:
             quiet = ", ".join(w.get("stale", []))
             detail = f"duties not succeeding: {quiet}" if quiet else ""
             print(f"worker {w.get('worker', '?')}  {state}  held {w.get('held', '?')}  {detail}")
+        parts = report["partitions"]
+        print(f"partitions {parts['count']}  pending {parts['pending']}  lag {parts['lag']}")
+        for bad in parts["unreachable"]:
+            print(f"partition {bad['partition']}  UNREACHABLE  {bad['error']}")
     if not report["allHealthy"]:
         raise SystemExit(1)
 

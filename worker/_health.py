@@ -57,6 +57,13 @@ class Presence(Protocol):
     async def server_time_ms(self) -> int: ...
 
 
+@runtime_checkable
+class PartitionHealth(Protocol):
+    """Per-partition state of the work queue (a World with partitions offers it)."""
+
+    async def partition_health(self) -> list[dict[str, Any]]: ...
+
+
 def presence(world: World) -> Presence:
     """``world`` as a Presence; WorkflowError when its class does not offer one."""
     if not isinstance(world, Presence):
@@ -181,19 +188,45 @@ async def check_health(
 ) -> dict[str, Any]:
     """Both endpoints, and every live worker's duties (what ``wf health`` prints).
 
-    ``{"allHealthy": bool, "results": [...], "workers": [...]}``: healthy when a worker answers
-    each check and no live worker reports a duty that has not succeeded recently.
+    ``{"allHealthy": bool, "results": [...], "workers": [...], "partitions": {...}}``: healthy
+    when a worker answers each check, no live worker reports a duty that has not succeeded
+    recently, and every partition's queue answers on its node (on a cluster, a master down takes
+    its partitions with it while the health stream may live elsewhere). ``partitions``:
+    ``{"count", "pending", "lag", "unreachable": [{"partition", "error"}...]}``.
     """
     from ._client import get_world
 
     world = world or get_world()
     await world.check_config()  # a client on another partition count is misconfigured, say so
-    results = await asyncio.gather(
-        *(health_check(e, world=world, timeout=timeout) for e in ENDPOINTS)
+    results, partitions = await asyncio.gather(
+        asyncio.gather(*(health_check(e, world=world, timeout=timeout) for e in ENDPOINTS)),
+        _partitions_report(world),
     )
     workers = await worker_reports(world)
-    healthy = all(r["healthy"] for r in results) and all(w.get("healthy") for w in workers)
-    return {"allHealthy": healthy, "results": list(results), "workers": workers}
+    healthy = (
+        all(r["healthy"] for r in results)
+        and all(w.get("healthy") for w in workers)
+        and not partitions["unreachable"]
+    )
+    return {
+        "allHealthy": healthy,
+        "results": list(results),
+        "workers": workers,
+        "partitions": partitions,
+    }
+
+
+async def _partitions_report(world: World) -> dict[str, Any]:
+    if not isinstance(world, PartitionHealth):
+        return {"count": 0, "pending": 0, "lag": 0, "unreachable": []}
+    rows = await world.partition_health()
+    ok = [r for r in rows if "error" not in r]
+    return {
+        "count": len(rows),
+        "pending": sum(int(r["pending"]) for r in ok),
+        "lag": sum(int(r["lag"] or 0) for r in ok),
+        "unreachable": [r for r in rows if "error" in r],
+    }
 
 
 def http_health_message(path: str) -> str:

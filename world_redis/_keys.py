@@ -2,9 +2,16 @@
 
 All keys start with one prefix (default ``wf``). A run belongs to one partition, derived from its id
 and fixed for its life; the partition is the hash tag shared by the run's keys and the partition's
-queue, timers and indexes, so every script touches one slot, as Redis Cluster requires (Cluster itself is not tested yet).
-A hook token's reservation has a slot of its own (a hash of the token), so tokens are unique across
-all partitions and nodes.
+queue, timers and indexes, so every script touches one slot, as Redis Cluster requires (tested on
+a local 3-master cluster: tests/e2e/test_cluster.py, ``make test-cluster``). A hook token's
+reservation has a slot of its own (a hash of the token), so tokens are unique across all
+partitions and nodes. Keys without a tag (``config``, ``start``, ``hooks:resume``, ``health``,
+``workers``, ``reply:<id>``) are single keys, each in the slot of its own name.
+
+The tags are ``{p0}``, ``{p1}``...: on a cluster they must spread over every master, and these do
+(their CRC16 slots scatter: the 48 partitions a 3-master cluster defaults to fall 12, 16 and 20 on
+the masters of ``redis-cli --cluster create``, checked by a test). Tags picked to sit evenly in
+the slot space would balance better, but would rename the keys of every existing deployment.
 
     wf:config                         hash    deployment settings fixed at first use: "partitions"
     wf:start                          stream  start requests from any service (global)
@@ -63,9 +70,13 @@ def partition_of(run_id: str, partitions: int) -> int:
     return zlib.crc32(run_id.encode()) % partitions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keys:
-    """Key builder for one prefix and partition count."""
+    """Key builder for one prefix and partition count.
+
+    ``partitions`` is 0 while not known: a World configured with no count learns it from
+    ``<prefix>:config`` at first use and sets it here, once (so a Keys held before sees it too).
+    """
 
     prefix: str = "wf"
     partitions: int = 1
@@ -105,6 +116,10 @@ class Keys:
         return f"{self.tag(partition)}:workflows"
 
     def partition(self, run_id: str) -> int:
+        if self.partitions < 1:
+            raise RuntimeError(
+                "the partition count is read at first use; call check_config() first"
+            )
         return partition_of(run_id, self.partitions)
 
     def run(self, run_id: str) -> str:

@@ -73,6 +73,7 @@ class RedisPools:
         self, run_id: str, steps: Sequence[tuple[str, str, str]]
     ) -> list[RouteCode]:
         """Hand due steps ``(step id, step name, queue)`` of one run to their queues (route.lua)."""
+        await self.q._ready()
         if not steps:
             return []
         p = self.keys.partition(run_id)
@@ -89,6 +90,7 @@ class RedisPools:
 
     async def ensure_queue_groups(self, queues: Sequence[str]) -> None:
         """The consumer group of each queue stream of every partition (created with the stream)."""
+        await self.q._ready()
         await self.q.ensure_groups()
         for queue in queues:
             if queue == DEFAULT_QUEUE:
@@ -110,6 +112,7 @@ class RedisPools:
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
     ) -> list[PoolTask | Wakeup]:
         """At most ``count`` new tasks of one queue stream (one XREADGROUP, one slot)."""
+        await self.q._ready()
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
         try:
@@ -138,6 +141,7 @@ class RedisPools:
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
     ) -> list[PoolTask | Wakeup]:
         """Take over tasks of one queue stream pending longer than ``min_idle_ms``."""
+        await self.q._ready()
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
         out: list[PoolTask | Wakeup] = []
@@ -185,10 +189,12 @@ class RedisPools:
 
     async def heartbeat_tasks(self, consumer: str, tasks: Sequence[PoolTask]) -> None:
         """Reset the idle time of tasks being executed (XCLAIM JUSTID: no delivery counted)."""
+        await self.q._ready()
         for stream, ids in self._by_stream(tasks).items():
             await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
 
     async def ack_tasks(self, tasks: Sequence[PoolTask]) -> None:
+        await self.q._ready()
         for stream, ids in self._by_stream(tasks).items():
             await self.q._ack_ids(stream, ids)
 
@@ -196,6 +202,7 @@ class RedisPools:
         """Hand a run's wake-up to the stream of its workflow's queue: a copy added there, the
         run hash told its queue (``wf inspect run``), the wake-up acknowledged: one transaction
         in the run's partition."""
+        await self.q._ready()
         p = wakeup.partition
         source = self.q.wake_stream(wakeup)
         # back to the ready stream when the workflow's queue became "default" (changed code)
@@ -219,6 +226,7 @@ class RedisPools:
 
     async def dead_letter_task(self, task: PoolTask, reason: str) -> None:
         """Copy the task to the partition's dead-letter stream, then acknowledge it."""
+        await self.q._ready()
         await with_retry(
             self.redis.xadd,
             self.keys.dlq(task.partition),
@@ -240,6 +248,7 @@ class RedisPools:
 
     async def queue_stats(self) -> list[QueueStats]:
         """Every partition's ready stream (queue ``default``) and the queue streams its runs used."""
+        await self.q._ready()
         sec, usec = await with_retry(self.redis.time)
         now_ms = int(sec) * 1000 + int(usec) // 1000
         out: list[QueueStats] = []
@@ -278,6 +287,7 @@ class RedisPools:
 
     async def waiting_on(self, run_id: str) -> list[tuple[str, str, int]]:
         """(step id, queue, partition) of the run's steps handed to a queue, not finished yet."""
+        await self.q._ready()
         fields = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
         p = self.keys.partition(run_id)
         out: list[tuple[str, str, int]] = []

@@ -1,4 +1,5 @@
-"""Workers' presence: their status reports, the health-check stream, the server clock.
+"""Workers' presence and health: their status reports, the health-check stream, the server clock,
+every partition's queue and the servers' configuration (``wf health``, a worker's start).
 
 A worker publishes a status report (its duties and when each last succeeded) every few seconds
 into one hash; ``wf health`` reads it to name a worker whose duty has gone quiet. Health checks
@@ -10,35 +11,43 @@ capped.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 
-from ._keys import GROUP, Keys
+from worker.world import WorldUnavailableError
+
+from ._client import stream_replies, text, text_dict
+from ._keys import GROUP
+from ._queue import RedisQueue
 from ._retry import with_retry
 
 HEALTH_STREAM_MAXLEN = 1000
 
 
-class RedisPresence:
-    """Mixed into RedisWorld: needs ``redis`` and ``keys``."""
-
-    redis: Any
-    keys: Keys
+class RedisPresence(RedisQueue):
+    """Workers' presence of a RedisWorld."""
 
     async def publish_worker_status(self, worker: str, status: str) -> None:
+        await self._ready()
         await with_retry(self.redis.hset, self.keys.workers(), worker, status)
 
     async def forget_workers(self, workers: list[str]) -> None:
+        await self._ready()
         if workers:
             await with_retry(self.redis.hdel, self.keys.workers(), *workers)
 
     async def worker_statuses(self) -> dict[str, str]:
         """Worker name -> its last status report (JSON text), live and dead workers alike."""
-        return dict(await with_retry(self.redis.hgetall, self.keys.workers()))
+        await self._ready()
+        return text_dict(await with_retry(self.redis.hgetall, self.keys.workers()))
 
     async def enqueue_health_check(self, check_id: str) -> None:
         """A health check that the first worker to read it answers (see ``worker._health``)."""
+        await self._ready()
         await with_retry(
             self.redis.xadd,
             self.keys.health_stream(),
@@ -49,6 +58,7 @@ class RedisPresence:
 
     async def read_health_checks(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
         """(message id, check id) of new health checks for this worker."""
+        await self._ready()
         reply = await with_retry(
             self.redis.xreadgroup,
             GROUP,
@@ -59,16 +69,18 @@ class RedisPresence:
             noack=True,
         )
         return [
-            (str(mid), str((fields or {}).get("check", "")))
-            for _, entries in reply or []
-            for mid, fields in entries
+            (mid, fields.get("check", ""))
+            for _, rows in stream_replies(reply)
+            for mid, fields in rows
         ]
 
     async def done_health_checks(self, message_ids: list[str]) -> None:
+        await self._ready()
         if message_ids:
             await with_retry(self.redis.xdel, self.keys.health_stream(), *message_ids)
 
     async def ensure_health_group(self) -> None:
+        await self._ready()
         try:
             await with_retry(
                 self.redis.xgroup_create, self.keys.health_stream(), GROUP, id="$", mkstream=True
@@ -79,5 +91,87 @@ class RedisPresence:
 
     async def server_time_ms(self) -> int:
         """The Redis server's clock (TIME), the one clock that decides when timers are due."""
+        await self._ready()
         sec, usec = await with_retry(self.redis.time)
         return int(sec) * 1000 + int(usec) // 1000
+
+    async def partition_health(self) -> list[dict[str, Any]]:
+        """Each partition's ready stream, asked on the node that holds it (concurrently):
+        ``{"partition", "length", "pending", "lag"}``, or ``{"partition", "error"}`` when its node
+        cannot be reached or answers with an error (within the retry window of _retry.py); an
+        ACL that denies XINFO or XLEN gives ``"unchecked"`` instead (the queue is not at fault).
+        A stream deleted by hand reads as empty (its group comes back at the next read)."""
+        await self._ready()
+
+        async def one(p: int) -> dict[str, Any]:
+            stream = self.keys.ready(p)
+            try:
+                groups = await with_retry(self.redis.xinfo_groups, stream)
+                length = await with_retry(self.redis.xlen, stream)
+            except rexc.NoPermissionError as exc:  # an ACL from before this check: not a fault
+                return {"partition": p, "length": 0, "pending": 0, "lag": 0, "unchecked": str(exc)}
+            except rexc.ResponseError as exc:
+                if "no such key" not in str(exc):
+                    return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
+                return {"partition": p, "length": 0, "pending": 0, "lag": 0}  # no run there yet
+            except (rexc.RedisError, WorldUnavailableError) as exc:
+                return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
+            group = next((g for g in groups if text(g.get("name")) == GROUP), {})
+            return {
+                "partition": p,
+                "length": int(length),
+                "pending": int(group.get("pending") or 0),
+                "lag": group.get("lag"),
+            }
+
+        return list(await asyncio.gather(*(one(p) for p in range(self.keys.partitions))))
+
+    async def server_warnings(self) -> list[str]:
+        """What in the server's configuration puts runs at risk (empty when all is well); on a
+        cluster, every primary is asked and a warning names the primary it concerns.
+
+        Eviction silently deletes run keys; without AOF a restart loses every run. An ACL user
+        without CONFIG GET (the recommended one) gets a warning that the check did not run;
+        managed services that refuse CONFIG in other ways report nothing.
+        """
+        await self._ready()
+        client = self.redis
+        if not isinstance(client, RedisCluster):
+            return await self._config_warnings(client.config_get, "")
+        await with_retry(client.initialize)
+        warnings: list[str] = []
+        for node in client.get_primaries():
+
+            async def config_get(pattern: str, node: Any = node) -> dict[str | None, str | None]:
+                reply: dict[str | None, str | None] = await client.config_get(
+                    pattern, target_nodes=node
+                )
+                return reply
+
+            warnings += await self._config_warnings(config_get, f"{node.name}: ")
+        return warnings
+
+    @staticmethod
+    async def _config_warnings(
+        config_get: Callable[[str], Awaitable[dict[str | None, str | None]]], where: str
+    ) -> list[str]:
+        try:
+            policy = await with_retry(config_get, "maxmemory-policy")
+            aof = await with_retry(config_get, "appendonly")
+        except rexc.NoPermissionError:
+            return [
+                f"{where}configuration check could not run: the ACL denies CONFIG GET to this "
+                "user; check maxmemory-policy (noeviction) and appendonly (yes) on the server by hand"
+            ]
+        except rexc.ResponseError:
+            return []
+        warnings = []
+        value = policy.get("maxmemory-policy") or "noeviction"
+        if value != "noeviction":
+            warnings.append(
+                f"{where}maxmemory-policy is {value!r}: Redis may evict run keys; "
+                "set it to 'noeviction'"
+            )
+        if (aof.get("appendonly") or "yes") != "yes":
+            warnings.append(f"{where}appendonly is 'no': a Redis restart loses runs; enable AOF")
+        return warnings

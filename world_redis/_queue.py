@@ -1,20 +1,25 @@
-"""The Redis side of the work queue: wake-ups, leases, timers, dead letters, requests, replies.
+"""The Redis side of the work queue: the client and the deployment's settings, wake-ups, leases,
+timers, dead letters.
 
-``RedisWorld`` inherits these; this module holds what concerns the queue, ``_world`` what concerns
-runs and their logs.
+``RedisWorld`` inherits these; this module holds what concerns the queue, ``_requests`` the
+request streams and replies, ``_presence`` workers and health, ``_world`` runs and their logs.
+On a cluster every command here stays in one slot: a partition's ready stream, timers and run
+keys share its tag, and what spans partitions goes one partition at a time, concurrently.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.typing import KeyT, StreamIdT
 
 from worker.world import (
     Acquired,
@@ -22,7 +27,6 @@ from worker.world import (
     Event,
     PartitionCountMismatchError,
     PayloadCodec,
-    StartRequest,
     Wakeup,
     WorkflowError,
     acquire_code,
@@ -31,8 +35,11 @@ from worker.world import (
     token_worker,
 )
 
+from ._client import ClientFactory, Entry, RedisClient, entries, stream_replies, text, text_dict
 from ._keys import GROUP, Keys
 from ._retry import with_retry
+
+PARTITIONS_PER_MASTER = 16  # the default partition count on a cluster, per master
 
 
 def _script_source(name: str) -> str:
@@ -98,21 +105,51 @@ def fields_dict(flat: Any) -> dict[str, str]:
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
+def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
+    """``room`` shared over ``partitions`` (in that order): (partition, quota >= 1) pairs whose
+    quotas sum to ``room``, or to one each for the first ``room`` partitions when fewer."""
+    if room <= 0 or not partitions:
+        return []
+    if room < len(partitions):
+        return [(p, 1) for p in partitions[:room]]
+    base, extra = divmod(room, len(partitions))
+    return [(p, base + (1 if i < extra else 0)) for i, p in enumerate(partitions)]
+
+
 class RedisQueue:
     """Scripts and queue operations of a RedisWorld."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
-        # redis-py's asyncio annotations are too loose for mypy --strict (bytes | str everywhere,
-        # Awaitable | value unions); the replies are decoded strings with decode_responses=True.
-        self.redis: Any = client
-        self.keys = keys
+    def __init__(
+        self, client: RedisClient | ClientFactory, prefix: str, partitions: int | None
+    ) -> None:
+        # a factory's first client may be replaced at first use (see _client.py)
+        if isinstance(client, ClientFactory):
+            self._client, final = client.first()
+            self._factory = None if final else client
+        else:
+            self._client, self._factory = client, None
+        self.cluster = isinstance(self._client, RedisCluster)
+        self._configured_partitions = partitions  # None: the stored count, else a default
+        self.keys = Keys(prefix, partitions or 0)  # 0 until the count is known (check_config)
         self.codec: PayloadCodec | None = None  # payload encryption (set by RedisWorld)
         self._scripts: dict[str, AsyncScript] = {}
         self._groups_ready = False
         self._config_checked = False
+        self._config_lock = asyncio.Lock()
         self._next_partition = 0  # where the next read of wake-ups starts (see read_wakeups)
         self._next_reclaim = 0  # the same for reclaims
+        self._next_request = 0  # the request stream read when only one request fits
         self._log = get_logger(component="world_redis")
+
+    @property
+    def redis(self) -> RedisClient:
+        """The client; on a cluster, the cluster client once the first-use check has run."""
+        return self._client
+
+    async def _ready(self) -> None:
+        """The first-use check: the client resolved, the partition count known and agreed."""
+        if not self._config_checked:
+            await self.check_config()
 
     def _script(self, name: str) -> AsyncScript:
         script = self._scripts.get(name)
@@ -128,89 +165,95 @@ class RedisQueue:
     # -- the deployment's settings -------------------------------------------------------------
 
     async def check_config(self) -> None:
-        """Store this process's partition count for the prefix if none is stored yet (the first
-        process decides), else refuse a different one with PartitionCountMismatchError.
+        """Resolve the client (a single server or a cluster, see _client.py), then agree on the
+        partition count: store this process's count for the prefix if none is stored yet (the
+        first process decides), else refuse a different one with PartitionCountMismatchError.
+        A process configured with no count takes the stored one; when none is stored either, it
+        stores the default: 1 on a single server, PARTITIONS_PER_MASTER per master on a cluster.
 
         A client and a worker that disagree on the count derive different keys for the same run,
         and the run stays pending without a word. Checked once per World: callers test
-        ``_config_checked`` first, so the hot path costs no round trip.
+        ``_config_checked`` first (``_ready``), so the hot path costs no round trip.
         """
         if self._config_checked:
             return
-        key, configured = self.keys.config(), self.keys.partitions
+        async with self._config_lock:
+            if self._config_checked:
+                return
+            if self._factory is not None:
+                found = await self._factory.detect()
+                if found is not None:
+                    await self._client.aclose()
+                    self._client, self.cluster = found, True
+                self._factory = None
+            await self._agree_partitions()
+            self._config_checked = True
 
-        async def run() -> Any:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hsetnx(key, "partitions", configured)
-            pipe.hget(key, "partitions")
-            return await pipe.execute()
+    async def _agree_partitions(self) -> None:
+        key, configured = self.keys.config(), self._configured_partitions
+        stored_text = text(await with_retry(self.redis.hget, key, "partitions"))
+        if not stored_text:
+            proposed = configured or await self._default_partitions()
 
-        _, stored_text = await with_retry(run)
+            async def run() -> list[Any]:
+                pipe = self.redis.pipeline(transaction=True)  # one key: one slot
+                pipe.hsetnx(key, "partitions", proposed)
+                pipe.hget(key, "partitions")
+                return await pipe.execute()
+
+            stored_text = text((await with_retry(run))[1])
         try:
             stored = int(stored_text)
+            if stored < 1:
+                raise ValueError(stored)
         except (TypeError, ValueError):
             raise WorkflowError(
                 f"{key} field 'partitions' holds {stored_text!r}, not a partition count; "
-                f"restore it (e.g. HSET {key} partitions {configured})"
+                f"restore it (e.g. HSET {key} partitions {configured or 1})"
             ) from None
-        if stored != configured:
+        if configured is not None and stored != configured:
             raise PartitionCountMismatchError(self.keys.prefix, stored, configured)
-        self._config_checked = True
+        self.keys.partitions = stored
+
+    async def _default_partitions(self) -> int:
+        """1 on a single server; PARTITIONS_PER_MASTER per master on a cluster."""
+        client = self.redis
+        if not isinstance(client, RedisCluster):
+            return 1
+        await with_retry(client.initialize)
+        return PARTITIONS_PER_MASTER * max(1, len(client.get_primaries()))
 
     # -- the work queue ----------------------------------------------------------------------
 
     async def ensure_groups(self) -> None:
         if self._groups_ready:
             return
-        if not self._config_checked:
-            await self.check_config()
+        await self._ready()
         streams = [self.keys.ready(p) for p in range(self.keys.partitions)]
         streams += [self.keys.start_stream(), self.keys.resume_stream()]
-        for stream in streams:
-            try:
-                await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
-            except rexc.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+        await asyncio.gather(*(self._create_group(s) for s in streams))
         self._groups_ready = True
 
-    async def server_warnings(self) -> list[str]:
-        """What in the server's configuration puts runs at risk (empty when all is well).
-
-        Eviction silently deletes run keys; without AOF a restart loses every run. An ACL user
-        without CONFIG GET (the recommended one) gets a warning that the check did not run;
-        managed services that refuse CONFIG in other ways report nothing.
-        """
+    async def _create_group(self, stream: str) -> None:
         try:
-            policy = await self.redis.config_get("maxmemory-policy")
-            aof = await self.redis.config_get("appendonly")
-        except rexc.NoPermissionError:
-            return [
-                "configuration check could not run: the ACL denies CONFIG GET to this user; "
-                "check maxmemory-policy (noeviction) and appendonly (yes) on the server by hand"
-            ]
-        except rexc.ResponseError:
-            return []
-        warnings = []
-        value = policy.get("maxmemory-policy", "noeviction")
-        if value != "noeviction":
-            warnings.append(
-                f"maxmemory-policy is {value!r}: Redis may evict run keys; set it to 'noeviction'"
-            )
-        if aof.get("appendonly", "yes") != "yes":
-            warnings.append("appendonly is 'no': a Redis restart loses runs; enable AOF")
-        return warnings
+            await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _read_group(
         self, consumer: str, streams: dict[str, str], count: int, block_ms: int
-    ) -> Any:
-        """XREADGROUP; a stream deleted under the worker (``DEL`` by an operator) gets its group
-        back, instead of every later read failing with NOGROUP."""
+    ) -> list[tuple[str, list[Entry]]]:
+        """XREADGROUP (of streams in one slot on a cluster); a stream deleted under the worker
+        (``DEL`` by an operator) gets its group back, instead of every later read failing with
+        NOGROUP."""
         await self.ensure_groups()
+        reading: dict[KeyT, StreamIdT] = {k: v for k, v in streams.items()}
         try:
-            return await with_retry(
-                self.redis.xreadgroup, GROUP, consumer, streams, count=count, block=block_ms or None
+            reply = await with_retry(
+                self.redis.xreadgroup, GROUP, consumer, reading, count=count, block=block_ms or None
             )
+            return stream_replies(reply)
         except rexc.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -224,13 +267,15 @@ class RedisQueue:
         return int(stream.rsplit("{p", 1)[1].split("}", 1)[0])
 
     async def _claim(
-        self, stream: str, consumer: str, min_idle_ms: int, count: int
+        self, stream: str, consumer: str, min_idle_ms: int, count: int, wakeups: bool = False
     ) -> list[tuple[str, dict[str, str], int]]:
         """Claim entries of ``stream`` pending longer than ``min_idle_ms``: (id, fields, deliveries).
 
         XPENDING gives the delivery counts (XAUTOCLAIM does not), XCLAIM with the same min-idle
         takes them (an entry another worker claimed meanwhile is no longer idle: not taken twice).
         Pending entries deleted from the stream are acknowledged, so they stop coming back.
+        ``wakeups``: entries of a ready stream whose run is leased are left alone (see
+        ``_not_leased``).
         """
         pending = await with_retry(
             self.redis.xpending_range,
@@ -244,18 +289,64 @@ class RedisQueue:
         if not pending:
             return []
         deliveries = {_s(row["message_id"]): int(row["times_delivered"]) for row in pending}
-        claimed = await with_retry(
-            self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, list(deliveries)
-        )
+        if wakeups:
+            free = await self._not_leased(stream, list(deliveries))
+            deliveries = {mid: n for mid, n in deliveries.items() if mid in free}
+            if not deliveries:
+                return []
+        ids: list[StreamIdT] = list(deliveries)
+        claimed = await with_retry(self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, ids)
         out: list[tuple[str, dict[str, str], int]] = []
-        for mid, fields in claimed:
+        for row in claimed:
+            if not isinstance(row, tuple | list):
+                continue  # an id alone: only JUSTID answers so
+            mid, fields = row
             if fields is not None:  # Redis before 7 replies nil for a deleted entry
-                out.append((_s(mid), dict(fields), deliveries[_s(mid)] + 1))
+                out.append((text(mid), text_dict(fields), deliveries[text(mid)] + 1))
         missing = set(deliveries) - {mid for mid, _, _ in out}
         gone = [mid for mid in sorted(missing) if not await self._exists(stream, mid)]
         if gone:
             await with_retry(self.redis.xack, stream, GROUP, *gone)
         return out
+
+    async def _not_leased(self, stream: str, message_ids: list[str]) -> set[str]:
+        """The wake-ups among ``message_ids`` whose run no worker holds a live lease on.
+
+        A wake-up's idle time runs from its delivery, the lease from its acquisition a little
+        later: a worker that dies in between leaves a wake-up that is reclaimable while the run
+        is still leased, and taking it then would only meet "busy" and drop it, orphaning the
+        run. Left pending instead, it is taken once the lease lapses (no delivery counted
+        meanwhile). Deleted entries and entries without a run stay in: the claim settles them.
+        """
+        rows = await asyncio.gather(
+            *(with_retry(self.redis.xrange, stream, mid, mid, count=1) for mid in message_ids)
+        )
+        run_of: dict[str, str] = {}
+        for mid, row in zip(message_ids, rows, strict=True):
+            found = entries(row)
+            run_id = found[0][1].get("run", "") if found else ""
+            if run_id.startswith("wrun_"):
+                run_of[mid] = run_id
+        runs = sorted(set(run_of.values()))
+        if not runs:
+            return set(message_ids)
+        sec, usec = await with_retry(self.redis.time)
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        leases = await asyncio.gather(
+            *(
+                with_retry(self.redis.hmget, self.keys.run(r), ["lease_owner", "lease_until"])
+                for r in runs
+            )
+        )
+        live = set()
+        for run_id, (owner, until) in zip(runs, leases, strict=True):
+            try:
+                lapses = int(text(until) or 0)
+            except ValueError:
+                lapses = 0
+            if text(owner) and lapses > now_ms:
+                live.add(run_id)
+        return {mid for mid in message_ids if run_of.get(mid) not in live}
 
     async def _exists(self, stream: str, message_id: str) -> bool:
         return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
@@ -303,16 +394,25 @@ class RedisQueue:
     async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
         """At most ``count`` wake-ups from the ready streams of all partitions.
 
-        XREADGROUP's COUNT applies per stream: one read over N streams with COUNT c can hand this
-        consumer N*c entries, and entries read are pending on it (a surplus would wait for a
-        reclaim, and the worker would hold more runs than its concurrency). So first a
-        non-blocking pass, one read per partition with COUNT = the room still left, starting at
-        a partition that rotates from call to call so that no partition is always served last.
-        Only when that pass found nothing does a read block, on streams and with a COUNT whose
-        product cannot exceed ``count``: all streams with COUNT count // N when count >= N,
-        else ``count`` streams (the rotation's next ones) with COUNT 1; the other partitions are
-        then seen at the next pass, one ``block_ms`` later at most.
+        XREADGROUP's COUNT applies per stream, and on a cluster one command reads the streams of
+        one slot only; entries read are pending on this consumer (a surplus would wait for a
+        reclaim, and the worker would hold more runs than its concurrency). So the reads go per
+        partition, concurrently, with the room shared out so that their COUNTs sum to at most
+        ``count`` (``split``), starting at a partition that rotates from call to call so that no
+        partition is always served last; a partition that filled its share may hold more and is
+        asked again with the room left, and partitions not asked yet (room < partitions) come
+        next, until the room is used or every partition was asked. Only when that found nothing
+        does a read block, with COUNTs that again sum to at most ``count``: all streams with
+        COUNT count // N when count >= N, else ``count`` streams (the rotation's next ones) with
+        COUNT 1; the others are seen at the next call, one ``block_ms`` later at most.
+
+        On one server that blocking read is one XREADGROUP over those streams, which answers as
+        soon as any of them has an entry. On a cluster it is one blocking read per stream, all
+        awaited (a read cancelled in flight may have taken entries that its reply then loses);
+        the latency trade-off: an idle worker sees a new wake-up up to ``block_ms`` late, as the
+        read that got it waits for the other reads to time out. A busy worker never blocks.
         """
+        await self._ready()
         out: list[Wakeup] = []
         n = self.keys.partitions
         if count <= 0:
@@ -324,32 +424,77 @@ class RedisQueue:
         start = self._next_partition % n
         self._next_partition = (start + 1) % n
         order = [(start + i) % n for i in range(n)]
-        taken = 0
-        for p in order:
-            if taken >= count:
-                break
-            reply = await self._read_group(consumer, {self.keys.ready(p): ">"}, count - taken, 0)
-            taken += await self._wakeups_of(reply, out)
-        if taken or not block_ms:
+
+        async def read(p: int, quota: int) -> int:
+            reply = await self._read_group(consumer, {self.keys.ready(p): ">"}, quota, 0)
+            return await self._wakeups_of(reply, out)
+
+        if await self._share_out(order, count, read) or not block_ms:
             return out
         if count >= n:
             streams, per_stream = order, count // n
         else:
             streams, per_stream = order[:count], 1
-        reply = await self._read_group(
-            consumer, {self.keys.ready(p): ">" for p in streams}, per_stream, block_ms
+        if not self.cluster:
+            reply = await self._read_group(
+                consumer, {self.keys.ready(p): ">" for p in streams}, per_stream, block_ms
+            )
+            await self._wakeups_of(reply, out)
+            return out
+        replies = await asyncio.gather(
+            *(
+                self._read_group(consumer, {self.keys.ready(p): ">"}, per_stream, block_ms)
+                for p in streams
+            )
         )
-        await self._wakeups_of(reply, out)
+        # An entry's idle time runs from its delivery, which may be up to block_ms before the
+        # slowest read returned: reset it now (XCLAIM JUSTID, as the heartbeat does), so that it
+        # becomes reclaimable no earlier than the run's lease, taken next, lapses.
+        await asyncio.gather(
+            *(
+                self._touch(stream, consumer, [mid for mid, _ in rows])
+                for reply in replies
+                for stream, rows in reply
+                if rows
+            )
+        )
+        for reply in replies:
+            await self._wakeups_of(reply, out)
         return out
 
-    async def _wakeups_of(self, reply: Any, out: list[Wakeup]) -> int:
+    async def _touch(self, stream: str, consumer: str, message_ids: Sequence[str]) -> None:
+        """Reset the idle time of entries pending on ``consumer`` (XCLAIM JUSTID: no count bump)."""
+        ids: list[Any] = list(message_ids)
+        await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
+
+    @staticmethod
+    async def _share_out(
+        order: Sequence[int], room: int, take: Callable[[int, int], Awaitable[int]]
+    ) -> int:
+        """Call ``take(partition, quota)`` concurrently over ``order`` with quotas that never sum
+        to more than the room left; ``take`` answers how many it took. A partition that took its
+        whole quota may have more and is asked again; the others are done. The number taken."""
+        unasked, again = list(order), list[int]()
+        taken = 0
+        while room > taken and (unasked or again):
+            batch = again + unasked
+            shares = split(room - taken, batch)
+            asked = {p for p, _ in shares}
+            unasked = [p for p in unasked if p not in asked]
+            again = [p for p in again if p not in asked]
+            got = await asyncio.gather(*(take(p, quota) for p, quota in shares))
+            taken += sum(got)
+            again += [p for (p, quota), g in zip(shares, got, strict=True) if g >= quota]
+        return taken
+
+    async def _wakeups_of(self, reply: list[tuple[str, list[Entry]]], out: list[Wakeup]) -> int:
         """Append the wake-ups of an XREADGROUP reply to ``out``; the number of entries read
         (undecodable ones, dead-lettered, included)."""
         read = 0
-        for stream, entries in reply or []:
-            for mid, fields in entries:
+        for stream, rows in reply:
+            for mid, fields in rows:
                 read += 1
-                w = await self._wakeup(_s(stream), _s(mid), dict(fields or {}), 1)
+                w = await self._wakeup(stream, mid, fields, 1)
                 if w is not None:
                     out.append(w)
         return read
@@ -357,22 +502,31 @@ class RedisQueue:
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
         """Take over at most ``count`` wake-ups, over all partitions, whose consumer stopped
         renewing them (a dead or stuck worker); like ``read_wakeups`` it never takes more than the
-        room the caller has, starting at a rotating partition."""
+        room the caller has (per partition, concurrently, shares summing to the room), starting
+        at a rotating partition."""
+        await self._ready()
         n = self.keys.partitions
         start = self._next_reclaim % n
         self._next_reclaim = (start + 1) % n
         out: list[Wakeup] = []
-        taken = 0
-        for p in ((start + i) % n for i in range(n)):
-            if taken >= count:
-                break
-            stream = self.keys.ready(p)
-            claimed = await self._claim(stream, consumer, min_idle_ms, count - taken)
-            taken += len(claimed)
-            for mid, fields, deliveries in claimed:
+        seen: set[tuple[int, str]] = set()
+
+        async def take(p: int, quota: int) -> int:
+            # asked again, a partition may offer what this call took from it (min_idle_ms 0)
+            stream, fresh = self.keys.ready(p), 0
+            for mid, fields, deliveries in await self._claim(
+                stream, consumer, min_idle_ms, quota, wakeups=True
+            ):
+                if (p, mid) in seen:
+                    continue
+                seen.add((p, mid))
+                fresh += 1
                 w = await self._wakeup(stream, mid, fields, deliveries)
                 if w is not None:
                     out.append(w)
+            return fresh
+
+        await self._share_out([(start + i) % n for i in range(n)], count, take)
         return out
 
     def wake_stream(self, w: Wakeup) -> str:
@@ -382,6 +536,7 @@ class RedisQueue:
         return self.keys.queue_stream(w.partition, w.queue)
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
+        await self._ready()
         if not wakeups:
             return
         by_stream: dict[str, list[str]] = {}
@@ -399,6 +554,7 @@ class RedisQueue:
 
     async def requeue(self, wakeup: Wakeup, reason: str) -> None:
         """Hand a run over to any worker: a fresh wake-up, then the old message acknowledged."""
+        await self._ready()
         stream = self.wake_stream(wakeup)
 
         async def run() -> None:
@@ -421,6 +577,7 @@ class RedisQueue:
     ) -> list[Acquired]:
         """Take the leases of several runs: one script call per partition. With a ``deployment``
         a run pinned to another one answers "pinned", an unpinned one is pinned to it."""
+        await self._ready()
         out: list[Acquired | None] = [None] * len(runs)
         for idxs in self._by_partition([r for r, _ in runs]).values():
             keys: list[str] = []
@@ -476,6 +633,7 @@ class RedisQueue:
         self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]
     ) -> list[tuple[str, int]]:
         """Release several leases and acknowledge their wake-ups: one call per partition."""
+        await self._ready()
         out: list[tuple[str, int] | None] = [None] * len(runs)
         groups: dict[str, list[int]] = {}  # one call per wake-up stream (in one partition)
         for p, idxs in self._by_partition([r[0] for r in runs]).items():
@@ -498,34 +656,43 @@ class RedisQueue:
     async def heartbeat(
         self, token: str, run_ids: Sequence[str], wakeups: Sequence[Wakeup], lease_ms: int
     ) -> dict[str, int]:
-        """Extend leases and reset the idle time of held wake-ups (XCLAIM JUSTID, no count bump)."""
+        """Extend leases and reset the idle time of held wake-ups (XCLAIM JUSTID, no count bump):
+        one script call and one XCLAIM per partition, concurrently."""
+        await self._ready()
         out: dict[str, int] = {}
-        if run_ids:
-            seqs = await self._eval(
-                "heartbeat", [self.keys.run(r) for r in run_ids], [token, lease_ms]
-            )
-            out = {r: int(s) for r, s in zip(run_ids, seqs, strict=True)}
+
+        async def extend(idxs: list[int]) -> None:
+            ids = [run_ids[i] for i in idxs]
+            seqs = await self._eval("heartbeat", [self.keys.run(r) for r in ids], [token, lease_ms])
+            out.update({r: int(s) for r, s in zip(ids, seqs, strict=True)})
+
         by_stream: dict[str, list[str]] = {}
         for w in wakeups:
             by_stream.setdefault(self.wake_stream(w), []).append(w.message_id)
-        for stream, ids in by_stream.items():
-            consumer = token_worker(token)
-            await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
+        consumer = token_worker(token)
+        await asyncio.gather(
+            *(extend(idxs) for idxs in self._by_partition(run_ids).values()),
+            *(self._touch(stream, consumer, ids) for stream, ids in by_stream.items()),
+        )
         return out
 
     async def promote_timers(self) -> int | None:
-        """Move due timers to the ready streams; the earliest remaining due time (ms) or None."""
-        nxt: int | None = None
-        for p in range(self.keys.partitions):
+        """Move due timers to the ready streams (per partition, concurrently); the earliest
+        remaining due time (ms) or None."""
+        await self._ready()
+
+        async def promote(p: int) -> int:
             _, due = await self._eval(
                 "promote_timers", [self.keys.timers(p), self.keys.ready(p)], [500]
             )
-            if int(due) >= 0:
-                nxt = int(due) if nxt is None else min(nxt, int(due))
-        return nxt
+            return int(due)
+
+        dues = await asyncio.gather(*(promote(p) for p in range(self.keys.partitions)))
+        return min((d for d in dues if d >= 0), default=None)
 
     async def dead_letter(self, wakeup: Wakeup, reason: str) -> None:
         """Copy the wake-up to the dead-letter stream, then acknowledge it (copy before ack)."""
+        await self._ready()
         dlq = self.keys.dlq(wakeup.partition)
         await with_retry(
             self.redis.xadd,
@@ -541,109 +708,3 @@ class RedisQueue:
             approximate=True,
         )
         await self.ack([wakeup])
-
-    def _request_stream(self, kind: str) -> str:
-        return self.keys.resume_stream() if kind == "resume" else self.keys.start_stream()
-
-    async def _request(
-        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
-    ) -> StartRequest | None:
-        """The request of one entry; None for an undecodable one, which is rejected."""
-        if undecodable(fields):
-            target = self.keys.rejected(stream)
-            await self._set_aside(stream, target, message_id, fields, deliveries)
-            return None
-        kind: Literal["start", "resume"] = (
-            "resume" if stream == self.keys.resume_stream() else "start"
-        )
-        return StartRequest(
-            message_id=message_id, fields=fields, kind=kind, source=stream, deliveries=deliveries
-        )
-
-    async def read_start_requests(
-        self, consumer: str, count: int, block_ms: int
-    ) -> list[StartRequest]:
-        """Requests from any service: run starts (``wf:start``) and hook resumes (``wf:hooks:resume``)."""
-        start, resume = self.keys.start_stream(), self.keys.resume_stream()
-        reply = await self._read_group(consumer, {start: ">", resume: ">"}, count, block_ms)
-        out: list[StartRequest] = []
-        for stream, entries in reply or []:
-            for mid, fields in entries:
-                req = await self._request(_s(stream), _s(mid), dict(fields or {}), 1)
-                if req is not None:
-                    out.append(req)
-        return out
-
-    async def reclaim_start_requests(
-        self, consumer: str, min_idle_ms: int, count: int
-    ) -> list[StartRequest]:
-        """Take over requests pending longer than ``min_idle_ms`` (their worker died or stalled)."""
-        await self.ensure_groups()
-        out: list[StartRequest] = []
-        for stream in (self.keys.start_stream(), self.keys.resume_stream()):
-            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
-                req = await self._request(stream, mid, fields, deliveries)
-                if req is not None:
-                    out.append(req)
-        return out
-
-    async def reject_start_request(self, request: StartRequest, reason: str) -> None:
-        """Copy the request to ``<stream>:rejected`` with the reason; big fields are cut to 1 KB."""
-        await with_retry(
-            self.redis.xadd,
-            self.keys.rejected(self._request_stream(request.kind)),
-            {
-                **truncated_copy(request.fields),
-                "message_id": request.message_id,
-                "reason": reason,
-                "deliveries": str(request.deliveries),
-            },
-            maxlen=10_000,
-            approximate=True,
-        )
-
-    async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None:
-        if not requests:
-            return
-
-        async def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for r in requests:
-                stream = self._request_stream(r.kind)
-                pipe.xack(stream, GROUP, r.message_id)
-                pipe.xdel(stream, r.message_id)
-            await pipe.execute()
-
-        await with_retry(run)
-
-    # -- replies: webhook responses and health checks ------------------------------------------
-
-    def reply_key(self, run_id: str, reply_id: str) -> str:
-        """``<prefix>:{pN}:run:<run id>:response:<id>`` beside a run, else ``<prefix>:reply:<id>``."""
-        if run_id:
-            return self.keys.response(run_id, reply_id)
-        return self.keys.reply(reply_id)
-
-    async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
-        """RPUSH a reply for a waiting ``pop_reply`` (the key expires after ``ttl_s``)."""
-        key = self.reply_key(run_id, reply_id)
-        if run_id and self.codec is not None:  # a webhook response: the run's data
-            data = self.codec.encrypt(data, run_id=run_id, field="response", context=reply_id)
-
-        async def run() -> None:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.rpush(key, data)
-            pipe.expire(key, ttl_s)
-            await pipe.execute()
-
-        await with_retry(run)
-
-    async def pop_reply(self, run_id: str, reply_id: str, timeout_s: float) -> str | None:
-        """BLPOP the reply pushed by ``push_reply``; None when none came within ``timeout_s``."""
-        key = self.reply_key(run_id, reply_id)
-        got = await with_retry(self.redis.blpop, [key], timeout=timeout_s)
-        if got is None:
-            return None
-        if run_id and self.codec is not None:
-            return self.codec.decrypt(_s(got[1]), run_id=run_id, field="response", context=reply_id)
-        return _s(got[1])

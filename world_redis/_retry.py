@@ -1,6 +1,9 @@
 """Retries of Redis connection errors, in one place.
 
-Only connection-level failures (refused, reset, timeout, Redis loading its dataset) are retried, with
+Only connection-level failures (refused, reset, timeout, Redis loading its dataset) and a Redis
+Cluster's passing states (a slot moving or migrating: ``MOVED``/``ASK`` past redis-py's own
+redirections, ``TRYAGAIN``, ``CLUSTERDOWN``, a master down, a slot not covered yet during a
+failover) are retried, with
 exponential backoff capped at 2 s, for up to ``WORKFLOW_REDIS_RETRY_SECONDS`` (default 30 s). The
 trade-off: a worker rides out a Redis restart or failover without losing its place, at the price of
 stalling for that long before it reports ``WorldUnavailableError``. Every engine write is idempotent
@@ -31,6 +34,12 @@ RETRYABLE = (
     rexc.ConnectionError,
     rexc.TimeoutError,
     rexc.BusyLoadingError,
+    # a Redis Cluster while its topology changes; never CROSSSLOT, a bug that no retry mends.
+    # ClusterError itself is what redis-py raises when its redirections run out (MOVED/ASK)
+    rexc.ClusterError,
+    rexc.AskError,  # MovedError too
+    rexc.TryAgainError,
+    rexc.SlotNotCoveredError,
     ConnectionError,
     OSError,
 )

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from worker.world import RunNotFoundError, WorkflowError, check_size, dumps, loads
 
+from ._client import entries as entry_rows
+from ._client import stream_replies, text
 from ._retry import with_retry
 
 if TYPE_CHECKING:
@@ -69,8 +71,9 @@ class RedisStreams:
         await self._append(run_id, name, entries)
 
     async def list_streams(self, run_id: str) -> list[str]:
+        await self._world._ready()
         key = self._world.keys.streams_index(run_id)
-        return sorted(await with_retry(self._world.redis.smembers, key))
+        return sorted(text(n) for n in await with_retry(self._world.redis.smembers, key))
 
     async def read(self, run_id: str, name: str, start_index: int = 0) -> AsyncIterator[Any]:
         await self._check_run(run_id)
@@ -124,13 +127,14 @@ class RedisStreams:
         return {"v": text}
 
     async def _append(self, run_id: str, name: str, entries: list[dict[str, str]]) -> None:
+        await self._world._ready()
         keys, ttl = self._world.keys, self._world.retention_s
         key, index = keys.stream(run_id, name), keys.streams_index(run_id)
 
         async def run() -> None:
             pipe = self._world.redis.pipeline(transaction=True)
             for fields in entries:
-                pipe.xadd(key, fields)
+                pipe.xadd(key, {k: v for k, v in fields.items()})
             pipe.expire(key, ttl)
             pipe.sadd(index, name)
             pipe.expire(index, ttl)
@@ -139,24 +143,22 @@ class RedisStreams:
         await with_retry(run)
 
     async def _check_run(self, run_id: str) -> None:
+        await self._world._ready()
         if not await with_retry(self._world.redis.exists, self._world.keys.run(run_id)):
             raise RunNotFoundError(run_id)
 
     async def _next_entries(self, key: str, after: str) -> list[tuple[str, dict[str, str]]]:
         """Entries after ``after``: at once when there are some, else within BLOCK_MS (or none)."""
         reply = await with_retry(self._world.redis.xread, {key: after}, count=PAGE, block=BLOCK_MS)
-        if isinstance(reply, dict):  # RESP3
-            reply = list(reply.items())
-        out: list[tuple[str, dict[str, str]]] = []
-        for _stream, rows in reply or []:
-            out.extend((str(entry_id), dict(fields or {})) for entry_id, fields in rows)
-        return out
+        return [entry for _stream, rows in stream_replies(reply) for entry in rows]
 
     async def _tail_start(self, key: str, start_index: int) -> int:
         """Chunks to skip for a negative ``start_index``, from the chunks stored right now."""
         count, start = 0, "-"
         while True:
-            rows = await with_retry(self._world.redis.xrange, key, start, "+", count=PAGE)
+            rows = entry_rows(
+                await with_retry(self._world.redis.xrange, key, start, "+", count=PAGE)
+            )
             for _entry_id, fields in rows:
                 if any(f in fields for f in _END_FIELDS):
                     return max(0, count + start_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -9,7 +10,6 @@ from itertools import chain
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
 from worker.world import (
     Commit,
@@ -33,12 +33,14 @@ from worker.world import (
     new_ids,
 )
 
+from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
-from ._keys import STATUSES, Keys
+from ._keys import STATUSES
 from ._pools import RedisPools
 from ._presence import RedisPresence
 from ._queue import _s
+from ._requests import RedisRequests
 from ._retry import with_retry
 from ._streams import RedisStreams
 
@@ -65,21 +67,29 @@ def _is_json(text: str) -> bool:
     return True
 
 
-class RedisWorld(RedisHookTokens, RedisPresence):
-    """The engine's storage, queue and timers on one Redis server."""
+class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
+    """The engine's storage, queue and timers on one Redis server or a Redis Cluster.
+
+    ``client`` is a redis-py asyncio client (single-node or cluster, ``decode_responses=True``),
+    or a ``ClientFactory`` that builds the right one at first use (what ``from_url`` passes).
+    ``partitions``: None takes the count stored for the prefix, or stores the default (1 on one
+    server, 16 per master on a cluster); a number must match the stored count.
+    """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient | ClientFactory,
         *,
         prefix: str = "wf",
-        partitions: int = 1,
+        partitions: int | None = None,
         retention_s: int | None = None,
         max_payload_bytes: int | None = None,
         deployment: str | None = None,
         codec: PayloadCodec | None = None,
     ) -> None:
-        super().__init__(client, Keys(prefix, partitions))
+        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+            raise ValueError(f"partitions must be a whole number >= 1, got {partitions!r}")
+        super().__init__(client, prefix, partitions)
         # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
         self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
@@ -96,12 +106,23 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
 
     @classmethod
-    def from_url(cls, url: str, *, ssl_ca_certs: str | None = None, **kwargs: Any) -> RedisWorld:
-        """A World on the server at ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
+    def from_url(
+        cls,
+        url: str,
+        *,
+        ssl_ca_certs: str | None = None,
+        cluster: bool | None = None,
+        **kwargs: Any,
+    ) -> RedisWorld:
+        """A World on the server at ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``),
+        which may be any node of a Redis Cluster.
 
         ``ssl_ca_certs`` is the CA bundle that verifies a ``rediss://`` server's certificate (the
         URL's ``?ssl_ca_certs=/path`` query does the same; redis-py passes query arguments on).
-        Other keyword arguments configure the World (``prefix``, ``partitions``...).
+        ``cluster``: None (default, or ``WORKFLOW_REDIS_CLUSTER`` when set) asks the server at
+        first use (``INFO cluster``); True or False says it. Other keyword arguments configure
+        the World; ``prefix`` and ``partitions`` default to ``WORKFLOW_PREFIX`` and
+        ``WORKFLOW_PARTITIONS`` as ``get_world()`` reads them. No connection is made here.
         """
         # Replies are decoded to str, but a byte that is not UTF-8 becomes a lone surrogate
         # (surrogateescape) instead of failing the whole reply: one bad entry written by another
@@ -118,17 +139,25 @@ class RedisWorld(RedisHookTokens, RedisPresence):
             if not url.startswith("rediss://"):
                 raise ValueError(f"ssl_ca_certs needs a rediss:// URL, got {url.split(':')[0]}://")
             tls["ssl_ca_certs"] = ssl_ca_certs
-        client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            encoding_errors="surrogateescape",
-            health_check_interval=30,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "encoding_errors": "surrogateescape",
+            "health_check_interval": 30,
             **tls,
-        )
-        return cls(client, **kwargs)
+        }
+        if "prefix" not in kwargs and os.environ.get("WORKFLOW_PREFIX"):
+            kwargs["prefix"] = os.environ["WORKFLOW_PREFIX"]
+        if "partitions" not in kwargs and os.environ.get("WORKFLOW_PARTITIONS"):
+            raw = os.environ["WORKFLOW_PARTITIONS"]
+            try:
+                kwargs["partitions"] = int(raw)
+            except ValueError:
+                raise ValueError(f"WORKFLOW_PARTITIONS={raw!r} is not a whole number") from None
+        topology = cluster if cluster is not None else cluster_setting()
+        return cls(ClientFactory(url, topology, options), **kwargs)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self._client.aclose()
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -167,7 +196,7 @@ class RedisWorld(RedisHookTokens, RedisPresence):
     async def get_run(self, run_id: str) -> RunInfo | None:
         if not self._config_checked:
             await self.check_config()
-        data = await with_retry(self.redis.hgetall, self.keys.run(run_id))
+        data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
         return self._run_info(run_id, data, self.codec) if data else None
 
     @staticmethod
@@ -286,7 +315,10 @@ class RedisWorld(RedisHookTokens, RedisPresence):
                 num=page,
                 withscores=True,
             )
-            for member, score in rows:
+            for row in rows:
+                if not isinstance(row, tuple | list):
+                    continue  # a member without its score: WITHSCORES always gives both
+                member, score = row
                 item = (int(score), _s(member))
                 if after is None or item < after:
                     yield item
@@ -300,10 +332,11 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
         rows = await with_retry(self.redis.xrange, key, start, "+")
-        return self._log_events(run_id, rows)
+        return self._log_events(run_id, entries(rows))
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
         """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
+        await self._ready()
         reply = await with_retry(
             self.redis.xread,
             {self.keys.events(run_id): f"{after_seq}-0"},
@@ -387,7 +420,8 @@ class RedisWorld(RedisHookTokens, RedisPresence):
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:
         """The run's live hooks: (hook id, token, metadata JSON), in creation order."""
-        fields = await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id))
+        await self._ready()
+        fields = text_dict(await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id)))
         hooks = [
             (hook_id, token, self._hook_meta(run_id, hook_id, fields.get(f"{hook_id}|meta")))
             for hook_id, token in fields.items()
@@ -400,6 +434,7 @@ class RedisWorld(RedisHookTokens, RedisPresence):
 
         The token's reservation names the holder; a reservation whose run does not hold the hook
         (its writer died before the commit, or before the release) is no holder."""
+        await self._ready()
         holder = await with_retry(self.redis.get, self.keys.hook_token(token))
         if not holder:
             return None
@@ -407,9 +442,9 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         held, meta = await with_retry(
             self.redis.hmget, self.keys.run_hooks(run_id), [hook_id, f"{hook_id}|meta"]
         )
-        if held != token:
+        if text(held) != token:
             return None
-        return run_id, hook_id, self._hook_meta(run_id, hook_id, meta)
+        return run_id, hook_id, self._hook_meta(run_id, hook_id, text(meta))
 
     def _hook_meta(self, run_id: str, hook_id: str, meta: str | None) -> str:
         """A hook's stored metadata, decrypted (DecryptionError when it cannot be)."""
@@ -420,25 +455,26 @@ class RedisWorld(RedisHookTokens, RedisPresence):
         return self.codec.decrypt(meta, run_id=run_id, field="metadata", context=hook_id)
 
     async def expire_indexes(self) -> int:
-        dropped = 0
-        for p in range(self.keys.partitions):
-            k = self.keys
-            names = await with_retry(self.redis.smembers, self.keys.workflows(p))
+        """Drop expired runs from the indexes: one script call per partition, concurrently."""
+        await self._ready()
+        k = self.keys
+
+        async def expire(p: int) -> int:
+            names = await with_retry(self.redis.smembers, k.workflows(p))
             keys = [k.idx_done(p), k.idx_all(p), *(k.idx_status(p, s) for s in STATUSES)]
-            keys += [k.idx_workflow(p, n) for n in sorted(names)]
-            dropped += int(await self._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
-        return dropped
+            keys += [k.idx_workflow(p, text(n)) for n in sorted(names)]
+            return int(await self._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
+
+        return sum(await asyncio.gather(*(expire(p) for p in range(k.partitions))))
 
 
 async def _merge_newest_first(
     walks: list[AsyncIterator[tuple[int, str]]],
 ) -> AsyncIterator[tuple[int, str]]:
-    """Merge per-partition index walks (each newest first) lazily into one, newest first."""
-    heads: list[tuple[tuple[int, str], int]] = []
-    for i, walk in enumerate(walks):
-        async for item in walk:
-            heads.append((item, i))
-            break
+    """Merge per-partition index walks (each newest first) lazily into one, newest first; the
+    first page of every walk is read concurrently."""
+    firsts = await asyncio.gather(*(anext(walk, None) for walk in walks))
+    heads = [(item, i) for i, item in enumerate(firsts) if item is not None]
     while heads:
         best = max(heads)
         heads.remove(best)

@@ -9,7 +9,6 @@ import subprocess
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from tests.e2e import encryption_workflows as ew
 from tests.support import WF, RedisServer, hook_ready, wf_json
@@ -32,7 +31,7 @@ MARKER = "zebra-marker-4711"
 
 async def raw_dump(redis_server: RedisServer, world: RedisWorld, run_id: str) -> str:
     """Every key of the run as a plain redis client (no World, no key) reads it."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    client = redis_server.async_client(decode_responses=True)
     try:
         parts: list[Any] = [await client.hgetall(world.keys.run(run_id))]
         parts.append(await client.xrange(world.keys.events(run_id)))
@@ -53,7 +52,7 @@ async def test_encrypted_run_from_a_plaintext_start_request(  # type: ignore[no-
     env = {"WORKFLOW_ENCRYPTION_KEY": KEY_A}
     start_worker(MODULE, **env)
     token, run_id = f"tok-{MARKER[:5]}", "wrun_encrypted_order"
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    client = redis_server.async_client(decode_responses=True)
     try:
         args = json.dumps([f"{MARKER}-item", token])
         await client.xadd(

@@ -31,6 +31,7 @@ PARTITIONS = 4
 async def world(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisWorld]:
     """A RedisWorld with four partitions on the private server, set as the process World."""
     w = RedisWorld.from_url(redis_server.url, prefix=prefix, partitions=PARTITIONS)
+    await w.check_config()  # the client is resolved (a cluster's found) before tests use it
     set_world(w)
     try:
         yield w

@@ -183,7 +183,7 @@ async def test_resume_with_redis_cli(world: RedisWorld, start_worker, redis_serv
 
     def xadd(*fields: str) -> None:
         subprocess.run(
-            [cli, "-p", str(redis_server.port), "XADD", stream, "*", *fields],
+            [cli, *redis_server.cli_args(), "XADD", stream, "*", *fields],
             check=True,
             capture_output=True,
         )

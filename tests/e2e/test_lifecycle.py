@@ -92,7 +92,7 @@ async def test_poison_run_is_dead_lettered(world: RedisWorld, start_worker) -> N
     await eventually(failed_or_restart, 40, what="the poison run to be dead-lettered")
     with pytest.raises(WorkflowRunFailedError, match="delivered"):
         await run.result(timeout=1)
-    entries = await world.redis.xrange(world.keys.dlq(0))
+    entries = await world.redis.xrange(world.keys.dlq(world.keys.partition(run.run_id)))
     assert [f["run"] for _, f in entries] == [run.run_id]
     assert int(entries[0][1]["deliveries"]) > 2
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from tests.e2e import fault_workflows as fw
-from tests.support import wait_for
+from tests.support import RedisClusterNodes, RedisServer, wait_for
 from worker import start
 from world_redis import RedisWorld
 
@@ -17,9 +17,13 @@ FAST_LEASE = {"WORKFLOW_LEASE_MS": "1500", "WORKFLOW_HEARTBEAT_MS": "300"}
 BAD = b"\xff\xfe"
 
 
-def raw_client(port: int) -> redis.Redis:
+# the runs these tests count are all in partition 0 (one partition, on a cluster too)
+ONE_PARTITION = {"WORKFLOW_PARTITIONS": "1"}
+
+
+def raw_client(server: RedisServer | RedisClusterNodes) -> redis.Redis:
     """A client that sends and returns bytes: the only way to write invalid UTF-8 on purpose."""
-    return redis.Redis(port=port, decode_responses=False)
+    return server.client(decode_responses=False)  # type: ignore[no-any-return]
 
 
 def pending_count(r: redis.Redis, stream: str) -> int:
@@ -31,7 +35,7 @@ def test_start_requests_of_a_killed_worker_all_become_runs(  # type: ignore[no-u
     redis_server, prefix, start_worker
 ) -> None:
     """A worker SIGKILLed while it consumes 3,000 start requests: another worker reclaims the rest, and every request becomes exactly one run."""
-    r = raw_client(redis_server.port)
+    r = raw_client(redis_server)
     stream = f"{prefix}:start"
     total = 3000
     pipe = r.pipeline(transaction=False)
@@ -40,7 +44,7 @@ def test_start_requests_of_a_killed_worker_all_become_runs(  # type: ignore[no-u
     pipe.execute()
     runs_key = f"{prefix}:{{p0}}:idx:all"
 
-    first = start_worker("tests.e2e.request_workflows", **FAST_LEASE)
+    first = start_worker("tests.e2e.request_workflows", **ONE_PARTITION, **FAST_LEASE)
     wait_for(lambda: r.zcard(runs_key) >= 300, 30, what="the first worker to create runs")
 
     def frozen_holding_requests() -> bool:
@@ -55,7 +59,7 @@ def test_start_requests_of_a_killed_worker_all_become_runs(  # type: ignore[no-u
     first.kill()
     assert r.zcard(runs_key) < total, "the first worker finished before it was killed"
 
-    start_worker("tests.e2e.request_workflows", **FAST_LEASE)
+    start_worker("tests.e2e.request_workflows", **ONE_PARTITION, **FAST_LEASE)
     wait_for(
         lambda: r.xlen(stream) == 0 and pending_count(r, stream) == 0,
         60,
@@ -72,20 +76,18 @@ def test_undecodable_start_request_is_set_aside_and_the_batch_goes_on(  # type: 
     redis_server, prefix, start_worker
 ) -> None:
     """One non-UTF-8 start request among 40 valid ones: 40 runs start, the bad one is rejected with its raw bytes in base64."""
-    r = raw_client(redis_server.port)
+    r = raw_client(redis_server)
     stream = f"{prefix}:start"
     for i in range(20):
         r.xadd(stream, {"workflow": "noop", "args": f"[{i}]"})
     bad_id = r.xadd(stream, {"workflow": BAD + b"noop", "args": b"[1]"}).decode()
     for i in range(20, 40):
         r.xadd(stream, {"workflow": "noop", "args": f"[{i}]"})
-    worker = start_worker("tests.e2e.request_workflows")
+    worker = start_worker("tests.e2e.request_workflows", **ONE_PARTITION)
 
     wait_for(lambda: r.zcard(f"{prefix}:{{p0}}:idx:all") == 40, 20, what="40 runs")
     wait_for(lambda: r.xlen(f"{stream}:rejected") == 1, 20, what="the rejection")
-    ((_, fields),) = redis.Redis(port=redis_server.port, decode_responses=True).xrange(
-        f"{stream}:rejected"
-    )
+    ((_, fields),) = redis_server.client(decode_responses=True).xrange(f"{stream}:rejected")
     assert fields["message_id"] == bad_id
     assert "UTF-8" in fields["reason"]
     assert base64.b64decode(fields["workflow:b64"]) == BAD + b"noop"
@@ -109,7 +111,7 @@ async def test_wakeups_are_reclaimed_past_an_undecodable_entry(  # type: ignore[
     world: RedisWorld, redis_server, prefix, start_worker, tmp_path: Path
 ) -> None:
     """A non-UTF-8 wake-up left pending by a dead consumer: reclaiming still recovers the run of a SIGKILLed worker, and the bad entry is dead-lettered."""
-    r = raw_client(redis_server.port)
+    r = raw_client(redis_server)
     ready = f"{prefix}:{{p0}}:ready"
     await world.ensure_groups()
     bad_id = r.xadd(ready, {"run": BAD, "reason": "x"}).decode()

@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 
 from tests.e2e import workflows as wf
+from tests.support import all_keys
 from worker import (
     Run,
     WorkflowRunCancelledError,
@@ -193,7 +194,7 @@ async def test_step_direct_call(world: RedisWorld, start_worker) -> None:
     runs, _ = await world.list_runs()
     assert runs == []
     # only the deployment's settings, stored when the fixture first used the World
-    assert await world.redis.keys(f"{world.keys.prefix}:*") == [world.keys.config()]
+    assert await all_keys(world, f"{world.keys.prefix}:*") == [world.keys.config()]
 
 
 async def test_step_function_passing(world: RedisWorld, start_worker) -> None:

@@ -349,6 +349,8 @@ class FuzzWorker:
         worker = Worker(world, WorkerConfig(concurrency=20, drain_timeout_s=1))
         task = asyncio.create_task(worker.run())
         raw = aioredis.Redis.from_url(server.url, decode_responses=False)
+        # its duties report once the worker has started (assert_alive reads that report)
+        await eventually(lambda: worker.supervisor.report(), 20, "the worker's duties to start")
         return cls(world, raw, worker, task)
 
     async def stop(self) -> None:

@@ -105,6 +105,12 @@ class PoolQueues(Protocol):
     async def route_steps(
         self, run_id: str, steps: Sequence[tuple[str, str, str]]
     ) -> list[RouteCode]: ...
+    async def read_queues(
+        self, consumer: str, queues: Sequence[str], count: int, block_ms: int
+    ) -> list[PoolTask | Wakeup]:
+        """At most ``count`` new entries of the streams of ``queues`` over every partition."""
+        ...
+
     async def read_tasks(
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
     ) -> list[PoolTask | Wakeup]:

@@ -7,7 +7,7 @@ the run's partition) and lets the run go as it would for any step it is not runn
 holds no lease for the pool's sake and keeps nothing the pool worker needs.
 
 Executing. A worker started with ``--queues gpu`` (or ``default,gpu``) runs a :class:`PoolRunner`:
-one reader per queue and partition (one XREADGROUP each, so no command spans partitions), which
+one reader for all its queues and partitions (one XREADGROUP per partition: no command spans slots), which
 reads only while the worker has room (held runs + pool tasks + reads in flight never exceed
 ``--concurrency``). For each task it reads the step's name and input from the run's log, commits
 ``step_started`` with a fresh claim token and the task's entry id, runs the attempt, and commits
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._context import StepContext
@@ -49,7 +50,7 @@ from ._ids import new_id
 from ._pool_world import DEFAULT_QUEUE, PoolQueues, PoolTask, pool_queues
 from ._registry import StepFunction, revive_step_ref
 from ._replay import error_json
-from ._supervisor import Duty, DutyBody
+from ._supervisor import Duty
 from ._worker_loops import dead_letter
 from ._world import Commit, CommitResult, Wakeup
 
@@ -60,6 +61,7 @@ READ_BLOCK_MS = 1000  # a reader's blocking read; it wakes at once when an entry
 # a reader of a deployment's replay lane blocks as briefly as the read of the ready stream: with
 # a concurrency of 1 the two take turns, and a long block would delay every wake-up behind it
 LANE_BLOCK_MS = 200
+TURN_S = 0.05  # how long a reader waits for the other to take its turn (see give_turn)
 
 
 def step_queue(fn: Any) -> str | None:
@@ -78,6 +80,8 @@ class PoolRunner:
         self.running: dict[str, PoolTask] = {}  # message id -> task being executed
         self.reading = 0  # reads in flight: each may bring one task
         self.room = asyncio.Event()
+        self.waiting_for_room = False  # the reader waits for room (see give_turn)
+        self.read_turn = asyncio.Event()  # set when the reader starts a read
 
     @property
     def load(self) -> int:
@@ -92,45 +96,71 @@ class PoolRunner:
         sup = self.worker.supervisor
         quiet_s = self.worker.config.duty_quiet_s
         lease_s = self.worker.config.lease_ms / 1000.0
-        for queue in self.queues:
-            for p in range(self.store.partitions):
-                sup.add(f"pool-read:{queue}:{p}", self._reader(queue, p), stale_after_s=quiet_s)
+        if self.queues:
+            sup.add("pool-read", self.read_loop, stale_after_s=quiet_s)
         sup.add("pool-reclaim", self.reclaim_loop, stale_after_s=quiet_s + 3 * lease_s)
         sup.add("pool-heartbeat", self.heartbeat_loop, stale_after_s=max(lease_s, 5.0))
-
-    def _reader(self, queue: str, partition: int) -> DutyBody:
-        async def body(duty: Duty) -> None:
-            await self.read_loop(duty, queue, partition)
-
-        return body
 
     async def start(self) -> None:
         await self.store.ensure_queue_groups(self.queues)
 
     # -- duties --------------------------------------------------------------------------------
 
-    async def read_loop(self, duty: Duty, queue: str, partition: int) -> None:
+    async def read_loop(self, duty: Duty) -> None:
+        """One reader for every queue and partition of this runner (``PoolQueues.read_queues``).
+
+        A read reserves the slots it may fill (``reading``) while it is on the wire: at most half
+        of the room, so that neither this reader, the wake-up reader nor the reclaim starves the
+        others while a read waits on idle streams; a busy stream answers at once, and the
+        reservation ends."""
         w = self.worker
+        lanes = any(q.startswith(f"{DEFAULT_QUEUE}@") for q in self.queues)
+        block = LANE_BLOCK_MS if lanes else READ_BLOCK_MS
         while not w.stopping.is_set():
-            if not self._has_room():
+            room = w.config.concurrency - len(w.held) - w.reading_wakeups - self.load
+            if room <= 0:
                 self.room.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self.room.wait()
+                self.waiting_for_room = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self.room.wait()
+                finally:
+                    self.waiting_for_room = False
                 duty.ok()
                 continue
-            self.reading += 1
+            share = max(1, room // 2)
+            self.read_turn.set()
+            self.reading += share
             try:
-                block = LANE_BLOCK_MS if queue.startswith(f"{DEFAULT_QUEUE}@") else READ_BLOCK_MS
-                tasks = await self.store.read_tasks(w.name, queue, partition, 1, block)
+                tasks = await self.store.read_queues(w.name, self.queues, share, block)
             finally:
-                self.reading -= 1
+                self.reading -= share
             duty.ok()
             for task in tasks:
                 self._start(task)
-            # a turn for the other readers (wake-ups, other queues) waiting for room
-            w._room.set()
+            await self._hand_over(w._room, lambda: w.waiting_for_room, w.read_turn)
+
+    async def give_turn(self) -> None:
+        """Called by the wake-up reader after each read: when this reader waits for room, it
+        gets to start its read before the wake-up reader reads again (with a concurrency of 1,
+        the two would otherwise race for the one slot, and the faster loop would always win)."""
+        await self._hand_over(self.room, lambda: self.waiting_for_room, self.read_turn)
+
+    @staticmethod
+    async def _hand_over(
+        room: asyncio.Event, waiting: Callable[[], bool], turn: asyncio.Event
+    ) -> None:
+        """Wake the other reader (``room``) and, when it waits, give it the time to start a read
+        (``turn``), at most TURN_S; else just yield once."""
+        room.set()
+        if not waiting():
             await asyncio.sleep(0)
+            return
+        turn.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TURN_S):
+                await turn.wait()
 
     async def reclaim_loop(self, duty: Duty) -> None:
         w = self.worker

@@ -119,6 +119,10 @@ class Worker:
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._room = asyncio.Event()
+        # turn-taking with the pool reader (see PoolRunner.give_turn): the wake-up reader waits
+        # for room, and has started a read since it was last given a turn
+        self.waiting_for_room = False
+        self.read_turn = asyncio.Event()
         self._advancing: str | None = None
         self._advance_started = 0.0
         self._main_thread = threading.get_ident()
@@ -223,11 +227,16 @@ class Worker:
             room = self.config.concurrency - len(self.held) - self.pool_load
             if room <= 0:
                 self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._room.wait()
+                self.waiting_for_room = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._room.wait()
+                finally:
+                    self.waiting_for_room = False
                 duty.ok()  # waiting for room is this duty's work too
                 continue
+            self.read_turn.set()
             wakeups = await self._read_beside_pools(min(room, self.config.batch))
             duty.ok()
             for w in wakeups:
@@ -242,8 +251,7 @@ class Worker:
             return await self.world.read_wakeups(self.name, count, 200)
         finally:
             self.reading_wakeups = 0
-            self.pools.room.set()
-            await asyncio.sleep(0)
+            await self.pools.give_turn()
 
     def _dispatch(self, w: Wakeup) -> None:
         check_id = health_check_id(w)

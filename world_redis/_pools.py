@@ -35,14 +35,17 @@ its raw bytes and the reason.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
 from redis import exceptions as rexc
+from redis.typing import KeyT, StreamIdT
 
 from worker.world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode, Wakeup
 
+from ._client import Entry, stream_replies
 from ._keys import GROUP, Keys
 from ._queue import RedisQueue, _s, undecodable
 from ._retry import with_retry
@@ -54,6 +57,8 @@ class RedisPools:
     def __init__(self, queue: RedisQueue) -> None:
         self.q = queue
         self._groups: set[str] = set()
+        self._next_read = 0  # where the next read of queue streams starts (see read_queues)
+        self._next_queue = 0  # and which of the queues first
 
     @property
     def redis(self) -> Any:
@@ -136,6 +141,107 @@ class RedisPools:
                 if task is not None:
                     out.append(task)
         return out
+
+    async def read_queues(
+        self, consumer: str, queues: Sequence[str], count: int, block_ms: int
+    ) -> list[PoolTask | Wakeup]:
+        """At most ``count`` new entries of the streams of ``queues`` over every partition.
+
+        The streams of one partition share its slot, so one XREADGROUP reads all of a partition's
+        queues. XREADGROUP's COUNT applies per stream: a partition with a quota q reads its k
+        streams with COUNT q // k (or, when q < k, q of them with COUNT 1), so the entries taken
+        never exceed ``count``. The partitions go concurrently, starting at one that rotates from
+        call to call, with the room shared out as ``RedisQueue.read_wakeups`` does; only when that
+        found nothing does a read block, on streams and COUNTs whose product stays within
+        ``count`` (the streams not covered are read at the next call, one ``block_ms`` later at
+        most): one command on one server, one per partition, awaited together, on a cluster.
+        """
+        await self.q._ready()
+        n = self.keys.partitions
+        if count <= 0 or not queues or n <= 0:
+            return []
+        located: dict[str, tuple[str, int]] = {}
+        for p in range(n):
+            for queue in queues:
+                located[self.keys.queue_stream(p, queue)] = (queue, p)
+        for stream in located:
+            await self._ensure_group(stream)
+        start = self._next_read % n
+        self._next_read = (start + 1) % n
+        order = [(start + i) % n for i in range(n)]
+        rotation = self._next_queue % len(queues)  # which queue goes first when few fit
+        self._next_queue = rotation + 1
+        per_partition = {
+            p: [self.keys.queue_stream(p, q) for q in (*queues[rotation:], *queues[:rotation])]
+            for p in order
+        }
+        replies: list[list[tuple[str, list[Entry]]]] = []
+
+        async def read(streams: Sequence[str], quota: int, block: int) -> int:
+            if quota >= len(streams):
+                chosen, per_stream = list(streams), quota // len(streams)
+            else:
+                chosen, per_stream = list(streams[:quota]), 1
+            reply = await self._xreadgroup(consumer, chosen, per_stream, block)
+            replies.append(reply)
+            return sum(len(rows) for _, rows in reply)
+
+        async def take(p: int, quota: int) -> int:
+            return await read(per_partition[p], quota, 0)
+
+        taken = await self.q._share_out(order, count, take)
+        if not taken and block_ms:
+            every = [s for p in order for s in per_partition[p]]
+            chosen = every if count >= len(every) else every[:count]
+            per_stream = max(1, count // len(chosen))
+            if not self.q.cluster:
+                replies.append(await self._xreadgroup(consumer, chosen, per_stream, block_ms))
+            else:
+                by_partition: dict[int, list[str]] = {}
+                for stream in chosen:
+                    by_partition.setdefault(located[stream][1], []).append(stream)
+                got = await asyncio.gather(
+                    *(
+                        self._xreadgroup(consumer, streams, per_stream, block_ms)
+                        for streams in by_partition.values()
+                    )
+                )
+                replies.extend(got)
+                # as read_wakeups does: the idle time of what was taken runs from now
+                await asyncio.gather(
+                    *(
+                        self.q._touch(stream, consumer, [mid for mid, _ in rows])
+                        for reply in got
+                        for stream, rows in reply
+                        if rows
+                    )
+                )
+        out: list[PoolTask | Wakeup] = []
+        for reply in replies:
+            for stream, rows in reply:
+                queue, p = located[stream]
+                for mid, fields in rows:
+                    task = await self._task(queue, p, mid, dict(fields or {}), 1)
+                    if task is not None:
+                        out.append(task)
+        return out
+
+    async def _xreadgroup(
+        self, consumer: str, streams: Sequence[str], count: int, block_ms: int
+    ) -> list[tuple[str, list[Entry]]]:
+        """One XREADGROUP over ``streams``; a stream deleted under the worker gets its group back
+        at the next read."""
+        reading: dict[KeyT, StreamIdT] = {s: ">" for s in streams}
+        try:
+            reply = await with_retry(
+                self.redis.xreadgroup, GROUP, consumer, reading, count=count, block=block_ms or None
+            )
+        except rexc.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.difference_update(streams)
+            return []
+        return stream_replies(reply)
 
     async def reclaim_tasks(
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int

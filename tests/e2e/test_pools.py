@@ -65,9 +65,12 @@ async def test_step_waits_for_its_pool_then_runs_there(
         "pending",
         "oldest",
     ]
-    # the task waits in the gpu lane of the run's deployment (the default worker's)
+    # the task waits in the gpu lane of the run's deployment (the default worker's), in the
+    # run's partition (0 on one server; any of them on a cluster)
+    partition = str(world.keys.partition(run.run_id))
     assert any(
-        line.split()[:2] == ["0", "gpu"] and line.split()[3:6] == ["1", "1", "0"] for line in lines
+        line.split()[:2] == [partition, "gpu"] and line.split()[3:6] == ["1", "1", "0"]
+        for line in lines
     ), text.stdout
     assert wait["deployment"] == row["deployment"] == (await run.info()).deployment
     assert await run.status() == "running"

@@ -22,6 +22,7 @@ from ulid import ULID
 
 from tests.e2e import fault_workflows as fw
 from tests.e2e import hook_workflows as hw
+from tests.e2e import pool_workflows as pw
 from tests.e2e import workflows as wf
 from tests.support import (
     RedisClusterNodes,
@@ -209,6 +210,21 @@ async def test_worker_killed_mid_step_is_finished_by_another(
     assert marker.read_text() == str(second.proc.pid)
     (step_info,) = await run.steps()
     assert step_info.status == "completed" and step_info.attempt == 2
+
+
+async def test_pool_steps_of_runs_in_every_partition_run_in_the_pool(
+    world: RedisWorld, start_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """Runs spread over the partitions (48 on the cluster), each with a gpu step: one --queues gpu
+    worker with a concurrency below the partition count reads every partition's queue stream
+    (a reader per queue and partition used to starve most of them) and runs every step."""
+    start_worker("tests.e2e.pool_workflows", POOL_MARKER="default")
+    gpu = start_worker("tests.e2e.pool_workflows", concurrency=8, queues="gpu", POOL_MARKER="gpu")
+    runs = [await start(pw.pool_basic, i) for i in range(24)]
+    assert len({world.keys.partition(r.run_id) for r in runs}) > 2
+    for i, run in enumerate(runs):
+        out = await run.result(timeout=60)
+        assert out["gpu"] == {"pid": gpu.proc.pid, "marker": "gpu", "x": 2 * i}
 
 
 async def pending_on(world: RedisWorld, consumer: str) -> int:

@@ -14,11 +14,23 @@ from ._errors import WorkflowError
 from ._events import Event, NewEvent
 from ._streams import StreamStore
 
+# a run's status as stored; "unknown" where the stored text is none of them (the run names
+# "status" in its corrupt_fields)
+RunStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+# a step's status, derived from its events (a retrying step is "pending" until its next attempt)
+StepStatus = Literal["pending", "running", "completed", "failed"]
+
+
+def run_status(text: str) -> RunStatus | Literal["unknown"]:
+    """The run status ``text`` names, or "unknown" for any other text."""
+    return text if text in RUN_STATUSES else "unknown"
+
 
 class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
     workflow: str
-    status: str
+    status: RunStatus | Literal["unknown"]
     input: str = "[]"
     output: str | None = None
     error: str | None = None
@@ -37,7 +49,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
 class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     name: str
-    status: str
+    status: StepStatus
     attempt: int = 0
     input: str = "null"
     output: str | None = None

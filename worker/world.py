@@ -35,6 +35,7 @@ from ._logging import get_logger
 from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
 from ._serde import check_size, dumps, loads
 from ._world import (
+    RUN_STATUSES,
     AcquireCode,
     Acquired,
     Commit,
@@ -43,18 +44,22 @@ from ._world import (
     EventResult,
     EventStatus,
     RunInfo,
+    RunStatus,
     StartRequest,
     StepInfo,
+    StepStatus,
     Wakeup,
     World,
     acquire_code,
     commit_code,
     event_status,
+    run_status,
 )
 
 __all__ = [
     "DEFAULT_QUEUE",
     "HOOK_CONFLICT",
+    "RUN_STATUSES",
     "AcquireCode",
     "Acquired",
     "Commit",
@@ -76,6 +81,7 @@ __all__ = [
     "RouteCode",
     "RunInfo",
     "RunNotFoundError",
+    "RunStatus",
     "StartRequest",
     "StepCompleted",
     "StepCreated",
@@ -83,6 +89,7 @@ __all__ = [
     "StepInfo",
     "StepRetrying",
     "StepStarted",
+    "StepStatus",
     "Wakeup",
     "WorkflowError",
     "World",
@@ -100,5 +107,6 @@ __all__ = [
     "make_event",
     "new_event_id",
     "new_ids",
+    "run_status",
     "token_worker",
 ]

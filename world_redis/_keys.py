@@ -59,7 +59,9 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+from worker.world import RUN_STATUSES
+
+STATUSES = RUN_STATUSES  # one status index per run status
 GROUP = "workers"
 
 

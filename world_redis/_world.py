@@ -31,6 +31,7 @@ from worker.world import (
     make_event,
     new_event_id,
     new_ids,
+    run_status,
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
@@ -230,8 +231,8 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
         workflow = data.get("workflow", "")
         if not workflow:
             corrupt.append("workflow")
-        status = data.get("status", "")
-        if status not in STATUSES:
+        status = run_status(data.get("status", ""))
+        if status == "unknown":
             corrupt.append("status")
         for f in _JSON_RUN_FIELDS:
             v = data.get(f)

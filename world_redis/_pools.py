@@ -36,7 +36,6 @@ its raw bytes and the reason.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -333,21 +332,14 @@ class RedisPools:
     async def dead_letter_task(self, task: PoolTask, reason: str) -> None:
         """Copy the task to the partition's dead-letter stream, then acknowledge it."""
         await self.q._ready()
-        await with_retry(
-            self.redis.xadd,
-            self.keys.dlq(task.partition),
-            {
-                "run": task.run_id,
-                "step": task.step_id,
-                "queue": task.queue,
-                "reason": reason,
-                "message_id": task.message_id,
-                "deliveries": str(task.deliveries),
-                "host": socket.gethostname(),
-            },
-            maxlen=100_000,
-            approximate=True,
-        )
+        fields = {
+            "run": task.run_id,
+            "step": task.step_id,
+            "queue": task.queue,
+            "reason": reason,
+            "message_id": task.message_id,
+        }
+        await self.q.copy_to_dlq(task.partition, fields, task.deliveries)
         await self.ack_tasks([task])
 
     # -- inspection ----------------------------------------------------------------------------

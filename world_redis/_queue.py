@@ -693,18 +693,14 @@ class RedisQueue:
     async def dead_letter(self, wakeup: Wakeup, reason: str) -> None:
         """Copy the wake-up to the dead-letter stream, then acknowledge it (copy before ack)."""
         await self._ready()
-        dlq = self.keys.dlq(wakeup.partition)
-        await with_retry(
-            self.redis.xadd,
-            dlq,
-            {
-                "run": wakeup.run_id,
-                "reason": reason,
-                "message_id": wakeup.message_id,
-                "deliveries": str(wakeup.deliveries),
-                "host": socket.gethostname(),
-            },
-            maxlen=100_000,
-            approximate=True,
-        )
+        fields = {"run": wakeup.run_id, "reason": reason, "message_id": wakeup.message_id}
+        await self.copy_to_dlq(wakeup.partition, fields, wakeup.deliveries)
         await self.ack([wakeup])
+
+    async def copy_to_dlq(self, partition: int, fields: dict[str, str], deliveries: int) -> None:
+        """Add an entry to the partition's dead-letter stream: ``fields`` (the run, the reason,
+        the message id...) with the delivery count and this host."""
+        entry = {**fields, "deliveries": str(deliveries), "host": socket.gethostname()}
+        await with_retry(
+            self.redis.xadd, self.keys.dlq(partition), entry, maxlen=100_000, approximate=True
+        )

@@ -115,19 +115,21 @@ class ReplicatedCluster(Cluster):
             self.snapshot = self.last_events(r, runs)
             began = time.monotonic()
             self.nodes.kill(victim)
-        survivors = [p for p in self.nodes.ports if p != victim]
-        for port in survivors:
-            wait_for(
-                lambda port=port: (
-                    "cluster_state:ok" in self.nodes.cli(port, "CLUSTER", "INFO")  # type: ignore[union-attr]
-                    and len(self.nodes.masters(port)) == 3  # type: ignore[union-attr]
-                    and victim not in self.nodes.masters(port)
-                ),  # type: ignore[union-attr]
-                60,
-                what=f"failover seen by port {port}",
+        nodes = self.nodes
+        survivors = [p for p in nodes.ports if p != victim]
+
+        def failed_over(port: int) -> bool:
+            serving = nodes.masters(port)
+            return (
+                "cluster_state:ok" in nodes.cli(port, "CLUSTER", "INFO")
+                and len(serving) == 3
+                and victim not in serving
             )
+
+        for port in survivors:
+            wait_for(lambda port=port: failed_over(port), 60, what=f"failover seen by port {port}")
         failover = time.monotonic() - began
-        promoted = [p for p in self.nodes.masters(survivors[0]) if p not in masters]
+        promoted = [p for p in nodes.masters(survivors[0]) if p not in masters]
         self.details.update(
             killed_master=victim,
             runs_on_killed_master=held,

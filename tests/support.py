@@ -169,7 +169,7 @@ def _ping(port: int) -> bool:
 
 @dataclass
 class RedisClusterNodes:
-    """A local Redis Cluster: three masters (no replicas) on free ports, each in a temp dir.
+    """A local Redis Cluster: three masters (no replicas by default) on free ports, each in a temp dir.
 
     Started with ``--cluster-enabled yes`` and joined with ``redis-cli --cluster create``; ready
     once every node says ``cluster_state:ok``. ``url`` names the first node (any node will do).
@@ -205,34 +205,36 @@ class RedisClusterNodes:
         return RedisCluster(host="127.0.0.1", port=self.ports[0], **options)
 
     @classmethod
-    def start(cls, masters: int = 3) -> RedisClusterNodes:
+    def start(
+        cls,
+        masters: int = 3,
+        replicas: int = 0,
+        *,
+        node_timeout_ms: int = 5000,
+        extra: tuple[str, ...] = ("--save", "", "--appendonly", "no"),
+    ) -> RedisClusterNodes:
+        """``masters`` masters with ``replicas`` replicas each; ready once every node says
+        ``cluster_state:ok`` and (with replicas) every master has its replicas' links up."""
         cli = redis_cli_binary()
         if cli is None:
             raise RuntimeError("redis-cli is needed to create a cluster (apt install redis-tools)")
         directory = tempfile.mkdtemp(prefix="wf-cluster-")
         ports: list[int] = []
-        while len(ports) < masters:
+        while len(ports) < masters * (1 + replicas):
             port = cluster_port()
             if port not in ports:
                 ports.append(port)
-        procs = []
+        nodes = cls(ports, directory, [])
         for port in ports:
             node_dir = Path(directory) / str(port)
             node_dir.mkdir()
-            args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                    "--dir", str(node_dir), "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
-                    "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no"]  # fmt: skip
-            procs.append(
-                subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        nodes = cls(ports, directory, procs)
+            nodes.procs.append(nodes._spawn(port, node_timeout_ms, extra))
         try:
             for port in ports:
                 wait_for(lambda port=port: _ping(port), 10, what=f"cluster node on port {port}")
             subprocess.run(
                 [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                 "--cluster-replicas", "0", "--cluster-yes"],
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -243,10 +245,70 @@ class RedisClusterNodes:
                     30,
                     what=f"cluster_state:ok on port {port}",
                 )
+            if replicas:
+                nodes.wait_replicated(replicas, 30)
         except BaseException:
             nodes.stop()
             raise
         return nodes
+
+    def _spawn(
+        self, port: int, node_timeout_ms: int, extra: tuple[str, ...]
+    ) -> subprocess.Popen[bytes]:
+        node_dir = Path(self.directory) / str(port)
+        args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(node_dir), "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms), *extra]  # fmt: skip
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def replication(self, port: int) -> dict[str, str]:
+        """``INFO replication`` of one node, as a dict (empty when the node does not answer)."""
+        fields: dict[str, str] = {}
+        for line in self.cli(port, "INFO", "replication").splitlines():
+            name, sep, value = line.strip().partition(":")
+            if sep:
+                fields[name] = value
+        return fields
+
+    def wait_replicated(
+        self, replicas: int, timeout: float, ports: list[int] | None = None
+    ) -> None:
+        """Until every live master among ``ports`` (default: all) has ``replicas`` replicas
+        connected and every replica's link to its master is up."""
+
+        def linked(port: int) -> bool:
+            info = self.replication(port)
+            if info.get("role") == "master":
+                return info.get("connected_slaves") == str(replicas)
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+        for port in ports or self.ports:
+            wait_for(lambda port=port: linked(port), timeout, what=f"replication on port {port}")
+
+    def masters(self, via: int | None = None) -> dict[int, list[tuple[int, int]]]:
+        """port -> slot ranges of every master that holds slots, as node ``via`` sees them."""
+        port = via if via is not None else self.ports[0]
+        found: dict[int, list[tuple[int, int]]] = {}
+        for line in self.cli(port, "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if len(parts) < 8 or "master" not in parts[2].split(",") or "fail" in parts[2]:
+                continue
+            ranges = []
+            for item in parts[8:]:
+                if item.startswith("["):
+                    continue  # a slot being migrated
+                low, _, high = item.partition("-")
+                ranges.append((int(low), int(high or low)))
+            if ranges:
+                found[int(parts[1].split(":")[1].split("@")[0])] = ranges
+        return found
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: it dies at once, with whatever it had not replicated."""
+        proc = self.procs[self.ports.index(port)]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
 
     def cli(self, port: int, *args: str) -> str:
         """A command on one node through redis-cli (no redirections followed)."""

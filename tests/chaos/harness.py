@@ -63,6 +63,7 @@ class Cluster:
     started: int = 0
     expected_exits: set[int] = field(default_factory=set)  # pids the injector killed
     unexpected_exits: list[str] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)  # what a fault measured
 
     @property
     def url(self) -> str:
@@ -180,6 +181,7 @@ class Scenario:
     settle_seconds: float = 240.0
     worker_deaths: bool = False  # a step's code may run again only when its worker died
     writes_may_be_lost: bool = False  # appendfsync everysec: the last second of writes
+    topology: type[Cluster] = Cluster  # the Redis side: one server, or a subclass (a cluster)
 
 
 @dataclass
@@ -199,9 +201,11 @@ class Figures:
     unexpected_worker_exits: int = 0
     wall_seconds: float = 0.0
     log_events: dict[str, int] = field(default_factory=dict)  # evidence the fault bit
+    details: dict[str, object] = field(default_factory=dict)  # a scenario's own figures
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        own = "".join(f" {name}={value}" for name, value in self.details.items())
         return (
             f"chaos {self.scenario}: runs={self.runs} completed={self.completed} "
             f"failed={self.failed} wrong={self.wrong_result} stuck={self.stuck} lost={self.lost} "
@@ -209,7 +213,7 @@ class Figures:
             f"(same attempt {self.same_attempt_executions}, of {self.step_executions}) "
             f"double_commits={self.double_commits} faults={self.faults} "
             f"unexpected_worker_exits={self.unexpected_worker_exits} "
-            f"wall={self.wall_seconds:.1f}s"
+            f"wall={self.wall_seconds:.1f}s{own}"
         )
 
 
@@ -225,7 +229,9 @@ def run_scenario(scenario: Scenario, directory: Path) -> Figures:
         "WORKFLOW_PREFIX": prefix,
         "CHAOS_EXEC_DIR": str(exec_dir),
     }
-    cluster = Cluster(directory, scenario.redis_args, env, scenario.workers, scenario.concurrency)
+    cluster = scenario.topology(
+        directory, scenario.redis_args, env, scenario.workers, scenario.concurrency
+    )
     began = time.monotonic()
     cluster.start()
     try:
@@ -234,6 +240,7 @@ def run_scenario(scenario: Scenario, directory: Path) -> Figures:
         cluster.stop()
     figures.wall_seconds = time.monotonic() - began
     figures.unexpected_worker_exits = len(cluster.unexpected_exits)
+    figures.details.update(cluster.details)
     figures.problems += cluster.unexpected_exits[:5]
     figures.log_events = worker_log_events(directory)
     save(figures)

@@ -1,8 +1,10 @@
 """The Redis side of the work queue: the client and the deployment's settings, wake-ups, leases,
 timers, dead letters.
 
-``RedisWorld`` inherits these; this module holds what concerns the queue, ``_requests`` the
-request streams and replies, ``_presence`` workers and health, ``_world`` runs and their logs.
+``RedisWorld`` holds one ``RedisQueue`` (``world.queue``) and hands it to its other parts
+(``_requests`` the request streams and replies, ``_presence`` workers and health,
+``_hook_tokens`` hook token reservations, ``_pools`` pool tasks); ``_world`` holds runs and their
+logs.
 On a cluster every command here stays in one slot: a partition's ready stream, timers and run
 keys share its tag, and what spans partitions goes one partition at a time, concurrently.
 """
@@ -117,7 +119,8 @@ def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
 
 
 class RedisQueue:
-    """Scripts and queue operations of a RedisWorld."""
+    """The client, scripts and queue operations of a RedisWorld (composed: ``RedisWorld.queue``);
+    the World's other parts reach Redis through it."""
 
     def __init__(
         self, client: RedisClient | ClientFactory, prefix: str, partitions: int | None
@@ -138,13 +141,15 @@ class RedisQueue:
         self._config_lock = asyncio.Lock()
         self._next_partition = 0  # where the next read of wake-ups starts (see read_wakeups)
         self._next_reclaim = 0  # the same for reclaims
-        self._next_request = 0  # the request stream read when only one request fits
         self._log = get_logger(component="world_redis")
 
     @property
     def redis(self) -> RedisClient:
         """The client; on a cluster, the cluster client once the first-use check has run."""
         return self._client
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
     async def _ready(self) -> None:
         """The first-use check: the client resolved, the partition count known and agreed."""
@@ -566,12 +571,6 @@ class RedisQueue:
 
         await with_retry(run)
 
-    async def acquire(
-        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1, deployment: str = ""
-    ) -> Acquired:
-        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)], deployment)
-        return result
-
     async def acquire_many(
         self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
     ) -> list[Acquired]:
@@ -622,12 +621,6 @@ class RedisQueue:
         for i, run_id in enumerate(run_ids):
             groups.setdefault(self.keys.partition(run_id), []).append(i)
         return groups
-
-    async def release(
-        self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
-    ) -> tuple[str, int]:
-        (result,) = await self.release_many(token, [(run_id, seq, wakeup)])
-        return result
 
     async def release_many(
         self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]

@@ -30,6 +30,7 @@ from worker.world import (
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
+from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
@@ -59,9 +60,10 @@ class RedisWorld:
     ``partitions``: None takes the count stored for the prefix, or stores the default (1 on one
     server, 16 per master on a cluster); a number must match the stored count.
 
-    Composed of parts that share one ``RedisQueue`` (``queue``: the client, the deployment's
-    settings, scripts, wake-ups, leases, timers): ``requests``, ``presence``, ``hook_tokens``,
-    ``pools``, ``deployments`` and ``streams``. This class holds runs and their logs and hands
+    Composed of parts that share one ``RedisCore`` (``core``: the client, the deployment's
+    settings, scripts, keys): ``queue`` (wake-ups, leases, timers), ``presence`` and
+    ``hook_tokens``; ``requests`` and ``pools`` read streams through ``queue``; ``deployments`` and
+    ``streams`` hold the World itself. This class holds runs and their logs and hands
     the rest of the World protocol to the part that owns it.
     """
 
@@ -78,10 +80,11 @@ class RedisWorld:
     ) -> None:
         if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
             raise ValueError(f"partitions must be a whole number >= 1, got {partitions!r}")
-        self.queue = RedisQueue(client, prefix, partitions)
+        self.core = RedisCore(client, prefix, partitions)  # the shared client (_core.py)
+        self.queue = RedisQueue(self.core)  # wake-ups, leases, timers (_queue.py)
         self.requests = RedisRequests(self.queue)  # request streams and replies (_requests.py)
-        self.presence = RedisPresence(self.queue)  # workers' status and health (_presence.py)
-        self.hook_tokens = RedisHookTokens(self.queue)  # token reservations (_hook_tokens.py)
+        self.presence = RedisPresence(self.core)  # workers' status and health (_presence.py)
+        self.hook_tokens = RedisHookTokens(self.core)  # token reservations (_hook_tokens.py)
         # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
         self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
@@ -148,36 +151,36 @@ class RedisWorld:
         topology = cluster if cluster is not None else cluster_setting()
         return cls(ClientFactory(url, topology, options), **kwargs)
 
-    # -- the shared queue's client and settings ----------------------------------------------
+    # -- the shared client and settings (_core.py) ----------------------------------------------
 
     @property
     def keys(self) -> Keys:
-        return self.queue.keys
+        return self.core.keys
 
     @property
     def redis(self) -> RedisClient:
         """The client; on a cluster, the cluster client once the first-use check has run."""
-        return self.queue.redis
+        return self.core.redis
 
     @property
     def cluster(self) -> bool:
-        return self.queue.cluster
+        return self.core.cluster
 
     @property
     def codec(self) -> PayloadCodec | None:
         """Payload encryption, shared by every part (None: payloads stored as they are)."""
-        return self.queue.codec
+        return self.core.codec
 
     @codec.setter
     def codec(self, codec: PayloadCodec | None) -> None:
-        self.queue.codec = codec
+        self.core.codec = codec
 
     async def check_config(self) -> None:
-        """Resolve the client and agree on the partition count (see ``RedisQueue.check_config``)."""
-        await self.queue.check_config()
+        """Resolve the client and agree on the partition count (see ``RedisCore.check_config``)."""
+        await self.core.check_config()
 
     async def close(self) -> None:
-        await self.queue.close()
+        await self.core.close()
 
     # -- the queue (_queue.py) -----------------------------------------------------------------
 
@@ -294,13 +297,13 @@ class RedisWorld:
     async def create_run(
         self, run_id: str, workflow: str, input_json: str, deployment: str = ""
     ) -> bool:
-        await self.queue._ready()
+        await self.core._ready()
         k = self.keys
         p = k.partition(run_id)
         run, ev, *_ = k.run_keys(run_id)
         if self.codec is not None:
             input_json = self.codec.encrypt(input_json, run_id=run_id, field="input")
-        reply = await self.queue._eval(
+        reply = await self.core._eval(
             "create_run",
             [
                 run,
@@ -323,7 +326,7 @@ class RedisWorld:
         return bool(reply[0] == "created")
 
     async def get_run(self, run_id: str) -> RunInfo | None:
-        await self.queue._ready()
+        await self.core._ready()
         data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
         return run_info(run_id, data, self.codec) if data else None
 
@@ -342,7 +345,7 @@ class RedisWorld:
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
-        await self.queue._ready()
+        await self.core._ready()
         k = self.keys
         after: tuple[int, str] | None = None
         if cursor:
@@ -398,7 +401,7 @@ class RedisWorld:
             offset += page
 
     async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
-        await self.queue._ready()
+        await self.core._ready()
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
         rows = await with_retry(self.redis.xrange, key, start, "+")
@@ -406,7 +409,7 @@ class RedisWorld:
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
         """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
-        await self.queue._ready()
+        await self.core._ready()
         reply = await with_retry(
             self.redis.xread,
             {self.keys.events(run_id): f"{after_seq}-0"},
@@ -426,7 +429,7 @@ class RedisWorld:
 
         The hook tokens the commits ask for are reserved first, and the tokens of the hooks they
         end are released after (see _hook_tokens.py)."""
-        await self.queue._ready()
+        await self.core._ready()
         taken, reserved = await self.hook_tokens.reserve(commits)
         by_partition = self.queue._by_partition([c.run_id for c in commits])
         results: list[CommitResult | None] = [None] * len(commits)
@@ -464,7 +467,7 @@ class RedisWorld:
                     ]
                 )
             args = [self.retention_s, _JSON.encode(payload)]
-            reply = await self.queue._eval("commit", keys, args)
+            reply = await self.core._eval("commit", keys, args)
             for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
                 results[i] = self._commit_result(c, ids, r)
                 freed[i] = list(r[4])
@@ -489,7 +492,7 @@ class RedisWorld:
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:
         """The run's live hooks: (hook id, token, metadata JSON), in creation order."""
-        await self.queue._ready()
+        await self.core._ready()
         fields = text_dict(await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id)))
         hooks = [
             (hook_id, token, self._hook_meta(run_id, hook_id, fields.get(f"{hook_id}|meta")))
@@ -503,7 +506,7 @@ class RedisWorld:
 
         The token's reservation names the holder; a reservation whose run does not hold the hook
         (its writer died before the commit, or before the release) is no holder."""
-        await self.queue._ready()
+        await self.core._ready()
         holder = await with_retry(self.redis.get, self.keys.hook_token(token))
         if not holder:
             return None
@@ -525,15 +528,13 @@ class RedisWorld:
 
     async def expire_indexes(self) -> int:
         """Drop expired runs from the indexes: one script call per partition, concurrently."""
-        await self.queue._ready()
+        await self.core._ready()
         k = self.keys
 
         async def expire(p: int) -> int:
             names = await with_retry(self.redis.smembers, k.workflows(p))
             keys = [k.idx_done(p), k.idx_all(p), *(k.idx_status(p, s) for s in STATUSES)]
             keys += [k.idx_workflow(p, text(n)) for n in sorted(names)]
-            return int(
-                await self.queue._eval("expire_index", keys, [self.retention_s * 1000, 1000])
-            )
+            return int(await self.core._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
 
         return sum(await asyncio.gather(*(expire(p) for p in range(k.partitions))))

@@ -14,7 +14,7 @@ client is replaced by a cluster client for the same URL and options. ``WORKFLOW_
 ``RedisWorld.from_url`` is synchronous (and must not block an event loop that calls
 ``get_world()``). Every path (``start()``, ``get_run``, listing, the worker, ``wf``, the HTTP app,
 ``get_world()``) builds its World with ``from_url`` and passes that check before its first
-command (``RedisQueue._ready``).
+command (``RedisCore._ready``).
 """
 
 from __future__ import annotations

@@ -73,19 +73,19 @@ class RedisDeployments:
     async def register(
         self, deployment_id: str, worker: str, workflows: Sequence[str], live_ms: int
     ) -> None:
-        await self.world._ready()
+        await self.world.core._ready()
         keys = [self.world.keys.deployments()]
         args = [deployment_id, json.dumps(list(workflows)), live_ms, worker, "register"]
-        await self.world._eval("register_deployment", keys, args)
+        await self.world.core._eval("register_deployment", keys, args)
 
     async def leave(self, deployment_id: str, worker: str, live_ms: int) -> None:
-        await self.world._ready()
+        await self.world.core._ready()
         keys = [self.world.keys.deployments()]
         args = [deployment_id, "[]", live_ms, worker, "leave"]
-        await self.world._eval("register_deployment", keys, args)
+        await self.world.core._eval("register_deployment", keys, args)
 
     async def registry(self, live_ms: int) -> list[Deployment]:
-        await self.world._ready()
+        await self.world.core._ready()
         now = await self._now_ms()
         raw = await with_retry(self.redis.hgetall, self.world.keys.deployments())
         out: list[Deployment] = []
@@ -110,7 +110,7 @@ class RedisDeployments:
         return out
 
     async def migrate(self, run_id: str, deployment_id: str) -> str:
-        await self.world._ready()
+        await self.world.core._ready()
         keys = self.world.keys
         p = keys.partition(run_id)
         run = keys.run(run_id)
@@ -122,7 +122,7 @@ class RedisDeployments:
             script_keys.append(stream)
             rows = await with_retry(self.redis.xrange, stream, "-", "+", count=MIGRATE_SCAN)
             args += [_s(mid) for mid, fields in rows if (fields or {}).get("run") == run_id]
-        code, detail = await self.world._eval("migrate", script_keys, args)
+        code, detail = await self.world.core._eval("migrate", script_keys, args)
         if _s(code) == "no_run":
             raise RunNotFoundError(run_id)
         if _s(code) == "terminal":
@@ -133,7 +133,7 @@ class RedisDeployments:
 
     async def pinned_counts(self) -> dict[str, int]:
         """Pending and running runs per deployment ("" for runs not pinned yet)."""
-        await self.world._ready()
+        await self.world.core._ready()
         keys = self.world.keys
         counts: dict[str, int] = {}
         for p in range(keys.partitions):
@@ -154,7 +154,7 @@ class RedisDeployments:
 
     async def lane_load(self) -> dict[str, tuple[int, int]]:
         """(lag, pending) summed over every lane of each deployment, all partitions."""
-        await self.world._ready()
+        await self.world.core._ready()
         keys = self.world.keys
         out: dict[str, tuple[int, int]] = {}
         for p in range(keys.partitions):
@@ -183,7 +183,7 @@ class RedisDeployments:
         return length, 0
 
     async def stats(self, live_ms: int) -> list[DeploymentStats]:
-        await self.world._ready()
+        await self.world.core._ready()
         registry = {d.deployment_id: d for d in await self.registry(live_ms)}
         pinned = await self.pinned_counts()
         load = await self.lane_load()

@@ -17,16 +17,21 @@ from typing import Any
 
 from worker.world import HOOK_CONFLICT, Commit, CommitResult
 
-from ._queue import RedisQueue, _s
+from ._core import RedisCore
+from ._queue import _s
 
 # (commit index, hook id) -> token, for the tokens a commit call reserved
 Reserved = dict[tuple[int, str], str]
 
 
-class RedisHookTokens(RedisQueue):
-    """Reserve the tokens a commit asks for, and release the tokens it frees."""
+class RedisHookTokens:
+    """Reserve the tokens a commit asks for, and release the tokens it frees (composed:
+    ``RedisWorld.hook_tokens``, on the World's core)."""
 
-    async def _reserve_tokens(self, commits: Sequence[Commit]) -> tuple[list[list[str]], Reserved]:
+    def __init__(self, core: RedisCore) -> None:
+        self.core = core
+
+    async def reserve(self, commits: Sequence[Commit]) -> tuple[list[list[str]], Reserved]:
         """Per commit, the hooks whose token another hook holds; and the reservations made."""
         taken: list[list[str]] = [[] for _ in commits]
         reserved: Reserved = {}
@@ -49,24 +54,24 @@ class RedisHookTokens(RedisQueue):
 
         Every fence is followed by a release and a reserve of the fencer's own, so under contention
         the last reservation made is never a fenced one: one asker ends up holding the token."""
-        key = self.keys.hook_token(token)
-        reply = await self._eval("reserve_hook", [key], [holder])
+        key = self.core.keys.hook_token(token)
+        reply = await self.core._eval("reserve_hook", [key], [holder])
         if _s(reply[0]) == "ok":
             return True
         other = _s(reply[1])
         if other in ours or await self._holds(other, token):
             return False
-        await self._eval("release_hook", [key], [other])
-        reply = await self._eval("reserve_hook", [key], [holder])
+        await self.core._eval("release_hook", [key], [other])
+        reply = await self.core._eval("reserve_hook", [key], [holder])
         return _s(reply[0]) == "ok"
 
     async def _holds(self, holder: str, token: str) -> bool:
         """Whether ``holder`` ("<run id>|<hook id>") holds ``token``; if not, it never will."""
         run_id, _, hook_id = holder.partition("|")
-        keys = [self.keys.run(run_id), self.keys.run_hooks(run_id)]
-        return _s(await self._eval("fence_hook", keys, [hook_id, token])) == "held"
+        keys = [self.core.keys.run(run_id), self.core.keys.run_hooks(run_id)]
+        return _s(await self.core._eval("fence_hook", keys, [hook_id, token])) == "held"
 
-    async def _release_tokens(
+    async def release(
         self,
         commits: Sequence[Commit],
         results: Sequence[CommitResult],
@@ -87,5 +92,5 @@ class RedisHookTokens(RedisQueue):
                 if ev.type == "hook_created" and token is not None and lost:
                     release.append((ev.corr, token))
             for hook_id, token in release:
-                key = self.keys.hook_token(token)
-                await self._eval("release_hook", [key], [f"{c.run_id}|{hook_id}"])
+                key = self.core.keys.hook_token(token)
+                await self.core._eval("release_hook", [key], [f"{c.run_id}|{hook_id}"])

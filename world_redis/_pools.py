@@ -55,17 +55,18 @@ class RedisPools:
 
     def __init__(self, queue: RedisQueue) -> None:
         self.q = queue
+        self.core = queue.core
         self._groups: set[str] = set()
         self._next_read = 0  # where the next read of queue streams starts (see read_queues)
         self._next_queue = 0  # and which of the queues first
 
     @property
     def redis(self) -> Any:
-        return self.q.redis
+        return self.core.redis
 
     @property
     def keys(self) -> Keys:
-        return self.q.keys
+        return self.core.keys
 
     @property
     def partitions(self) -> int:
@@ -77,7 +78,7 @@ class RedisPools:
         self, run_id: str, steps: Sequence[tuple[str, str, str]]
     ) -> list[RouteCode]:
         """Hand due steps ``(step id, step name, queue)`` of one run to their queues (route.lua)."""
-        await self.q._ready()
+        await self.core._ready()
         if not steps:
             return []
         p = self.keys.partition(run_id)
@@ -87,14 +88,14 @@ class RedisPools:
         for corr, name, queue in steps:
             keys.append(self.keys.queue_stream(p, queue))
             args += [corr, name, queue]
-        reply = await self.q._eval("route", keys, args)
+        reply = await self.core._eval("route", keys, args)
         return [cast(RouteCode, _s(code)) for code in reply]
 
     # -- the pool worker's side ----------------------------------------------------------------
 
     async def ensure_queue_groups(self, queues: Sequence[str]) -> None:
         """The consumer group of each queue stream of every partition (created with the stream)."""
-        await self.q._ready()
+        await self.core._ready()
         await self.q.ensure_groups()
         for queue in queues:
             if queue == DEFAULT_QUEUE:
@@ -116,7 +117,7 @@ class RedisPools:
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
     ) -> list[PoolTask | Wakeup]:
         """At most ``count`` new tasks of one queue stream (one XREADGROUP, one slot)."""
-        await self.q._ready()
+        await self.core._ready()
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
         try:
@@ -155,7 +156,7 @@ class RedisPools:
         ``count`` (the streams not covered are read at the next call, one ``block_ms`` later at
         most): one command on one server, one per partition, awaited together, on a cluster.
         """
-        await self.q._ready()
+        await self.core._ready()
         n = self.keys.partitions
         if count <= 0 or not queues or n <= 0:
             return []
@@ -193,7 +194,7 @@ class RedisPools:
             every = [s for p in order for s in per_partition[p]]
             chosen = every if count >= len(every) else every[:count]
             per_stream = max(1, count // len(chosen))
-            if not self.q.cluster:
+            if not self.core.cluster:
                 replies.append(await self._xreadgroup(consumer, chosen, per_stream, block_ms))
             else:
                 by_partition: dict[int, list[str]] = {}
@@ -246,7 +247,7 @@ class RedisPools:
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
     ) -> list[PoolTask | Wakeup]:
         """Take over tasks of one queue stream pending longer than ``min_idle_ms``."""
-        await self.q._ready()
+        await self.core._ready()
         stream = self.keys.queue_stream(partition, queue)
         await self._ensure_group(stream)
         out: list[PoolTask | Wakeup] = []
@@ -294,12 +295,12 @@ class RedisPools:
 
     async def heartbeat_tasks(self, consumer: str, tasks: Sequence[PoolTask]) -> None:
         """Reset the idle time of tasks being executed (XCLAIM JUSTID: no delivery counted)."""
-        await self.q._ready()
+        await self.core._ready()
         for stream, ids in self._by_stream(tasks).items():
             await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
 
     async def ack_tasks(self, tasks: Sequence[PoolTask]) -> None:
-        await self.q._ready()
+        await self.core._ready()
         for stream, ids in self._by_stream(tasks).items():
             await self.q._ack_ids(stream, ids)
 
@@ -307,7 +308,7 @@ class RedisPools:
         """Hand a run's wake-up to the stream of its workflow's queue: a copy added there, the
         run hash told its queue (``wf inspect run``), the wake-up acknowledged: one transaction
         in the run's partition."""
-        await self.q._ready()
+        await self.core._ready()
         p = wakeup.partition
         source = self.q.wake_stream(wakeup)
         # back to the ready stream when the workflow's queue became "default" (changed code)
@@ -331,7 +332,7 @@ class RedisPools:
 
     async def dead_letter_task(self, task: PoolTask, reason: str) -> None:
         """Copy the task to the partition's dead-letter stream, then acknowledge it."""
-        await self.q._ready()
+        await self.core._ready()
         fields = {
             "run": task.run_id,
             "step": task.step_id,
@@ -346,7 +347,7 @@ class RedisPools:
 
     async def queue_stats(self) -> list[QueueStats]:
         """Every partition's ready stream (queue ``default``) and the queue streams its runs used."""
-        await self.q._ready()
+        await self.core._ready()
         sec, usec = await with_retry(self.redis.time)
         now_ms = int(sec) * 1000 + int(usec) // 1000
         out: list[QueueStats] = []
@@ -385,7 +386,7 @@ class RedisPools:
 
     async def waiting_on(self, run_id: str) -> list[tuple[str, str, int]]:
         """(step id, queue, partition) of the run's steps handed to a queue, not finished yet."""
-        await self.q._ready()
+        await self.core._ready()
         fields = await with_retry(self.redis.hgetall, self.keys.entities(run_id))
         p = self.keys.partition(run_id)
         out: list[tuple[str, str, int]] = []

@@ -21,36 +21,39 @@ from redis.asyncio.cluster import RedisCluster
 from worker.world import WorldUnavailableError
 
 from ._client import stream_replies, text, text_dict
+from ._core import RedisCore
 from ._keys import GROUP
-from ._queue import RedisQueue
 from ._retry import with_retry
 
 HEALTH_STREAM_MAXLEN = 1000
 
 
-class RedisPresence(RedisQueue):
-    """Workers' presence of a RedisWorld."""
+class RedisPresence:
+    """Workers' presence of a RedisWorld (composed: ``RedisWorld.presence``)."""
+
+    def __init__(self, core: RedisCore) -> None:
+        self.core = core
 
     async def publish_worker_status(self, worker: str, status: str) -> None:
-        await self._ready()
-        await with_retry(self.redis.hset, self.keys.workers(), worker, status)
+        await self.core._ready()
+        await with_retry(self.core.redis.hset, self.core.keys.workers(), worker, status)
 
     async def forget_workers(self, workers: list[str]) -> None:
-        await self._ready()
+        await self.core._ready()
         if workers:
-            await with_retry(self.redis.hdel, self.keys.workers(), *workers)
+            await with_retry(self.core.redis.hdel, self.core.keys.workers(), *workers)
 
     async def worker_statuses(self) -> dict[str, str]:
         """Worker name -> its last status report (JSON text), live and dead workers alike."""
-        await self._ready()
-        return text_dict(await with_retry(self.redis.hgetall, self.keys.workers()))
+        await self.core._ready()
+        return text_dict(await with_retry(self.core.redis.hgetall, self.core.keys.workers()))
 
     async def enqueue_health_check(self, check_id: str) -> None:
         """A health check that the first worker to read it answers (see ``worker._health``)."""
-        await self._ready()
+        await self.core._ready()
         await with_retry(
-            self.redis.xadd,
-            self.keys.health_stream(),
+            self.core.redis.xadd,
+            self.core.keys.health_stream(),
             {"check": check_id},
             maxlen=HEALTH_STREAM_MAXLEN,
             approximate=True,
@@ -58,12 +61,12 @@ class RedisPresence(RedisQueue):
 
     async def read_health_checks(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
         """(message id, check id) of new health checks for this worker."""
-        await self._ready()
+        await self.core._ready()
         reply = await with_retry(
-            self.redis.xreadgroup,
+            self.core.redis.xreadgroup,
             GROUP,
             consumer,
-            {self.keys.health_stream(): ">"},
+            {self.core.keys.health_stream(): ">"},
             count=100,
             block=block_ms,
             noack=True,
@@ -75,15 +78,19 @@ class RedisPresence(RedisQueue):
         ]
 
     async def done_health_checks(self, message_ids: list[str]) -> None:
-        await self._ready()
+        await self.core._ready()
         if message_ids:
-            await with_retry(self.redis.xdel, self.keys.health_stream(), *message_ids)
+            await with_retry(self.core.redis.xdel, self.core.keys.health_stream(), *message_ids)
 
     async def ensure_health_group(self) -> None:
-        await self._ready()
+        await self.core._ready()
         try:
             await with_retry(
-                self.redis.xgroup_create, self.keys.health_stream(), GROUP, id="$", mkstream=True
+                self.core.redis.xgroup_create,
+                self.core.keys.health_stream(),
+                GROUP,
+                id="$",
+                mkstream=True,
             )
         except rexc.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
@@ -91,8 +98,8 @@ class RedisPresence(RedisQueue):
 
     async def server_time_ms(self) -> int:
         """The Redis server's clock (TIME), the one clock that decides when timers are due."""
-        await self._ready()
-        sec, usec = await with_retry(self.redis.time)
+        await self.core._ready()
+        sec, usec = await with_retry(self.core.redis.time)
         return int(sec) * 1000 + int(usec) // 1000
 
     async def partition_health(self) -> list[dict[str, Any]]:
@@ -101,13 +108,13 @@ class RedisPresence(RedisQueue):
         cannot be reached or answers with an error (within the retry window of _retry.py); an
         ACL that denies XINFO or XLEN gives ``"unchecked"`` instead (the queue is not at fault).
         A stream deleted by hand reads as empty (its group comes back at the next read)."""
-        await self._ready()
+        await self.core._ready()
 
         async def one(p: int) -> dict[str, Any]:
-            stream = self.keys.ready(p)
+            stream = self.core.keys.ready(p)
             try:
-                groups = await with_retry(self.redis.xinfo_groups, stream)
-                length = await with_retry(self.redis.xlen, stream)
+                groups = await with_retry(self.core.redis.xinfo_groups, stream)
+                length = await with_retry(self.core.redis.xlen, stream)
             except rexc.NoPermissionError as exc:  # an ACL from before this check: not a fault
                 return {"partition": p, "length": 0, "pending": 0, "lag": 0, "unchecked": str(exc)}
             except rexc.ResponseError as exc:
@@ -124,7 +131,7 @@ class RedisPresence(RedisQueue):
                 "lag": group.get("lag"),
             }
 
-        return list(await asyncio.gather(*(one(p) for p in range(self.keys.partitions))))
+        return list(await asyncio.gather(*(one(p) for p in range(self.core.keys.partitions))))
 
     async def server_warnings(self) -> list[str]:
         """What in the server's configuration puts runs at risk (empty when all is well); on a
@@ -134,8 +141,8 @@ class RedisPresence(RedisQueue):
         without CONFIG GET (the recommended one) gets a warning that the check did not run;
         managed services that refuse CONFIG in other ways report nothing.
         """
-        await self._ready()
-        client = self.redis
+        await self.core._ready()
+        client = self.core.redis
         if not isinstance(client, RedisCluster):
             return await self._config_warnings(client.config_get, "")
         await with_retry(client.initialize)

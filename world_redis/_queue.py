@@ -1,8 +1,10 @@
-"""The Redis side of the work queue: the client and the deployment's settings, wake-ups, leases,
-timers, dead letters.
+"""The Redis side of the work queue: wake-ups, leases, timers, dead letters.
 
-``RedisWorld`` inherits these; this module holds what concerns the queue, ``_requests`` the
-request streams and replies, ``_presence`` workers and health, ``_world`` runs and their logs.
+``RedisWorld`` holds one ``RedisQueue`` (``world.queue``); the client, the deployment's settings
+and the scripts are the ``RedisCore`` (``_core``) that the queue and the World's other parts share
+(``_requests`` the request streams and replies, ``_presence`` workers and health,
+``_hook_tokens`` hook token reservations, ``_pools`` pool tasks); ``_world`` holds runs and their
+logs.
 On a cluster every command here stays in one slot: a partition's ready stream, timers and run
 keys share its tag, and what spans partitions goes one partition at a time, concurrently.
 """
@@ -13,37 +15,26 @@ import asyncio
 import base64
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 from redis.typing import KeyT, StreamIdT
 
 from worker.world import (
     Acquired,
     CorruptEventError,
     Event,
-    PartitionCountMismatchError,
-    PayloadCodec,
     Wakeup,
-    WorkflowError,
     acquire_code,
     event_from_fields,
     get_logger,
     token_worker,
 )
 
-from ._client import ClientFactory, Entry, RedisClient, entries, stream_replies, text, text_dict
-from ._keys import GROUP, Keys
+from ._client import Entry, entries, stream_replies, text, text_dict
+from ._core import RedisCore
+from ._keys import GROUP
 from ._retry import with_retry
-
-PARTITIONS_PER_MASTER = 16  # the default partition count on a cluster, per master
-
-
-def _script_source(name: str) -> str:
-    return resources.files("world_redis").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _s(value: Any) -> str:
@@ -117,126 +108,30 @@ def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
 
 
 class RedisQueue:
-    """Scripts and queue operations of a RedisWorld."""
+    """Wake-ups, leases, timers and dead letters of a RedisWorld (composed: ``RedisWorld.queue``),
+    on the World's shared ``RedisCore``."""
 
-    def __init__(
-        self, client: RedisClient | ClientFactory, prefix: str, partitions: int | None
-    ) -> None:
-        # a factory's first client may be replaced at first use (see _client.py)
-        if isinstance(client, ClientFactory):
-            self._client, final = client.first()
-            self._factory = None if final else client
-        else:
-            self._client, self._factory = client, None
-        self.cluster = isinstance(self._client, RedisCluster)
-        self._configured_partitions = partitions  # None: the stored count, else a default
-        self.keys = Keys(prefix, partitions or 0)  # 0 until the count is known (check_config)
-        self.codec: PayloadCodec | None = None  # payload encryption (set by RedisWorld)
-        self._scripts: dict[str, AsyncScript] = {}
+    def __init__(self, core: RedisCore) -> None:
+        self.core = core
         self._groups_ready = False
-        self._config_checked = False
-        self._config_lock = asyncio.Lock()
         self._next_partition = 0  # where the next read of wake-ups starts (see read_wakeups)
         self._next_reclaim = 0  # the same for reclaims
-        self._next_request = 0  # the request stream read when only one request fits
         self._log = get_logger(component="world_redis")
-
-    @property
-    def redis(self) -> RedisClient:
-        """The client; on a cluster, the cluster client once the first-use check has run."""
-        return self._client
-
-    async def _ready(self) -> None:
-        """The first-use check: the client resolved, the partition count known and agreed."""
-        if not self._config_checked:
-            await self.check_config()
-
-    def _script(self, name: str) -> AsyncScript:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self.redis.register_script(_script_source(name))
-            self._scripts[name] = script
-        return script
-
-    async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self._script(name)
-        return await with_retry(script, keys=list(keys), args=list(args))
-
-    # -- the deployment's settings -------------------------------------------------------------
-
-    async def check_config(self) -> None:
-        """Resolve the client (a single server or a cluster, see _client.py), then agree on the
-        partition count: store this process's count for the prefix if none is stored yet (the
-        first process decides), else refuse a different one with PartitionCountMismatchError.
-        A process configured with no count takes the stored one; when none is stored either, it
-        stores the default: 1 on a single server, PARTITIONS_PER_MASTER per master on a cluster.
-
-        A client and a worker that disagree on the count derive different keys for the same run,
-        and the run stays pending without a word. Checked once per World: callers test
-        ``_config_checked`` first (``_ready``), so the hot path costs no round trip.
-        """
-        if self._config_checked:
-            return
-        async with self._config_lock:
-            if self._config_checked:
-                return
-            if self._factory is not None:
-                found = await self._factory.detect()
-                if found is not None:
-                    await self._client.aclose()
-                    self._client, self.cluster = found, True
-                self._factory = None
-            await self._agree_partitions()
-            self._config_checked = True
-
-    async def _agree_partitions(self) -> None:
-        key, configured = self.keys.config(), self._configured_partitions
-        stored_text = text(await with_retry(self.redis.hget, key, "partitions"))
-        if not stored_text:
-            proposed = configured or await self._default_partitions()
-
-            async def run() -> list[Any]:
-                pipe = self.redis.pipeline(transaction=True)  # one key: one slot
-                pipe.hsetnx(key, "partitions", proposed)
-                pipe.hget(key, "partitions")
-                return await pipe.execute()
-
-            stored_text = text((await with_retry(run))[1])
-        try:
-            stored = int(stored_text)
-            if stored < 1:
-                raise ValueError(stored)
-        except (TypeError, ValueError):
-            raise WorkflowError(
-                f"{key} field 'partitions' holds {stored_text!r}, not a partition count; "
-                f"restore it (e.g. HSET {key} partitions {configured or 1})"
-            ) from None
-        if configured is not None and stored != configured:
-            raise PartitionCountMismatchError(self.keys.prefix, stored, configured)
-        self.keys.partitions = stored
-
-    async def _default_partitions(self) -> int:
-        """1 on a single server; PARTITIONS_PER_MASTER per master on a cluster."""
-        client = self.redis
-        if not isinstance(client, RedisCluster):
-            return 1
-        await with_retry(client.initialize)
-        return PARTITIONS_PER_MASTER * max(1, len(client.get_primaries()))
 
     # -- the work queue ----------------------------------------------------------------------
 
     async def ensure_groups(self) -> None:
         if self._groups_ready:
             return
-        await self._ready()
-        streams = [self.keys.ready(p) for p in range(self.keys.partitions)]
-        streams += [self.keys.start_stream(), self.keys.resume_stream()]
+        await self.core._ready()
+        streams = [self.core.keys.ready(p) for p in range(self.core.keys.partitions)]
+        streams += [self.core.keys.start_stream(), self.core.keys.resume_stream()]
         await asyncio.gather(*(self._create_group(s) for s in streams))
         self._groups_ready = True
 
     async def _create_group(self, stream: str) -> None:
         try:
-            await with_retry(self.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
+            await with_retry(self.core.redis.xgroup_create, stream, GROUP, id="0", mkstream=True)
         except rexc.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -251,7 +146,12 @@ class RedisQueue:
         reading: dict[KeyT, StreamIdT] = {k: v for k, v in streams.items()}
         try:
             reply = await with_retry(
-                self.redis.xreadgroup, GROUP, consumer, reading, count=count, block=block_ms or None
+                self.core.redis.xreadgroup,
+                GROUP,
+                consumer,
+                reading,
+                count=count,
+                block=block_ms or None,
             )
             return stream_replies(reply)
         except rexc.ResponseError as exc:
@@ -278,7 +178,7 @@ class RedisQueue:
         ``_not_leased``).
         """
         pending = await with_retry(
-            self.redis.xpending_range,
+            self.core.redis.xpending_range,
             stream,
             GROUP,
             min="-",
@@ -295,7 +195,9 @@ class RedisQueue:
             if not deliveries:
                 return []
         ids: list[StreamIdT] = list(deliveries)
-        claimed = await with_retry(self.redis.xclaim, stream, GROUP, consumer, min_idle_ms, ids)
+        claimed = await with_retry(
+            self.core.redis.xclaim, stream, GROUP, consumer, min_idle_ms, ids
+        )
         out: list[tuple[str, dict[str, str], int]] = []
         for row in claimed:
             if not isinstance(row, tuple | list):
@@ -306,7 +208,7 @@ class RedisQueue:
         missing = set(deliveries) - {mid for mid, _, _ in out}
         gone = [mid for mid in sorted(missing) if not await self._exists(stream, mid)]
         if gone:
-            await with_retry(self.redis.xack, stream, GROUP, *gone)
+            await with_retry(self.core.redis.xack, stream, GROUP, *gone)
         return out
 
     async def _not_leased(self, stream: str, message_ids: list[str]) -> set[str]:
@@ -319,7 +221,7 @@ class RedisQueue:
         meanwhile). Deleted entries and entries without a run stay in: the claim settles them.
         """
         rows = await asyncio.gather(
-            *(with_retry(self.redis.xrange, stream, mid, mid, count=1) for mid in message_ids)
+            *(with_retry(self.core.redis.xrange, stream, mid, mid, count=1) for mid in message_ids)
         )
         run_of: dict[str, str] = {}
         for mid, row in zip(message_ids, rows, strict=True):
@@ -330,11 +232,13 @@ class RedisQueue:
         runs = sorted(set(run_of.values()))
         if not runs:
             return set(message_ids)
-        sec, usec = await with_retry(self.redis.time)
+        sec, usec = await with_retry(self.core.redis.time)
         now_ms = int(sec) * 1000 + int(usec) // 1000
         leases = await asyncio.gather(
             *(
-                with_retry(self.redis.hmget, self.keys.run(r), ["lease_owner", "lease_until"])
+                with_retry(
+                    self.core.redis.hmget, self.core.keys.run(r), ["lease_owner", "lease_until"]
+                )
                 for r in runs
             )
         )
@@ -349,7 +253,9 @@ class RedisQueue:
         return {mid for mid in message_ids if run_of.get(mid) not in live}
 
     async def _exists(self, stream: str, message_id: str) -> bool:
-        return bool(await with_retry(self.redis.xrange, stream, message_id, message_id, count=1))
+        return bool(
+            await with_retry(self.core.redis.xrange, stream, message_id, message_id, count=1)
+        )
 
     async def _set_aside(
         self, stream: str, target: str, message_id: str, fields: Mapping[str, str], deliveries: int
@@ -363,12 +269,12 @@ class RedisQueue:
             "deliveries": str(deliveries),
             "host": socket.gethostname(),
         }
-        await with_retry(self.redis.xadd, target, entry, maxlen=100_000, approximate=True)
+        await with_retry(self.core.redis.xadd, target, entry, maxlen=100_000, approximate=True)
         await self._ack_ids(stream, [message_id])
 
     async def _ack_ids(self, stream: str, ids: Sequence[str]) -> None:
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.core.redis.pipeline(transaction=False)
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
             await pipe.execute()
@@ -381,7 +287,7 @@ class RedisQueue:
         """The wake-up of one entry; None for an undecodable one, which is dead-lettered."""
         p = self._partition_of(stream)
         if undecodable(fields):
-            await self._set_aside(stream, self.keys.dlq(p), message_id, fields, deliveries)
+            await self._set_aside(stream, self.core.keys.dlq(p), message_id, fields, deliveries)
             return None
         return Wakeup(
             partition=p,
@@ -412,13 +318,15 @@ class RedisQueue:
         the latency trade-off: an idle worker sees a new wake-up up to ``block_ms`` late, as the
         read that got it waits for the other reads to time out. A busy worker never blocks.
         """
-        await self._ready()
+        await self.core._ready()
         out: list[Wakeup] = []
-        n = self.keys.partitions
+        n = self.core.keys.partitions
         if count <= 0:
             return out
         if n == 1:  # one stream: its COUNT is the whole count, and one (blocking) read is exact
-            reply = await self._read_group(consumer, {self.keys.ready(0): ">"}, count, block_ms)
+            reply = await self._read_group(
+                consumer, {self.core.keys.ready(0): ">"}, count, block_ms
+            )
             await self._wakeups_of(reply, out)
             return out
         start = self._next_partition % n
@@ -426,7 +334,7 @@ class RedisQueue:
         order = [(start + i) % n for i in range(n)]
 
         async def read(p: int, quota: int) -> int:
-            reply = await self._read_group(consumer, {self.keys.ready(p): ">"}, quota, 0)
+            reply = await self._read_group(consumer, {self.core.keys.ready(p): ">"}, quota, 0)
             return await self._wakeups_of(reply, out)
 
         if await self._share_out(order, count, read) or not block_ms:
@@ -435,15 +343,15 @@ class RedisQueue:
             streams, per_stream = order, count // n
         else:
             streams, per_stream = order[:count], 1
-        if not self.cluster:
+        if not self.core.cluster:
             reply = await self._read_group(
-                consumer, {self.keys.ready(p): ">" for p in streams}, per_stream, block_ms
+                consumer, {self.core.keys.ready(p): ">" for p in streams}, per_stream, block_ms
             )
             await self._wakeups_of(reply, out)
             return out
         replies = await asyncio.gather(
             *(
-                self._read_group(consumer, {self.keys.ready(p): ">"}, per_stream, block_ms)
+                self._read_group(consumer, {self.core.keys.ready(p): ">"}, per_stream, block_ms)
                 for p in streams
             )
         )
@@ -465,7 +373,7 @@ class RedisQueue:
     async def _touch(self, stream: str, consumer: str, message_ids: Sequence[str]) -> None:
         """Reset the idle time of entries pending on ``consumer`` (XCLAIM JUSTID: no count bump)."""
         ids: list[Any] = list(message_ids)
-        await with_retry(self.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
+        await with_retry(self.core.redis.xclaim, stream, GROUP, consumer, 0, ids, justid=True)
 
     @staticmethod
     async def _share_out(
@@ -504,8 +412,8 @@ class RedisQueue:
         renewing them (a dead or stuck worker); like ``read_wakeups`` it never takes more than the
         room the caller has (per partition, concurrently, shares summing to the room), starting
         at a rotating partition."""
-        await self._ready()
-        n = self.keys.partitions
+        await self.core._ready()
+        n = self.core.keys.partitions
         start = self._next_reclaim % n
         self._next_reclaim = (start + 1) % n
         out: list[Wakeup] = []
@@ -513,7 +421,7 @@ class RedisQueue:
 
         async def take(p: int, quota: int) -> int:
             # asked again, a partition may offer what this call took from it (min_idle_ms 0)
-            stream, fresh = self.keys.ready(p), 0
+            stream, fresh = self.core.keys.ready(p), 0
             for mid, fields, deliveries in await self._claim(
                 stream, consumer, min_idle_ms, quota, wakeups=True
             ):
@@ -532,11 +440,11 @@ class RedisQueue:
     def wake_stream(self, w: Wakeup) -> str:
         """The stream a wake-up came from: the ready stream, or a queue's (see _pools.py)."""
         if w.queue == "default":
-            return self.keys.ready(w.partition)
-        return self.keys.queue_stream(w.partition, w.queue)
+            return self.core.keys.ready(w.partition)
+        return self.core.keys.queue_stream(w.partition, w.queue)
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
-        await self._ready()
+        await self.core._ready()
         if not wakeups:
             return
         by_stream: dict[str, list[str]] = {}
@@ -544,7 +452,7 @@ class RedisQueue:
             by_stream.setdefault(self.wake_stream(w), []).append(w.message_id)
 
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.core.redis.pipeline(transaction=False)
             for stream, ids in by_stream.items():
                 pipe.xack(stream, GROUP, *ids)
                 pipe.xdel(stream, *ids)
@@ -554,11 +462,11 @@ class RedisQueue:
 
     async def requeue(self, wakeup: Wakeup, reason: str) -> None:
         """Hand a run over to any worker: a fresh wake-up, then the old message acknowledged."""
-        await self._ready()
+        await self.core._ready()
         stream = self.wake_stream(wakeup)
 
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.core.redis.pipeline(transaction=False)
             pipe.xadd(stream, {"run": wakeup.run_id, "reason": reason})
             pipe.xack(stream, GROUP, wakeup.message_id)
             pipe.xdel(stream, wakeup.message_id)
@@ -566,34 +474,28 @@ class RedisQueue:
 
         await with_retry(run)
 
-    async def acquire(
-        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1, deployment: str = ""
-    ) -> Acquired:
-        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)], deployment)
-        return result
-
     async def acquire_many(
         self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
     ) -> list[Acquired]:
         """Take the leases of several runs: one script call per partition. With a ``deployment``
         a run pinned to another one answers "pinned", an unpinned one is pinned to it."""
-        await self._ready()
+        await self.core._ready()
         out: list[Acquired | None] = [None] * len(runs)
         for idxs in self._by_partition([r for r, _ in runs]).values():
             keys: list[str] = []
             args: list[Any] = [token, lease_ms, deployment]
             for i in idxs:
-                run, ev, *_ = self.keys.run_keys(runs[i][0])
+                run, ev, *_ = self.core.keys.run_keys(runs[i][0])
                 keys += [run, ev]
                 args.append(runs[i][1])
-            reply = await self._eval("acquire", keys, args)
+            reply = await self.core._eval("acquire", keys, args)
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = self._acquired(runs[i][0], r)
         return [a for a in out if a is not None]
 
     def _log_events(self, run_id: str, rows: Sequence[Any]) -> list[Event]:
         """Events of log entries (``(id, fields)`` rows), payloads decrypted when a codec is set."""
-        codec = self.codec
+        codec = self.core.codec
         if codec is None:
             return [
                 event_from_fields(int(_s(eid).split("-", 1)[0]), fields_dict(fields), run_id)
@@ -620,35 +522,29 @@ class RedisQueue:
     def _by_partition(self, run_ids: Sequence[str]) -> dict[int, list[int]]:
         groups: dict[int, list[int]] = {}
         for i, run_id in enumerate(run_ids):
-            groups.setdefault(self.keys.partition(run_id), []).append(i)
+            groups.setdefault(self.core.keys.partition(run_id), []).append(i)
         return groups
-
-    async def release(
-        self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
-    ) -> tuple[str, int]:
-        (result,) = await self.release_many(token, [(run_id, seq, wakeup)])
-        return result
 
     async def release_many(
         self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]
     ) -> list[tuple[str, int]]:
         """Release several leases and acknowledge their wake-ups: one call per partition."""
-        await self._ready()
+        await self.core._ready()
         out: list[tuple[str, int] | None] = [None] * len(runs)
         groups: dict[str, list[int]] = {}  # one call per wake-up stream (in one partition)
         for p, idxs in self._by_partition([r[0] for r in runs]).items():
             for i in idxs:
                 wakeup = runs[i][2]
-                stream = self.wake_stream(wakeup) if wakeup is not None else self.keys.ready(p)
+                stream = self.wake_stream(wakeup) if wakeup is not None else self.core.keys.ready(p)
                 groups.setdefault(stream, []).append(i)
         for stream, idxs in groups.items():
             keys = [stream]
             args: list[Any] = [token, GROUP]
             for i in idxs:
                 run_id, seq, wakeup = runs[i]
-                keys.append(self.keys.run(run_id))
+                keys.append(self.core.keys.run(run_id))
                 args += [seq, wakeup.message_id if wakeup is not None else ""]
-            reply = await self._eval("release", keys, args)
+            reply = await self.core._eval("release", keys, args)
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = (_s(r[0]), int(r[1]))
         return [r for r in out if r is not None]
@@ -658,12 +554,14 @@ class RedisQueue:
     ) -> dict[str, int]:
         """Extend leases and reset the idle time of held wake-ups (XCLAIM JUSTID, no count bump):
         one script call and one XCLAIM per partition, concurrently."""
-        await self._ready()
+        await self.core._ready()
         out: dict[str, int] = {}
 
         async def extend(idxs: list[int]) -> None:
             ids = [run_ids[i] for i in idxs]
-            seqs = await self._eval("heartbeat", [self.keys.run(r) for r in ids], [token, lease_ms])
+            seqs = await self.core._eval(
+                "heartbeat", [self.core.keys.run(r) for r in ids], [token, lease_ms]
+            )
             out.update({r: int(s) for r, s in zip(ids, seqs, strict=True)})
 
         by_stream: dict[str, list[str]] = {}
@@ -679,20 +577,20 @@ class RedisQueue:
     async def promote_timers(self) -> int | None:
         """Move due timers to the ready streams (per partition, concurrently); the earliest
         remaining due time (ms) or None."""
-        await self._ready()
+        await self.core._ready()
 
         async def promote(p: int) -> int:
-            _, due = await self._eval(
-                "promote_timers", [self.keys.timers(p), self.keys.ready(p)], [500]
+            _, due = await self.core._eval(
+                "promote_timers", [self.core.keys.timers(p), self.core.keys.ready(p)], [500]
             )
             return int(due)
 
-        dues = await asyncio.gather(*(promote(p) for p in range(self.keys.partitions)))
+        dues = await asyncio.gather(*(promote(p) for p in range(self.core.keys.partitions)))
         return min((d for d in dues if d >= 0), default=None)
 
     async def dead_letter(self, wakeup: Wakeup, reason: str) -> None:
         """Copy the wake-up to the dead-letter stream, then acknowledge it (copy before ack)."""
-        await self._ready()
+        await self.core._ready()
         fields = {"run": wakeup.run_id, "reason": reason, "message_id": wakeup.message_id}
         await self.copy_to_dlq(wakeup.partition, fields, wakeup.deliveries)
         await self.ack([wakeup])
@@ -702,5 +600,9 @@ class RedisQueue:
         the message id...) with the delivery count and this host."""
         entry = {**fields, "deliveries": str(deliveries), "host": socket.gethostname()}
         await with_retry(
-            self.redis.xadd, self.keys.dlq(partition), entry, maxlen=100_000, approximate=True
+            self.core.redis.xadd,
+            self.core.keys.dlq(partition),
+            entry,
+            maxlen=100_000,
+            approximate=True,
         )

@@ -19,22 +19,27 @@ from ._queue import RedisQueue, _s, truncated_copy, undecodable
 from ._retry import with_retry
 
 
-class RedisRequests(RedisQueue):
-    """Request streams and replies of a RedisWorld."""
+class RedisRequests:
+    """Request streams and replies of a RedisWorld (composed: ``RedisWorld.requests``)."""
+
+    def __init__(self, queue: RedisQueue) -> None:
+        self.q = queue
+        self.core = queue.core
+        self._next_request = 0  # the request stream read when only one request fits
 
     def _request_stream(self, kind: str) -> str:
-        return self.keys.resume_stream() if kind == "resume" else self.keys.start_stream()
+        return self.core.keys.resume_stream() if kind == "resume" else self.core.keys.start_stream()
 
     async def _request(
         self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
     ) -> StartRequest | None:
         """The request of one entry; None for an undecodable one, which is rejected."""
         if undecodable(fields):
-            target = self.keys.rejected(stream)
-            await self._set_aside(stream, target, message_id, fields, deliveries)
+            target = self.core.keys.rejected(stream)
+            await self.q._set_aside(stream, target, message_id, fields, deliveries)
             return None
         kind: Literal["start", "resume"] = (
-            "resume" if stream == self.keys.resume_stream() else "start"
+            "resume" if stream == self.core.keys.resume_stream() else "start"
         )
         return StartRequest(
             message_id=message_id, fields=fields, kind=kind, source=stream, deliveries=deliveries
@@ -50,19 +55,19 @@ class RedisRequests(RedisQueue):
         in different slots: a blocking read then waits for both, see ``read_wakeups`` on the
         latency this costs an idle worker). With a count of 1, the streams take turns.
         """
-        await self._ready()
-        streams = [self.keys.start_stream(), self.keys.resume_stream()]
+        await self.core._ready()
+        streams = [self.core.keys.start_stream(), self.core.keys.resume_stream()]
         if count < 2:
             self._next_request = (self._next_request + 1) % 2
             streams = [streams[self._next_request]]
         per_stream = max(1, count // len(streams))
-        if self.cluster:
+        if self.core.cluster:
             replies = await asyncio.gather(
-                *(self._read_group(consumer, {s: ">"}, per_stream, block_ms) for s in streams)
+                *(self.q._read_group(consumer, {s: ">"}, per_stream, block_ms) for s in streams)
             )
         else:
             reading = {s: ">" for s in streams}
-            replies = [await self._read_group(consumer, reading, per_stream, block_ms)]
+            replies = [await self.q._read_group(consumer, reading, per_stream, block_ms)]
         out: list[StartRequest] = []
         for reply in replies:
             for stream, rows in reply:
@@ -76,10 +81,12 @@ class RedisRequests(RedisQueue):
         self, consumer: str, min_idle_ms: int, count: int
     ) -> list[StartRequest]:
         """Take over requests pending longer than ``min_idle_ms`` (their worker died or stalled)."""
-        await self.ensure_groups()
+        await self.q.ensure_groups()
         out: list[StartRequest] = []
-        for stream in (self.keys.start_stream(), self.keys.resume_stream()):
-            for mid, fields, deliveries in await self._claim(stream, consumer, min_idle_ms, count):
+        for stream in (self.core.keys.start_stream(), self.core.keys.resume_stream()):
+            for mid, fields, deliveries in await self.q._claim(
+                stream, consumer, min_idle_ms, count
+            ):
                 req = await self._request(stream, mid, fields, deliveries)
                 if req is not None:
                     out.append(req)
@@ -87,10 +94,10 @@ class RedisRequests(RedisQueue):
 
     async def reject_start_request(self, request: StartRequest, reason: str) -> None:
         """Copy the request to ``<stream>:rejected`` with the reason; big fields are cut to 1 KB."""
-        await self._ready()
+        await self.core._ready()
         await with_retry(
-            self.redis.xadd,
-            self.keys.rejected(self._request_stream(request.kind)),
+            self.core.redis.xadd,
+            self.core.keys.rejected(self._request_stream(request.kind)),
             {
                 **truncated_copy(request.fields),
                 "message_id": request.message_id,
@@ -102,12 +109,12 @@ class RedisRequests(RedisQueue):
         )
 
     async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None:
-        await self._ready()
+        await self.core._ready()
         if not requests:
             return
 
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.core.redis.pipeline(transaction=False)
             for r in requests:
                 stream = self._request_stream(r.kind)
                 pipe.xack(stream, GROUP, r.message_id)
@@ -121,18 +128,18 @@ class RedisRequests(RedisQueue):
     def reply_key(self, run_id: str, reply_id: str) -> str:
         """``<prefix>:{pN}:run:<run id>:response:<id>`` beside a run, else ``<prefix>:reply:<id>``."""
         if run_id:
-            return self.keys.response(run_id, reply_id)
-        return self.keys.reply(reply_id)
+            return self.core.keys.response(run_id, reply_id)
+        return self.core.keys.reply(reply_id)
 
     async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
         """RPUSH a reply for a waiting ``pop_reply`` (the key expires after ``ttl_s``)."""
-        await self._ready()
+        await self.core._ready()
         key = self.reply_key(run_id, reply_id)
-        if run_id and self.codec is not None:  # a webhook response: the run's data
-            data = self.codec.encrypt(data, run_id=run_id, field="response", context=reply_id)
+        if run_id and self.core.codec is not None:  # a webhook response: the run's data
+            data = self.core.codec.encrypt(data, run_id=run_id, field="response", context=reply_id)
 
         async def run() -> None:
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = self.core.redis.pipeline(transaction=True)
             pipe.rpush(key, data)
             pipe.expire(key, ttl_s)
             await pipe.execute()
@@ -141,11 +148,13 @@ class RedisRequests(RedisQueue):
 
     async def pop_reply(self, run_id: str, reply_id: str, timeout_s: float) -> str | None:
         """BLPOP the reply pushed by ``push_reply``; None when none came within ``timeout_s``."""
-        await self._ready()
+        await self.core._ready()
         key = self.reply_key(run_id, reply_id)
-        got = await with_retry(self.redis.blpop, [key], timeout=timeout_s)
+        got = await with_retry(self.core.redis.blpop, [key], timeout=timeout_s)
         if got is None:
             return None
-        if run_id and self.codec is not None:
-            return self.codec.decrypt(_s(got[1]), run_id=run_id, field="response", context=reply_id)
+        if run_id and self.core.codec is not None:
+            return self.core.codec.decrypt(
+                _s(got[1]), run_id=run_id, field="response", context=reply_id
+            )
         return _s(got[1])

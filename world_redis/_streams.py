@@ -71,7 +71,7 @@ class RedisStreams:
         await self._append(run_id, name, entries)
 
     async def list_streams(self, run_id: str) -> list[str]:
-        await self._world._ready()
+        await self._world.core._ready()
         key = self._world.keys.streams_index(run_id)
         return sorted(text(n) for n in await with_retry(self._world.redis.smembers, key))
 
@@ -127,7 +127,7 @@ class RedisStreams:
         return {"v": text}
 
     async def _append(self, run_id: str, name: str, entries: list[dict[str, str]]) -> None:
-        await self._world._ready()
+        await self._world.core._ready()
         keys, ttl = self._world.keys, self._world.retention_s
         key, index = keys.stream(run_id, name), keys.streams_index(run_id)
 
@@ -143,7 +143,7 @@ class RedisStreams:
         await with_retry(run)
 
     async def _check_run(self, run_id: str) -> None:
-        await self._world._ready()
+        await self._world.core._ready()
         if not await with_retry(self._world.redis.exists, self._world.keys.run(run_id)):
             raise RunNotFoundError(run_id)
 

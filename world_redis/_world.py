@@ -12,69 +12,59 @@ from typing import Any
 import msgspec
 
 from worker.world import (
+    Acquired,
     Commit,
     CommitResult,
-    DecryptionError,
     Event,
     EventResult,
     PayloadCodec,
     RunInfo,
-    StepCompleted,
-    StepCreated,
-    StepFailed,
+    StartRequest,
     StepInfo,
-    StepRetrying,
-    StepStarted,
+    Wakeup,
     commit_code,
     event_status,
-    is_envelope,
     make_event,
     new_event_id,
     new_ids,
-    run_status,
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
+from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
-from ._keys import STATUSES
+from ._keys import STATUSES, Keys
 from ._pools import RedisPools
 from ._presence import RedisPresence
-from ._queue import _s
+from ._queue import RedisQueue, _s
 from ._requests import RedisRequests
 from ._retry import with_retry
+from ._runs import merge_newest_first, run_info, steps_from_events
 from ._streams import RedisStreams
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 _JSON = msgspec.json.Encoder()
-_INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
-_REQUIRED_RUN_FIELDS = ("created_at", "seq")
-_JSON_RUN_FIELDS = ("input", "output", "error")
-_RAW_JSON = msgspec.json.Decoder(msgspec.Raw)
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
     return list(chain.from_iterable(fields.items()))
 
 
-def _is_json(text: str) -> bool:
-    """Whether ``text`` is one JSON value (checked without building it)."""
-    try:
-        _RAW_JSON.decode(text)
-    except msgspec.DecodeError:
-        return False
-    return True
-
-
-class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
+class RedisWorld:
     """The engine's storage, queue and timers on one Redis server or a Redis Cluster.
 
     ``client`` is a redis-py asyncio client (single-node or cluster, ``decode_responses=True``),
     or a ``ClientFactory`` that builds the right one at first use (what ``from_url`` passes).
     ``partitions``: None takes the count stored for the prefix, or stores the default (1 on one
     server, 16 per master on a cluster); a number must match the stored count.
+
+    Composed of parts that share one ``RedisCore`` (``core``: the client, the deployment's
+    settings, scripts, keys): ``queue`` (wake-ups, leases, timers), ``presence`` and
+    ``hook_tokens``; ``requests`` and ``pools`` read streams through ``queue``; ``deployments`` and
+    ``streams`` hold the World itself. This class holds runs and their logs and hands
+    the rest of the World protocol to the part that owns it.
     """
 
     def __init__(
@@ -90,7 +80,11 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
     ) -> None:
         if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
             raise ValueError(f"partitions must be a whole number >= 1, got {partitions!r}")
-        super().__init__(client, prefix, partitions)
+        self.core = RedisCore(client, prefix, partitions)  # the shared client (_core.py)
+        self.queue = RedisQueue(self.core)  # wake-ups, leases, timers (_queue.py)
+        self.requests = RedisRequests(self.queue)  # request streams and replies (_requests.py)
+        self.presence = RedisPresence(self.core)  # workers' status and health (_presence.py)
+        self.hook_tokens = RedisHookTokens(self.core)  # token reservations (_hook_tokens.py)
         # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
         self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
@@ -103,7 +97,7 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
         # unpinned, pinned by the first worker that takes the run; see _deployments.py)
         self.deployment = deployment or ""
         self.streams = RedisStreams(self)
-        self.pools = RedisPools(self)  # worker pools: queue streams (see _pools.py)
+        self.pools = RedisPools(self.queue)  # worker pools: queue streams (see _pools.py)
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
 
     @classmethod
@@ -157,22 +151,159 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
         topology = cluster if cluster is not None else cluster_setting()
         return cls(ClientFactory(url, topology, options), **kwargs)
 
+    # -- the shared client and settings (_core.py) ----------------------------------------------
+
+    @property
+    def keys(self) -> Keys:
+        return self.core.keys
+
+    @property
+    def redis(self) -> RedisClient:
+        """The client; on a cluster, the cluster client once the first-use check has run."""
+        return self.core.redis
+
+    @property
+    def cluster(self) -> bool:
+        return self.core.cluster
+
+    @property
+    def codec(self) -> PayloadCodec | None:
+        """Payload encryption, shared by every part (None: payloads stored as they are)."""
+        return self.core.codec
+
+    @codec.setter
+    def codec(self, codec: PayloadCodec | None) -> None:
+        self.core.codec = codec
+
+    async def check_config(self) -> None:
+        """Resolve the client and agree on the partition count (see ``RedisCore.check_config``)."""
+        await self.core.check_config()
+
     async def close(self) -> None:
-        await self._client.aclose()
+        await self.core.close()
+
+    # -- the queue (_queue.py) -----------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        await self.queue.ensure_groups()
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        return await self.queue.read_wakeups(consumer, count, block_ms)
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
+        return await self.queue.reclaim(consumer, min_idle_ms, count)
+
+    async def ack(self, wakeups: Sequence[Wakeup]) -> None:
+        await self.queue.ack(wakeups)
+
+    async def requeue(self, wakeup: Wakeup, reason: str) -> None:
+        await self.queue.requeue(wakeup, reason)
+
+    # acquire and release go through acquire_many and release_many: one place to wrap for both
+    async def acquire(
+        self, run_id: str, token: str, lease_ms: int, after_seq: int = -1, deployment: str = ""
+    ) -> Acquired:
+        (result,) = await self.acquire_many(token, lease_ms, [(run_id, after_seq)], deployment)
+        return result
+
+    async def acquire_many(
+        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
+    ) -> list[Acquired]:
+        return await self.queue.acquire_many(token, lease_ms, runs, deployment)
+
+    async def release(
+        self, run_id: str, token: str, seq: int, wakeup: Wakeup | None = None
+    ) -> tuple[str, int]:
+        (result,) = await self.release_many(token, [(run_id, seq, wakeup)])
+        return result
+
+    async def release_many(
+        self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]
+    ) -> list[tuple[str, int]]:
+        return await self.queue.release_many(token, runs)
+
+    async def heartbeat(
+        self, token: str, run_ids: Sequence[str], wakeups: Sequence[Wakeup], lease_ms: int
+    ) -> dict[str, int]:
+        return await self.queue.heartbeat(token, run_ids, wakeups, lease_ms)
+
+    async def promote_timers(self) -> int | None:
+        return await self.queue.promote_timers()
+
+    async def dead_letter(self, wakeup: Wakeup, reason: str) -> None:
+        await self.queue.dead_letter(wakeup, reason)
+
+    # -- requests and replies (_requests.py) ---------------------------------------------------
+
+    async def read_start_requests(
+        self, consumer: str, count: int, block_ms: int
+    ) -> list[StartRequest]:
+        return await self.requests.read_start_requests(consumer, count, block_ms)
+
+    async def reclaim_start_requests(
+        self, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StartRequest]:
+        return await self.requests.reclaim_start_requests(consumer, min_idle_ms, count)
+
+    async def reject_start_request(self, request: StartRequest, reason: str) -> None:
+        await self.requests.reject_start_request(request, reason)
+
+    async def ack_start_requests(self, requests: Sequence[StartRequest]) -> None:
+        await self.requests.ack_start_requests(requests)
+
+    def reply_key(self, run_id: str, reply_id: str) -> str:
+        return self.requests.reply_key(run_id, reply_id)
+
+    async def push_reply(self, run_id: str, reply_id: str, data: str, ttl_s: int = 300) -> None:
+        await self.requests.push_reply(run_id, reply_id, data, ttl_s)
+
+    async def pop_reply(self, run_id: str, reply_id: str, timeout_s: float) -> str | None:
+        return await self.requests.pop_reply(run_id, reply_id, timeout_s)
+
+    # -- workers' presence and health (_presence.py) -------------------------------------------
+
+    async def publish_worker_status(self, worker: str, status: str) -> None:
+        await self.presence.publish_worker_status(worker, status)
+
+    async def forget_workers(self, workers: list[str]) -> None:
+        await self.presence.forget_workers(workers)
+
+    async def worker_statuses(self) -> dict[str, str]:
+        return await self.presence.worker_statuses()
+
+    async def enqueue_health_check(self, check_id: str) -> None:
+        await self.presence.enqueue_health_check(check_id)
+
+    async def read_health_checks(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
+        return await self.presence.read_health_checks(consumer, block_ms)
+
+    async def done_health_checks(self, message_ids: list[str]) -> None:
+        await self.presence.done_health_checks(message_ids)
+
+    async def ensure_health_group(self) -> None:
+        await self.presence.ensure_health_group()
+
+    async def server_time_ms(self) -> int:
+        return await self.presence.server_time_ms()
+
+    async def partition_health(self) -> list[dict[str, Any]]:
+        return await self.presence.partition_health()
+
+    async def server_warnings(self) -> list[str]:
+        return await self.presence.server_warnings()
 
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(
         self, run_id: str, workflow: str, input_json: str, deployment: str = ""
     ) -> bool:
-        if not self._config_checked:
-            await self.check_config()
+        await self.core._ready()
         k = self.keys
         p = k.partition(run_id)
         run, ev, *_ = k.run_keys(run_id)
         if self.codec is not None:
             input_json = self.codec.encrypt(input_json, run_id=run_id, field="input")
-        reply = await self._eval(
+        reply = await self.core._eval(
             "create_run",
             [
                 run,
@@ -195,66 +326,9 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
         return bool(reply[0] == "created")
 
     async def get_run(self, run_id: str) -> RunInfo | None:
-        if not self._config_checked:
-            await self.check_config()
+        await self.core._ready()
         data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
-        return self._run_info(run_id, data, self.codec) if data else None
-
-    @staticmethod
-    def _run_info(run_id: str, data: dict[str, str], codec: PayloadCodec | None = None) -> RunInfo:
-        """The run in ``data`` (its hash); a field that cannot be read is named, never raised.
-
-        A payload field that cannot be decrypted keeps its stored text (the envelope) and is named
-        in ``corrupt_fields`` like any other unreadable field."""
-        corrupt: list[str] = []
-        if codec is not None:
-            data = dict(data)
-            for f in _JSON_RUN_FIELDS:
-                v = data.get(f)
-                if v is not None:
-                    try:
-                        data[f] = codec.decrypt(v, run_id=run_id, field=f)
-                    except DecryptionError:
-                        corrupt.append(f)
-        ints: dict[str, int | None] = {}
-        for f in _INT_RUN_FIELDS:
-            v = data.get(f)
-            ints[f] = None
-            if v is None or v == "":
-                if f in _REQUIRED_RUN_FIELDS:
-                    corrupt.append(f)
-            else:
-                try:
-                    ints[f] = int(v)
-                except ValueError:
-                    corrupt.append(f)
-        workflow = data.get("workflow", "")
-        if not workflow:
-            corrupt.append("workflow")
-        status = run_status(data.get("status", ""))
-        if status == "unknown":
-            corrupt.append("status")
-        for f in _JSON_RUN_FIELDS:
-            v = data.get(f)
-            # without the key an envelope is shown as stored: readable as such, not corrupt
-            if v is not None and f not in corrupt and not (is_envelope(v) or _is_json(v)):
-                corrupt.append(f)
-        return RunInfo(
-            run_id=run_id,
-            workflow=workflow,
-            status=status,
-            input=data.get("input", "[]"),
-            output=data.get("output"),
-            error=data.get("error"),
-            deployment=data.get("deployment", ""),
-            created_at=ints["created_at"] or 0,
-            started_at=ints["started_at"],
-            completed_at=ints["completed_at"],
-            updated_at=ints["updated_at"],
-            seq=ints["seq"] or 0,
-            lease_owner=data.get("lease_owner", ""),
-            corrupt_fields=tuple(corrupt),
-        )
+        return run_info(run_id, data, self.codec) if data else None
 
     async def list_runs(
         self,
@@ -271,8 +345,7 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
-        if not self._config_checked:
-            await self.check_config()
+        await self.core._ready()
         k = self.keys
         after: tuple[int, str] | None = None
         if cursor:
@@ -289,7 +362,7 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
                 keys.append(k.idx_status(p, status) if status is not None else k.idx_all(p))
         out: list[RunInfo] = []
         last: tuple[int, str] | None = None
-        async for score, run_id in _merge_newest_first([self._walk_index(k, after) for k in keys]):
+        async for score, run_id in merge_newest_first([self._walk_index(k, after) for k in keys]):
             info = await self.get_run(run_id)
             last = (score, run_id)
             if info is None or (status is not None and info.status != status):
@@ -328,16 +401,15 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
             offset += page
 
     async def read_events(self, run_id: str, after_seq: int = 0) -> list[Event]:
-        if not self._config_checked:
-            await self.check_config()
+        await self.core._ready()
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
         rows = await with_retry(self.redis.xrange, key, start, "+")
-        return self._log_events(run_id, entries(rows))
+        return self.queue._log_events(run_id, entries(rows))
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
         """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
-        await self._ready()
+        await self.core._ready()
         reply = await with_retry(
             self.redis.xread,
             {self.keys.events(run_id): f"{after_seq}-0"},
@@ -357,10 +429,9 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
 
         The hook tokens the commits ask for are reserved first, and the tokens of the hooks they
         end are released after (see _hook_tokens.py)."""
-        if not self._config_checked:
-            await self.check_config()
-        taken, reserved = await self._reserve_tokens(commits)
-        by_partition = self._by_partition([c.run_id for c in commits])
+        await self.core._ready()
+        taken, reserved = await self.hook_tokens.reserve(commits)
+        by_partition = self.queue._by_partition([c.run_id for c in commits])
         results: list[CommitResult | None] = [None] * len(commits)
         freed: list[list[Any]] = [[] for _ in commits]
         for p, idxs in by_partition.items():
@@ -396,12 +467,12 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
                     ]
                 )
             args = [self.retention_s, _JSON.encode(payload)]
-            reply = await self._eval("commit", keys, args)
+            reply = await self.core._eval("commit", keys, args)
             for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
                 results[i] = self._commit_result(c, ids, r)
                 freed[i] = list(r[4])
         done = [r for r in results if r is not None]
-        await self._release_tokens(commits, done, freed, reserved)
+        await self.hook_tokens.release(commits, done, freed, reserved)
         return done
 
     @staticmethod
@@ -421,7 +492,7 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:
         """The run's live hooks: (hook id, token, metadata JSON), in creation order."""
-        await self._ready()
+        await self.core._ready()
         fields = text_dict(await with_retry(self.redis.hgetall, self.keys.run_hooks(run_id)))
         hooks = [
             (hook_id, token, self._hook_meta(run_id, hook_id, fields.get(f"{hook_id}|meta")))
@@ -435,7 +506,7 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
 
         The token's reservation names the holder; a reservation whose run does not hold the hook
         (its writer died before the commit, or before the release) is no holder."""
-        await self._ready()
+        await self.core._ready()
         holder = await with_retry(self.redis.get, self.keys.hook_token(token))
         if not holder:
             return None
@@ -457,57 +528,13 @@ class RedisWorld(RedisHookTokens, RedisPresence, RedisRequests):
 
     async def expire_indexes(self) -> int:
         """Drop expired runs from the indexes: one script call per partition, concurrently."""
-        await self._ready()
+        await self.core._ready()
         k = self.keys
 
         async def expire(p: int) -> int:
             names = await with_retry(self.redis.smembers, k.workflows(p))
             keys = [k.idx_done(p), k.idx_all(p), *(k.idx_status(p, s) for s in STATUSES)]
             keys += [k.idx_workflow(p, text(n)) for n in sorted(names)]
-            return int(await self._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
+            return int(await self.core._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
 
         return sum(await asyncio.gather(*(expire(p) for p in range(k.partitions))))
-
-
-async def _merge_newest_first(
-    walks: list[AsyncIterator[tuple[int, str]]],
-) -> AsyncIterator[tuple[int, str]]:
-    """Merge per-partition index walks (each newest first) lazily into one, newest first; the
-    first page of every walk is read concurrently."""
-    firsts = await asyncio.gather(*(anext(walk, None) for walk in walks))
-    heads = [(item, i) for i, item in enumerate(firsts) if item is not None]
-    while heads:
-        best = max(heads)
-        heads.remove(best)
-        yield best[0]
-        async for item in walks[best[1]]:
-            heads.append((item, best[1]))
-            break
-
-
-def steps_from_events(events: Sequence[Event]) -> list[StepInfo]:
-    """Step entities as the log defines them (first start time kept across attempts)."""
-    steps: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        if isinstance(ev, StepCreated):
-            steps[ev.corr] = {
-                "step_id": ev.corr,
-                "name": ev.name,
-                "status": "pending",
-                "input": ev.input,
-                "created_at": ev.ts,
-            }
-            continue
-        step = steps.get(ev.corr)
-        if step is None:
-            continue
-        if isinstance(ev, StepStarted):
-            step.update(status="running", attempt=ev.attempt, retry_after=None)
-            step.setdefault("started_at", ev.ts)
-        elif isinstance(ev, StepCompleted):
-            step.update(status="completed", output=ev.result, completed_at=ev.ts)
-        elif isinstance(ev, StepFailed):
-            step.update(status="failed", error=ev.error, completed_at=ev.ts)
-        elif isinstance(ev, StepRetrying):
-            step.update(status="pending", error=ev.error, retry_after=ev.retry_after)
-    return [StepInfo(**s) for s in steps.values()]

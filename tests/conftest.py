@@ -21,8 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import RedisClusterNodes, RedisServer, WorkerProcess, redis_cli_binary
-from worker import set_world
+from tests.support import (
+    RedisClusterNodes,
+    RedisServer,
+    WorkerProcess,
+    process_world,
+    redis_cli_binary,
+    worker_environment,
+)
 from world_redis import RedisWorld
 
 TOPOLOGY = os.environ.get("WF_TEST_TOPOLOGY", "single")
@@ -80,16 +86,8 @@ def prefix() -> str:
 @pytest.fixture
 async def world(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisWorld]:
     """A RedisWorld on the private server with a key prefix of its own, set as the process World."""
-    w = RedisWorld.from_url(redis_server.url, prefix=prefix, partitions=TOPOLOGY_PARTITIONS)
-    # the prefix's partition count is stored at first use: done here, so that tests comparing
-    # key snapshots see only the keys their own commands write
-    await w.check_config()
-    set_world(w)
-    try:
+    async with process_world(redis_server.url, prefix, TOPOLOGY_PARTITIONS) as w:
         yield w
-    finally:
-        set_world(None)
-        await w.close()
 
 
 @pytest.fixture
@@ -110,16 +108,7 @@ async def world_with_partitions(
 
 @pytest.fixture
 def worker_env(redis_server: RedisServer, prefix: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        WORKFLOW_REDIS_URL=redis_server.url,
-        WORKFLOW_PREFIX=prefix,
-        WORKFLOW_LOG_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-    )
-    if TOPOLOGY_PARTITIONS is not None:
-        env["WORKFLOW_PARTITIONS"] = str(TOPOLOGY_PARTITIONS)
-    return env
+    return worker_environment(redis_server.url, prefix, TOPOLOGY_PARTITIONS)
 
 
 @pytest.fixture

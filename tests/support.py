@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import random
 import re
 import shutil
@@ -446,3 +447,37 @@ async def all_keys(world: Any, pattern: str) -> list[str]:
     else:
         found = await client.keys(pattern)
     return sorted(found)
+
+
+@contextlib.asynccontextmanager
+async def process_world(url: str, prefix: str, partitions: int | None) -> AsyncIterator[Any]:
+    """A RedisWorld on ``url`` and ``prefix``, checked (client resolved, partition count stored)
+    and set as the process World for the block; closed after."""
+    from worker import set_world
+    from world_redis import RedisWorld
+
+    w = RedisWorld.from_url(url, prefix=prefix, partitions=partitions)
+    # the prefix's partition count is stored at first use: done here, so that tests comparing
+    # key snapshots see only the keys their own commands write
+    await w.check_config()
+    set_world(w)
+    try:
+        yield w
+    finally:
+        set_world(None)
+        await w.close()
+
+
+def worker_environment(url: str, prefix: str, partitions: int | None) -> dict[str, str]:
+    """The environment of a ``wf worker`` process on ``url`` and ``prefix``."""
+    env = dict(os.environ)
+    env.pop("WORKFLOW_PARTITIONS", None)
+    env.update(
+        WORKFLOW_REDIS_URL=url,
+        WORKFLOW_PREFIX=prefix,
+        WORKFLOW_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    if partitions is not None:
+        env["WORKFLOW_PARTITIONS"] = str(partitions)
+    return env

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -29,12 +28,14 @@ from tests.support import (
     RedisServer,
     eventually,
     hook_ready,
+    process_world,
     redis_cli_binary,
     redis_cli_errors,
     wait_for,
     wf_json,
+    worker_environment,
 )
-from worker import PartitionCountMismatchError, get_run, resume_hook, set_world, start
+from worker import PartitionCountMismatchError, get_run, resume_hook, start
 from world_redis import RedisWorld, partition_of
 
 GROUP = "workers"
@@ -60,31 +61,13 @@ def configured_partitions(topology: str) -> int | None:
 
 @pytest.fixture
 async def world(redis_server: Topology, prefix: str, topology: str) -> AsyncIterator[RedisWorld]:
-    w = RedisWorld.from_url(
-        redis_server.url, prefix=prefix, partitions=configured_partitions(topology)
-    )
-    await w.check_config()
-    set_world(w)
-    try:
+    async with process_world(redis_server.url, prefix, configured_partitions(topology)) as w:
         yield w
-    finally:
-        set_world(None)
-        await w.close()
 
 
 @pytest.fixture
 def worker_env(redis_server: Topology, prefix: str, topology: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("WORKFLOW_PARTITIONS", None)
-    env.update(
-        WORKFLOW_REDIS_URL=redis_server.url,
-        WORKFLOW_PREFIX=prefix,
-        WORKFLOW_LOG_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-    )
-    if configured_partitions(topology) is not None:
-        env["WORKFLOW_PARTITIONS"] = str(configured_partitions(topology))
-    return env
+    return worker_environment(redis_server.url, prefix, configured_partitions(topology))
 
 
 def cli(server: Topology, *args: str) -> str:

@@ -9,14 +9,13 @@ from typing import Any
 import pytest
 
 from tests.e2e import hook_workflows as hw
-from tests.support import RedisServer, eventually
+from tests.support import RedisServer, eventually, process_world
 from worker import (
     HookNotFoundError,
     Run,
     WorkflowRunFailedError,
     get_hook_by_token,
     resume_hook,
-    set_world,
     start,
 )
 from worker._ids import new_run_id
@@ -30,14 +29,8 @@ PARTITIONS = 4
 @pytest.fixture
 async def world(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisWorld]:
     """A RedisWorld with four partitions on the private server, set as the process World."""
-    w = RedisWorld.from_url(redis_server.url, prefix=prefix, partitions=PARTITIONS)
-    await w.check_config()  # the client is resolved (a cluster's found) before tests use it
-    set_world(w)
-    try:
+    async with process_world(redis_server.url, prefix, PARTITIONS) as w:
         yield w
-    finally:
-        set_world(None)
-        await w.close()
 
 
 def run_id_in(partition: int) -> str:

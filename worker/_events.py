@@ -158,6 +158,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
 TERMINAL_RUN_EVENTS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
+def entry_id(seq: int) -> str:
+    """An event's id: its entry id in the run's stream. Event ids are dense positions (1-0, 2-0,
+    ...) that sort in log order within a run; logs written by earlier versions also stored an
+    ``evnt_`` ULID per entry, which readers keep as the id."""
+    return f"{seq}-0"
+
+
 def entry_name(seq: int, etype: str, corr: str = "") -> str:
     """How errors name a log entry: its stream id (``<seq>-0``), its type and correlation id."""
     return f"log entry {seq}-0 ({etype}, {corr})" if corr else f"log entry {seq}-0 ({etype})"
@@ -178,6 +185,7 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
         )
     data: dict[str, Any] = {k: v for k, v in fields.items() if k != "type"}
     data["seq"] = seq
+    data.setdefault("id", entry_id(seq))  # logs written before 0.2 hold an evnt_ ULID
     try:
         return msgspec.convert(data, cls, strict=False)
     except (msgspec.ValidationError, UnicodeEncodeError) as exc:
@@ -197,7 +205,7 @@ _PAYLOAD_FIELDS = {
 }
 
 
-def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> Event:
+def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     """The event as the log now holds it, built from what was appended (no round trip)."""
     cls = EVENT_TYPES[new.type]
     payload = _PAYLOAD_FIELDS[new.type]
@@ -213,7 +221,7 @@ def make_event(new: NewEvent, seq: int, event_id: str, ts: int, extra: int) -> E
         data[extra_field] = extra
     if "ts" in new.fields:
         ts = int(new.fields["ts"])
-    return cls(seq=seq, id=event_id, ts=ts, corr=new.corr, **data)
+    return cls(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, **data)
 
 
 class NewEvent(msgspec.Struct, frozen=True):

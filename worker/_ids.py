@@ -17,6 +17,7 @@ _RUN_ID = re.compile(r"wrun_[A-Za-z0-9_-]{1,120}")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # every 10-bit value as 2 characters
 _SHIFTS = range(120, -1, -10)
+_TAIL_SHIFTS = range(70, -1, -10)  # the 80 random bits of a ULID: its last 16 characters
 
 
 def _ulid_text(value: int) -> str:
@@ -43,7 +44,7 @@ def new_ids(prefix: str, count: int) -> list[str]:
     for _ in range(count):
         r = rand & ((1 << 80) - 1)
         rand >>= 80
-        out.append(head + "".join([_PAIRS[(r >> shift) & 1023] for shift in range(70, -1, -10)]))
+        out.append(head + "".join([_PAIRS[(r >> shift) & 1023] for shift in _TAIL_SHIFTS]))
     return out
 
 
@@ -80,10 +81,12 @@ class DeterministicIds:
 
     def __init__(self, run_id: str, started_at_ms: int) -> None:
         self._rng = random.Random(f"{run_id}:ids")
-        self._ts = started_at_ms
+        # the ULID's first 10 characters spell the time alone: the same for every id of the run
+        self._head = _ulid_text(started_at_ms << 80)[:10]
 
     def next(self, prefix: str) -> str:
-        return f"{prefix}_{_ulid_text(self._ts << 80 | self._rng.getrandbits(80))}"
+        r = self._rng.getrandbits(80)
+        return f"{prefix}_{self._head}{''.join([_PAIRS[(r >> s) & 1023] for s in _TAIL_SHIFTS])}"
 
 
 def lease_token(worker: str) -> str:

@@ -220,7 +220,7 @@ class WorkflowInstance:
         self._seed = ""
         self._hook_count = 0
         self._ids: DeterministicIds | None = None
-        self.random: random.Random = random.Random(f"{run_id}:random")
+        self._random: random.Random | None = None
         self._loop = ReplayLoop(self)
         self._task: asyncio.Task[Any] | None = None
         self.finished: Outcome | None = None
@@ -232,6 +232,13 @@ class WorkflowInstance:
         self.patches: dict[str, bool] = {}  # patched()/deprecate_patch() answers, by change id
         self._markers_open: dict[str, bool] = {}  # markers to record: change id -> deprecated
         self._marker_at: dict[str, int] = {}  # markers in the log: change id -> index in log
+
+    @property
+    def random(self) -> random.Random:
+        """The workflow's random generator, seeded by the run id (made when first asked for)."""
+        if self._random is None:
+            self._random = random.Random(f"{self.run_id}:random")
+        return self._random
 
     # -- API used by the runtime -------------------------------------------------------------
 

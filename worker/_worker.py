@@ -497,16 +497,14 @@ class Worker:
         """
         if inst.finished is not None or inst.ended is not None:
             return False
-        if not inst.has_started:
-            res = await self._commit(held, inst, [NewEvent("run_started")])
-            return res.code in ("ok", "conflict")
+        # a run not started yet: run_started goes out in the commit of what the code does first
+        head = None if inst.has_started else NewEvent("run_started")
         now_ms = self.now_ms()
         due = [w for w in inst.pending_waits() if w.resume_at <= now_ms]
         if due:
             res = await self._commit(held, inst, [NewEvent("wait_completed", w.corr) for w in due])
             if res.code == "ok" or res.code == "conflict":
                 return True
-        head: NewEvent | None = None
         while True:
             progressed, inline = await self._advance_and_commit(held, inst, log, head)
             if inline is None:
@@ -522,17 +520,18 @@ class Worker:
     ) -> tuple[bool, tuple[StepCall, int] | None]:
         """Advance the code and commit what it decided, in one fenced commit.
 
-        ``head`` is the result of a step this worker just ran inline: it is fed to the workflow
-        before it is in the log, so that the result and the next step's creation and start go
-        out in ONE commit. If that commit is refused, the instance has seen an event the log does
-        not hold: it is dropped (rebuilt from the log) and the step result committed alone.
+        ``head`` is the result of a step this worker just ran inline, or the run_started of a run
+        this worker starts: it is fed to the workflow before it is in the log (with the time it
+        is given, which the log keeps), so that it and the next steps' creation and start go out
+        in ONE commit. If that commit is refused, the instance has seen an event the log does
+        not hold: it is dropped (rebuilt from the log) and the head committed alone.
         Returns (log changed, the one step to run inline next, if any).
         """
         base = inst.seq
         if head is not None:
             ts = max(self.now_ms(), inst.clock_ms)
             head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
-            inst.feed([make_event(head, base + 1, "", ts, 0)])
+            inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
         now_ms = self.now_ms()
         events: list[NewEvent] = []

@@ -38,8 +38,10 @@ class RedisHookTokens:
         ours: set[str] = set()  # holders reserved by this call: their commit is on its way
         for i, c in enumerate(commits):
             for ev in c.events:
+                if ev.type != "hook_created":
+                    continue
                 token = ev.fields.get("token", "")
-                if ev.type != "hook_created" or not ev.corr or not token:
+                if not ev.corr or not token:
                     continue  # commit.lua refuses it as invalid
                 holder = f"{c.run_id}|{ev.corr}"
                 if await self._reserve_token(token, holder, ours):
@@ -83,6 +85,8 @@ class RedisHookTokens:
         A reservation whose commit was refused for a lease or a sequence conflict is left as it
         is: another writer of the run may be creating that same hook; it stays reclaimable."""
         for i, (c, res, ended) in enumerate(zip(commits, results, freed, strict=True)):
+            if not ended and not reserved:
+                continue  # the common case: no hook in sight
             release = [(_s(ended[j]), _s(ended[j + 1])) for j in range(0, len(ended) - 1, 2)]
             if res.code == "no_run":
                 release += [(h, t) for (n, h), t in reserved.items() if n == i]

@@ -25,8 +25,6 @@ from worker.world import (
     commit_code,
     event_status,
     make_event,
-    new_event_id,
-    new_ids,
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
@@ -318,7 +316,7 @@ class RedisWorld:
                 run_id,
                 workflow,
                 input_json,
-                new_event_id(),
+                "",  # no event id: the entry id 1-0 is the event's id
                 deployment or self.deployment,
                 secrets.token_hex(16),
             ],
@@ -436,15 +434,10 @@ class RedisWorld:
         freed: list[list[Any]] = [[] for _ in commits]
         for p, idxs in by_partition.items():
             batch = [commits[i] for i in idxs]
-            flat_ids = new_ids("evnt", sum(len(c.events) for c in batch))
-            event_ids, at = [], 0
-            for c in batch:
-                event_ids.append(flat_ids[at : at + len(c.events)])
-                at += len(c.events)
             keys = self.keys.partition_keys(p)
             payload: list[Any] = []
             codec = self.codec
-            for i, c, ids in zip(idxs, batch, event_ids, strict=True):
+            for i, c in zip(idxs, batch, strict=True):
                 keys.extend(self.keys.run_keys(c.run_id))
                 payload.append(
                     [
@@ -456,38 +449,38 @@ class RedisWorld:
                             [
                                 ev.type,
                                 ev.corr,
-                                evid,
+                                "",  # no event id: the entry id <seq>-0 is the event's id
                                 _flat(ev.fields)
                                 if codec is None
                                 else _flat(codec.seal_fields(c.run_id, ev.corr, ev.fields)),
                             ]
-                            for ev, evid in zip(c.events, ids, strict=True)
+                            for ev in c.events
                         ],
                         taken[i],
                     ]
                 )
             args = [self.retention_s, _JSON.encode(payload)]
             reply = await self.core._eval("commit", keys, args)
-            for i, c, ids, r in zip(idxs, batch, event_ids, reply, strict=True):
-                results[i] = self._commit_result(c, ids, r)
+            for i, c, r in zip(idxs, batch, reply, strict=True):
+                results[i] = self._commit_result(c, r)
                 freed[i] = list(r[4])
         done = [r for r in results if r is not None]
         await self.hook_tokens.release(commits, done, freed, reserved)
         return done
 
     @staticmethod
-    def _commit_result(c: Commit, ids: list[str], reply: list[Any]) -> CommitResult:
+    def _commit_result(c: Commit, reply: list[Any]) -> CommitResult:
         # replies are already str (decode_responses=True) and ints
         code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
         results = [EventResult(event_status(r[0]), r[1]) for r in reply[3]]
         appended: list[Event] = []
         ok_count = sum(1 for r in results if r.status == "ok")
         s = seq - ok_count
-        for ev, evid, res in zip(c.events, ids, results, strict=False):
+        for ev, res in zip(c.events, results, strict=False):
             if res.status != "ok":
                 continue
             s += 1
-            appended.append(make_event(ev, s, evid, now, res.extra))
+            appended.append(make_event(ev, s, now, res.extra))
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:

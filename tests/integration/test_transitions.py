@@ -374,7 +374,8 @@ async def test_wait_timer_is_armed_too_early_then_completes_once(world: RedisWor
 async def test_event_stream_ids_are_seq_and_fields_are_text(
     world: RedisWorld, redis_server: RedisServer
 ) -> None:
-    """The log's entry ids are <seq>-0 contiguous from 1; fields are text: type, evnt_ id, ts, corr, JSON payloads."""
+    """The log's entry ids are <seq>-0 contiguous from 1 and are the events' ids (no second id is
+    stored); fields are text: type, ts, corr, JSON payloads."""
     step = new_id("step")
     run_id = await run_with_steps(world, step)
     await commit1(world, run_id, ev("step_started", step))
@@ -392,8 +393,8 @@ async def test_event_stream_ids_are_seq_and_fields_are_text(
         "step_completed",
         "run_completed",
     ]
-    ids = [f["id"] for _, f in rows]
-    assert all(i.startswith("evnt_") and len(i) == 31 for i in ids) and len(set(ids)) == 6
+    assert all("id" not in f for _, f in rows)
+    assert [e.id for e in await world.read_events(run_id)] == [f"{n}-0" for n in range(1, 7)]
     assert all(int(f["ts"]) > 1_600_000_000_000 for _, f in rows)
     assert [f.get("corr") for _, f in rows] == [None, None, step, step, step, None]
     fields = dict(rows[0][1])

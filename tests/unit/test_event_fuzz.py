@@ -53,3 +53,12 @@ def test_non_utf8_bytes_in_an_int_field_are_a_corrupt_event() -> None:
     text = b"\xa8\xdd".decode("utf-8", "surrogateescape")  # as RedisWorld reads such bytes back
     with pytest.raises(CorruptEventError, match=r"log entry 3-0 \(wait_created\)"):
         event_from_fields(3, {"type": "wait_created", "ts": text}, "wrun_fuzz")
+
+
+def test_an_event_id_is_its_entry_id_unless_an_older_writer_stored_one() -> None:
+    """Entries carry no second id: an event's id is its stream entry id; an entry written by an
+    earlier version with an ``evnt_`` ULID keeps that id."""
+    fields = {"type": "step_started", "ts": "5", "corr": "step_1", "attempt": "1"}
+    assert event_from_fields(7, fields).id == "7-0"
+    legacy = {**fields, "id": "evnt_01M8PHZEAXYKEDPKDC2NERR9J3R"}
+    assert event_from_fields(7, legacy).id == "evnt_01M8PHZEAXYKEDPKDC2NERR9J3R"

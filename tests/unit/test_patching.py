@@ -381,9 +381,9 @@ def test_creations_of_calls_already_made_do_not_make_a_first_execution_a_replay(
     hook, created = out.commands
     inst.feed(
         [
-            make_event(hook, 3, "evnt_3", 3, HOOK_CONFLICT),
-            make_event(created, 4, "evnt_4", 4, 0),
-            make_event(NewEvent("step_started", created.corr), 5, "evnt_5", 5, 1),
+            make_event(hook, 3, 3, HOOK_CONFLICT),
+            make_event(created, 4, 4, 0),
+            make_event(NewEvent("step_started", created.corr), 5, 5, 1),
         ]
     )
     out = inst.advance()

@@ -791,3 +791,17 @@ def test_workflow_cleanup_raising_system_exit_is_reported_by_close() -> None:
     assert out.kind == "suspended"
     error = inst.close()
     assert isinstance(error, SystemExit) and error.code == 4
+
+
+def test_deterministic_ids_spell_the_ulid_of_the_start_time_and_the_run_seeded_bits() -> None:
+    """Step ids are the ULID of (start time, 80 bits of a generator seeded by the run id): the
+    same text for a run on every replay and in every version of the worker."""
+    import random as _random
+
+    from worker._ids import DeterministicIds, _ulid_text
+
+    ids = DeterministicIds("wrun_abc", 1_700_000_000_123)
+    rng = _random.Random("wrun_abc:ids")
+    for _ in range(5):
+        expected = f"step_{_ulid_text(1_700_000_000_123 << 80 | rng.getrandbits(80))}"
+        assert ids.next("step") == expected

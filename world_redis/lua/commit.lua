@@ -73,6 +73,40 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
+-- The entity fields of a run that this commit reads are read once (one HMGET for a step and
+-- its claim) and kept in `seen` (false: absent); the fields it changes are written together, in
+-- one HSET and one HDEL after the run's events: every call from a script costs far more than
+-- the command itself, and a step's commit touches the same few fields several times.
+local function ent_load(ent_key, seen, a, b)
+  if seen[a] == nil then
+    if b and seen[b] == nil then
+      local v = redis.call('HMGET', ent_key, a, b)
+      seen[a], seen[b] = v[1] or false, v[2] or false
+    else
+      seen[a] = redis.call('HGET', ent_key, a) or false
+    end
+  elseif b and seen[b] == nil then
+    seen[b] = redis.call('HGET', ent_key, b) or false
+  end
+end
+
+local function ent_flush(ent_key, seen, dirty)
+  local set, del = {}, {}
+  for k in pairs(dirty) do
+    local v = seen[k]
+    if v then
+      set[#set + 1] = k; set[#set + 1] = v
+    else
+      del[#del + 1] = k
+    end
+  end
+  if #set > 0 then redis.call('HSET', ent_key, unpack(set)) end
+  if #del > 0 then redis.call('HDEL', ent_key, unpack(del)) end
+end
+
+local STEP_EVENT = { step_created = true, step_started = true, step_completed = true,
+  step_failed = true, step_retrying = true }
+
 local replies = {}
 for i = 0, #batch - 1 do
   local run_key, ev_key = KEYS[10 + 4 * i], KEYS[11 + 4 * i]
@@ -82,6 +116,8 @@ for i = 0, #batch - 1 do
   local taken = {}
   for _, hook_id in ipairs(c[6] or {}) do taken[hook_id] = true end
   local freed = {}
+  local seen, dirty = {}, {}  -- entity fields read (false: absent) and changed by this commit
+  local ended = false
 
   local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner')
   local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
@@ -115,14 +151,16 @@ for i = 0, #batch - 1 do
       local claim_write = nil   -- a step event: the pool claim to record (false: end it)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       local e = { false, '0', '0', false, '0' }
-      if corr ~= '' then
-        local v = redis.call('HGET', ent_key, corr)
+      if corr ~= '' and (STEP_EVENT[etype] or etype == 'wait_created' or etype == 'wait_completed') then
+        ent_load(ent_key, seen, corr, STEP_EVENT[etype] and (corr .. '|claim'))
+        local v = seen[corr]
         if v then
           local st, at, ra, sa, rs = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
           e = { st, at, ra, (sa ~= '0') and sa or false, rs }
         end
       end
       local step_status = e[1]
+      if etype == 'patch_recorded' and corr ~= '' then ent_load(ent_key, seen, 'patch|' .. corr) end
 
       if etype == 'run_started' then
         if status == 'pending' then
@@ -174,7 +212,7 @@ for i = 0, #batch - 1 do
         local attempt = tonumber(e[2] or '0')
         -- a pool worker's claim on the step: "<claim token>|<task entry id>" (see the header)
         local held_claim, held_task = nil, nil
-        local record = redis.call('HGET', ent_key, corr .. '|claim')
+        local record = seen[corr .. '|claim']
         if record then held_claim, held_task = string.match(record, '^([^|]*)|(.*)$') end
         local claim = f.claim
         if claim == '' then claim = nil end
@@ -254,7 +292,7 @@ for i = 0, #batch - 1 do
           res = 'terminal'
         elseif status ~= 'running' or corr == '' or (deprecated ~= 'true' and deprecated ~= 'false') then
           res = 'invalid'
-        elseif redis.call('HEXISTS', ent_key, 'patch|' .. corr) == 1 then
+        elseif seen['patch|' .. corr] then
           res = 'exists'
         else
           patch_field = 'patch|' .. corr
@@ -267,7 +305,8 @@ for i = 0, #batch - 1 do
         -- a worker that advanced the workflow past this event before appending it (the inline
         -- fast path) passes the time it used, so a replay sees the same workflow clock
         local ets = tonumber(f.ts or '') or now
-        local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'id', evid, 'ts', ets }
+        local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'ts', ets }
+        if evid ~= '' then args[#args + 1] = 'id'; args[#args + 1] = evid end
         if corr ~= '' then args[#args + 1] = 'corr'; args[#args + 1] = corr end
         for j = 1, #flat, 2 do
           if flat[j] ~= 'ts' then
@@ -283,21 +322,19 @@ for i = 0, #batch - 1 do
         else
           seq = seq + 1
           appended = true
-          if entity then redis.call('HSET', ent_key, corr, table.concat(entity, '|')) end
+          if entity then
+            seen[corr] = table.concat(entity, '|'); dirty[corr] = true
+          end
           if claim_write ~= nil then
             -- step_started with a claim records it; any other step event ends the claim
-            if claim_write then
-              redis.call('HSET', ent_key, corr .. '|claim', claim_write)
-            else
-              redis.call('HDEL', ent_key, corr .. '|claim')
-            end
+            seen[corr .. '|claim'] = claim_write; dirty[corr .. '|claim'] = true
           end
           if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
           if hook_token then
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
           if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
-          if patch_field then redis.call('HSET', ent_key, patch_field, seq) end
+          if patch_field then seen[patch_field] = tostring(seq); dirty[patch_field] = true end
           if hook_dispose then
             freed[#freed + 1] = corr
             freed[#freed + 1] = hook_dispose
@@ -319,8 +356,7 @@ for i = 0, #batch - 1 do
               end
               redis.call('DEL', hooks_key)
               redis.call('ZADD', KEYS[4], now, run_id)
-              redis.call('EXPIRE', ev_key, retention)
-              redis.call('EXPIRE', ent_key, retention)
+              ended = true  -- its keys expire once written (below)
             end
             status = new_status
           end
@@ -333,9 +369,14 @@ for i = 0, #batch - 1 do
       end
     end
     if appended then
+      ent_flush(ent_key, seen, dirty)
       local rs = { 'seq', seq, 'updated_at', now }
       for k, v in pairs(run_set) do rs[#rs + 1] = k; rs[#rs + 1] = v end
       redis.call('HSET', run_key, unpack(rs))
+      if ended then
+        redis.call('EXPIRE', ev_key, retention)
+        redis.call('EXPIRE', ent_key, retention)
+      end
       if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
       if wake ~= '' then
         redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', wake)

@@ -9,7 +9,8 @@
 -- KEYS[7]  set of workflow names seen in the partition  wf:{pN}:workflows
 --
 -- ARGV[1] run id   ARGV[2] workflow name   ARGV[3] input (JSON array of arguments)
--- ARGV[4] event id ARGV[5] deployment id
+-- ARGV[4] event id ("": none, the entry id 1-0 is the event's id; older clients send one)
+-- ARGV[5] deployment id
 -- ARGV[6] the run's secret seed (hex): default hook tokens derive from it, so they are unguessable
 --
 -- Reply: {"created", now_ms} or {"exists", status}: starting the same run id twice returns the
@@ -23,8 +24,10 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- the first write; refused if a stream for this run already exists with entries
-redis.call('XADD', KEYS[2], '1-0', 'type', 'run_created', 'id', ARGV[4], 'ts', now,
-  'workflow', ARGV[2], 'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6])
+local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now, 'workflow', ARGV[2],
+  'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6] }
+if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
+redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
   'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now, 'updated_at', now, 'seq', 1,
   'lease_owner', '', 'lease_until', 0)

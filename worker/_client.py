@@ -21,7 +21,7 @@ from ._errors import (
     WorkflowRunFailedError,
     WorkflowTimeoutError,
 )
-from ._events import Event, NewEvent
+from ._events import Event, NewEvent, RunCancelled, RunCompleted, RunFailed
 from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
 from ._replay import current_instance
@@ -107,13 +107,19 @@ async def start(
     check_payload(w, input_json, f"arguments of workflow {name!r}")
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
     deployment = await resolve_deployment(w, name, deployment_id)
-    await w.create_run(rid, name, input_json, deployment)
-    return Run(rid, world=w)
+    created = await w.create_run(rid, name, input_json, deployment)
+    run = Run(rid, world=w)
+    if created:
+        run._seen_seq = 1  # its log holds run_created only: result() waits from there
+    return run
 
 
 def get_run(run_id: str, world: World | None = None) -> Run:
     """A handle on an existing run (no I/O until used)."""
     return Run(run_id, world=world)
+
+
+RUN_ENDS = (RunCompleted, RunFailed, RunCancelled)
 
 
 class Run:
@@ -122,6 +128,7 @@ class Run:
     def __init__(self, run_id: str, world: World | None = None) -> None:
         self.run_id = run_id
         self._world = world
+        self._seen_seq: int | None = None  # a log position known to be unfinished
 
     @property
     def world(self) -> World:
@@ -153,23 +160,33 @@ class Run:
         ``poll_interval`` is accepted for compatibility and unused.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        seq = self._seen_seq
         while True:
-            info = await self.info()
-            if info.status == "completed":
-                return _serde.loads(info.output or "null", what=f"the output of run {self.run_id}")
-            if info.status == "failed":
-                raise run_failed_error(info)
-            if info.status == "cancelled":
-                raise WorkflowRunCancelledError(self.run_id)
+            if seq is None:
+                info = await self.info()
+                if info.status == "completed":
+                    return self._output(info.output)
+                if info.status == "failed":
+                    raise run_failed_error(info)
+                if info.status == "cancelled":
+                    raise WorkflowRunCancelledError(self.run_id)
+                seq = info.seq
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise WorkflowTimeoutError(
-                    f"run {self.run_id} still {info.status} after {timeout} s"
-                )
-            # block until the log grows (or a second passes), then look again
-            await self.world.wait_for_events(
-                self.run_id, info.seq, max(1, int(min(1.0, left or 1.0) * 1000))
+                status = (await self.info()).status
+                raise WorkflowTimeoutError(f"run {self.run_id} still {status} after {timeout} s")
+            # block until the log grows (or a second passes): the run's end is an event of it
+            events = await self.world.wait_for_events(
+                self.run_id, seq, max(1, int(min(1.0, left or 1.0) * 1000))
             )
+            ended = next((e for e in events if isinstance(e, RUN_ENDS)), None)
+            if isinstance(ended, RunCompleted):
+                return self._output(ended.output)
+            # nothing new, or an end other than success (its error is on the run): look again
+            seq = events[-1].seq if events and ended is None else None
+
+    def _output(self, text: str | None) -> Any:
+        return _serde.loads(text or "null", what=f"the output of run {self.run_id}")
 
     async def cancel(self) -> None:
         """Cancel a pending, running or sleeping run; cancelling a cancelled run is a no-op."""

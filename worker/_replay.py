@@ -70,6 +70,8 @@ from ._events import (
 )
 from ._ids import DeterministicIds, hook_token
 
+DROP_CONSUMED_AFTER = 64  # consumed events an instance keeps at most before dropping them
+
 current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.ContextVar(
     "wf_instance", default=None
 )
@@ -203,7 +205,10 @@ class WorkflowInstance:
         self.workflow_name = workflow_name
         self._fn = fn
         self._decode_args = decode_args
+        # the log from position _base on (absolute positions: _pos, _marker_at): the events
+        # consumed are dropped now and then, so a long run's instance keeps only what is ahead
         self.log: list[Event] = []
+        self._base = 0
         self._pos = 0
         self.clock_ms = 0
         self.started_at_ms = 0
@@ -211,7 +216,6 @@ class WorkflowInstance:
         self.steps: dict[str, StepCall] = {}
         self.waits: dict[str, WaitCall] = {}
         self._waits_by_handle: dict[int, WaitCall] = {}
-        self.call_order: list[str] = []  # correlation ids of every call, in call order
         self._open: dict[str, None] = {}  # calls whose creation is not in the log yet, in order
         self._active_steps: dict[str, StepCall] = {}  # created, not yet completed or failed
         self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
@@ -259,7 +263,7 @@ class WorkflowInstance:
             self._fold(ev)
             self.seq = ev.seq
             if isinstance(ev, PatchRecorded):
-                self._marker_at[ev.corr] = len(self.log)
+                self._marker_at[ev.corr] = self.log_length
             self.log.append(ev)
             if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
                 self.ended = _tag(ev)
@@ -301,6 +305,11 @@ class WorkflowInstance:
                 f"run {self.run_id}: {event_name(ev)} is inconsistent: {problem}"
             )
 
+    @property
+    def log_length(self) -> int:
+        """How many events were fed (consumed ones included)."""
+        return self._base + len(self.log)
+
     def advance(self) -> Outcome:
         """Run the code and consume events until the code needs events the log does not hold."""
         if self.finished is not None:
@@ -311,6 +320,10 @@ class WorkflowInstance:
             return self._advance()
         finally:
             asyncio.events._set_running_loop(previous)
+            consumed = self._pos - self._base
+            if consumed >= DROP_CONSUMED_AFTER:
+                del self.log[:consumed]
+                self._base = self._pos
 
     def close(self) -> BaseException | None:
         """Tear the instance down; pending coroutines are closed without running further.
@@ -355,7 +368,6 @@ class WorkflowInstance:
         corr = self._next_id("step")
         fut: asyncio.Future[Any] = self._loop.create_future()
         self.steps[corr] = StepCall(corr, name, input_json, fn, fut)
-        self.call_order.append(corr)
         self._open[corr] = None
         return fut
 
@@ -366,7 +378,6 @@ class WorkflowInstance:
             corr, token or hook_token(self.run_id, self._seed, self._hook_count), metadata
         )
         self.hooks[corr] = call
-        self.call_order.append(corr)
         self._open[corr] = None
         return call
 
@@ -400,7 +411,6 @@ class WorkflowInstance:
         wait = WaitCall(corr, delay_ms, handle)
         self.waits[corr] = wait
         self._waits_by_handle[id(handle)] = wait
-        self.call_order.append(corr)
         self._open[corr] = None
 
     def _cancel_wait(self, handle: asyncio.TimerHandle) -> None:
@@ -443,8 +453,7 @@ class WorkflowInstance:
         (results, payloads, run_started) are no evidence: they can already be in the log when
         the code runs somewhere for the first time.
         """
-        for i in range(self._pos, len(self.log)):
-            ev = self.log[i]
+        for ev in self.log[self._pos - self._base :]:
             if isinstance(ev, PatchRecorded):
                 if ev.corr == change_id:
                     return "marker"
@@ -499,8 +508,9 @@ class WorkflowInstance:
 
     def _consume_until_resolution(self) -> bool:
         """Consume head events; stop after one that resumes code. False at the end of the log."""
-        while self._pos < len(self.log):
-            ev = self.log[self._pos]
+        log, base = self.log, self._base
+        while self._pos - base < len(log):
+            ev = log[self._pos - base]
             resolved = self._consume(ev)
             self._pos += 1
             self.clock_ms = max(self.clock_ms, ev.ts)
@@ -511,7 +521,8 @@ class WorkflowInstance:
     def _consume(self, ev: Event) -> bool:
         if isinstance(ev, RunCreated):
             if self._task is None:
-                nxt = self.log[self._pos + 1] if self._pos + 1 < len(self.log) else None
+                at = self._pos + 1 - self._base
+                nxt = self.log[at] if at < len(self.log) else None
                 self.started_at_ms = nxt.ts if isinstance(nxt, RunStarted) else ev.ts
                 self.clock_ms = self.started_at_ms
                 self._seed = ev.seed
@@ -652,6 +663,9 @@ class WorkflowInstance:
         if isinstance(ev, WaitCompleted):
             call.done = True
             self._active_waits.pop(call.corr, None)
+            # no event follows a wait's end: forget it, so a run of many sleeps stays small
+            del self.waits[call.corr]
+            self._waits_completed.discard(call.corr)
             handle = call.handle
             if handle is not None and not handle.cancelled():
                 self._waits_by_handle.pop(id(handle), None)
@@ -727,7 +741,7 @@ class WorkflowInstance:
 
     def _unreached_creation(self) -> NondeterminismError | None:
         """A step or sleep recorded in the log that the code finished without calling."""
-        for ev in self.log[self._pos :]:
+        for ev in self.log[self._pos - self._base :]:
             if isinstance(ev, PatchRecorded):
                 answer = self.patches.get(ev.corr)
                 if answer is False or (answer is None and not ev.deprecated):

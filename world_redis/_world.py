@@ -15,6 +15,7 @@ from worker.world import (
     Acquired,
     Commit,
     CommitResult,
+    CorruptEventError,
     Event,
     EventResult,
     PayloadCodec,
@@ -27,7 +28,15 @@ from worker.world import (
     make_event,
 )
 
-from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
+from ._client import (
+    ClientFactory,
+    RedisClient,
+    cluster_setting,
+    entries,
+    stream_replies,
+    text,
+    text_dict,
+)
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
@@ -44,6 +53,9 @@ DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 _JSON = msgspec.json.Encoder()
+
+
+WAIT_PAGE = 100  # events one wait_for_events returns at most
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
@@ -405,16 +417,20 @@ class RedisWorld:
         rows = await with_retry(self.redis.xrange, key, start, "+")
         return self.queue._log_events(run_id, entries(rows))
 
-    async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
-        """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
+    async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> list[Event]:
+        """Block until the run's log holds events after ``after_seq``, then return them (a page
+        of them); [] at the timeout, and also when an entry does not parse (the caller then
+        looks at the run itself)."""
         await self.core._ready()
+        key = self.keys.events(run_id)
         reply = await with_retry(
-            self.redis.xread,
-            {self.keys.events(run_id): f"{after_seq}-0"},
-            count=1,
-            block=timeout_ms,
+            self.redis.xread, {key: f"{after_seq}-0"}, count=WAIT_PAGE, block=timeout_ms
         )
-        return bool(reply)
+        rows = [entry for _, page in stream_replies(reply) for entry in page]
+        try:
+            return self.queue._log_events(run_id, rows)
+        except CorruptEventError:
+            return []
 
     async def list_steps(self, run_id: str) -> list[StepInfo]:
         """The run's steps in creation order, materialized from its event log."""

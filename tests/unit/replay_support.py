@@ -171,7 +171,7 @@ class Simulator:
         before = inst._pos
         outcome = inst.advance()
         self.advances.append(
-            AdvanceRecord(len(new), before, inst._pos, len(inst.log), outcome.kind)
+            AdvanceRecord(len(new), before, inst._pos, inst.log_length, outcome.kind)
         )
         return outcome
 

@@ -73,6 +73,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
+local STEP_EVENT = { step_created = true, step_started = true, step_completed = true,
+  step_failed = true, step_retrying = true }
+
 -- The entity fields of a run that this commit reads are read once (one HMGET for a step and
 -- its claim) and kept in `seen` (false: absent); the fields it changes are written together, in
 -- one HSET and one HDEL after the run's events: every call from a script costs far more than
@@ -90,6 +93,26 @@ local function ent_load(ent_key, seen, a, b)
   end
 end
 
+-- every entity field the run's events will read, in one HMGET before the first of them
+local function ent_prefetch(ent_key, seen, evs)
+  local want = {}
+  for n = 1, #evs do
+    local etype, corr = evs[n][1], evs[n][2]
+    if corr ~= '' then
+      if STEP_EVENT[etype] then
+        want[#want + 1] = corr; want[#want + 1] = corr .. '|claim'
+      elseif etype == 'wait_created' or etype == 'wait_completed' then
+        want[#want + 1] = corr
+      elseif etype == 'patch_recorded' then
+        want[#want + 1] = 'patch|' .. corr
+      end
+    end
+  end
+  if #want == 0 then return end
+  local got = redis.call('HMGET', ent_key, unpack(want))
+  for j = 1, #want do seen[want[j]] = got[j] or false end
+end
+
 local function ent_flush(ent_key, seen, dirty)
   local set, del = {}, {}
   for k in pairs(dirty) do
@@ -103,9 +126,6 @@ local function ent_flush(ent_key, seen, dirty)
   if #set > 0 then redis.call('HSET', ent_key, unpack(set)) end
   if #del > 0 then redis.call('HDEL', ent_key, unpack(del)) end
 end
-
-local STEP_EVENT = { step_created = true, step_started = true, step_completed = true,
-  step_failed = true, step_retrying = true }
 
 local replies = {}
 for i = 0, #batch - 1 do
@@ -132,6 +152,7 @@ for i = 0, #batch - 1 do
     code = 'conflict'
   else
     local appended = false
+    ent_prefetch(ent_key, seen, evs)
     for n = 1, #evs do
       local etype, corr, evid, flat = evs[n][1], evs[n][2], evs[n][3], evs[n][4]
       local f = {}

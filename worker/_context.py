@@ -27,7 +27,7 @@ class StepMetadata(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once per step attempt, where a frozen init costs
 class StepContext:
     """What a running step can ask about itself; metadata objects are built only when asked."""
 

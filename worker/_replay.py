@@ -262,14 +262,17 @@ class WorkflowInstance:
                 )
             self._fold(ev)
             self.seq = ev.seq
-            if isinstance(ev, PatchRecorded):
+            t = type(ev)
+            if t is PatchRecorded:
                 self._marker_at[ev.corr] = self.log_length
             self.log.append(ev)
-            if isinstance(ev, RunCompleted | RunFailed | RunCancelled):
+            if t in _STEP_EVENTS:  # the common case: nothing more to note
+                continue
+            if t in _RUN_ENDS:
                 self.ended = _tag(ev)
-            elif isinstance(ev, RunStarted):
+            elif t is RunStarted:
                 self.has_started = True
-            elif isinstance(ev, WaitCompleted):
+            elif t is WaitCompleted:
                 self._waits_completed.add(ev.corr)
 
     def _fold(self, ev: Event) -> None:
@@ -519,6 +522,9 @@ class WorkflowInstance:
         return False
 
     def _consume(self, ev: Event) -> bool:
+        step = self.steps.get(ev.corr)  # the common case first (run events have no corr)
+        if step is not None:
+            return self._consume_step(step, ev)
         if isinstance(ev, RunCreated):
             if self._task is None:
                 at = self._pos + 1 - self._base
@@ -536,8 +542,6 @@ class WorkflowInstance:
             return True
         if isinstance(ev, PatchRecorded):
             return self._consume_marker(ev)
-        if ev.corr in self.steps:
-            return self._consume_step(self.steps[ev.corr], ev)
         if ev.corr in self.waits:
             return self._consume_wait(self.waits[ev.corr], ev)
         if ev.corr in self.hooks:
@@ -798,6 +802,9 @@ def _as_error(value: Any) -> BaseException:
         return RuntimeError(str(value.get("message", value)))
     return RuntimeError(str(value))
 
+
+_STEP_EVENTS = frozenset({StepCreated, StepStarted, StepCompleted, StepFailed, StepRetrying})
+_RUN_ENDS = frozenset({RunCompleted, RunFailed, RunCancelled})
 
 _OPENS: dict[type[Event], str] = {
     StepCreated: "step",

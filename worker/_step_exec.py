@@ -81,10 +81,9 @@ class StepExecutor:
                 )
             result = await capture_stream_result(result, ctx, self.world)
             text = _serde.dumps(result, what=f"result of step {fn.name!r}")
-            if len(text.encode()) > self.world.max_payload_bytes:
-                raise PayloadTooLargeError(
-                    f"result of step {fn.name!r}", len(text.encode()), self.world.max_payload_bytes
-                )
+            _serde.check_size(
+                text, what=f"result of step {fn.name!r}", limit=self.world.max_payload_bytes
+            )
             return NewEvent("step_completed", corr, {"result": text, "attempt": str(attempt)})
         # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
         # must not end the worker (a real Ctrl-C stops the worker through its loop's signal

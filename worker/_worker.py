@@ -585,9 +585,10 @@ class Worker:
         self, inst: WorkflowInstance, outcome: Outcome, log: Any
     ) -> list[NewEvent] | None:
         events = list(outcome.commands)
+        limit = self.world.max_payload_bytes
         for ev in events:
             payload = ev.fields.get("input", "")
-            if len(payload.encode()) > self.world.max_payload_bytes:
+            if len(payload) * 4 > limit and len(payload.encode()) > limit:
                 inst.finished = Outcome(
                     kind="failed",
                     error=error_json(

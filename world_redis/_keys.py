@@ -125,7 +125,11 @@ class Keys:
         return partition_of(run_id, self.partitions)
 
     def run(self, run_id: str) -> str:
-        return f"{self.tag(self.partition(run_id))}:run:{run_id}"
+        return f"{self.run_prefix(self.partition(run_id))}{run_id}"
+
+    def run_prefix(self, partition: int) -> str:
+        """What a run's hash key is named with before its id (commit.lua names run keys so)."""
+        return f"{self.tag(partition)}:run:"
 
     def events(self, run_id: str) -> str:
         return f"{self.run(run_id)}:ev"
@@ -134,7 +138,8 @@ class Keys:
         return f"{self.run(run_id)}:ent"
 
     def run_keys(self, run_id: str) -> tuple[str, str, str, str]:
-        """The run's keys in commit.lua's order: run hash, events, entities, live hooks."""
+        """The run's keys: run hash, events, entities, live hooks (commit.lua derives the last
+        three from the first by these suffixes)."""
         base = self.run(run_id)
         return base, f"{base}:ev", f"{base}:ent", f"{base}:hooks"
 

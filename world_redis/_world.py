@@ -454,7 +454,6 @@ class RedisWorld:
             payload: list[Any] = []
             codec = self.codec
             for i, c in zip(idxs, batch, strict=True):
-                keys.extend(self.keys.run_keys(c.run_id))
                 payload.append(
                     [
                         c.run_id,
@@ -475,7 +474,8 @@ class RedisWorld:
                         taken[i],
                     ]
                 )
-            args = [self.retention_s, _JSON.encode(payload)]
+            # the script names each run's keys from the prefix (see commit.lua's header)
+            args = [self.retention_s, _JSON.encode(payload), self.keys.run_prefix(p)]
             reply = await self.core._eval("commit", keys, args)
             for i, c, r in zip(idxs, batch, reply, strict=True):
                 results[i] = self._commit_result(c, r)

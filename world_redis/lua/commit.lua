@@ -10,13 +10,15 @@
 -- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
 -- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
 -- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
--- then per run i (0-based) four keys at 10 + 4*i:
---   run hash wf:{pN}:run:<id>, event stream wf:{pN}:run:<id>:ev, entity hash wf:{pN}:run:<id>:ent
+-- The keys of each run of the batch are named from ARGV[3] and its run id (they carry the
+-- partition's hash tag, so they are in the slot of the keys above; naming them here keeps the
+-- call's size independent of the batch's): run hash wf:{pN}:run:<id> (ARGV[3] .. run id),
+--   event stream <run hash>:ev, entity hash <run hash>:ent
 --   (one field per step or wait: "<status>|<attempt>|<retry_after ms>|<started_at ms>|<resume_at ms>";
 --   names, inputs, outputs and errors live in the event log only; "patch|<change id>" -> seq of
 --   the change's patch_recorded; "<corr>|claim" -> "<claim token>|<task entry id>" while a pool
 --   worker holds a routed step, "<corr>|queued" written by route.lua), and the run's live hooks
---   wf:{pN}:run:<id>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
+--   <run hash>:hooks (hook id -> token, "<hook id>|meta" -> metadata (JSON or envelope),
 --   "<hook id>|req|<request id>" -> seq of the hook_received that carried that request id,
 --   "<hook id>|lost" -> token when fence_hook.lua found the hook's reservation stale)
 --
@@ -25,7 +27,8 @@
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
 --            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...],
 --            [hook id, ...] (hooks whose token another hook has reserved)],
---           ...]   -- run i of the batch uses the four run keys at 10 + 4*(i-1)
+--           ...]
+-- ARGV[3]  the partition's run key prefix, wf:{pN}:run:
 --
 -- Hook tokens are reserved by the caller before the commit (reserve_hook.lua, a slot of their own)
 -- and freed by it after (release_hook.lua): this script only records hooks in the run's slot.
@@ -129,8 +132,8 @@ end
 
 local replies = {}
 for i = 0, #batch - 1 do
-  local run_key, ev_key = KEYS[10 + 4 * i], KEYS[11 + 4 * i]
-  local ent_key, hooks_key = KEYS[12 + 4 * i], KEYS[13 + 4 * i]
+  local run_key = ARGV[3] .. batch[i + 1][1]
+  local ev_key, ent_key, hooks_key = run_key .. ':ev', run_key .. ':ent', run_key .. ':hooks'
   local c = batch[i + 1]
   local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
   local taken = {}

@@ -13,6 +13,7 @@ invalid run id, too large, no such hook). An infrastructure error leaves it pend
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -93,13 +94,24 @@ async def reclaim_requests(worker: Worker) -> list[StartRequest]:
 async def handle_requests(worker: Worker, requests: Sequence[StartRequest]) -> None:
     """Handle each request on its own; acknowledge the ones decided (done or rejected).
 
-    An error that escapes one request (Redis unreachable) ends the batch: the requests decided
-    so far are still acknowledged, the others stay pending.
+    The start requests of a batch are handled concurrently (each creates its own run, and
+    creating a run is idempotent); resume requests one after the other, in stream order, so a
+    hook receives its payloads in the order they were sent. An error that escapes a request
+    (Redis unreachable) ends the batch: the requests decided are still acknowledged, the others
+    stay pending.
     """
     decided: list[StartRequest] = []
     try:
+        starts = [req for req in requests if req.kind != "resume"]
+        outcomes = await asyncio.gather(
+            *(handle_request(worker, req) for req in starts), return_exceptions=True
+        )
+        decided += [req for req, done in zip(starts, outcomes, strict=True) if done is True]
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
         for req in requests:
-            if await handle_request(worker, req):
+            if req.kind == "resume" and await handle_request(worker, req):
                 decided.append(req)
     finally:
         await worker.world.ack_start_requests(decided)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Sequence
-from itertools import chain
 from typing import Any
 
 import msgspec
@@ -56,10 +55,6 @@ _JSON = msgspec.json.Encoder()
 
 
 WAIT_PAGE = 100  # events one wait_for_events returns at most
-
-
-def _flat(fields: dict[str, str]) -> list[str]:
-    return list(chain.from_iterable(fields.items()))
 
 
 class RedisWorld:
@@ -465,9 +460,9 @@ class RedisWorld:
                                 ev.type,
                                 ev.corr,
                                 "",  # no event id: the entry id <seq>-0 is the event's id
-                                _flat(ev.fields)
+                                ev.fields
                                 if codec is None
-                                else _flat(codec.seal_fields(c.run_id, ev.corr, ev.fields)),
+                                else codec.seal_fields(c.run_id, ev.corr, ev.fields),
                             ]
                             for ev in c.events
                         ],

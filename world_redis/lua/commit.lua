@@ -25,7 +25,7 @@
 -- ARGV[1]  retention of finished runs, seconds
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
---            wake reason ("" = none), [[type, correlation id, event id, [field, value, ...]], ...],
+--            wake reason ("" = none), [[type, correlation id, event id, {field: value, ...}], ...],
 --            [hook id, ...] (hooks whose token another hook has reserved)],
 --           ...]
 -- ARGV[3]  the partition's run key prefix, wf:{pN}:run:
@@ -157,11 +157,8 @@ for i = 0, #batch - 1 do
     local appended = false
     ent_prefetch(ent_key, seen, evs)
     for n = 1, #evs do
-      local etype, corr, evid, flat = evs[n][1], evs[n][2], evs[n][3], evs[n][4]
-      local f = {}
-      for j = 1, #flat, 2 do
-        f[flat[j]] = flat[j + 1]
-      end
+      local etype, corr, evid, f = evs[n][1], evs[n][2], evs[n][3], evs[n][4]
+      local written = f  -- the fields the entry gets (besides type, ts and corr)
 
       local res, extra = 'ok', 0
       local extra_fields = nil
@@ -292,7 +289,7 @@ for i = 0, #batch - 1 do
         elseif taken[corr] or redis.call('HEXISTS', hooks_key, corr .. '|lost') == 1 then
           -- the token is reserved by another hook: record the conflict instead
           etype, extra = 'hook_conflict', -1
-          flat = { 'token', f.token }
+          written = { token = f.token }
         else
           hook_token = f.token
         end
@@ -332,9 +329,9 @@ for i = 0, #batch - 1 do
         local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'ts', ets }
         if evid ~= '' then args[#args + 1] = 'id'; args[#args + 1] = evid end
         if corr ~= '' then args[#args + 1] = 'corr'; args[#args + 1] = corr end
-        for j = 1, #flat, 2 do
-          if flat[j] ~= 'ts' then
-            args[#args + 1] = flat[j]; args[#args + 1] = flat[j + 1]
+        for k, v in pairs(written) do
+          if k ~= 'ts' then
+            args[#args + 1] = k; args[#args + 1] = v
           end
         end
         if extra_fields then args[#args + 1] = extra_fields[1]; args[#args + 1] = extra_fields[2] end

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import random
 import traceback
 from collections import deque
@@ -142,6 +143,10 @@ class _NullSelector:
         pass
 
 
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
 class ReplayLoop(asyncio.BaseEventLoop):
     """An event loop with no I/O whose timers are durable waits and whose clock is the workflow's."""
 
@@ -167,6 +172,16 @@ class ReplayLoop(asyncio.BaseEventLoop):
         self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None
     ) -> asyncio.TimerHandle:
         return self.call_at(self.time() + delay, callback, *args, context=context)
+
+    def create_task(  # type: ignore[override]
+        self, coro: Any, *, name: str | None = None, context: Any = None
+    ) -> asyncio.Task[Any]:
+        """A task of workflow code; it may also be made of what a step call or a hook gives
+        (a future, an awaitable), so that ``asyncio.create_task(my_step(x))`` and
+        ``TaskGroup.create_task(my_step(x))`` work as they do with coroutines."""
+        if not asyncio.iscoroutine(coro) and inspect.isawaitable(coro):
+            coro = _awaited(coro)
+        return super().create_task(coro, name=name, context=context)
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
         self._instance._cancel_wait(handle)

@@ -82,3 +82,20 @@ async def default_token() -> dict[str, Any]:
     await announce(hook.token)
     payload = await hook
     return {"token": hook.token, "payload": payload}
+
+
+@step(name="hook_forms.double")
+async def double(n: int) -> int:
+    return 2 * n
+
+
+@workflow(name="hook_in_tasks")
+async def hook_in_tasks(token: str) -> list[Any]:
+    """A hook, a step call and a sleep each wrapped in a task, as users write concurrent code."""
+    hook = create_hook(token=token)
+    waiting = asyncio.create_task(hook)
+    async with asyncio.TaskGroup() as tg:
+        doubled = tg.create_task(double(21))
+        napped = tg.create_task(sleep("10ms"))
+    payload = await waiting
+    return [payload, doubled.result(), napped.result()]

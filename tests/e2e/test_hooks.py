@@ -216,3 +216,14 @@ async def test_bad_resumes(world: RedisWorld, start_worker) -> None:  # type: ig
         await resume_hook(token, "late")
     types = [e.__struct_config__.tag for e in await run.events()]
     assert types.count("hook_received") == 1
+
+
+async def test_a_hook_a_step_and_a_sleep_in_tasks(world: RedisWorld, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """asyncio.create_task(hook) and TaskGroup.create_task(step call | sleep()) work in workflow
+    code run by a real worker: the payload, the step's value and the sleep all come back."""
+    start_worker(MODULE)
+    token = "forms-in-tasks"
+    run = await start(hw.hook_in_tasks, token)
+    await hook_ready(token)
+    await resume_hook(token, {"ok": True})
+    assert await run.result(timeout=20) == [{"ok": True}, 42, None]

@@ -822,3 +822,43 @@ def test_deterministic_ids_spell_the_ulid_of_the_start_time_and_the_run_seeded_b
     for _ in range(5):
         expected = f"step_{_ulid_text(1_700_000_000_123 << 80 | rng.getrandbits(80))}"
         assert ids.next("step") == expected
+
+
+# -- asyncio forms over step calls --------------------------------------------------------------
+
+
+@workflow(name="t_replay.forms")
+async def forms_wf() -> list[Any]:
+    """Every asyncio form users reach for, applied to step calls and sleeps directly."""
+    out: list[Any] = []
+    task = asyncio.create_task(step_a())
+    out.append(await task)
+    out.append(await asyncio.ensure_future(step_b()))
+    async with asyncio.TaskGroup() as tg:
+        grouped = [tg.create_task(add(n, n)) for n in (1, 2)]
+    out.append([t.result() for t in grouped])
+    done, _ = await asyncio.wait([asyncio.create_task(step_c())])
+    out.append([t.result() for t in done])
+    out.append(await asyncio.wait_for(asyncio.create_task(add(3, 4)), timeout=60))
+    out.append([await f for f in asyncio.as_completed([step_a(), asyncio.create_task(step_b())])])
+    napping = asyncio.create_task(sleep("1s"))
+    await napping
+    out.append(list(await asyncio.gather(asyncio.create_task(add(5, 5)), step_c())))
+    return out
+
+
+def test_step_calls_work_with_every_asyncio_form() -> None:
+    """create_task, ensure_future, TaskGroup.create_task, wait, wait_for, as_completed and gather
+    all take what a step call or sleep() returns; results come in the recorded order and the
+    run replays to the same outcome."""
+    res = simulate(forms_wf)
+    assert res.value == ["A", "B", [2, 4], ["C"], 7, ["A", "B"], [10, "C"]]
+    assert "wait_created" in res.types() and "wait_completed" in res.types()
+    assert_replays(forms_wf, res)
+
+
+def test_step_calls_in_tasks_replay_the_recorded_interleaving() -> None:
+    """Results delivered in another order than the calls replay to the same value."""
+    res = simulate(forms_wf, order=["t_replay.b", "t_replay.a", "t_replay.c"])
+    assert res.value[0:2] == ["A", "B"]
+    assert_replays(forms_wf, res)

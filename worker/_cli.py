@@ -32,10 +32,11 @@ from ._errors import (
     EncryptionKeyError,
     PartitionCountMismatchError,
     RunNotFoundError,
+    WorkflowNameError,
 )
 from ._logging import configure
 from ._pool_world import InvalidQueueNameError, parse_queues, pool_queues
-from ._registry import get_workflow
+from ._registry import get_workflow, resolve_workflow_name
 from ._supervisor import DutyFailedError
 from ._worker import Worker, WorkerConfig
 
@@ -162,8 +163,11 @@ async def _demo(args: argparse.Namespace) -> None:
 
 async def _start(args: argparse.Namespace) -> None:
     _import_modules(args.import_ or [])
+    # with modules imported, a short name stands for the one workflow it names; without any, the
+    # name is passed as it is (a workflow defined only in the workers' code)
+    name = resolve_workflow_name(args.workflow) if args.import_ else args.workflow
     values = [json.loads(a) for a in args.args]
-    run = await start(args.workflow, *values, run_id=args.run_id, deployment_id=args.deployment)
+    run = await start(name, *values, run_id=args.run_id, deployment_id=args.deployment)
     print(run.run_id)
     if args.wait:
         print(
@@ -515,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
         InvalidDeploymentIdError,
         MigrateError,
         RunNotFoundError,
+        WorkflowNameError,
     ) as exc:
         print(f"wf {args.command}: {exc}", file=sys.stderr)
         sys.exit(1)

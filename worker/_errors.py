@@ -40,6 +40,10 @@ class WorkflowNotRegisteredError(WorkflowError, LookupError):
         self.name = name
 
 
+class WorkflowNameError(WorkflowError, LookupError):
+    """A workflow name given on the command line names no registered workflow, or several."""
+
+
 class StepNotRegisteredError(WorkflowError, LookupError):
     """No step with this name is registered in this process."""
 

@@ -11,7 +11,12 @@ from typing import Any, TypeVar, overload
 
 from . import _serde
 from ._context import current_step
-from ._errors import StepNotRegisteredError, WorkflowError, WorkflowNotRegisteredError
+from ._errors import (
+    StepNotRegisteredError,
+    WorkflowError,
+    WorkflowNameError,
+    WorkflowNotRegisteredError,
+)
 from ._pool_world import DEFAULT_QUEUE, check_queue
 from ._replay import current_instance
 
@@ -245,6 +250,28 @@ def get_workflow(name: str) -> WorkflowFunction:
 
 def has_workflow(name: str) -> bool:
     return name in _workflows
+
+
+def resolve_workflow_name(name: str) -> str:
+    """The registered name ``name`` stands for: itself, or the one workflow whose short name it
+    is (``my_flow`` for ``mymod:my_flow``: the part after the last ':' or '.', or the function's
+    name). WorkflowNameError, listing the registered names, when it names none or several."""
+    if name in _workflows:
+        return name
+    matches = [
+        wf.name
+        for wf in _workflows.values()
+        if name in (wf.name.rsplit(":", 1)[-1], wf.name.rsplit(".", 1)[-1], wf.fn.__name__)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(sorted(_workflows)) or "none"
+    if matches:
+        raise WorkflowNameError(
+            f"workflow name {name!r} is ambiguous: it may be {', '.join(sorted(matches))}; "
+            "give the full name"
+        )
+    raise WorkflowNameError(f"no workflow {name!r} is registered (registered: {known})")
 
 
 def registered_workflows() -> list[WorkflowFunction]:

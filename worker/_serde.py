@@ -593,7 +593,7 @@ def _rv_exc(node: dict[str, Any]) -> BaseException:
     # only Exception subclasses: a revived SystemExit, KeyboardInterrupt, GeneratorExit or
     # CancelledError raised where code expects errors would end the task or the process
     cls = _resolve(ref, lambda c: issubclass(c, Exception))
-    exc = _build_exc(cls, args, attrs) if cls is not None else None
+    exc = _build_exc(cls, args, attrs, message) if cls is not None else None
     if exc is None:
         exc = RemoteError(message, ref, tb, attrs)
     with suppress(Exception):
@@ -610,9 +610,16 @@ def _args_message(args: list[Any]) -> str:
     return _exc_message(Exception(*args))
 
 
-def _build_exc(cls: type[BaseException], args: list[Any], attrs: dict[str, Any]) -> Any:
+def _build_exc(
+    cls: type[BaseException], args: list[Any], attrs: dict[str, Any], message: str
+) -> Any:
+    """The exception, rebuilt with its args (and instance attributes); an exception class whose
+    ``__init__`` formats its message from other arguments (``RunNotFoundError(run_id)``) is
+    rebuilt without calling it, so it says what it said, not a message wrapped in its own."""
     try:
         exc = cls(*args)
+        if _exc_message(exc) != message:
+            raise ValueError("its __init__ does not take its own args back")
     except Exception:
         try:
             exc = cls.__new__(cls)

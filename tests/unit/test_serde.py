@@ -709,3 +709,14 @@ def test_subclasses_of_builtin_containers_degrade_to_base_type() -> None:
 
     assert loads(dumps(OrderedDict(a=1))) == {"a": 1}
     assert loads(dumps(defaultdict(list, {1: [2]}))) == {1: [2]}
+
+
+def test_an_exception_that_formats_its_message_round_trips_with_that_message() -> None:
+    """An error class whose __init__ builds the message from another argument comes back saying
+    what it said (not the message wrapped in itself), with its attributes."""
+    from worker._errors import WorkflowNotRegisteredError
+
+    back = loads(dumps(WorkflowNotRegisteredError("my_flow")))
+    assert type(back) is WorkflowNotRegisteredError
+    assert str(back) == "workflow 'my_flow' is not registered in this worker"
+    assert back.name == "my_flow"

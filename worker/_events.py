@@ -224,7 +224,7 @@ def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     return cls(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, **data)
 
 
-class NewEvent(msgspec.Struct, frozen=True):
+class NewEvent(msgspec.Struct, frozen=True, gc=False):
     """An event to append: its type, correlation id and payload fields (JSON text values)."""
 
     type: str

@@ -130,6 +130,10 @@ class StepFunction:
         self.signature = _hints(fn)
         self.argspec = ArgSpec(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
+        # how errors name the step, its arguments and its result (made once, not per call)
+        self.label = f"step {name!r}"
+        self.args_label = f"arguments of step {name!r}"
+        self.result_label = f"result of step {name!r}"
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -140,9 +144,10 @@ class StepFunction:
             except RuntimeError:
                 loop = None
             if loop is instance._loop:
-                what = f"arguments of step {self.name!r}"
                 payload = {"args": list(args), "kwargs": kwargs} if kwargs else {"args": list(args)}
-                return instance.call_step(self.name, _serde.dumps(payload, what=what), self)
+                return instance.call_step(
+                    self.name, _serde.dumps(payload, what=self.args_label), self
+                )
         return self.fn(*args, **kwargs)
 
     @property

@@ -69,7 +69,7 @@ class StepExecutor:
         try:
             raw = _serde.loads(input_json)
             args, kwargs = fn.argspec.convert(
-                raw.get("args", []), raw.get("kwargs") or {}, f"step {fn.name!r}"
+                raw.get("args", []), raw.get("kwargs") or {}, fn.label
             )
             if fn.is_async:
                 result = await fn.fn(*args, **kwargs)
@@ -80,10 +80,8 @@ class StepExecutor:
                     self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
                 )
             result = await capture_stream_result(result, ctx, self.world)
-            text = _serde.dumps(result, what=f"result of step {fn.name!r}")
-            _serde.check_size(
-                text, what=f"result of step {fn.name!r}", limit=self.world.max_payload_bytes
-            )
+            text = _serde.dumps(result, what=fn.result_label)
+            _serde.check_size(text, what=fn.result_label, limit=self.world.max_payload_bytes)
             return NewEvent("step_completed", corr, {"result": text, "attempt": str(attempt)})
         # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
         # must not end the worker (a real Ctrl-C stops the worker through its loop's signal

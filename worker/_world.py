@@ -60,7 +60,9 @@ class StepInfo(msgspec.Struct, frozen=True, kw_only=True):
     retry_after: int | None = None
 
 
-class Commit(msgspec.Struct, frozen=True, kw_only=True):
+# The structs a worker makes for every step are not tracked by the garbage collector
+# (gc=False): they hold strings, numbers and lists of each other, never a cycle.
+class Commit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Events to append to one run's log in one atomic step.
 
     ``token`` is the caller's lease ("" for external writers such as cancel); ``expected_seq``
@@ -105,12 +107,12 @@ def acquire_code(text: str) -> AcquireCode:
     return cast(AcquireCode, _word(text, _ACQUIRE_CODES, "acquire code"))
 
 
-class EventResult(msgspec.Struct, frozen=True):
+class EventResult(msgspec.Struct, frozen=True, gc=False):
     status: EventStatus
     extra: int = 0
 
 
-class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
+class CommitResult(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Outcome of a Commit (see :data:`CommitCode`)."""
 
     code: CommitCode
@@ -120,7 +122,7 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
     appended: list[Event]
 
 
-class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
+class Wakeup(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     partition: int
     message_id: str
     run_id: str
@@ -131,7 +133,7 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True):
     queue: str = "default"
 
 
-class Acquired(msgspec.Struct, frozen=True):
+class Acquired(msgspec.Struct, frozen=True, gc=False):
     code: AcquireCode
     seq: int
     status: str

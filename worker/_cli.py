@@ -6,45 +6,25 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import importlib
 import json
 import os
 import signal
 import sys
-from datetime import UTC, datetime
-from typing import Any
+import traceback
 
-from . import _serde
-from ._client import get_run, get_world, start
+from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
+from ._cli_show import inspect_command, print_events, print_table, short
+from ._client import get_world, start
 from ._deployments import (
     InvalidDeploymentIdError,
-    MigrateError,
-    UnknownDeploymentError,
-    base_queue,
     check_deployment_id,
-    deployment_store,
-    lane_deployment,
-    live_window_ms,
-    migrate_run,
 )
-from ._errors import (
-    DecryptionError,
-    EncryptionKeyError,
-    PartitionCountMismatchError,
-    RunNotFoundError,
-    WorkflowNameError,
-)
+from ._errors import EncryptionKeyError, PartitionCountMismatchError, WorkflowError
 from ._logging import configure
-from ._pool_world import InvalidQueueNameError, parse_queues, pool_queues
-from ._registry import get_workflow, resolve_workflow_name
+from ._pool_world import InvalidQueueNameError, parse_queues
+from ._registry import get_workflow, import_workflow_modules
 from ._supervisor import DutyFailedError
 from ._worker import Worker, WorkerConfig
-
-
-def _import_modules(modules: list[str]) -> None:
-    sys.path.insert(0, os.getcwd())
-    for name in modules:
-        importlib.import_module(name)
 
 
 async def _run_worker(args: argparse.Namespace) -> None:
@@ -70,75 +50,9 @@ async def _run_worker(args: argparse.Namespace) -> None:
         raise SystemExit(f"wf worker: {exc}") from None
 
 
-INVALID = "<invalid>"
-
-
-def _ts(ms: int | None) -> str:
-    if not ms:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
-
-
-def _short(text: str | None, width: int = 60) -> str:
-    text = "" if text is None else text.replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _valid(run: Any, field: str, text: str) -> str:
-    """``text`` for a cell of ``field``, or ``<invalid>`` when the run's stored field is corrupt."""
-    return INVALID if field in run.corrupt_fields else text
-
-
-def print_table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-
-
-async def print_events(run_id: str) -> None:
-    events = await get_run(run_id).events()
-    rows = []
-    for ev in events:
-        payload = " ".join(
-            f"{k}={_exception_summary(v) if k == 'error' else v}"
-            for k, v in _struct_fields(ev).items()
-            if k not in ("seq", "id", "ts", "corr", "seed")  # the seed keys hook tokens: not shown
-        )
-        rows.append(
-            [
-                str(ev.seq),
-                _ts(ev.ts),
-                str(ev.__struct_config__.tag),
-                ev.corr or "-",
-                _short(payload, 70),
-            ]
-        )
-    print_table(rows, ["seq", "time", "event", "correlation id", "data"])
-
-
-def _exception_summary(text: str) -> str:
-    """``Type: message`` of a serialized error, for one table cell."""
-    try:
-        value = _serde.loads(text)
-    except Exception:
-        return text
-    if isinstance(value, BaseException):
-        return f"{getattr(value, 'type_name', type(value).__name__)}: {value}"
-    return text
-
-
-def _struct_fields(ev: Any) -> dict[str, Any]:
-    return {f: getattr(ev, f) for f in ev.__struct_fields__}
-
-
 async def _demo(args: argparse.Namespace) -> None:
     """Run the example with an in-process worker; print the result and the event log."""
-    _import_modules([args.module])
+    import_workflow_modules([args.module])
     mod = sys.modules[args.module]
     wf = get_workflow(mod.DEMO_WORKFLOW)
     demo_args = getattr(mod, "DEMO_ARGS", [])
@@ -153,205 +67,12 @@ async def _demo(args: argparse.Namespace) -> None:
         print()
         steps = await run.steps()
         print_table(
-            [[s.step_id, s.name, s.status, str(s.attempt), _short(s.output, 30)] for s in steps],
+            [[s.step_id, s.name, s.status, str(s.attempt), short(s.output, 30)] for s in steps],
             ["step id", "name", "status", "attempt", "output"],
         )
     finally:
         worker.stop()
         await task
-
-
-async def _start(args: argparse.Namespace) -> None:
-    _import_modules(args.import_ or [])
-    # with modules imported, a short name stands for the one workflow it names; without any, the
-    # name is passed as it is (a workflow defined only in the workers' code)
-    name = resolve_workflow_name(args.workflow) if args.import_ else args.workflow
-    values = [json.loads(a) for a in args.args]
-    run = await start(name, *values, run_id=args.run_id, deployment_id=args.deployment)
-    print(run.run_id)
-    if args.wait:
-        print(
-            json.dumps(
-                _serde.loads(_serde.dumps(await run.result(timeout=args.timeout))), default=str
-            )
-        )
-
-
-async def _inspect(args: argparse.Namespace) -> None:
-    world = get_world()
-    if args.what == "runs":
-        runs, cursor = await world.list_runs(
-            status=args.status, workflow=args.workflow, limit=args.limit, cursor=args.cursor
-        )
-        if args.json:
-            print(json.dumps([_struct_fields(r) for r in runs]))
-            return
-        print_table(
-            [
-                [
-                    r.run_id,
-                    _valid(r, "workflow", r.workflow),
-                    _valid(r, "status", r.status),
-                    _valid(r, "created_at", _ts(r.created_at)),
-                    _valid(r, "completed_at", _ts(r.completed_at)),
-                    _valid(r, "output", _short(r.output, 30)),
-                ]
-                for r in runs
-            ],
-            ["run id", "workflow", "status", "created", "completed", "output"],
-        )
-        bad = [r for r in runs if r.corrupt_fields]
-        if bad:
-            print()
-        for r in bad:
-            print(f"{r.run_id}: invalid {', '.join(r.corrupt_fields)} (stored value unreadable)")
-        if cursor:
-            print(f"\nmore: --cursor {cursor}")
-    elif args.what == "run":
-        info = await get_run(args.id).info()
-        shown = _struct_fields(info)
-        if info.status in ("pending", "running"):
-            shown["waiting_on"] = await _waiting_on(world, args.id)
-            shown.update(await _deployment_state(world, info.deployment))
-        print(json.dumps(shown, indent=2))
-    elif args.what == "queues":
-        await _inspect_queues(world, args.json)
-    elif args.what == "deployments":
-        await _inspect_deployments(world, args.json)
-    elif args.what == "events":
-        if args.json:
-            events = await get_run(args.id).events()
-            print(
-                json.dumps([{"type": e.__struct_config__.tag, **_struct_fields(e)} for e in events])
-            )
-        else:
-            await print_events(args.id)
-    elif args.what == "steps":
-        steps = await get_run(args.id).steps()
-        if args.json:
-            print(json.dumps([_struct_fields(s) for s in steps]))
-            return
-        print_table(
-            [[s.step_id, s.name, s.status, str(s.attempt), _short(s.output, 30)] for s in steps],
-            ["step id", "name", "status", "attempt", "output"],
-        )
-    elif args.what == "hooks":
-        hooks = await world.list_hooks(args.id)
-        if args.json:
-            print(json.dumps([{"hook_id": h, "token": t, "metadata": m} for h, t, m in hooks]))
-            return
-        print_table([[h, t, _short(m, 40)] for h, t, m in hooks], ["hook id", "token", "metadata"])
-    elif args.what == "streams":
-        names = await world.streams.list_streams(args.id)
-        print(json.dumps(names) if args.json else "\n".join(names))
-
-
-async def _waiting_on(world: Any, run_id: str) -> list[dict[str, Any]]:
-    """The run's steps waiting in (or running from) a queue other than default, with the lag
-    and pending count of that queue's stream in the run's partition."""
-    pools = pool_queues(world)
-    waiting = await pools.waiting_on(run_id)
-    if not waiting:
-        return []
-    stats = {(s.queue, s.partition): s for s in await pools.queue_stats()}
-    out = []
-    for step_id, queue, partition in waiting:
-        # a lane (``gpu@dpl_x``) shown as its queue and the deployment whose workers serve it
-        row: dict[str, Any] = {
-            "step_id": step_id,
-            "queue": base_queue(queue),
-            "deployment": lane_deployment(queue),
-            "partition": partition,
-        }
-        s = stats.get((queue, partition))
-        if s is not None:
-            row.update(lag=s.lag, pending=s.pending, oldest_age_ms=s.oldest_age_ms)
-        out.append(row)
-    return out
-
-
-async def _deployment_state(world: Any, deployment: str) -> dict[str, Any]:
-    """Whether an active run's deployment has a live worker: if not, the run waits for one."""
-    if not deployment:  # pinned by the first worker that takes it
-        return {"deployment_live": None, "waiting_for_deployment": False}
-    known = await deployment_store(world).registry(live_window_ms())
-    live = any(d.deployment_id == deployment and d.live for d in known)
-    return {"deployment_live": live, "waiting_for_deployment": not live}
-
-
-async def _inspect_deployments(world: Any, as_json: bool) -> None:
-    stats = await deployment_store(world).stats(live_window_ms())
-    if as_json:
-        print(json.dumps([_struct_fields(s) for s in stats]))
-        return
-    print_table(
-        [
-            [
-                s.deployment_id,
-                "live" if s.live else "gone",
-                str(len(s.workers)),
-                _short(",".join(s.workflows), 40) or "-",
-                str(s.runs_pinned),
-                str(s.waiting),
-                str(s.pending),
-                _ts(s.first_seen_ms),
-                _ts(s.last_seen_ms),
-            ]
-            for s in stats
-        ],
-        [
-            "deployment",
-            "state",
-            "workers",
-            "workflows",
-            "runs pinned",
-            "waiting",
-            "pending",
-            "first seen",
-            "last seen",
-        ],
-    )
-
-
-async def _runs(args: argparse.Namespace) -> None:
-    """``wf runs migrate RUN --to ID``: pin a run to another deployment and wake it there."""
-    previous = await migrate_run(get_world(), args.run_id, args.to)
-    print(f"migrated {args.run_id} from {previous or '(unpinned)'} to {args.to}")
-
-
-async def _inspect_queues(world: Any, as_json: bool) -> None:
-    stats = await pool_queues(world).queue_stats()
-    if as_json:
-        shown = [
-            {
-                **_struct_fields(s),
-                "queue": base_queue(s.queue),
-                "deployment": lane_deployment(s.queue),
-            }
-            for s in stats
-        ]
-        print(json.dumps(shown))
-        return
-
-    def age(ms: int | None) -> str:
-        return "-" if ms is None else f"{ms / 1000:.1f}s"
-
-    rows = [
-        [str(s.partition), base_queue(s.queue), lane_deployment(s.queue) or "-", str(s.length)]
-        for s in stats
-    ]
-    print_table(
-        [
-            [*row, str(s.lag), str(s.pending), age(s.oldest_age_ms)]
-            for row, s in zip(rows, stats, strict=True)
-        ],
-        ["partition", "queue", "deployment", "length", "lag", "pending", "oldest"],
-    )
-
-
-async def _cancel(args: argparse.Namespace) -> None:
-    await get_run(args.run_id).cancel()
-    print(f"cancelled {args.run_id}")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -366,7 +87,7 @@ async def _serve(args: argparse.Namespace) -> None:
     except UnsafeBindError as exc:
         print(f"wf serve: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    _import_modules(args.modules)
+    import_workflow_modules(args.modules)
     level = os.environ.get("WORKFLOW_LOG_LEVEL", "info").lower()
     config = uvicorn.Config(create_app(), host=args.host, port=args.port, log_level=level)
     await uvicorn.Server(config).serve()
@@ -398,6 +119,12 @@ async def _health(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wf", description="Durable workflows on Redis Streams")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("WORKFLOW_DEBUG", "") not in ("", "0"),
+        help="print the traceback of an error (also WORKFLOW_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("worker", help="process runs of the workflows defined in MODULEs")
@@ -447,7 +174,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "what",
-        choices=["runs", "run", "events", "steps", "hooks", "streams", "queues", "deployments"],
+        choices=[
+            "runs",
+            "run",
+            "events",
+            "steps",
+            "sleeps",
+            "hooks",
+            "streams",
+            "queues",
+            "deployments",
+        ],
     )
     p.add_argument("id", nargs="?")
     p.add_argument("--status")
@@ -456,8 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cursor")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("runs", help="act on runs: migrate RUN --to DEPLOYMENT")
+    p = sub.add_parser("runs", help="act on runs: rerun RUN, migrate RUN --to DEPLOYMENT")
     runs = p.add_subparsers(dest="action", required=True)
+    r = runs.add_parser("rerun", help="start a new run of a run's workflow with the same input")
+    r.add_argument("run_id")
+    r.add_argument("--run-id", dest="new_run_id", help="the new run's id (default: a fresh one)")
     m = runs.add_parser("migrate", help="pin a run to another deployment and wake it there")
     m.add_argument("run_id")
     m.add_argument("--to", required=True, help="the deployment id to move the run to")
@@ -492,44 +232,59 @@ def main(argv: list[str] | None = None) -> None:
                 check_deployment_id(args.deployment)
         except InvalidDeploymentIdError as exc:
             parser.error(f"--deployment: {exc}")
-    if args.command == "runs":
+    if args.command == "runs" and args.action == "migrate":
         try:
             check_deployment_id(args.to)
         except InvalidDeploymentIdError as exc:
             parser.error(f"--to: {exc}")
     configure()
+    if args.command == "worker":
+        import_workflow_modules(args.modules)
+    sys.exit(run_command(args))
+
+
+# exit codes (README "The wf command"): 0 done; 1 the command failed (what it acts on does not
+# exist or refuses, Redis is unreachable, a health check failed); 2 usage or configuration
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command; an error is one line on stderr (its traceback too with --debug)."""
     handlers = {
         "worker": _run_worker,
         "demo": _demo,
-        "start": _start,
-        "inspect": _inspect,
-        "i": _inspect,
-        "cancel": _cancel,
-        "runs": _runs,
+        "start": start_command,
+        "inspect": inspect_command,
+        "i": inspect_command,
+        "cancel": cancel_command,
+        "runs": runs_command,
         "serve": _serve,
         "health": _health,
     }
-    if args.command == "worker":
-        _import_modules(args.modules)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(handlers[args.command](args))
-    except (
-        UnknownDeploymentError,
-        InvalidDeploymentIdError,
-        MigrateError,
-        RunNotFoundError,
-        WorkflowNameError,
-    ) as exc:
-        print(f"wf {args.command}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except (EncryptionKeyError, PartitionCountMismatchError) as exc:
-        # configuration, not a crash: say what to fix
-        print(f"wf {args.command}: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except DecryptionError as exc:  # stored data this process has no key for
-        print(f"wf {args.command}: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 0
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        code = EXIT_CONFIG if isinstance(exc, CONFIGURATION_ERRORS) else EXIT_FAILED
+        print(f"wf {args.command}: {_one_line(exc)}", file=sys.stderr)
+        if not args.debug and not isinstance(exc, WorkflowError | ConnectionError):
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return code
+
+
+# configuration, not a failure of the command: the message says what to fix
+CONFIGURATION_ERRORS = (EncryptionKeyError, PartitionCountMismatchError, CommandArgumentError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as ``wf`` reports it: our errors by their message, others with their type."""
+    text = str(exc).strip()
+    return text if isinstance(exc, WorkflowError) and text else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
+import os
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -251,6 +254,14 @@ def get_workflow(name: str) -> WorkflowFunction:
     if wf is None:
         raise WorkflowNotRegisteredError(name)
     return wf
+
+
+def import_workflow_modules(modules: list[str]) -> None:
+    """Import the modules that define workflows and steps (from the current directory too), as
+    ``wf`` commands do with their MODULE arguments and ``--import``."""
+    sys.path.insert(0, os.getcwd())
+    for name in modules:
+        importlib.import_module(name)
 
 
 def has_workflow(name: str) -> bool:

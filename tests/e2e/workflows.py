@@ -315,3 +315,16 @@ async def idempotency() -> dict[str, list[int]]:
 @workflow(name="addition")
 async def addition(a: int, b: int) -> int:
     return await add(a, b)
+
+
+@workflow(name="add_flow")
+async def add_flow(a: int, b: int) -> int:
+    """One step: ``a + b`` (the wf command tests start, rerun and inspect it)."""
+    return await add(a, b)
+
+
+@workflow(name="sleep_then_step")
+async def sleep_then_step(seconds: int) -> int:
+    """A durable sleep of ``seconds``, then one step."""
+    await sleep(seconds)
+    return await add(1, 2)

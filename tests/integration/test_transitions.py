@@ -522,3 +522,19 @@ async def test_patch_marker_is_recorded_once_and_only_on_a_running_run(world: Re
     await commit1(world, run_id, ev("run_completed", output="1"))
     res = await commit1(world, run_id, ev("patch_recorded", "late"))
     assert (res.code, statuses(res)) == ("rejected", [("terminal", 0)])
+
+
+async def test_one_commit_creates_and_starts_ten_thousand_steps(world: RedisWorld) -> None:
+    """A fan-out commits the creation and start of every step of a gather in ONE commit: 10,000
+    steps (20,000 events) are appended and recorded, and all of them complete in a second one."""
+    steps = [new_id("step") for _ in range(10_000)]
+    run_id = await run_with_steps(world, *steps)
+    started = await commit1(world, run_id, *(ev("step_started", s) for s in steps))
+    assert started.code == "ok" and len(started.appended) == 10_000
+    done = await commit1(
+        world, run_id, *(ev("step_completed", s, attempt=1, result="3") for s in steps)
+    )
+    assert done.code == "ok" and len(done.appended) == 10_000
+    states = await world.redis.hgetall(world.keys.entities(run_id))
+    assert {v.split("|")[0] for k, v in states.items() if "|" not in k} == {"completed"}
+    assert len([k for k in states if "|" not in k]) == 10_000

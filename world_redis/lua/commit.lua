@@ -76,6 +76,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
+local UNPACK_MAX = 1000  -- values passed to one command at most (even: HSET takes pairs)
+
 local STEP_EVENT = { step_created = true, step_started = true, step_completed = true,
   step_failed = true, step_retrying = true }
 
@@ -111,9 +113,19 @@ local function ent_prefetch(ent_key, seen, evs)
       end
     end
   end
-  if #want == 0 then return end
-  local got = redis.call('HMGET', ent_key, unpack(want))
-  for j = 1, #want do seen[want[j]] = got[j] or false end
+  -- in slices: Lua unpacks at most a few thousand values at once (a gather of 10,000 steps)
+  for from = 1, #want, UNPACK_MAX do
+    local to = math.min(from + UNPACK_MAX - 1, #want)
+    local got = redis.call('HMGET', ent_key, unpack(want, from, to))
+    for j = from, to do seen[want[j]] = got[j - from + 1] or false end
+  end
+end
+
+-- redis.call(command, key, values...) for a long list of values, in slices
+local function call_sliced(command, key, values)
+  for from = 1, #values, UNPACK_MAX do
+    redis.call(command, key, unpack(values, from, math.min(from + UNPACK_MAX - 1, #values)))
+  end
 end
 
 local function ent_flush(ent_key, seen, dirty)
@@ -126,8 +138,8 @@ local function ent_flush(ent_key, seen, dirty)
       del[#del + 1] = k
     end
   end
-  if #set > 0 then redis.call('HSET', ent_key, unpack(set)) end
-  if #del > 0 then redis.call('HDEL', ent_key, unpack(del)) end
+  call_sliced('HSET', ent_key, set)  -- field-value pairs: UNPACK_MAX is even
+  call_sliced('HDEL', ent_key, del)
 end
 
 local replies = {}

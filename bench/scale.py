@@ -26,6 +26,7 @@ from bench.infra import RedisServer, log
 from bench.ours import (
     RUNS,
     check_outputs,
+    client,
     create_ten_step_runs,
     process_cpu_s,
     spawn_worker,
@@ -78,7 +79,7 @@ async def completed(world: RedisWorld) -> tuple[int, int]:
     keys = world.keys
     counts = await asyncio.gather(
         *(
-            world.redis.zcard(keys.idx_status(p, status))
+            client(world).zcard(keys.idx_status(p, status))
             for status in ("completed", "failed")
             for p in range(keys.partitions)
         )

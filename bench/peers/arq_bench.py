@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.metadata
-import json
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from _common import emit, stop, time_sequential
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
@@ -63,23 +60,6 @@ def spawn_worker(args: argparse.Namespace, burst: bool) -> subprocess.Popen[byte
     if burst:
         cmd.append("--burst")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
 
 
 async def used_memory(url: str) -> int:
@@ -140,6 +120,7 @@ async def throughput(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
         "jobs_per_s": round(args.jobs / seconds, 1),
         "enqueue_seconds": round(enqueue_s, 4),
         "checked_results": args.jobs,
+        "what": f"{args.jobs:,} no-op jobs (no chains), one burst worker, max_jobs {args.max_jobs}",
     }
     mem = {
         "jobs": args.jobs,
@@ -154,30 +135,18 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
     """Enqueue-to-result of single jobs, one at a time, with a worker already running."""
     proc = spawn_worker(args, burst=False)
     pool = await create_pool(RedisSettings.from_dsn(args.redis_url), default_queue_name=QUEUE)
+
+    async def one(i: int) -> Any:
+        job = await pool.enqueue_job("noop", i, _queue_name=QUEUE)
+        if job is None:
+            raise RuntimeError(f"job {i} was not enqueued")
+        return await job.result(timeout=60 if i < 0 else 30, poll_delay=0.002)
+
     try:
-        for i in range(5):  # warm-up; also proves the worker is up
-            job = await pool.enqueue_job("noop", -i, _queue_name=QUEUE)
-            assert job is not None
-            await job.result(timeout=60, poll_delay=0.002)
-        samples: list[float] = []
-        for i in range(args.latency_runs):
-            t0 = time.perf_counter()
-            job = await pool.enqueue_job("noop", i, _queue_name=QUEUE)
-            assert job is not None
-            value = await job.result(timeout=30, poll_delay=0.002)
-            samples.append((time.perf_counter() - t0) * 1000)
-            if value != i:
-                raise RuntimeError(f"job {i} returned {value!r}")
+        return await time_sequential(args.latency_runs, one)
     finally:
         await pool.aclose()
         await asyncio.to_thread(stop, proc)
-    return {
-        "runs": len(samples),
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p99_ms": round(percentile(samples, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "max_ms": round(max(samples), 3),
-    }
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,10 +176,7 @@ def main() -> None:
     if args.role == "worker":
         run_worker(args.redis_url, args.burst, args.max_jobs, args.poll_delay)
         return
-    real_stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        result = asyncio.run(bench(args))
-    print(json.dumps(result), file=real_stdout, flush=True)
+    emit(lambda: bench(args))
 
 
 if __name__ == "__main__":

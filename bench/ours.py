@@ -110,10 +110,12 @@ def client(world: RedisWorld) -> aioredis.Redis:
 
 @contextlib.asynccontextmanager
 async def engine(url: str, prefix: str) -> AsyncIterator[RedisWorld]:
-    """A RedisWorld on ``prefix`` set as the process's world; closed at the end."""
+    """A RedisWorld on ``prefix`` set as the process's world (its partition count settled, so
+    its keys can be built at once); closed at the end."""
     world = RedisWorld.from_url(url, prefix=prefix)
     set_world(world)
     try:
+        await world.check_config()
         yield world
     finally:
         set_world(None)

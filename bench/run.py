@@ -47,7 +47,7 @@ from bench.infra import (
     private_redis,
     run_peer,
 )
-from bench.text import report
+from bench.text import FIGURE_KEYS, report
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
@@ -55,18 +55,7 @@ PEER_TIMEOUT_S = 600.0
 
 Result = dict[str, Any]
 
-FIGURES = (
-    "throughput",
-    "aof",
-    "two_workers",
-    "latency",
-    "long_run",
-    "in_flight",
-    "fan_out",
-    "start_rate",
-    "memory",
-    "scale",
-)
+FIGURES = (*FIGURE_KEYS, "scale")  # figure n is FIGURES[n - 1]
 DEFAULT = (*[f for f in FIGURES if f != "scale"], "peers")
 
 

@@ -1,4 +1,4 @@
-"""Figure 5, scale-out: steps/s of 1 and 2 worker processes on one server with 1 and 4 partitions
+"""Figure 10, scale-out: steps/s of 1 and 2 worker processes on one server with 1 and 4 partitions
 and on a local 3-master Redis Cluster, measured in the same run.
 
 Each configuration drains 1,000 ten-step runs created with ``start()`` while no worker runs (as

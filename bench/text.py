@@ -6,6 +6,7 @@ rows shared with the chart and the README); a figure that was not measured print
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bench.summary import PEER_LABELS, Result, Row, by_metric, comparison, dig, why_not
@@ -21,7 +22,7 @@ def shown(r: Row, digits: int = 0) -> str:
     return f"{num(r.value, digits)} {r.unit}" if r.value is not None else r.why
 
 
-def versus(ours: Row, peer: Row, higher_is_better: bool, digits: int = 0) -> str:
+def versus(ours: Row, peer: Row, higher_is_better: bool, digits: int = 0, label: str = "") -> str:
     """ "   <peer> Y | ours X | ratio ours/peer R (who is better)"."""
     ratio = "ratio n/a"
     if ours.value is not None and peer.value:
@@ -36,12 +37,12 @@ def versus(ours: Row, peer: Row, higher_is_better: bool, digits: int = 0) -> str
 
 
 def compare_block(
-    rows: list[Row], metric: str, ours_system: str, higher: bool, digits: int
+    rows: list[Row], metric: str, ours_system: str, higher: bool, digits: int, label: str = ""
 ) -> Lines:
     """Each peer's value of ``metric`` against ours (the row of ``ours_system``)."""
     ours = next(r for r in by_metric(rows, metric) if r.system == ours_system)
     peers = [r for r in by_metric(rows, metric) if not r.system.startswith("ours")]
-    return [versus(ours, p, higher, digits) for p in peers]
+    return [versus(ours, p, higher, digits, label) for p in peers]
 
 
 def cpu_text(cpu: Any) -> str:
@@ -54,85 +55,69 @@ def cpu_text(cpu: Any) -> str:
     )
 
 
-def throughput_block(title: str, tp: Any) -> Lines:
+def block(title: str, data: Any, needed: str, body: Callable[[Result], Lines]) -> Lines:
+    """A figure's title and ``body(data)``, or why there is none (``data`` lacks ``needed``)."""
+    if not isinstance(data, dict) or not isinstance(data.get(needed), int | float | dict):
+        return [title, f"   ours: {why_not(data)}"]
+    return [title, *body(data)]
+
+
+def throughput_lines(tp: Result) -> Lines:
     """Our total and steady rates and CPU per step for one drain."""
-    out = [title]
-    if not isinstance(tp, dict) or "steps_per_s" not in tp:
-        return [*out, f"   ours: {why_not(tp)}"]
     steady = tp.get("steady_steps_per_s")
-    out.append(
+    return [
         f"   ours: total {num(tp['steps_per_s'])} steps/s ({tp['runs']:,} runs in {tp['seconds']:.2f} s"
         f" from spawning, first run done after {tp['first_run_completed_after_s']} s); steady "
-        f"(10 %-90 % of runs done) {num(steady) if steady else 'n/a'} steps/s"
-    )
-    out.append(f"   CPU per step, steady: {cpu_text(tp.get('cpu_us_per_step_steady'))}")
-    out.append(f"   CPU per step, total:  {cpu_text(tp.get('cpu_us_per_step_total'))}")
-    out.append(
-        f"   checked {tp['checked_outputs']:,} outputs, {tp['checked_via_result_api']} via result()"
-    )
-    return out
+        f"(10 %-90 % of runs done) {num(steady) if steady else 'n/a'} steps/s",
+        f"   CPU per step, steady: {cpu_text(tp.get('cpu_us_per_step_steady'))}",
+        f"   CPU per step, total:  {cpu_text(tp.get('cpu_us_per_step_total'))}",
+        f"   checked {tp['checked_outputs']:,} outputs, {tp['checked_via_result_api']} via result()",
+    ]
 
 
-def long_run_block(ps: Any) -> Lines:
-    out = ["5. One run of 10,000 sequential no-op steps: mean gap between step completions"]
-    if not isinstance(ps, dict) or "mean_gap_ms_first" not in ps:
-        return [*out, f"   ours: {why_not(ps)}"]
-    out.append(
+def long_run_lines(ps: Result) -> Lines:
+    return [
         f"   ours: steps {ps['first_steps']} {ps['mean_gap_ms_first']:.4f} ms, steps "
         f"{ps['last_steps']} {ps['mean_gap_ms_last']:.4f} ms (ratio {ps['ratio_last_first']}); "
-        f"p50 {ps['p50_gap_ms']} ms; whole run {ps['wall_seconds']:.2f} s"
-    )
-    out.append(
+        f"p50 {ps['p50_gap_ms']} ms; whole run {ps['wall_seconds']:.2f} s",
         f"   worker RSS: {ps['worker_rss_mb_before']} MB before the run, "
-        f"{ps['worker_rss_mb_after']} MB after it (peak so far {ps['worker_rss_mb_peak']} MB)"
-    )
-    return out
+        f"{ps['worker_rss_mb_after']} MB after it (peak so far {ps['worker_rss_mb_peak']} MB)",
+    ]
 
 
-def in_flight_block(fl: Any) -> Lines:
-    out = ["6. Worker RSS with 10,000 runs in flight (each asleep for 1 h after one step)"]
-    if not isinstance(fl, dict) or "worker_rss_mb_idle" not in fl:
-        return [*out, f"   ours: {why_not(fl)}"]
-    out.append(
+def in_flight_lines(fl: Result) -> Lines:
+    return [
         f"   ours: idle {fl['worker_rss_mb_idle']} MB, with {fl['runs']:,} runs live "
         f"{fl['worker_rss_mb_with_runs_in_flight']} MB, peak {fl['worker_rss_mb_peak']} MB "
         f"({fl['seconds_until_all_asleep']:.1f} s from the first start() until all asleep)"
-    )
-    return out
+    ]
 
 
-def fan_out_block(fo: Any) -> Lines:
-    out = ["7. Fan-out: one run gathering N parallel no-op steps, start() to result()"]
-    if not isinstance(fo, dict) or "error" in fo or not fo:
-        return [*out, f"   ours: {why_not(fo)}"]
-    for n, fig in fo.items():
-        out.append(
-            f"   ours: {int(n):,} steps in {fig['seconds']:.3f} s = {num(fig['steps_per_s'])} steps/s"
-        )
-    return out
+def fan_out_lines(fo: Result) -> Lines:
+    return [
+        f"   ours: {int(n):,} steps in {fig['seconds']:.3f} s = {num(fig['steps_per_s'])} steps/s"
+        for n, fig in fo.items()
+    ]
 
 
-def start_rate_block(sr: Any) -> Lines:
-    out = ["8. Start rate: runs created per second"]
-    api, xadd = dig(sr, "start_api"), dig(sr, "xadd")
-    if not isinstance(api, dict) or not isinstance(xadd, dict):
-        return [*out, f"   ours: {why_not(sr)}"]
-    out.append(
+def start_rate_lines(sr: Result) -> Lines:
+    api, xadd = sr["start_api"], sr["xadd"]
+    return [
         f"   ours: start() from one process, {api['in_flight']} in flight: "
-        f"{num(api['runs_per_s'])} runs/s ({api['runs']:,} runs)"
-    )
-    out.append(
+        f"{num(api['runs_per_s'])} runs/s ({api['runs']:,} runs)",
         f"   ours: XADD <prefix>:start drained by one worker: {num(xadd['runs_per_s'])} runs/s "
-        f"({xadd['runs']:,} requests, sent in {xadd['xadd_seconds']:.2f} s)"
-    )
-    return out
+        f"({xadd['runs']:,} requests, sent in {xadd['xadd_seconds']:.2f} s)",
+    ]
 
 
 def memory_block(rows: list[Row], mem: Any) -> Lines:
     out = ["9. Memory per finished 10-step run (lower is better)"]
-    compacted = next(r for r in rows if r.system == "ours, compacted")
+    mem_rows = by_metric(rows, "memory")
+    ours, compacted = (
+        next(r for r in mem_rows if r.system == s) for s in ("ours", "ours, compacted")
+    )
     out += compare_block(rows, "memory", "ours", False, 0)
-    out.append(f"   ours after compaction: {shown(compacted)}")
+    out.append(f"   ours as finished: {shown(ours)}; after compaction: {shown(compacted)}")
     keys = dig(mem, "memory_usage_of_one_run_keys")
     if isinstance(keys, dict):
         out.append(
@@ -176,31 +161,63 @@ def report(data: Result) -> str:
     out = header(data["machine"], peers, data["started_at"])
     blocks: list[Lines] = [
         [
-            *throughput_block(
+            *block(
                 "1. Durable steps/s, ONE worker process, 10 no-op steps per run (higher is better)",
                 ours.get("throughput"),
+                "steps_per_s",
+                throughput_lines,
             ),
             *compare_block(rows, "throughput", "ours, 1 worker (total)", True, 0),
             *peer_notes(peers),
         ],
-        throughput_block("2. The same on Redis with AOF appendfsync everysec", ours.get("aof")),
-        throughput_block("3. The same with TWO worker processes", ours.get("two_workers")),
+        block(
+            "2. The same on Redis with AOF appendfsync everysec",
+            ours.get("aof"),
+            "steps_per_s",
+            throughput_lines,
+        ),
+        block(
+            "3. The same with TWO worker processes",
+            ours.get("two_workers"),
+            "steps_per_s",
+            throughput_lines,
+        ),
         [
             "4. Start-to-result latency, one-step run, warm worker, 200 sequential (lower is better)",
-            *compare_block(rows, "latency_p50", "ours", False, 2),
-            *compare_block(rows, "latency_p99", "ours", False, 2),
+            *compare_block(rows, "latency_p50", "ours", False, 2, "p50 "),
+            *compare_block(rows, "latency_p99", "ours", False, 2, "p99 "),
             f"   ours p50 {shown(by_metric(rows, 'latency_p50')[0], 3)}, "
             f"p99 {shown(by_metric(rows, 'latency_p99')[0], 3)}",
         ],
-        long_run_block(ours.get("long_run")),
-        in_flight_block(ours.get("in_flight")),
-        fan_out_block(ours.get("fan_out")),
-        start_rate_block(ours.get("start_rate")),
+        block(
+            "5. One run of 10,000 sequential no-op steps: mean gap between step completions",
+            ours.get("long_run"),
+            "mean_gap_ms_first",
+            long_run_lines,
+        ),
+        block(
+            "6. Worker RSS with 10,000 runs in flight (each asleep for 1 h after one step)",
+            ours.get("in_flight"),
+            "worker_rss_mb_idle",
+            in_flight_lines,
+        ),
+        block(
+            "7. Fan-out: one run gathering N parallel no-op steps, start() to result()",
+            ours.get("fan_out"),
+            "1000",
+            fan_out_lines,
+        ),
+        block(
+            "8. Start rate: runs created per second",
+            ours.get("start_rate"),
+            "xadd",
+            start_rate_lines,
+        ),
         memory_block(rows, ours.get("memory")),
     ]
-    for block, key in zip(blocks, FIGURE_KEYS, strict=True):
+    for lines, key in zip(blocks, FIGURE_KEYS, strict=True):
         if key in ours or (key in COMPARED and peers):
-            out += ["", *block]
+            out += ["", *lines]
     out += scale_report(ours.get("scale_out"))
     return "\n".join(out)
 
@@ -237,7 +254,7 @@ def scale_report(rows: list[Result] | None) -> list[str]:
 
 
 COMPARED = ("throughput", "latency", "memory")  # blocks that show the peers too
-# the key in ``ours`` of each block of ``report``, in order
+# the key in ``ours`` of each block of ``report``, in order: figures 1-9
 FIGURE_KEYS = (
     "throughput",
     "aof",

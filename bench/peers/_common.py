@@ -73,6 +73,29 @@ def used_memory(url: str) -> int:
         return int(r.info("memory")["used_memory"])
 
 
+def job_figures(
+    jobs: int, seconds: float, memory: tuple[int, int], what: str, **settings: Any
+) -> tuple[Result, Result]:
+    """The throughput and memory results of ``jobs`` jobs drained in ``seconds``, with
+    ``used_memory`` before and after (``memory``) and the peer's ``settings`` as they ran."""
+    before, after = memory
+    tp = {
+        "jobs": jobs,
+        **settings,
+        "seconds": round(seconds, 4),
+        "jobs_per_s": round(jobs / seconds, 1),
+        "checked_results": jobs,
+        "what": what,
+    }
+    mem = {
+        "jobs": jobs,
+        "used_memory_before": before,
+        "used_memory_after": after,
+        "bytes_per_job": round((after - before) / jobs, 1),
+    }
+    return tp, mem
+
+
 async def poll_until(
     done: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.005
 ) -> None:

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from _common import emit, stop, time_sequential
+from _common import emit, job_figures, stop, time_sequential
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
@@ -112,23 +112,16 @@ async def throughput(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     finally:
         await pool.aclose()
     after = await used_memory(args.redis_url)
-    tp = {
-        "jobs": args.jobs,
-        "max_jobs": args.max_jobs,
-        "poll_delay_s": args.poll_delay,
-        "seconds": round(seconds, 4),
-        "jobs_per_s": round(args.jobs / seconds, 1),
-        "enqueue_seconds": round(enqueue_s, 4),
-        "checked_results": args.jobs,
-        "what": f"{args.jobs:,} no-op jobs (no chains), one burst worker, max_jobs {args.max_jobs}",
-    }
-    mem = {
-        "jobs": args.jobs,
-        "used_memory_before": before,
-        "used_memory_after": after,
-        "bytes_per_job": round((after - before) / args.jobs, 1),
-    }
-    return tp, mem
+    what = f"{args.jobs:,} no-op jobs (no chains), one burst worker, max_jobs {args.max_jobs}"
+    return job_figures(
+        args.jobs,
+        seconds,
+        (before, after),
+        what,
+        max_jobs=args.max_jobs,
+        poll_delay_s=args.poll_delay,
+        enqueue_seconds=round(enqueue_s, 4),
+    )
 
 
 async def latency(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,16 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from _common import Result, emit, figure, poll_until, stop, time_sequential, used_memory
+from _common import (
+    Result,
+    emit,
+    figure,
+    job_figures,
+    poll_until,
+    stop,
+    time_sequential,
+    used_memory,
+)
 from bullmq import Queue, Worker
 
 QUEUE = "wfbench"
@@ -110,22 +119,17 @@ async def throughput(args: argparse.Namespace) -> tuple[Result, Result]:
         await queue.close()
         await r.aclose()
     after = used_memory(args.redis_url)
-    tp = {
-        "jobs": args.jobs,
-        "concurrency": args.concurrency,
-        "seconds": round(seconds, 4),
-        "jobs_per_s": round(args.jobs / seconds, 1),
-        "add_seconds": round(add_s, 4),
-        "checked_results": args.jobs,
-        "what": f"{args.jobs:,} no-op jobs (no chains), one worker process, concurrency {args.concurrency}",
-    }
-    mem = {
-        "jobs": args.jobs,
-        "used_memory_before": before,
-        "used_memory_after": after,
-        "bytes_per_job": round((after - before) / args.jobs, 1),
-    }
-    return tp, mem
+    what = (
+        f"{args.jobs:,} no-op jobs (no chains), one worker process, concurrency {args.concurrency}"
+    )
+    return job_figures(
+        args.jobs,
+        seconds,
+        (before, after),
+        what,
+        concurrency=args.concurrency,
+        add_seconds=round(add_s, 4),
+    )
 
 
 async def latency(args: argparse.Namespace) -> Result:

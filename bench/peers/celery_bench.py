@@ -29,7 +29,16 @@ import time
 from typing import Any
 
 import redis
-from _common import Result, emit, figure, poll_until, stop, time_sequential, used_memory
+from _common import (
+    Result,
+    emit,
+    figure,
+    job_figures,
+    poll_until,
+    stop,
+    time_sequential,
+    used_memory,
+)
 from celery import Celery
 
 app = Celery("wfbench")
@@ -98,22 +107,10 @@ async def throughput(args: argparse.Namespace) -> tuple[Result, Result]:
     check_results(backend, ids)
     backend.close()
     after = used_memory(args.broker_url)
-    tp = {
-        "jobs": args.jobs,
-        "pool": "solo",
-        "seconds": round(seconds, 4),
-        "jobs_per_s": round(args.jobs / seconds, 1),
-        "send_seconds": round(send_s, 4),
-        "checked_results": args.jobs,
-        "what": f"{args.jobs:,} no-op tasks (no chains), one worker process (--pool solo)",
-    }
-    mem = {
-        "jobs": args.jobs,
-        "used_memory_before": before,
-        "used_memory_after": after,
-        "bytes_per_job": round((after - before) / args.jobs, 1),
-    }
-    return tp, mem
+    what = f"{args.jobs:,} no-op tasks (no chains), one worker process (--pool solo)"
+    return job_figures(
+        args.jobs, seconds, (before, after), what, pool="solo", send_seconds=round(send_s, 4)
+    )
 
 
 async def latency(args: argparse.Namespace) -> Result:

@@ -179,8 +179,12 @@ async def ours_figures(server: RedisServer, wanted: set[str], tag: str) -> Resul
     out: Result = {"worker_logs": str(workdir)}
     for name in FIGURES:
         if name in ours_warm.WARM_FIGURES:
-            if name == ours_warm.WARM_FIGURES[0] and wanted & set(ours_warm.WARM_FIGURES):
-                out.update(await ours_warm.warm_figures(server, f"{p}w", workdir, wanted))
+            warm = wanted & set(ours_warm.WARM_FIGURES)
+            if name == ours_warm.WARM_FIGURES[0] and warm:
+                got = await guarded(
+                    lambda: ours_warm.warm_figures(server, f"{p}w", workdir, wanted)
+                )
+                out.update(got if "error" not in got else dict.fromkeys(warm, got))
         elif name in wanted:
             log(f"ours: {name}")
             out["scale_out" if name == "scale" else name] = await guarded(steps[name])

@@ -32,7 +32,8 @@ def versus(ours: Row, peer: Row, higher_is_better: bool, digits: int = 0, label:
             better = f"{peer.system} better"
         ratio = f"ratio {r:.2f} ({better})"
     return (
-        f"   {peer.system}: {shown(peer, digits)} | {ours.system}: {shown(ours, digits)} | {ratio}"
+        f"   {label}{peer.system}: {shown(peer, digits)} | {ours.system}: {shown(ours, digits)}"
+        f" | {ratio}"
     )
 
 
@@ -222,11 +223,13 @@ def report(data: Result) -> str:
     return "\n".join(out)
 
 
-def scale_report(rows: list[Result] | None) -> list[str]:
+def scale_report(rows: list[Result] | Result | None) -> list[str]:
     """The scale-out figure's lines (none when it was not measured)."""
     if rows is None:
         return []
     out = ["", "10. Scale-out: 1,000 runs x 10 no-op steps, N worker processes (higher is better)"]
+    if isinstance(rows, dict):
+        return [*out, f"   ours: {why_not(rows)}"]
     single = next(
         (
             r["steps_per_s"]

@@ -7,8 +7,10 @@ line on stdout (``emit``); a figure that fails records ``{"error": ...}`` and th
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import math
 import signal
@@ -117,6 +119,28 @@ async def figure(out: Result, keys: tuple[str, ...], make: Callable[[], Awaitabl
     except Exception as exc:
         for key in keys:
             out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def job_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every job-queue peer shares: ``[bench|worker] --jobs --latency-runs``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("role", nargs="?", choices=["bench", "worker"], default="bench")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    return parser
+
+
+async def job_peer_figures(
+    peer: str,
+    throughput: Callable[[], Awaitable[tuple[Result, Result]]],
+    latency: Callable[[], Awaitable[Result]],
+) -> Result:
+    """A job-queue peer's result: its version, throughput and memory, latency."""
+    out: Result = {"peer": peer, "version": importlib.metadata.version(peer)}
+    await figure(out, ("throughput", "memory"), throughput)
+    await figure(out, ("latency",), latency)
+    out["per_step"] = {"not_applicable": f"{peer} has jobs, not multi-step workflows"}
+    return out
 
 
 def emit(bench: Callable[[], Awaitable[Result]]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from _common import emit, job_figures, stop, time_sequential
+from _common import emit, job_figures, job_parser, job_peer_figures, stop, time_sequential
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
@@ -142,26 +141,9 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(stop, proc)
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"peer": "arq", "version": importlib.metadata.version("arq")}
-    try:
-        out["throughput"], out["memory"] = await throughput(args)
-    except Exception as exc:
-        out["throughput"] = out["memory"] = {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        out["latency"] = await latency(args)
-    except Exception as exc:
-        out["latency"] = {"error": f"{type(exc).__name__}: {exc}"}
-    out["per_step"] = {"not_applicable": "arq has jobs, not multi-step workflows"}
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", nargs="?", choices=["bench", "worker"], default="bench")
+    parser = job_parser(__doc__)
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--max-jobs", type=int, default=200)
     parser.add_argument("--poll-delay", type=float, default=0.005)
     parser.add_argument("--burst", action="store_true")
@@ -169,7 +151,7 @@ def main() -> None:
     if args.role == "worker":
         run_worker(args.redis_url, args.burst, args.max_jobs, args.poll_delay)
         return
-    emit(lambda: bench(args))
+    emit(lambda: job_peer_figures("arq", lambda: throughput(args), lambda: latency(args)))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import os
 import signal
 import subprocess
@@ -31,8 +30,9 @@ import redis.asyncio as aioredis
 from _common import (
     Result,
     emit,
-    figure,
     job_figures,
+    job_parser,
+    job_peer_figures,
     poll_until,
     stop,
     time_sequential,
@@ -156,26 +156,15 @@ async def latency(args: argparse.Namespace) -> Result:
         await asyncio.to_thread(stop, proc)
 
 
-async def bench(args: argparse.Namespace) -> Result:
-    out: Result = {"peer": "bullmq", "version": importlib.metadata.version("bullmq")}
-    await figure(out, ("throughput", "memory"), lambda: throughput(args))
-    await figure(out, ("latency",), lambda: latency(args))
-    out["per_step"] = {"not_applicable": "BullMQ has jobs, not multi-step workflows"}
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", nargs="?", choices=["bench", "worker"], default="bench")
+    parser = job_parser(__doc__)
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=200)
     args = parser.parse_args()
     if args.role == "worker":
         asyncio.run(run_worker(args.redis_url, args.concurrency))
         return
-    emit(lambda: bench(args))
+    emit(lambda: job_peer_figures("bullmq", lambda: throughput(args), lambda: latency(args)))
 
 
 if __name__ == "__main__":

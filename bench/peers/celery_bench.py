@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -32,8 +31,9 @@ import redis
 from _common import (
     Result,
     emit,
-    figure,
     job_figures,
+    job_parser,
+    job_peer_figures,
     poll_until,
     stop,
     time_sequential,
@@ -126,27 +126,16 @@ async def latency(args: argparse.Namespace) -> Result:
         await asyncio.to_thread(stop, proc)
 
 
-async def bench(args: argparse.Namespace) -> Result:
-    out: Result = {"peer": "celery", "version": importlib.metadata.version("celery")}
-    await figure(out, ("throughput", "memory"), lambda: throughput(args))
-    await figure(out, ("latency",), lambda: latency(args))
-    out["per_step"] = {"not_applicable": "measured as single tasks"}
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", nargs="?", choices=["bench", "worker"], default="bench")
+    parser = job_parser(__doc__)
     parser.add_argument("--broker-url", required=True)
     parser.add_argument("--backend-url", required=True)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--latency-runs", type=int, default=200)
     args = parser.parse_args()
     configure(args)
     if args.role == "worker":
         run_worker()
         return
-    emit(lambda: bench(args))
+    emit(lambda: job_peer_figures("celery", lambda: throughput(args), lambda: latency(args)))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,12 @@ def versions(data: Result) -> str:
     )
 
 
+def command(data: Result) -> str:
+    """The run's command with ``python`` for the interpreter's path (the machine's, not the repo's)."""
+    words = str(data.get("command", "python -m bench.run")).split()
+    return " ".join(["python", *words[1:]])
+
+
 def section(data: Result) -> str:
     """The whole Markdown block."""
     m = data.get("machine", {})
@@ -150,7 +156,7 @@ def section(data: Result) -> str:
         "",
         f"What `make bench` printed on {m.get('nproc', '?')} vCPU ({m.get('cpu_model', '?')}), "
         f"Python {m.get('python', '?')}, Redis {m.get('redis', '?')}, on {data.get('started_at', '?')} "
-        f"(`{data.get('command', 'python -m bench.run')}`, run `bench/results/{stamp}.json`, "
+        f"(`{command(data)}`, run `bench/results/{stamp}.json`, "
         f"{data.get('duration_s', '?')} s). Peers in the same run: {versions(data) or 'none'}. "
         "The machine is noisy (±40 % hour to hour): compare within this table only.",
         "",

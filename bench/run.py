@@ -12,9 +12,9 @@ exit code is 1 only when one of OUR figures failed.
 Figures (``--only`` takes their numbers or names): 1 throughput (one worker), 2 aof, 3 two_workers,
 4 latency, 5 long_run, 6 in_flight, 7 fan_out, 8 start_rate, 9 memory, peers (every peer's
 figures), and 10 scale (scale-out: 1 and 2 workers on one server with 1 and 4 partitions and on a
-local 3-master cluster, ``bench/scale.py``; not part of the default run, ``--scale-only`` = ``--only
-scale``). ``bench/ours.py``, ``bench/ours_warm.py`` and ``bench/ours_capacity.py`` say exactly
-what each figure times.
+local 3-master cluster, ``bench/scale.py``; ``--scale-only`` = ``--only scale``, written to
+``results/scale-<time>.json``). ``bench/ours.py``, ``bench/ours_warm.py``,
+``bench/ours_capacity.py`` and ``bench/scale.py`` say exactly what each figure times.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ PEER_TIMEOUT_S = 600.0
 Result = dict[str, Any]
 
 FIGURES = (*FIGURE_KEYS, "scale")  # figure n is FIGURES[n - 1]
-DEFAULT = (*[f for f in FIGURES if f != "scale"], "peers")
+DEFAULT = (*FIGURES, "peers")
 
 
 def parse_only(text: str) -> set[str]:
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     kind = "" if whole else ("scale-" if args.wanted == {"scale"} else "partial-")
     written = write_results(data, f"{kind}{stamp}", latest=whole)
-    written += write_chart(data, written)
+    if args.wanted & {"throughput", "latency", "memory", "peers"}:  # what the chart shows
+        written += write_chart(data, written)
     print()
     print(text)
     print(f"\nresults: {', '.join(str(p.relative_to(ROOT)) for p in written)}")

@@ -175,16 +175,19 @@ def _installed_version(python: Path, dist: str, module: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def ensure_peer_env(name: str, packages: list[str], dist: str, module: str) -> PeerEnv:
+def ensure_peer_env(
+    name: str, packages: list[str], dist: str, module: str, pin: str | None = None
+) -> PeerEnv:
     """Create ``bench/.venvs/<name>`` with ``python3 -m venv`` and install ``packages``, once.
 
-    Idempotent: an existing venv where ``module`` imports is reused as it is.
+    Idempotent: an existing venv where ``module`` imports (and ``dist`` is at version ``pin``,
+    when given) is reused as it is; another one is created again.
     """
     venv = VENVS / name
     python = _venv_python(venv)
     if python.exists():
         version = _installed_version(python, dist, module)
-        if version:
+        if version and pin in (None, version):
             return PeerEnv(name, python, version)
     base = shutil.which("python3") or sys.executable
     VENVS.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from bench.text import FIGURE_KEYS, report
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-PEER_TIMEOUT_S = 600.0
+PEER_TIMEOUT_S = 300.0  # each peer takes well under a minute here
 
 Result = dict[str, Any]
 
@@ -79,19 +79,25 @@ def parse_only(text: str) -> set[str]:
 
 @dataclass(frozen=True)
 class PeerSpec:
-    """How to install a peer (pip requirements, its distribution and modules) and what it needs."""
+    """How to install a peer (its distribution at a pinned version, with extras; the modules that
+    must import) and what it needs."""
 
-    packages: tuple[str, ...]
     dist: str
+    version: str
     modules: str
+    extras: str = ""
     needs_postgres: bool = False
 
+    def requirement(self) -> str:
+        return f"{self.dist}{self.extras}=={self.version}"
 
+
+# the versions measured; a venv with another version is created again
 PEERS = {
-    "arq": PeerSpec(("arq",), "arq", "arq"),
-    "bullmq": PeerSpec(("bullmq",), "bullmq", "bullmq"),
-    "celery": PeerSpec(("celery[redis]",), "celery", "celery, redis"),
-    "dbos": PeerSpec(("dbos",), "dbos", "dbos, psycopg", needs_postgres=True),
+    "arq": PeerSpec("arq", "0.28.0", "arq"),
+    "bullmq": PeerSpec("bullmq", "3.4.4", "bullmq"),
+    "celery": PeerSpec("celery", "5.7.0", "celery, redis", extras="[redis]"),
+    "dbos": PeerSpec("dbos", "3.4.0", "dbos, psycopg", needs_postgres=True),
 }
 
 
@@ -116,7 +122,9 @@ def install_peers(run: bool) -> dict[str, Result]:
             envs[name] = {"skipped": f"no PostgreSQL at {PG_HOST}:{PG_PORT}"}
         else:
             try:
-                env = ensure_peer_env(name, list(spec.packages), spec.dist, spec.modules)
+                env = ensure_peer_env(
+                    name, [spec.requirement()], spec.dist, spec.modules, spec.version
+                )
                 envs[name] = {"python": str(env.python), "version": env.version}
             except Exception as exc:
                 envs[name] = {"error": f"install failed: {exc}"}

@@ -97,6 +97,8 @@ def in_flight_lines(fl: Result) -> Lines:
 def fan_out_lines(fo: Result) -> Lines:
     return [
         f"   ours: {int(n):,} steps in {fig['seconds']:.3f} s = {num(fig['steps_per_s'])} steps/s"
+        if "seconds" in fig
+        else f"   ours: {int(n):,} steps: {why_not(fig)}"
         for n, fig in fo.items()
     ]
 

@@ -47,8 +47,13 @@ test-cluster: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/pytest -q -s -m chaos tests/chaos
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+## bench: ours vs the peers, one run (ARGS="--only 1,4 --no-peers" for a subset); see bench/run.py
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .workflow .mypy_cache .ruff_cache .pytest_cache

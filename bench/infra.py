@@ -1,7 +1,8 @@
 """What the benchmark runs on: a private Redis server, the peers' virtualenvs, PostgreSQL, the machine.
 
 Nothing here is measured. The Redis server is started on a free loopback port with persistence off
-(``--save '' --appendonly no``) in a temporary directory and stopped at the end; each peer gets its
+(``--save '' --appendonly no``; a second one with AOF ``everysec`` for figure 2) in a temporary
+directory and stopped at the end; each peer gets its
 own virtualenv under ``bench/.venvs/`` (created with ``python3 -m venv``, installed once and reused)
 and runs as a subprocess that prints one JSON line on stdout.
 """
@@ -89,11 +90,16 @@ class RedisServer:
     def used_memory(self) -> int:
         return int(self.info("memory")["used_memory"])
 
+    def config_value(self, name: str) -> str:
+        with self.client() as c:
+            return str(c.config_get(name).get(name, "?"))
+
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[RedisServer]:
-    """Start redis-server on a free port with persistence off and the stream node size of
-    deploy/redis.conf; stop it and remove its directory."""
+def private_redis(aof: bool = False) -> Iterator[RedisServer]:
+    """Start redis-server on a free port with persistence off (``aof``: AOF on, ``appendfsync
+    everysec``, as deploy/ recommends) and the stream node size of deploy/redis.conf; stop it and
+    remove its directory."""
     binary = redis_binary()
     directory = Path(tempfile.mkdtemp(prefix="wfbench-redis-"))
     port = free_port()
@@ -102,7 +108,8 @@ def private_redis() -> Iterator[RedisServer]:
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if aof else "no",
+        "--appendfsync", "everysec",
         # the setting deploy/redis.conf recommends: a run's small stream otherwise preallocates 4 KB
         "--stream-node-max-bytes", "1024",
         "--dir", str(directory),
@@ -168,16 +175,19 @@ def _installed_version(python: Path, dist: str, module: str) -> str | None:
     return out.stdout.strip() or None
 
 
-def ensure_peer_env(name: str, packages: list[str], dist: str, module: str) -> PeerEnv:
+def ensure_peer_env(
+    name: str, packages: list[str], dist: str, module: str, pin: str | None = None
+) -> PeerEnv:
     """Create ``bench/.venvs/<name>`` with ``python3 -m venv`` and install ``packages``, once.
 
-    Idempotent: an existing venv where ``module`` imports is reused as it is.
+    Idempotent: an existing venv where ``module`` imports (and ``dist`` is at version ``pin``,
+    when given) is reused as it is; another one is created again.
     """
     venv = VENVS / name
     python = _venv_python(venv)
     if python.exists():
         version = _installed_version(python, dist, module)
-        if version:
+        if version and pin in (None, version):
             return PeerEnv(name, python, version)
     base = shutil.which("python3") or sys.executable
     VENVS.mkdir(parents=True, exist_ok=True)

@@ -1,48 +1,52 @@
-"""Our engine's four figures, each against a private Redis and ``wf worker`` processes.
+"""Our engine's throughput figures, and the helpers every figure of ours uses.
 
-1. Throughput: 1,000 runs of ``bench.ten_steps`` are created with ``start()`` while no worker runs,
-   then ONE ``wf worker bench.workloads --concurrency 200`` process is started; the clock runs from
-   spawning it until ``ZCARD <prefix>:{p0}:idx:completed`` reaches 1,000 (nothing subtracted, so the
-   worker's start-up is included). steps/s = 10,000 / seconds. Every run's output is then checked,
-   and 20 sampled runs also through ``get_run(id).result()``.
-2. Latency: with a worker already running, 200 sequential ``bench.one_step`` runs, each timed from
-   ``start()`` until ``run.result()`` returns (it blocks on the run's event stream).
-3. Per-step overhead: one ``bench.long_run`` of 1,000 sequential steps; the gaps between consecutive
-   ``step_completed`` events of its log (server time, ms resolution) for steps 1-100 and 901-1000.
-4. Memory: Redis ``used_memory`` before and after 1,000 finished ten-step runs on a fresh prefix,
-   both read with no worker connected (so client buffers do not count), divided by 1,000.
+Figures 1-3 (``throughput``): ``TP_RUNS`` runs of ``bench.ten_steps`` are created with ``start()``
+while no worker runs, then N ``wf worker bench.workloads --concurrency 200`` processes are spawned.
+``ZCARD <prefix>:{p0}:idx:completed`` is polled every 5 ms with a timestamp, from spawning the
+workers until it reaches ``TP_RUNS``:
+
+- total steps/s = steps / seconds from spawning the workers to the last completion (start-up
+  included, nothing subtracted);
+- steady steps/s = 10 x (completed at the first poll that saw >= 90 % done - completed at the first
+  poll that saw >= 10 %) / the time between those two polls (``bench.stats.steady_rate``);
+- CPU per step: each worker's user+system CPU (``/proc/<pid>/stat``), redis-server's
+  (``INFO cpu``) and this client process's (it polls), read at those polls and at the end, divided
+  by the steps completed in between.
+
+Every run's output is then checked, and 20 sampled runs also through ``get_run(id).result()``.
+Figure 1 is one worker on the private server (persistence off), figure 2 the same on a second
+server with AOF ``appendfsync everysec``, figure 3 two workers on the first server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from bench import workloads
-from bench.infra import ROOT, RedisServer, log
+from bench.infra import ROOT, RedisServer
+from bench.stats import Sample, crossing, steady_rate
 from worker import get_run, set_world, start
 from world_redis import RedisWorld
 
-RUNS = 1_000
-LATENCY_RUNS = 200
+RUNS = 1_000  # runs of the memory and scale-out figures
+TP_RUNS = 5_000  # runs of the throughput figures: enough for a steady state between 10 % and 90 %
 WORKER_CONCURRENCY = 200
 SAMPLE_RESULTS = 20
 POLL_S = 0.005
+STEADY_WINDOW = (0.1, 0.9)
 
 
 def wf_binary() -> str:
@@ -51,22 +55,30 @@ def wf_binary() -> str:
     return str(beside if beside.exists() else ROOT / ".venv" / "bin" / "wf")
 
 
-def spawn_worker(
-    url: str, prefix: str, log_path: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """One ``wf worker bench.workloads`` process on ``prefix``; its output goes to ``log_path``."""
-    env = {
+def worker_env(url: str, prefix: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``wf worker`` on ``prefix`` (warnings only in its log)."""
+    return {
         **os.environ,
         "WORKFLOW_REDIS_URL": url,
         "WORKFLOW_PREFIX": prefix,
         "WORKFLOW_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
+
+
+def worker_command() -> list[str]:
+    return [wf_binary(), "worker", "bench.workloads", "--concurrency", str(WORKER_CONCURRENCY)]
+
+
+def spawn_worker(
+    url: str, prefix: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """One ``wf worker bench.workloads`` process on ``prefix``; its output goes to ``log_path``."""
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [wf_binary(), "worker", "bench.workloads", "--concurrency", str(WORKER_CONCURRENCY)],
+            worker_command(),
             cwd=str(ROOT),
-            env=env,
+            env=worker_env(url, prefix, extra_env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -90,25 +102,46 @@ def worker_log_tail(path: Path, lines: int = 15) -> str:
     return ""
 
 
+def client(world: RedisWorld) -> aioredis.Redis:
+    """The world's client with all of redis-py's commands: the benchmark reads what the engine's
+    narrower ``RedisClient`` protocol does not name (ZCARD, MEMORY USAGE...) on a single server."""
+    return cast(aioredis.Redis, world.redis)
+
+
 @contextlib.asynccontextmanager
 async def engine(url: str, prefix: str) -> AsyncIterator[RedisWorld]:
-    """A RedisWorld on ``prefix`` set as the process's world; closed at the end."""
+    """A RedisWorld on ``prefix`` set as the process's world (its partition count settled, so
+    its keys can be built at once); closed at the end."""
     world = RedisWorld.from_url(url, prefix=prefix)
     set_world(world)
     try:
+        await world.check_config()
         yield world
     finally:
         set_world(None)
         await world.close()
 
 
+@dataclass
+class WorkerProc:
+    """A running worker process and its log file."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        return worker_log_tail(self.log)
+
+
 @contextlib.asynccontextmanager
-async def worker_process(url: str, prefix: str, workdir: Path) -> AsyncIterator[Path]:
-    """A worker running for the duration of the block; yields its log file."""
+async def worker_process(
+    url: str, prefix: str, workdir: Path, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[WorkerProc]:
+    """A worker running for the duration of the block."""
     path = workdir / f"worker-{prefix.replace(':', '_')}.log"
-    proc = spawn_worker(url, prefix, path)
+    proc = spawn_worker(url, prefix, path, extra_env)
     try:
-        yield path
+        yield WorkerProc(proc, path)
     finally:
         await asyncio.to_thread(stop_worker, proc)
 
@@ -124,14 +157,19 @@ async def bounded(n: int, limit: int, make: Callable[[int], Awaitable[Any]]) -> 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def create_ten_step_runs(n: int, limit: int) -> list[str]:
-    """Start ``n`` ten-step runs (input i) and return their ids in input order."""
+async def create_runs(fn: Any, n: int, limit: int) -> list[str]:
+    """Start ``n`` runs of ``fn`` (input i) and return their ids in input order."""
 
     async def make(i: int) -> str:
-        run = await start(workloads.ten_steps, i)
+        run = await start(fn, i)
         return run.run_id
 
     return await bounded(n, limit, make)
+
+
+async def create_ten_step_runs(n: int, limit: int) -> list[str]:
+    """Start ``n`` ten-step runs (input i) and return their ids in input order."""
+    return await create_runs(workloads.ten_steps, n, limit)
 
 
 async def wait_count(
@@ -142,13 +180,19 @@ async def wait_count(
     alive: Callable[[], bool] = lambda: True,
     failed_key: str | None = None,
     t0: float | None = None,
+    on_poll: Callable[[Sample], Awaitable[None]] | None = None,
 ) -> tuple[float, float | None]:
-    """Poll ZCARD ``key`` until it reaches ``target``: (seconds since ``t0``, to the first one)."""
+    """Poll ZCARD ``key`` until it reaches ``target``: (seconds since ``t0``, to the first one).
+
+    ``on_poll`` sees every poll's (time, count).
+    """
     t0 = time.perf_counter() if t0 is None else t0
     first: float | None = None
     while True:
         count = int(await r.zcard(key))
         now = time.perf_counter() - t0
+        if on_poll is not None:
+            await on_poll(Sample(now, count))
         if count and first is None:
             first = now
         if count >= target:
@@ -162,9 +206,22 @@ async def wait_count(
         await asyncio.sleep(POLL_S)
 
 
+async def check_outputs_api(run_ids: list[str]) -> dict[str, Any]:
+    """Every run's ``get_run(id).result()`` equals ``expected_ten_steps(i)`` (50 at a time): the
+    check for runs whose storage the benchmark does not read itself, such as compacted ones."""
+
+    async def wrong(i: int) -> bool:
+        return bool(await get_run(run_ids[i]).result(timeout=30) != workloads.expected_ten_steps(i))
+
+    bad = [rid for rid, w in zip(run_ids, await bounded(len(run_ids), 50, wrong), strict=True) if w]
+    if bad:
+        raise RuntimeError(f"{len(bad)} runs returned a wrong result, e.g. {bad[:3]}")
+    return {"checked_outputs": len(run_ids), "checked_via_result_api": len(run_ids)}
+
+
 async def check_outputs(world: RedisWorld, run_ids: list[str]) -> dict[str, Any]:
     """Every run's stored output equals ``expected_ten_steps(i)``; 20 also via ``result()``."""
-    pipe = world.redis.pipeline(transaction=False)
+    pipe = client(world).pipeline(transaction=False)
     for rid in run_ids:
         pipe.hmget(world.keys.run(rid), "status", "output")
     rows = await pipe.execute()
@@ -184,7 +241,7 @@ async def check_outputs(world: RedisWorld, run_ids: list[str]) -> dict[str, Any]
     return {"checked_outputs": len(run_ids), "checked_via_result_api": len(sampled)}
 
 
-# -- figure 1 ------------------------------------------------------------------------------------
+# -- CPU and memory of processes -----------------------------------------------------------------
 
 
 def process_cpu_s(pid: int) -> float:
@@ -196,232 +253,165 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_status_kb(pid: int, field: str) -> int | None:
+    """A ``/proc/<pid>/status`` figure in kB (``VmRSS``, ``VmHWM``), None where unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    return None
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    kb = process_status_kb(pid, field)
+    return None if kb is None else round(kb / 1024, 1)
+
+
 def redis_cpu_s(server: RedisServer) -> float:
     cpu = server.info("cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-async def throughput(server: RedisServer, prefix: str, workdir: Path) -> dict[str, Any]:
-    """Figure 1: durable steps/s of ONE worker process draining 1,000 pre-created ten-step runs."""
-    async with engine(server.url, prefix) as world:
-        t = time.perf_counter()
-        run_ids = await create_ten_step_runs(RUNS, 50)
-        create_s = time.perf_counter() - t
-        r = world.redis
-        keys = world.keys
-        pending = int(await r.zcard(keys.idx_status(0, "pending")))
-        if pending != RUNS:
-            raise RuntimeError(f"expected {RUNS} pending runs before the worker, found {pending}")
-        path = workdir / "worker-throughput.log"
-        redis_cpu0 = redis_cpu_s(server)
-        t0 = time.perf_counter()
-        proc = spawn_worker(server.url, prefix, path)
-        worker_cpu = 0.0
-        try:
-            seconds, first = await wait_count(
-                r,
-                keys.idx_status(0, "completed"),
-                RUNS,
-                timeout=300,
-                alive=lambda: proc.poll() is None,
-                failed_key=keys.idx_status(0, "failed"),
-                t0=t0,  # the clock started before spawning the worker
-            )
-            worker_cpu = process_cpu_s(proc.pid)  # before it drains: start-up included
-            redis_cpu = redis_cpu_s(server) - redis_cpu0
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\nworker log:\n{worker_log_tail(path)}") from None
-        finally:
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds used so far by each worker, redis-server and this client, at ``completed``."""
+
+    completed: int
+    workers: tuple[float, ...]
+    redis: float
+    client: float
+
+    def per_step_us(self, since: CpuMark, steps_per_run: int) -> dict[str, Any]:
+        """µs of CPU per step of each side between ``since`` and this mark."""
+        steps = (self.completed - since.completed) * steps_per_run
+        if steps <= 0:
+            return {}
+
+        def us(a: float, b: float) -> float:
+            return round((a - b) * 1e6 / steps, 1)
+
+        per_worker = [us(a, b) for a, b in zip(self.workers, since.workers, strict=True)]
+        return {
+            "steps": steps,
+            "workers": per_worker,
+            "workers_total": round(sum(per_worker), 1),
+            "redis": us(self.redis, since.redis),
+            "client": us(self.client, since.client),
+        }
+
+
+def cpu_mark(completed: int, procs: Sequence[subprocess.Popen[bytes]], redis: float) -> CpuMark:
+    return CpuMark(
+        completed, tuple(process_cpu_s(p.pid) for p in procs), redis, time.process_time()
+    )
+
+
+# -- figures 1, 2 and 3 --------------------------------------------------------------------------
+
+
+class Progress:
+    """The polls of one throughput measurement and the CPU marks at 10 %, 90 % and the end."""
+
+    def __init__(self, r: aioredis.Redis, procs: Sequence[subprocess.Popen[bytes]], total: int):
+        self.r, self.procs, self.total = r, procs, total
+        self.samples: list[Sample] = []
+        self.marks: dict[str, CpuMark] = {}
+
+    async def mark(self, name: str, completed: int) -> None:
+        cpu = await self.r.info("cpu")
+        redis = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        self.marks[name] = cpu_mark(completed, self.procs, redis)
+
+    async def on_poll(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        for name, fraction in zip(("lo", "hi"), STEADY_WINDOW, strict=True):
+            if name not in self.marks and sample.count >= fraction * self.total:
+                await self.mark(name, sample.count)
+
+
+async def drain_runs(
+    server: RedisServer, world: RedisWorld, workers: int, workdir: Path
+) -> tuple[float, Progress]:
+    """Spawn ``workers`` workers and poll until TP_RUNS runs completed: (seconds, progress)."""
+    keys = world.keys
+    paths = [workdir / f"worker-tp-{world.keys.prefix}-{i}.log" for i in range(workers)]
+    t0 = time.perf_counter()
+    procs = [spawn_worker(server.url, keys.prefix, path) for path in paths]
+    progress = Progress(client(world), procs, TP_RUNS)
+    await progress.mark("start", 0)
+    try:
+        seconds, _ = await wait_count(
+            client(world),
+            keys.idx_status(0, "completed"),
+            TP_RUNS,
+            timeout=300,
+            alive=lambda: all(p.poll() is None for p in procs),
+            failed_key=keys.idx_status(0, "failed"),
+            t0=t0,  # the clock started before spawning the workers
+            on_poll=progress.on_poll,
+        )
+        await progress.mark("end", TP_RUNS)
+    except RuntimeError as exc:
+        tails = "\n".join(worker_log_tail(path) for path in paths)
+        raise RuntimeError(f"{exc}\nworker log:\n{tails}") from None
+    finally:
+        for proc in procs:
             await asyncio.to_thread(stop_worker, proc)
-        checks = await check_outputs(world, run_ids)
-    steps = RUNS * workloads.STEPS_PER_RUN
-    return {
-        "runs": RUNS,
-        "steps_per_run": workloads.STEPS_PER_RUN,
-        "worker_concurrency": WORKER_CONCURRENCY,
+    return seconds, progress
+
+
+def throughput_figures(seconds: float, progress: Progress) -> dict[str, Any]:
+    """Total and steady-state rates and CPU per step, from one drain's polls and marks."""
+    per_run = workloads.STEPS_PER_RUN
+    steps = TP_RUNS * per_run
+    first = crossing(progress.samples, 1)
+    steady = steady_rate(progress.samples, TP_RUNS, *STEADY_WINDOW)
+    marks = progress.marks
+    out: dict[str, Any] = {
         "seconds": round(seconds, 4),
         "steps_per_s": round(steps / seconds, 1),
-        "runs_per_s": round(RUNS / seconds, 1),
-        "first_run_completed_after_s": round(first or 0.0, 4),
-        "create_runs_seconds": round(create_s, 4),
-        "worker_cpu_us_per_step": round(worker_cpu * 1e6 / steps, 1),
-        "redis_cpu_us_per_step": round(redis_cpu * 1e6 / steps, 1),
-        **checks,
+        "first_run_completed_after_s": round(first.t, 4) if first else None,
+        "cpu_us_per_step_total": marks["end"].per_step_us(marks["start"], per_run),
     }
+    if steady is not None:
+        out["steady_steps_per_s"] = round(steady["per_s"] * per_run, 1)
+        out["steady_window"] = {k: round(v, 4) for k, v in steady.items() if k != "per_s"}
+    if "lo" in marks and "hi" in marks:
+        out["cpu_us_per_step_steady"] = marks["hi"].per_step_us(marks["lo"], per_run)
+    return out
 
 
-# -- figures 2 and 3 -----------------------------------------------------------------------------
+STEADY_HOW = (
+    "steady_steps_per_s = 10 x (runs completed at the first poll of ZCARD idx:completed that saw "
+    ">= 90 % of the runs done - completed at the first poll that saw >= 10 %) / seconds between "
+    "those two polls (polled every 5 ms); cpu_us_per_step_steady: CPU read at those two polls "
+    "over the steps completed between them; *_total: from spawning the workers to the last "
+    "completion, start-up included"
+)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
-
-
-async def latency(n: int) -> dict[str, Any]:
-    """Figure 2: start() to result() of one-step runs, one at a time, with a worker running."""
-    for i in range(5):  # warm-up; also proves the worker is up
-        run = await start(workloads.one_step, -i)
-        await run.result(timeout=60)
-    samples: list[float] = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        run = await start(workloads.one_step, i)
-        value = await run.result(timeout=30)
-        samples.append((time.perf_counter() - t0) * 1000)
-        if value != i:
-            raise RuntimeError(f"one_step({i}) returned {value!r}")
-    return {
-        "runs": n,
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p99_ms": round(percentile(samples, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "max_ms": round(max(samples), 3),
-    }
-
-
-def gap_stats(completed_ms: list[int]) -> dict[str, Any]:
-    """Gaps between consecutive step completions: steps 1-100, 901-1000, p50 over all."""
-    n = len(completed_ms)
-    gaps = [b - a for a, b in itertools.pairwise(completed_ms)]
-    first = (completed_ms[99] - completed_ms[0]) / 99
-    last = (completed_ms[n - 1] - completed_ms[n - 100]) / 99
-    return {
-        "steps": n,
-        "mean_gap_ms_steps_1_100": round(first, 3),
-        "mean_gap_ms_steps_901_1000": round(last, 3),
-        "ratio_last_first": round(last / first, 3) if first > 0 else None,
-        "p50_gap_ms": round(percentile([float(g) for g in gaps], 50), 3),
-        "mean_gap_ms_all": round((completed_ms[-1] - completed_ms[0]) / (n - 1), 3),
-        "timestamp_resolution_ms": 1,
-    }
-
-
-async def per_step_overhead(steps: int) -> dict[str, Any]:
-    """Figure 3: one run of ``steps`` sequential no-op steps, gaps read from its event log."""
-    t0 = time.perf_counter()
-    run = await start(workloads.long_run, steps)
-    value = await run.result(timeout=600)
-    wall = time.perf_counter() - t0
-    if value != steps:
-        raise RuntimeError(f"long_run({steps}) returned {value!r}")
-    events = await get_run(run.run_id).events()
-    done = [ev.ts for ev in events if ev.__struct_config__.tag == "step_completed"]
-    if len(done) != steps:
-        raise RuntimeError(f"expected {steps} step_completed events, found {len(done)}")
-    return {**gap_stats(done), "wall_seconds": round(wall, 3), "events": len(events)}
-
-
-async def latency_and_overhead(server: RedisServer, prefix: str, workdir: Path) -> dict[str, Any]:
-    """Figures 2 and 3 on one prefix with one worker running throughout."""
-    async with engine(server.url, prefix), worker_process(server.url, prefix, workdir) as path:
-        out: dict[str, Any] = {}
-        try:
-            out["latency"] = await latency(LATENCY_RUNS)
-        except Exception as exc:
-            out["latency"] = {"error": f"{exc}\n{worker_log_tail(path)}"}
-        try:
-            out["per_step"] = await per_step_overhead(workloads.LONG_RUN_STEPS)
-        except Exception as exc:
-            out["per_step"] = {"error": f"{exc}\n{worker_log_tail(path)}"}
-        return out
-
-
-# -- figure 4 ------------------------------------------------------------------------------------
-
-
-async def wait_worker_reading(r: aioredis.Redis, timeout: float = 30) -> None:
-    """Until some client blocks in XREADGROUP: the worker is past start-up and reading."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        clients = await r.client_list()
-        if any(c.get("cmd") == "xreadgroup" for c in clients):
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"the worker did not start reading within {timeout:.0f} s")
-
-
-async def memory_per_run(server: RedisServer, prefix: str, workdir: Path) -> dict[str, Any]:
-    """Figure 4: used_memory growth per finished ten-step run on a fresh prefix."""
+async def throughput(
+    server: RedisServer, prefix: str, workdir: Path, workers: int = 1
+) -> dict[str, Any]:
+    """Durable steps/s of ``workers`` worker processes draining TP_RUNS pre-created runs."""
     async with engine(server.url, prefix) as world:
-        r = world.redis
-        keys = world.keys
-        # let the worker create the group and streams first, then stop it: fixed costs are out
-        async with worker_process(server.url, prefix, workdir):
-            await wait_worker_reading(r)
-        await r.ping()
-        await asyncio.sleep(0.2)
-        before = server.used_memory()
-        run_ids = await create_ten_step_runs(RUNS, 1)  # one connection: no extra client buffers
-        async with worker_process(server.url, prefix, workdir) as path:
-            try:
-                await wait_count(
-                    r,
-                    keys.idx_status(0, "completed"),
-                    RUNS,
-                    timeout=300,
-                    failed_key=keys.idx_status(0, "failed"),
-                )
-            except RuntimeError as exc:
-                raise RuntimeError(f"{exc}\nworker log:\n{worker_log_tail(path)}") from None
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # wake-ups acknowledged and deleted
-                info = await r.xpending(keys.ready(0), "workers")
-                if int(await r.xlen(keys.ready(0))) == 0 and int(info["pending"]) == 0:
-                    break
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
-        after = server.used_memory()
-        rid = run_ids[0]
-        sample = {
-            "run_hash": await r.memory_usage(keys.run(rid), samples=0),
-            "event_stream": await r.memory_usage(keys.events(rid), samples=0),
-            "entity_hash": await r.memory_usage(keys.entities(rid), samples=0),
-        }
+        t = time.perf_counter()
+        run_ids = await create_ten_step_runs(TP_RUNS, 50)
+        create_s = time.perf_counter() - t
+        pending = int(await client(world).zcard(world.keys.idx_status(0, "pending")))
+        if pending != TP_RUNS:
+            raise RuntimeError(
+                f"expected {TP_RUNS} pending runs before the worker, found {pending}"
+            )
+        seconds, progress = await drain_runs(server, world, workers, workdir)
         checks = await check_outputs(world, run_ids)
     return {
-        "runs": RUNS,
-        "used_memory_before": before,
-        "used_memory_after": after,
-        "bytes_per_run": round((after - before) / RUNS, 1),
-        "memory_usage_of_one_run_keys": sample,
-        "stream_node_max_bytes": config_value(server, "stream-node-max-bytes"),
+        "runs": TP_RUNS,
+        "steps_per_run": workloads.STEPS_PER_RUN,
+        "workers": workers,
+        "worker_concurrency": WORKER_CONCURRENCY,
+        **throughput_figures(seconds, progress),
+        "how": STEADY_HOW,
+        "create_runs_seconds": round(create_s, 4),
         **checks,
     }
-
-
-def config_value(server: RedisServer, name: str) -> str:
-    with server.client() as c:
-        return str(c.config_get(name).get(name, "?"))
-
-
-# -- all four ------------------------------------------------------------------------------------
-
-
-async def run_all(server: RedisServer, tag: str) -> dict[str, Any]:
-    """Every figure of our engine; a failing figure records its error and the others still run."""
-    workdir = Path(tempfile.mkdtemp(prefix="wfbench-ours-"))
-    out: dict[str, Any] = {"worker_logs": str(workdir)}
-    log("ours: figure 1, throughput (1,000 runs x 10 steps, one worker)")
-    try:
-        out["throughput"] = await throughput(server, f"wfb{tag}tp", workdir)
-    except Exception as exc:
-        out["throughput"] = {"error": str(exc)}
-    log("ours: figures 2 and 3, latency and per-step overhead")
-    try:
-        out.update(await latency_and_overhead(server, f"wfb{tag}lat", workdir))
-    except Exception as exc:
-        out["latency"] = out["per_step"] = {"error": str(exc)}
-    log("ours: figure 4, Redis memory per finished run")
-    try:
-        out["memory"] = await memory_per_run(server, f"wfb{tag}mem", workdir)
-    except Exception as exc:
-        out["memory"] = {"error": str(exc)}
-    if any("error" in v for v in out.values() if isinstance(v, dict)):
-        log(f"ours: worker logs kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-        out["worker_logs"] = None
-    return out

@@ -1,17 +1,20 @@
-"""``make bench``: our engine next to arq and DBOS Transact, in one run on this machine.
+"""``make bench``: our engine next to arq, BullMQ, Celery and DBOS Transact, in one run on this machine.
 
 Installs each peer into its own virtualenv under ``bench/.venvs/`` (once), starts a private
-``redis-server`` (persistence off) for every Redis measurement, measures our engine (``bench.ours``),
-then runs each peer's script (``bench/peers/``) as a subprocess with the peer's python. DBOS uses the
-PostgreSQL server at 127.0.0.1:5432 (a fresh database, dropped afterwards) and is skipped without one.
-Prints the machine and one block per figure, "ours X | peer Y | ratio", and writes everything to
-``bench/results/latest.json`` plus a timestamped copy. A peer that fails is reported and skipped; the
+``redis-server`` (persistence off) for every Redis measurement (and a second one with AOF
+``everysec`` for figure 2), measures our engine, then runs each peer's script (``bench/peers/``) as
+a subprocess with the peer's python. DBOS uses the PostgreSQL server at 127.0.0.1:5432 (a fresh
+database, dropped afterwards) and is skipped without one. Prints the machine and one block per
+figure, writes everything to ``bench/results/latest.json`` plus a timestamped copy, and a chart
+beside them (``latest.png``). A peer that fails to install or to run is reported and skipped; the
 exit code is 1 only when one of OUR figures failed.
 
-Figures: 1 durable steps/s with one worker, 2 start-to-result latency, 3 per-step overhead of a
-1,000-step run, 4 Redis memory per finished run (``bench/ours.py`` says exactly what is timed), 5
-scale-out: 1 and 2 workers on one server with 1 and 4 partitions and on a local 3-master cluster
-(``bench/scale.py``; ``--scale-only`` measures just that, into ``results/scale-<time>.json``).
+Figures (``--only`` takes their numbers or names): 1 throughput (one worker), 2 aof, 3 two_workers,
+4 latency, 5 long_run, 6 in_flight, 7 fan_out, 8 start_rate, 9 memory, peers (every peer's
+figures), and 10 scale (scale-out: 1 and 2 workers on one server with 1 and 4 partitions and on a
+local 3-master cluster, ``bench/scale.py``; ``--scale-only`` = ``--only scale``, written to
+``results/scale-<time>.json``). ``bench/ours.py``, ``bench/ours_warm.py``,
+``bench/ours_capacity.py`` and ``bench/scale.py`` say exactly what each figure times.
 """
 
 from __future__ import annotations
@@ -21,18 +24,22 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ours, scale
+from bench import ours, ours_capacity, ours_warm, scale
 from bench.infra import (
     BENCH,
     RESULTS,
     ROOT,
+    RedisServer,
     ensure_peer_env,
     log,
     machine_info,
@@ -40,42 +47,93 @@ from bench.infra import (
     private_redis,
     run_peer,
 )
+from bench.text import FIGURE_KEYS, report
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
-PEER_TIMEOUT_S = 900.0
+PEER_TIMEOUT_S = 300.0  # each peer takes well under a minute here
 
 Result = dict[str, Any]
 
+FIGURES = (*FIGURE_KEYS, "scale")  # figure n is FIGURES[n - 1]
+DEFAULT = (*FIGURES, "peers")
 
-# -- running -------------------------------------------------------------------------------------
+
+def parse_only(text: str) -> set[str]:
+    """``--only 1,latency,peers`` -> figure names; raises ValueError on an unknown one."""
+    wanted: set[str] = set()
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if item.isdigit() and 1 <= int(item) <= len(FIGURES):
+            wanted.add(FIGURES[int(item) - 1])
+        elif item in (*FIGURES, "peers"):
+            wanted.add(item)
+        else:
+            raise ValueError(
+                f"unknown figure {item!r}: use 1-{len(FIGURES)} or {', '.join(DEFAULT)}"
+            )
+    return wanted
 
 
-def install_peers(skip: set[str]) -> dict[str, Result]:
-    """Each peer's venv (created once), or the reason it cannot run."""
+# -- the peers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """How to install a peer (its distribution at a pinned version, with extras; the modules that
+    must import) and what it needs."""
+
+    dist: str
+    version: str
+    modules: str
+    extras: str = ""
+    needs_postgres: bool = False
+
+    def requirement(self) -> str:
+        return f"{self.dist}{self.extras}=={self.version}"
+
+
+# the versions measured; a venv with another version is created again
+PEERS = {
+    "arq": PeerSpec("arq", "0.28.0", "arq"),
+    "bullmq": PeerSpec("bullmq", "3.4.4", "bullmq"),
+    "celery": PeerSpec("celery", "5.7.0", "celery, redis", extras="[redis]"),
+    "dbos": PeerSpec("dbos", "3.4.0", "dbos, psycopg", needs_postgres=True),
+}
+
+
+def peer_args(name: str, redis_port: int) -> list[str]:
+    """Each peer's command line: its own database of the private Redis, or PostgreSQL."""
+    url = f"redis://127.0.0.1:{redis_port}"
+    return {
+        "arq": ["--redis-url", f"{url}/1"],
+        "bullmq": ["--redis-url", f"{url}/2"],
+        "celery": ["--broker-url", f"{url}/3", "--backend-url", f"{url}/4"],
+        "dbos": ["--pg-url", PG_URL],
+    }[name]
+
+
+def install_peers(run: bool) -> dict[str, Result]:
+    """Each peer's venv (created once), or the reason it cannot run; none when not ``run``."""
     envs: dict[str, Result] = {}
-    specs = {"arq": (["arq"], "arq", "arq"), "dbos": (["dbos"], "dbos", "dbos, psycopg")}
-    for name, (packages, dist, module) in specs.items():
-        if name in skip:
-            envs[name] = {"skipped": "--no-peers"}
-            continue
-        if name == "dbos" and not port_open(PG_HOST, PG_PORT):
+    for name, spec in PEERS.items():
+        if not run:
+            break
+        if spec.needs_postgres and not port_open(PG_HOST, PG_PORT):
             envs[name] = {"skipped": f"no PostgreSQL at {PG_HOST}:{PG_PORT}"}
-            continue
-        try:
-            env = ensure_peer_env(name, packages, dist, module)
-            envs[name] = {"python": str(env.python), "version": env.version}
-        except Exception as exc:
-            envs[name] = {"error": f"install failed: {exc}"}
+        else:
+            try:
+                env = ensure_peer_env(
+                    name, [spec.requirement()], spec.dist, spec.modules, spec.version
+                )
+                envs[name] = {"python": str(env.python), "version": env.version}
+            except Exception as exc:
+                envs[name] = {"error": f"install failed: {exc}"}
+                log(f"{name}: install failed, skipped")
     return envs
 
 
 def run_peers(envs: dict[str, Result], redis_port: int) -> dict[str, Result]:
     """Each installed peer's figures, or its error; never raises."""
-    args = {
-        "arq": ["--redis-url", f"redis://127.0.0.1:{redis_port}/1"],
-        "dbos": ["--pg-url", PG_URL],
-    }
     out: dict[str, Result] = {}
     for name, env in envs.items():
         if "python" not in env:
@@ -84,301 +142,79 @@ def run_peers(envs: dict[str, Result], redis_port: int) -> dict[str, Result]:
         log(f"{name}: running bench/peers/{name}_bench.py")
         try:
             script = BENCH / "peers" / f"{name}_bench.py"
-            out[name] = run_peer(Path(env["python"]), script, args[name], PEER_TIMEOUT_S)
+            args = peer_args(name, redis_port)
+            out[name] = run_peer(Path(env["python"]), script, args, PEER_TIMEOUT_S)
         except Exception as exc:
             out[name] = {"error": str(exc)}
         out[name].setdefault("version", env.get("version"))
     return out
 
 
-# -- the report ----------------------------------------------------------------------------------
+# -- our figures ---------------------------------------------------------------------------------
 
 
-def num(value: float, digits: int = 0) -> str:
-    return f"{value:,.{digits}f}"
+async def guarded(make: Callable[[], Awaitable[Any]]) -> Any:
+    """A figure's result, or its error; one failing figure never stops the others."""
+    try:
+        return await make()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-@dataclass
-class Fig:
-    """One figure of one system: its value, or why there is none."""
-
-    value: float | None
-    why: str = "n/a"
-
-
-def why_not(data: Result) -> str:
-    """The first line of a result's error, skip reason or not-applicable note."""
-    for key, label in (("error", "ERROR: "), ("skipped", "skipped: "), ("not_applicable", "n/a: ")):
-        if data.get(key):
-            first = str(data[key]).strip().splitlines()[0]
-            return label + (first if len(first) <= 160 else first[:157] + "...")
-    return "n/a"
+async def aof_throughput(prefix: str, workdir: Path) -> Result:
+    """Figure 2: figure 1 on a second private server with AOF everysec."""
+    with private_redis(aof=True) as server:
+        out = await ours.throughput(server, prefix, workdir)
+        out["redis_config"] = {
+            k: server.config_value(k) for k in ("appendonly", "appendfsync", "save")
+        }
+        return out
 
 
-def pick(data: Result, key: str, scale: float = 1.0) -> Fig:
-    value = data.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return Fig(float(value) * scale)
-    return Fig(None, why_not(data))
-
-
-def line(
-    label: str,
-    ours_fig: Fig,
-    peer: str,
-    peer_fig: Fig,
-    unit: str,
-    higher_is_better: bool,
-    digits: int = 0,
-    peer_unit: str | None = None,
-) -> str:
-    """ "ours X | peer Y | ratio ours/peer R (who is better)"; "n/a" where a value is missing."""
-    left = (
-        f"ours {num(ours_fig.value, digits)} {unit}" if ours_fig.value is not None else "ours n/a"
-    )
-    right = (
-        f"{peer} {num(peer_fig.value, digits)} {peer_unit or unit}"
-        if peer_fig.value is not None
-        else f"{peer} {peer_fig.why}"
-    )
-    ratio = "ratio n/a"
-    if ours_fig.value is not None and peer_fig.value:
-        r = ours_fig.value / peer_fig.value
-        verdict = (
-            "even"
-            if abs(r - 1) < 0.005
-            else ("ours better" if (r > 1) == higher_is_better else f"{peer} better")
-        )
-        ratio = f"ratio {r:.2f} ({verdict})"
-    return f"   {label}{left} | {right} | {ratio}"
-
-
-LABELS = {"arq": "arq", "dbos": "DBOS"}
-
-
-def section(peers: dict[str, Result], name: str, key: str) -> Result:
-    """A peer's result for one figure; the peer's own error when it produced nothing."""
-    peer = peers.get(name, {})
-    value = peer.get(key)
-    return value if isinstance(value, dict) else peer
-
-
-def unavailable(peer: Result) -> str | None:
-    """Why a peer produced no figures at all (skipped, failed to install or to run), else None."""
-    figures = ("throughput", "latency", "per_step", "memory", "storage")
-    if any(isinstance(peer.get(k), dict) for k in figures):
-        return None
-    return why_not(peer)
-
-
-def scale_report(rows: list[Result] | None) -> list[str]:
-    """Figure 5's lines (none when it was not measured)."""
-    if rows is None:
-        return []
-    out = ["", "5. Scale-out: 1,000 runs x 10 no-op steps, N worker processes (higher is better)"]
-    single = next(
-        (
-            r["steps_per_s"]
-            for r in rows
-            if (r.get("topology"), r.get("partitions"), r.get("workers")) == ("server", 1, 1)
-            and "steps_per_s" in r
-        ),
-        None,
-    )
-    for r in rows:
-        where = (
-            f"{r['topology']}, {r.get('partitions') or 'default'} partition(s), "
-            f"{r['workers']} worker(s)"
-        )
-        if "error" in r:
-            out.append(f"   ours {where}: failed: {r['error'].splitlines()[0]}")
-            continue
-        vs = f" ({r['steps_per_s'] / single:.2f}x the first line)" if single else ""
-        out.append(
-            f"   ours {where}: {num(r['steps_per_s'])} steps/s{vs}; CPU per step: workers "
-            f"{r['worker_cpu_us_per_step']} µs, redis-server {r['redis_cpu_us_per_step']} µs"
-        )
-    out.append("   peers: not measured for this figure (arq and DBOS are measured on one server)")
+async def ours_figures(server: RedisServer, wanted: set[str], tag: str) -> Result:
+    """Every wanted figure of ours, in order."""
+    workdir = Path(tempfile.mkdtemp(prefix="wfbench-ours-"))
+    p = f"wfb{tag}"
+    steps: dict[str, Callable[[], Awaitable[Any]]] = {
+        "throughput": lambda: ours.throughput(server, f"{p}tp", workdir),
+        "aof": lambda: aof_throughput(f"{p}aof", workdir),
+        "two_workers": lambda: ours.throughput(server, f"{p}tw", workdir, workers=2),
+        "in_flight": lambda: ours_capacity.runs_in_flight(server, f"{p}fl", workdir),
+        "start_rate": lambda: ours_capacity.start_rate(server, f"{p}sr", workdir),
+        "memory": lambda: ours_capacity.memory(server, f"{p}mem", workdir),
+        "scale": lambda: scale.scale_out(server, tag),
+    }
+    out: Result = {"worker_logs": str(workdir)}
+    for name in FIGURES:
+        if name in ours_warm.WARM_FIGURES:
+            warm = wanted & set(ours_warm.WARM_FIGURES)
+            if name == ours_warm.WARM_FIGURES[0] and warm:
+                got = await guarded(
+                    lambda: ours_warm.warm_figures(server, f"{p}w", workdir, wanted)
+                )
+                out.update(got if "error" not in got else dict.fromkeys(warm, got))
+        elif name in wanted:
+            log(f"ours: {name}")
+            out["scale_out" if name == "scale" else name] = await guarded(steps[name])
+    if ours_failed(out):
+        log(f"ours: worker logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        out["worker_logs"] = None
     return out
 
 
-def report(machine: Result, ours_r: Result, peers: dict[str, Result], started: str) -> str:
-    """The printed report: machine header, then one block per figure."""
-    out: list[str] = []
-    add = out.append
-    load = " ".join(str(x) for x in machine["load_avg_1m_5m_15m"])
-    add(f"redis-workflows benchmark, {started}")
-    add(
-        f"machine: nproc {machine['nproc']} | CPU {machine['cpu_model']} | load {load} "
-        f"(1/5/15 min) | Python {machine['python']} | Redis {machine['redis']} "
-        f"({machine['redis_binary']})"
+def ours_failed(ours_r: Result) -> bool:
+    scale_rows = ours_r.get("scale_out")
+    return any(isinstance(v, dict) and "error" in v for v in ours_r.values()) or (
+        isinstance(scale_rows, list) and any("error" in r for r in scale_rows)
     )
-    add(
-        "peers:   "
-        + ", ".join(
-            f"{LABELS[n]} {p['version']}" if p.get("version") else f"{LABELS[n]} ({why_not(p)})"
-            for n, p in peers.items()
-        )
-    )
-    add("ratio = ours / peer. The machine is shared: figures are noisy.")
-
-    def ours_error(data: Result) -> None:
-        if "error" in data:
-            add(f"   ours {why_not(data)}")
-
-    # 1 -------------------------------------------------------------------------------------
-    tp = ours_r.get("throughput", {})
-    add("")
-    add("1. Durable steps/s, ONE worker process: 1,000 runs x 10 no-op steps (higher is better)")
-    ours_error(tp)
-    for name in peers:
-        ptp = section(peers, name, "throughput")
-        key, unit = ("jobs_per_s", "jobs/s") if name == "arq" else ("steps_per_s", "steps/s")
-        add(
-            line(
-                "",
-                pick(tp, "steps_per_s"),
-                LABELS[name],
-                pick(ptp, key),
-                "steps/s",
-                True,
-                peer_unit=unit,
-            )
-        )
-    if "seconds" in tp:
-        add(
-            f"   ours: {tp['seconds']:.3f} s from spawning `wf worker` to 1,000 completed (first "
-            f"after {tp['first_run_completed_after_s']:.3f} s: process start-up is included); "
-            f"{tp['checked_outputs']} outputs and {tp['checked_via_result_api']} result() verified"
-        )
-        if "worker_cpu_us_per_step" in tp:
-            add(
-                f"   ours: CPU per step: worker {tp['worker_cpu_us_per_step']:.1f} µs (start-up "
-                f"included), redis-server {tp['redis_cpu_us_per_step']:.1f} µs"
-            )
-    arq_tp = section(peers, "arq", "throughput")
-    if "seconds" in arq_tp:
-        add(
-            f"   arq: 10,000 jobs drained by one burst worker (max_jobs {arq_tp['max_jobs']}, "
-            f"poll_delay {arq_tp['poll_delay_s']} s) in {arq_tp['seconds']:.3f} s, spawn to exit"
-        )
-    dbos_tp = section(peers, "dbos", "throughput")
-    if "seconds" in dbos_tp:
-        add(
-            f"   DBOS: in-process, {dbos_tp['concurrency']} workflows in flight, "
-            f"{dbos_tp['seconds']:.3f} s from first start to last result"
-        )
-
-    # 2 -------------------------------------------------------------------------------------
-    lat = ours_r.get("latency", {})
-    add("")
-    add(
-        "2. Start-to-result latency, one-step run, worker running, 200 sequential (lower is better)"
-    )
-    ours_error(lat)
-    for name, peer in peers.items():
-        if unavailable(peer):
-            add(f"   {LABELS[name]} {unavailable(peer)}")
-    for q in ("p50", "p99"):
-        for name in (n for n, p in peers.items() if not unavailable(p)):
-            plat = section(peers, name, "latency")
-            add(
-                line(
-                    f"{q}: ",
-                    pick(lat, f"{q}_ms"),
-                    LABELS[name],
-                    pick(plat, f"{q}_ms"),
-                    "ms",
-                    False,
-                    digits=2,
-                )
-            )
-    add(
-        "   ours: run.result(), which blocks on the run's event stream (XREAD BLOCK); "
-        "arq: job.result(poll_delay=0.002); DBOS: in-process handle.get_result()"
-    )
-
-    # 3 -------------------------------------------------------------------------------------
-    ps = ours_r.get("per_step", {})
-    add("")
-    add(
-        "3. Per-step overhead, one run of 1,000 sequential no-op steps: gap between step completions"
-    )
-    ours_error(ps)
-    if "ratio_last_first" in ps:
-        ratio = ps["ratio_last_first"]
-        ok_ratio = ratio is not None and ratio <= 1.5
-        ok_p50 = ps["p50_gap_ms"] < 2
-        add(
-            f"   ours: mean gap steps 1-100 {ps['mean_gap_ms_steps_1_100']:.3f} ms, 901-1000 "
-            f"{ps['mean_gap_ms_steps_901_1000']:.3f} ms: ratio {ratio} (target <= 1.5: "
-            f"{'PASS' if ok_ratio else 'FAIL'}); p50 {ps['p50_gap_ms']:.1f} ms (target < 2 ms: "
-            f"{'PASS' if ok_p50 else 'FAIL'}); whole run {ps['wall_seconds']:.2f} s"
-        )
-    for name in peers:
-        pps = section(peers, name, "per_step")
-        if pps.get("not_applicable") or unavailable(peers[name]):
-            add(f"   {LABELS[name]} {why_not(pps)}")
-            continue
-        for label, key in (
-            ("mean gap 1-100: ", "mean_gap_ms_steps_1_100"),
-            ("mean gap 901-1000: ", "mean_gap_ms_steps_901_1000"),
-            ("p50 gap: ", "p50_gap_ms"),
-        ):
-            add(line(label, pick(ps, key), LABELS[name], pick(pps, key), "ms", False, digits=3))
-    add(
-        "   gaps come from the events' timestamps, whole ms (ours: the worker's clock for steps "
-        "run inline; DBOS: completed_at_epoch_ms): a single gap reads 0, 1 or 2 ms"
-    )
-
-    # 4 -------------------------------------------------------------------------------------
-    mem = ours_r.get("memory", {})
-    add("")
-    add("4. Memory per finished 10-step run (lower is better)")
-    ours_error(mem)
-    arq_mem = section(peers, "arq", "memory")
-    arq_job = pick(arq_mem, "bytes_per_job")
-    if "arq" in peers:
-        per_job = f" ({num(arq_job.value, 1)} B/job x 10, results kept)" if arq_job.value else ""
-        add(
-            line(
-                "",
-                pick(mem, "bytes_per_run"),
-                "arq",
-                pick(arq_mem, "bytes_per_job", 10.0),
-                "B/run",
-                False,
-                peer_unit="B per 10 jobs" + per_job,
-            )
-        )
-    if "dbos" in peers:
-        add(
-            line(
-                "",
-                pick(mem, "bytes_per_run"),
-                "DBOS",
-                pick(section(peers, "dbos", "storage"), "bytes_per_run"),
-                "B/run",
-                False,
-                peer_unit="B/run (PostgreSQL table pages, information only)",
-            )
-        )
-    if "memory_usage_of_one_run_keys" in mem:
-        keys = mem["memory_usage_of_one_run_keys"]
-        add(
-            f"   ours: Redis used_memory delta over 1,000 runs; MEMORY USAGE of one run: hash "
-            f"{keys['run_hash']} B, event stream {keys['event_stream']} B, entity hash "
-            f"{keys['entity_hash']} B (stream-node-max-bytes {mem['stream_node_max_bytes']})"
-        )
-
-    out += scale_report(ours_r.get("scale_out"))
-    return "\n".join(out)
 
 
 # -- results -------------------------------------------------------------------------------------
 
 
-def write_results(data: Result, stamp: str, latest: bool = True) -> list[str]:
+def write_results(data: Result, stamp: str, latest: bool = True) -> list[Path]:
     """``results/<stamp>.json`` and (``latest``) ``results/latest.json``, each written atomically."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
@@ -388,72 +224,72 @@ def write_results(data: Result, stamp: str, latest: bool = True) -> list[str]:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-        written.append(str(path.relative_to(ROOT)))
+        written.append(path)
     return written
 
 
-def ours_failed(ours_r: Result) -> bool:
-    return any(
-        isinstance(v, dict) and "error" in v
-        for k, v in ours_r.items()
-        if k in ("throughput", "latency", "per_step", "memory")
-    ) or any("error" in r for r in ours_r.get("scale_out", []))
+def write_chart(data: Result, json_paths: list[Path]) -> list[Path]:
+    """The PNG chart beside each JSON file; none (and a log line) without matplotlib."""
+    try:
+        from bench import chart
+    except ImportError as exc:
+        log(f"chart skipped: {exc} (install the bench extra: pip install -e '.[bench]')")
+        return []
+    return chart.write(data, [p.with_suffix(".png") for p in json_paths])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--no-peers", action="store_true", help="measure only our engine")
-    parser.add_argument(
-        "--scale-only", action="store_true", help="only figure 5, scale-out (implies --no-peers)"
-    )
+    parser.add_argument("--only", metavar="FIG[,FIG]", help="a subset of figures (see above)")
+    parser.add_argument("--scale-only", action="store_true", help="= --only scale")
     args = parser.parse_args(argv)
+    try:
+        args.wanted = parse_only(args.only) if args.only else set(DEFAULT)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.scale_only:
-        args.no_peers = True
+        args.wanted = {"scale"}
+    if args.no_peers:
+        args.wanted.discard("peers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.chdir(ROOT)
     now = datetime.now(UTC)
     started = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     t0 = time.monotonic()
-
-    envs = install_peers({"arq", "dbos"} if args.no_peers else set())
-    for name, env in envs.items():
-        if "skipped" in env and name == "dbos" and not args.no_peers:
-            print(f"DBOS: skipped ({env['skipped']})", flush=True)
-        elif "error" in env:
-            print(f"{LABELS[name]}: {env['error']}", flush=True)
-
+    envs = install_peers("peers" in args.wanted)
     with private_redis() as server:
         log(f"private redis-server on 127.0.0.1:{server.port} ({server.binary})")
         machine = machine_info(server)
         tag = secrets.token_hex(3)
-        ours_r = {} if args.scale_only else asyncio.run(ours.run_all(server, tag))
-        ours_r["scale_out"] = asyncio.run(scale.scale_out(server, tag))
+        ours_r = asyncio.run(ours_figures(server, args.wanted, tag))
         peers = run_peers(envs, server.port)
-
-    if args.scale_only:
-        text = "\n".join(
-            report(machine, {}, {}, started).splitlines()[:3] + scale_report(ours_r["scale_out"])
-        )
-    else:
-        text = report(machine, ours_r, peers, started)
     data: Result = {
         "started_at": started,
         "duration_s": round(time.monotonic() - t0, 1),
-        "command": f"{sys.executable} -m bench.run",
+        "command": " ".join([sys.executable, "-m", "bench.run", *(argv or sys.argv[1:])]),
+        "figures": sorted(args.wanted),
         "machine": machine,
         "ours": ours_r,
         "peers": peers,
-        "report": text.splitlines(),
     }
-    # a partial run never replaces latest.json, which holds a whole one
-    written = write_results(
-        data, f"scale-{stamp}" if args.scale_only else stamp, not args.scale_only
-    )
+    text = report(data)
+    data["report"] = text.splitlines()
+    whole = args.wanted >= set(DEFAULT)  # a partial run never replaces latest.json
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    kind = "" if whole else ("scale-" if args.wanted == {"scale"} else "partial-")
+    written = write_results(data, f"{kind}{stamp}", latest=whole)
+    if args.wanted & {"throughput", "latency", "memory", "peers"}:  # what the chart shows
+        written += write_chart(data, written)
     print()
     print(text)
-    print(f"\nresults: {', '.join(written)}")
+    print(f"\nresults: {', '.join(str(p.relative_to(ROOT)) for p in written)}")
     return 1 if ours_failed(ours_r) else 0
 
 

@@ -1,4 +1,4 @@
-"""Figure 5, scale-out: steps/s of 1 and 2 worker processes on one server with 1 and 4 partitions
+"""Figure 10, scale-out: steps/s of 1 and 2 worker processes on one server with 1 and 4 partitions
 and on a local 3-master Redis Cluster, measured in the same run.
 
 Each configuration drains 1,000 ten-step runs created with ``start()`` while no worker runs (as
@@ -26,6 +26,7 @@ from bench.infra import RedisServer, log
 from bench.ours import (
     RUNS,
     check_outputs,
+    client,
     create_ten_step_runs,
     process_cpu_s,
     spawn_worker,
@@ -78,7 +79,7 @@ async def completed(world: RedisWorld) -> tuple[int, int]:
     keys = world.keys
     counts = await asyncio.gather(
         *(
-            world.redis.zcard(keys.idx_status(p, status))
+            client(world).zcard(keys.idx_status(p, status))
             for status in ("completed", "failed")
             for p in range(keys.partitions)
         )

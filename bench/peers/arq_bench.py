@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
-import json
 import os
-import signal
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from _common import emit, job_figures, job_parser, job_peer_figures, stop, time_sequential
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
@@ -63,23 +59,6 @@ def spawn_worker(args: argparse.Namespace, burst: bool) -> subprocess.Popen[byte
     if burst:
         cmd.append("--burst")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
 
 
 async def used_memory(url: str) -> int:
@@ -132,74 +111,39 @@ async def throughput(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     finally:
         await pool.aclose()
     after = await used_memory(args.redis_url)
-    tp = {
-        "jobs": args.jobs,
-        "max_jobs": args.max_jobs,
-        "poll_delay_s": args.poll_delay,
-        "seconds": round(seconds, 4),
-        "jobs_per_s": round(args.jobs / seconds, 1),
-        "enqueue_seconds": round(enqueue_s, 4),
-        "checked_results": args.jobs,
-    }
-    mem = {
-        "jobs": args.jobs,
-        "used_memory_before": before,
-        "used_memory_after": after,
-        "bytes_per_job": round((after - before) / args.jobs, 1),
-    }
-    return tp, mem
+    what = f"{args.jobs:,} no-op jobs (no chains), one burst worker, max_jobs {args.max_jobs}"
+    return job_figures(
+        args.jobs,
+        seconds,
+        (before, after),
+        what,
+        max_jobs=args.max_jobs,
+        poll_delay_s=args.poll_delay,
+        enqueue_seconds=round(enqueue_s, 4),
+    )
 
 
 async def latency(args: argparse.Namespace) -> dict[str, Any]:
     """Enqueue-to-result of single jobs, one at a time, with a worker already running."""
     proc = spawn_worker(args, burst=False)
     pool = await create_pool(RedisSettings.from_dsn(args.redis_url), default_queue_name=QUEUE)
+
+    async def one(i: int) -> Any:
+        job = await pool.enqueue_job("noop", i, _queue_name=QUEUE)
+        if job is None:
+            raise RuntimeError(f"job {i} was not enqueued")
+        return await job.result(timeout=60 if i < 0 else 30, poll_delay=0.002)
+
     try:
-        for i in range(5):  # warm-up; also proves the worker is up
-            job = await pool.enqueue_job("noop", -i, _queue_name=QUEUE)
-            assert job is not None
-            await job.result(timeout=60, poll_delay=0.002)
-        samples: list[float] = []
-        for i in range(args.latency_runs):
-            t0 = time.perf_counter()
-            job = await pool.enqueue_job("noop", i, _queue_name=QUEUE)
-            assert job is not None
-            value = await job.result(timeout=30, poll_delay=0.002)
-            samples.append((time.perf_counter() - t0) * 1000)
-            if value != i:
-                raise RuntimeError(f"job {i} returned {value!r}")
+        return await time_sequential(args.latency_runs, one)
     finally:
         await pool.aclose()
         await asyncio.to_thread(stop, proc)
-    return {
-        "runs": len(samples),
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p99_ms": round(percentile(samples, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "max_ms": round(max(samples), 3),
-    }
-
-
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"peer": "arq", "version": importlib.metadata.version("arq")}
-    try:
-        out["throughput"], out["memory"] = await throughput(args)
-    except Exception as exc:
-        out["throughput"] = out["memory"] = {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        out["latency"] = await latency(args)
-    except Exception as exc:
-        out["latency"] = {"error": f"{type(exc).__name__}: {exc}"}
-    out["per_step"] = {"not_applicable": "arq has jobs, not multi-step workflows"}
-    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("role", nargs="?", choices=["bench", "worker"], default="bench")
+    parser = job_parser(__doc__)
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--latency-runs", type=int, default=200)
     parser.add_argument("--max-jobs", type=int, default=200)
     parser.add_argument("--poll-delay", type=float, default=0.005)
     parser.add_argument("--burst", action="store_true")
@@ -207,10 +151,7 @@ def main() -> None:
     if args.role == "worker":
         run_worker(args.redis_url, args.burst, args.max_jobs, args.poll_delay)
         return
-    real_stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        result = asyncio.run(bench(args))
-    print(json.dumps(result), file=real_stdout, flush=True)
+    emit(lambda: job_peer_figures("arq", lambda: throughput(args), lambda: latency(args)))
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ import contextlib
 import importlib.metadata
 import itertools
 import json
-import statistics
 import sys
 import time
 import uuid
 from typing import Any
 
 import psycopg
+from _common import percentile, time_sequential
 from dbos import DBOS, DBOSConfig
 
 RUNS = 1_000
@@ -71,13 +71,6 @@ async def long_run(steps: int) -> int:
     return done
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[k]
-
-
 def schema_bytes(url: str) -> int:
     """Total size (tables, indexes, TOAST) of the tables in the ``dbos`` schema."""
     with psycopg.connect(url) as conn:
@@ -113,6 +106,7 @@ async def throughput(db_url: str, concurrency: int) -> tuple[dict[str, Any], dic
         "steps_per_s": round(RUNS * STEPS / seconds, 1),
         "runs_per_s": round(RUNS / seconds, 1),
         "checked_results": RUNS,
+        "what": f"{RUNS:,} workflows x {STEPS} steps, in-process, {concurrency} in flight",
     }
     storage = {
         "runs": RUNS,
@@ -124,23 +118,12 @@ async def throughput(db_url: str, concurrency: int) -> tuple[dict[str, Any], dic
 
 
 async def latency() -> dict[str, Any]:
-    for i in range(5):  # warm-up
-        await (await DBOS.start_workflow_async(one_step, -i)).get_result()
-    samples: list[float] = []
-    for i in range(LATENCY_RUNS):
-        t0 = time.perf_counter()
-        handle = await DBOS.start_workflow_async(one_step, i)
-        value = await handle.get_result()
-        samples.append((time.perf_counter() - t0) * 1000)
-        if value != i:
-            raise RuntimeError(f"one_step({i}) returned {value!r}")
-    return {
-        "runs": LATENCY_RUNS,
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p99_ms": round(percentile(samples, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "max_ms": round(max(samples), 3),
-    }
+    """start_workflow_async() to get_result() of one-step workflows, one at a time."""
+
+    async def one(i: int) -> Any:
+        return await (await DBOS.start_workflow_async(one_step, i)).get_result()
+
+    return await time_sequential(LATENCY_RUNS, one)
 
 
 async def per_step() -> dict[str, Any]:

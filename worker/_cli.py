@@ -36,6 +36,8 @@ async def _run_worker(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         health_host=args.health_host,
         health_port=args.health_port,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         queues=args.queues,
         deployment=args.deployment,
     )
@@ -143,6 +145,18 @@ def main(argv: list[str] | None = None) -> None:
         "--health-host",
         default=os.environ.get("WORKFLOW_HEALTH_HOST", "127.0.0.1"),
         help="address of the health endpoint (default loopback)",
+    )
+    metrics_port = os.environ.get("WORKFLOW_METRICS_PORT")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(metrics_port) if metrics_port else None,
+        help="serve Prometheus metrics at GET /metrics on this port (see the README's Metrics)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=os.environ.get("WORKFLOW_METRICS_HOST", "127.0.0.1"),
+        help="address of the metrics endpoint (default loopback)",
     )
     p.add_argument(
         "--queues",

@@ -27,7 +27,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 async def serve(sock: socket.socket, report: Callable[[], dict[str, Any]], duty: Duty) -> None:
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -39,6 +38,13 @@ async def serve(sock: socket.socket, report: Callable[[], dict[str, Any]], duty:
         return JSONResponse(body, status_code=200 if body["healthy"] else 503)
 
     app = Starlette(routes=[Route("/healthz", healthz), Route("/", healthz)])
+    await serve_app(sock, app, duty)
+
+
+async def serve_app(sock: socket.socket, app: Any, duty: Duty) -> None:
+    """Serve an ASGI app on the worker's event loop from a socket bound by :func:`bind`."""
+    import uvicorn
+
     server = _quiet_server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     duty.ok()
     await server.serve(sockets=[sock])

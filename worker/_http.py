@@ -53,6 +53,7 @@ from ._errors import (
 from ._health import http_health_message
 from ._hooks import get_hook_by_token, resume_hook
 from ._ids import check_run_id
+from ._metrics import metrics_endpoint, redis_metrics
 from ._webhooks import WebhookRequest, deliver, find_webhook, webhook_target
 from ._world import RunInfo, World
 
@@ -130,7 +131,9 @@ def create_app(
     bearer = token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN") or None
     origin = base_url or default_base_url()
     api = _Api(world, bearer, origin, max_body_bytes, response_timeout_s)
+    registry, gauges = redis_metrics(world)
     routes = [
+        Route("/metrics", metrics_endpoint(registry, gauges, bearer)),
         Route(PREFIX + "/webhook/{token:path}", api.webhook, methods=ALL_METHODS),
         Route(PREFIX + "/runs", api.protected(api.start_run), methods=["POST"]),
         Route(PREFIX + "/runs/{run_id}", api.protected(api.run_status), methods=["GET"]),

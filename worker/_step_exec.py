@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,7 @@ from ._context import StepContext, current_step
 from ._duration import to_seconds
 from ._errors import FatalError, PayloadTooLargeError, RetryableError
 from ._events import NewEvent
+from ._metrics import WorkerMetrics
 from ._registry import StepFunction
 from ._replay import StepCall, WorkflowInstance, error_json
 from ._streams import capture_stream_result
@@ -29,10 +31,18 @@ DEFAULT_RETRY_DELAY_S = 1.0
 class StepExecutor:
     """Runs steps for a worker: at most ``concurrency`` at once, ``now_ms`` the server's clock."""
 
-    def __init__(self, world: World, concurrency: int, now_ms: Callable[[], int], log: Any) -> None:
+    def __init__(
+        self,
+        world: World,
+        concurrency: int,
+        now_ms: Callable[[], int],
+        log: Any,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.world = world
         self.now_ms = now_ms
         self.log = log
+        self.metrics = metrics
         self.slots = asyncio.Semaphore(concurrency)
         self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
 
@@ -52,7 +62,7 @@ class StepExecutor:
             workflow_started_ms=inst.started_at_ms,
         )
         async with self.slots:
-            return await self._call(fn, call.corr, call.input, ctx, attempt)
+            return await self._timed(fn, call.corr, call.input, ctx, attempt)
 
     async def run_task(
         self, fn: StepFunction, step_id: str, input_json: str, ctx: StepContext
@@ -60,7 +70,17 @@ class StepExecutor:
         """Run one attempt of a step a pool worker took from its queue (no workflow instance:
         the run is held, if at all, by another worker); the event that records its outcome."""
         async with self.slots:
-            return await self._call(fn, step_id, input_json, ctx, ctx.attempt)
+            return await self._timed(fn, step_id, input_json, ctx, ctx.attempt)
+
+    async def _timed(
+        self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int
+    ) -> NewEvent:
+        if self.metrics is None:
+            return await self._call(fn, corr, input_json, ctx, attempt)
+        began = time.perf_counter()
+        event = await self._call(fn, corr, input_json, ctx, attempt)
+        self.metrics.step_done(fn.name, event.type, time.perf_counter() - began)
+        return event
 
     async def _call(
         self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int

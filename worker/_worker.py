@@ -33,6 +33,7 @@ from ._events import Event, NewEvent, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
+from ._metrics import WorkerMetrics
 from ._pool_world import DEFAULT_QUEUE, pool_queues
 from ._pools import PoolRunner, step_queue
 from ._registry import StepFunction, get_workflow
@@ -69,6 +70,8 @@ class WorkerConfig:
     duty_quiet_s: float = _env_float("WORKFLOW_DUTY_QUIET_SECONDS", 60.0)
     health_host: str = "127.0.0.1"
     health_port: int | None = None  # serve GET /healthz there (see _health_http)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # count, and serve GET /metrics there (see _metrics)
     # the queues this worker serves: "default" replays runs and runs their steps without a queue;
     # any other name runs the steps declared with it (see _pools.py)
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
@@ -115,7 +118,14 @@ class Worker:
         self.releaser: Batcher[tuple[str, int, Wakeup | None], tuple[str, int]] = Batcher(
             lambda runs: world.release_many(self.token, runs), self.config.batch
         )
-        self.steps = StepExecutor(world, self.config.concurrency, self.now_ms, self.log)
+        self.metrics = (
+            WorkerMetrics(world, lambda: len(self.held))
+            if self.config.metrics_port is not None
+            else None
+        )
+        self.steps = StepExecutor(
+            world, self.config.concurrency, self.now_ms, self.log, self.metrics
+        )
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._room = asyncio.Event()
@@ -128,6 +138,7 @@ class Worker:
         self._main_thread = threading.get_ident()
         self._clock_offset_ms = 0
         self.health_socket: socket.socket | None = None
+        self.metrics_socket: socket.socket | None = None
         self.supervisor = Supervisor(self.log)
         self.serves_default = DEFAULT_QUEUE in self.config.queues
         self.reading_wakeups = 0  # slots a read of wake-ups in flight may fill
@@ -152,6 +163,10 @@ class Worker:
         await self.sync_clock()
         if self.config.health_port is not None:
             self.health_socket = _health_http.bind(self.config.health_host, self.config.health_port)
+        if self.config.metrics_port is not None:
+            self.metrics_socket = _health_http.bind(
+                self.config.metrics_host, self.config.metrics_port
+            )
         self.log.info(
             "worker_started",
             concurrency=self.config.concurrency,
@@ -212,7 +227,10 @@ class Worker:
             self._clock_offset_ms = server_ms - int(time.time() * 1000)
 
     async def _commits(self, commits: list[Commit]) -> list[CommitResult]:
+        began = time.perf_counter()
         results = await self.world.commit(commits)
+        if self.metrics is not None:
+            self.metrics.commit_done(time.perf_counter() - began)
         if results:
             self._saw_server_time(results[-1].now_ms)
         return results
@@ -571,6 +589,9 @@ class Worker:
         inst.feed(res.appended)
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
+            if self.metrics is not None:
+                took = (self.now_ms() - inst.started_at_ms) / 1000.0
+                self.metrics.run_done(inst.workflow_name, outcome.kind, took)
             return False, None
         await self._route(held, routed, log)
         attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}

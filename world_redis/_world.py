@@ -38,6 +38,7 @@ from ._client import (
 )
 from ._core import RedisCore
 from ._deployments import RedisDeployments
+from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
 from ._pools import RedisPools
@@ -104,6 +105,7 @@ class RedisWorld:
         self.streams = RedisStreams(self)
         self.pools = RedisPools(self.queue)  # worker pools: queue streams (see _pools.py)
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
+        self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
 
     @classmethod
     def from_url(

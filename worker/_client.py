@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from . import _serde
+from . import _tracing as tracing
 from ._context import current_step, ms_to_datetime
 from ._deployments import resolve_deployment
 from ._duration import Duration, to_seconds
@@ -107,7 +108,8 @@ async def start(
     check_payload(w, input_json, f"arguments of workflow {name!r}")
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
     deployment = await resolve_deployment(w, name, deployment_id)
-    created = await w.create_run(rid, name, input_json, deployment)
+    with tracing.start_span(name) as trace:
+        created = await w.create_run(rid, name, input_json, deployment, trace)
     run = Run(rid, world=w)
     if created:
         run._seen_seq = 1  # its log holds run_created only: result() waits from there

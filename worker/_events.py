@@ -33,6 +33,7 @@ class RunCreated(Event, frozen=True, tag="run_created"):
     input: str = "[]"
     deployment: str = ""
     seed: str = ""  # secret per run: default hook tokens derive from it
+    trace: str = ""  # W3C trace context of the code that started the run (JSON), see _tracing
 
 
 class RunStarted(Event, frozen=True, tag="run_started"):

@@ -246,6 +246,7 @@ class WorkflowInstance:
         self.terminal_event: str | None = None
         self.ended: str | None = None  # a terminal event is in the log (consumed or not)
         self.has_started = False
+        self.trace = ""  # the stored trace context of the code that started the run
         self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
         self._log_open: dict[str, str] = {}  # calls the log opened and did not finish: corr -> kind
         self.patches: dict[str, bool] = {}  # patched()/deprecate_patch() answers, by change id
@@ -289,6 +290,8 @@ class WorkflowInstance:
                 self.has_started = True
             elif t is WaitCompleted:
                 self._waits_completed.add(ev.corr)
+            elif isinstance(ev, RunCreated):
+                self.trace = ev.trace
 
     def _fold(self, ev: Event) -> None:
         """Check that ``ev`` can follow the log so far; track the calls the log holds open.

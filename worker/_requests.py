@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -142,6 +143,13 @@ async def handle_request(worker: Worker, req: StartRequest) -> bool:
     return False
 
 
+def request_trace(fields: dict[str, str]) -> str:
+    """The W3C trace context a start request carries (fields ``traceparent`` and, optionally,
+    ``tracestate``), stored with the run so that its spans join the caller's trace."""
+    carrier = {k: fields[k] for k in ("traceparent", "tracestate") if fields.get(k)}
+    return json.dumps(carrier, separators=(",", ":")) if "traceparent" in carrier else ""
+
+
 def request_run_id(req: StartRequest) -> str:
     """The run id of a start request without one: derived from its stream and stream id.
 
@@ -185,7 +193,9 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
         if fields.get("workflow") and _valid_run_id(fields.get("run_id", "")):
             await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
         return
-    created = await worker.world.create_run(run_id, name, args_text, deployment)
+    created = await worker.world.create_run(
+        run_id, name, args_text, deployment, request_trace(fields)
+    )
     worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _serde
+from . import _tracing as tracing
 from ._context import StepContext, current_step
 from ._duration import to_seconds
 from ._errors import FatalError, PayloadTooLargeError, RetryableError
@@ -43,6 +44,7 @@ class StepExecutor:
         self.now_ms = now_ms
         self.log = log
         self.metrics = metrics
+        self.tracing = False  # record spans (see _tracing): set by the worker when it starts
         self.slots = asyncio.Semaphore(concurrency)
         self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
 
@@ -62,7 +64,17 @@ class StepExecutor:
             workflow_started_ms=inst.started_at_ms,
         )
         async with self.slots:
-            return await self._timed(fn, call.corr, call.input, ctx, attempt)
+            if not self.tracing:
+                return await self._timed(fn, call.corr, call.input, ctx, attempt)
+            attributes = {
+                "workflow.run_id": inst.run_id,
+                "workflow.step_id": call.corr,
+                "workflow.step.attempt": attempt,
+            }
+            with tracing.span(f"workflow.step {fn.name}", inst.trace, attributes) as span:
+                event = await self._timed(fn, call.corr, call.input, ctx, attempt)
+                tracing.step_outcome(span, event.type)
+                return event
 
     async def run_task(
         self, fn: StepFunction, step_id: str, input_json: str, ctx: StepContext

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _health_http
+from . import _tracing as tracing
 from . import _worker_loops as duties
 from ._batcher import Batcher
 from ._deployments import lane, worker_deployment_id, worker_lanes
@@ -156,6 +157,7 @@ class Worker:
         exit non-zero and be replaced rather than live on half-dead.
         """
         await self.world.check_config()  # PartitionCountMismatchError before anything is read
+        self.steps.tracing = tracing.enabled()  # a tracer provider is configured by now
         await self.world.ensure_groups()
         await self.pools.start()
         for warning in await self.world.server_warnings():
@@ -570,9 +572,13 @@ class Worker:
         if not events:
             await self._route(held, routed, log)
             return False, None
-        res = await self.committer.submit(
-            Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
-        )
+        commit = Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
+        if self.steps.tracing:
+            attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
+            with tracing.span("workflow.commit", inst.trace, attributes):
+                res = await self.committer.submit(commit)
+        else:
+            res = await self.committer.submit(commit)
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True
@@ -592,6 +598,10 @@ class Worker:
             if self.metrics is not None:
                 took = (self.now_ms() - inst.started_at_ms) / 1000.0
                 self.metrics.run_done(inst.workflow_name, outcome.kind, took)
+            if self.steps.tracing:
+                tracing.run_ended(
+                    inst.trace, inst.workflow_name, inst.run_id, inst.started_at_ms, outcome.kind
+                )
             return False, None
         await self._route(held, routed, log)
         attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}

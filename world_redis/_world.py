@@ -302,7 +302,7 @@ class RedisWorld:
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(
-        self, run_id: str, workflow: str, input_json: str, deployment: str = ""
+        self, run_id: str, workflow: str, input_json: str, deployment: str = "", trace: str = ""
     ) -> bool:
         await self.core._ready()
         k = self.keys
@@ -328,6 +328,7 @@ class RedisWorld:
                 "",  # no event id: the entry id 1-0 is the event's id
                 deployment or self.deployment,
                 secrets.token_hex(16),
+                trace,
             ],
         )
         return bool(reply[0] == "created")

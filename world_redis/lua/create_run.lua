@@ -12,6 +12,7 @@
 -- ARGV[4] event id ("": none, the entry id 1-0 is the event's id; older clients send one)
 -- ARGV[5] deployment id
 -- ARGV[6] the run's secret seed (hex): default hook tokens derive from it, so they are unguessable
+-- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
 --
 -- Reply: {"created", now_ms} or {"exists", status}: starting the same run id twice returns the
 -- existing run and changes nothing.
@@ -27,6 +28,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now, 'workflow', ARGV[2],
   'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6] }
 if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
+if (ARGV[7] or '') ~= '' then entry[#entry + 1] = 'trace'; entry[#entry + 1] = ARGV[7] end
 redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
   'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now, 'updated_at', now, 'seq', 1,

@@ -53,7 +53,6 @@ from ._errors import (
 from ._health import http_health_message
 from ._hooks import get_hook_by_token, resume_hook
 from ._ids import check_run_id
-from ._metrics import metrics_endpoint, redis_metrics
 from ._webhooks import WebhookRequest, deliver, find_webhook, webhook_target
 from ._world import RunInfo, World
 
@@ -131,6 +130,8 @@ def create_app(
     bearer = token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN") or None
     origin = base_url or default_base_url()
     api = _Api(world, bearer, origin, max_body_bytes, response_timeout_s)
+    from ._metrics import metrics_endpoint, redis_metrics  # prometheus-client: only here
+
     registry, gauges = redis_metrics(world)
     routes = [
         Route("/metrics", metrics_endpoint(registry, gauges, bearer)),

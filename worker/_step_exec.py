@@ -12,7 +12,7 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _serde
 from . import _tracing as tracing
@@ -20,11 +20,13 @@ from ._context import StepContext, current_step
 from ._duration import to_seconds
 from ._errors import FatalError, PayloadTooLargeError, RetryableError
 from ._events import NewEvent
-from ._metrics import WorkerMetrics
 from ._registry import StepFunction
 from ._replay import StepCall, WorkflowInstance, error_json
 from ._streams import capture_stream_result
 from ._world import World
+
+if TYPE_CHECKING:
+    from ._metrics import WorkerMetrics
 
 DEFAULT_RETRY_DELAY_S = 1.0
 

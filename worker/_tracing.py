@@ -14,30 +14,33 @@ default), nothing here does any work: the hot path pays one attribute read per s
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-try:  # the optional extra
-    from opentelemetry import propagate, trace
-    from opentelemetry.trace import ProxyTracerProvider, Status, StatusCode
-except ImportError:  # pragma: no cover - exercised where the extra is not installed
-    trace = None  # type: ignore[assignment]
-
 SCOPE = "redis-workflows"
 
 
 def enabled() -> bool:
-    """Whether spans are recorded: the API is installed and a real tracer provider is set."""
-    if trace is None:
+    """Whether spans are recorded: a tracer provider has been set (which the program does after
+    importing opentelemetry itself; the engine never imports it first, at no cost then)."""
+    api = sys.modules.get("opentelemetry.trace")
+    if api is None:
         return False
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, ProxyTracerProvider | trace.NoOpTracerProvider)
+    provider = api.get_tracer_provider()
+    return not isinstance(provider, api.ProxyTracerProvider | api.NoOpTracerProvider)
+
+
+def _api() -> Any:
+    from opentelemetry import propagate, trace
+
+    return trace, propagate
 
 
 def _tracer() -> Any:
-    return trace.get_tracer(SCOPE)
+    return _api()[0].get_tracer(SCOPE)
 
 
 @contextmanager
@@ -47,6 +50,7 @@ def start_span(workflow: str) -> Iterator[str]:
     if not enabled():
         yield ""
         return
+    trace, propagate = _api()
     with _tracer().start_as_current_span(
         f"workflow.start {workflow}",
         kind=trace.SpanKind.PRODUCER,
@@ -65,7 +69,7 @@ def _parent(stored: str) -> Any:
         carrier = json.loads(stored)
     except ValueError:
         return None
-    return propagate.extract(carrier) if isinstance(carrier, dict) else None
+    return _api()[1].extract(carrier) if isinstance(carrier, dict) else None
 
 
 def span(name: str, stored: str, attributes: dict[str, Any]) -> Any:
@@ -83,6 +87,8 @@ def step_outcome(current: Any, event_type: str) -> None:
         return
     current.set_attribute("workflow.step.outcome", event_type.removeprefix("step_"))
     if event_type != "step_completed":
+        from opentelemetry.trace import Status, StatusCode
+
         current.set_status(Status(StatusCode.ERROR, event_type))
 
 
@@ -90,6 +96,7 @@ def run_ended(stored: str, workflow: str, run_id: str, started_ms: int, status: 
     """The span of a whole run, from its start to now, recorded by the worker that ended it."""
     if not enabled():
         return
+    trace = _api()[0]
     start_ns = started_ms * 1_000_000
     end_ns = time.time_ns()
     s = _tracer().start_span(
@@ -104,5 +111,7 @@ def run_ended(stored: str, workflow: str, run_id: str, started_ms: int, status: 
         start_time=min(start_ns, end_ns),
     )
     if status != "completed":
+        from opentelemetry.trace import Status, StatusCode
+
         s.set_status(Status(StatusCode.ERROR, status))
     s.end(end_time=end_ns)

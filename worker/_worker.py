@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _health_http
 from . import _tracing as tracing
@@ -34,7 +34,6 @@ from ._events import Event, NewEvent, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
-from ._metrics import WorkerMetrics
 from ._pool_world import DEFAULT_QUEUE, pool_queues
 from ._pools import PoolRunner, step_queue
 from ._registry import StepFunction, get_workflow
@@ -42,6 +41,9 @@ from ._replay import Outcome, StepCall, WorkflowInstance, error_json
 from ._step_exec import StepExecutor
 from ._supervisor import Duty, Supervisor
 from ._world import Acquired, Commit, CommitResult, Wakeup, World
+
+if TYPE_CHECKING:
+    from ._metrics import WorkerMetrics
 
 TERMINAL = ("completed", "failed", "cancelled")
 HOLD_FOR_TIMER_S = 1.0  # a run whose next timer is due sooner than this stays with its worker
@@ -119,11 +121,11 @@ class Worker:
         self.releaser: Batcher[tuple[str, int, Wakeup | None], tuple[str, int]] = Batcher(
             lambda runs: world.release_many(self.token, runs), self.config.batch
         )
-        self.metrics = (
-            WorkerMetrics(world, lambda: len(self.held))
-            if self.config.metrics_port is not None
-            else None
-        )
+        self.metrics: WorkerMetrics | None = None
+        if self.config.metrics_port is not None:  # prometheus-client is imported only then
+            from ._metrics import WorkerMetrics
+
+            self.metrics = WorkerMetrics(world, lambda: len(self.held))
         self.steps = StepExecutor(
             world, self.config.concurrency, self.now_ms, self.log, self.metrics
         )

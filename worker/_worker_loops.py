@@ -22,7 +22,6 @@ from ._deployments import leave as leave_deployment
 from ._deployments import register_interval_s, register_loop
 from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
-from ._metrics import metrics_app
 from ._replay import error_json
 from ._requests import request_loop
 from ._supervisor import Duty, DutyBody
@@ -73,6 +72,8 @@ def supervise(worker: Worker) -> None:
         sup.add("health-http", lambda d: serve(sock, lambda: report(worker), d), stale_after_s=inf)
     msock, metrics = worker.metrics_socket, worker.metrics
     if msock is not None and metrics is not None:
+        from ._metrics import metrics_app
+
         app = metrics_app(metrics.registry, metrics.redis)
         sup.add("metrics-http", lambda d: _health_http.serve_app(msock, app, d), stale_after_s=inf)
 

@@ -226,6 +226,11 @@ class Worker:
         """The Redis server's clock as this worker best knows it: timers are due by that clock."""
         return int(time.time() * 1000) + self._clock_offset_ms
 
+    def skip_clock(self, ms: int) -> None:
+        """The world's clock moved ``ms`` ahead of the server's (a test environment skipping
+        time, see worker/testing.py): timers are due by the moved clock."""
+        self._clock_offset_ms += ms
+
     def _saw_server_time(self, server_ms: int) -> None:
         if server_ms > 0:
             self._clock_offset_ms = server_ms - int(time.time() * 1000)

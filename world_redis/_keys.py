@@ -184,14 +184,21 @@ class Keys:
         return f"{self.prefix}:hooks:resume"
 
     def partition_keys(self, partition: int) -> list[str]:
-        """KEYS[1..9] of commit.lua: ready, timers, idx all, idx done, the five status indexes."""
+        """KEYS[1..10] of commit.lua: ready, timers, idx all, idx done, the five status indexes,
+        the clock offset."""
         return [
             self.ready(partition),
             self.timers(partition),
             self.idx_all(partition),
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
+            self.clock(partition),
         ]
+
+    def clock(self, partition: int) -> str:
+        """Milliseconds added to the server's time for timers and waits (absent: none). Only a
+        test environment sets it, to skip time (see worker/testing.py)."""
+        return f"{self.tag(partition)}:clock"
 
     def queue_stream(self, partition: int, queue: str) -> str:
         """The stream of pool tasks of ``queue`` (not ``default``: that is the ready stream)."""

@@ -83,7 +83,7 @@ class RedisPools:
             return []
         p = self.keys.partition(run_id)
         run, _, ent, _ = self.keys.run_keys(run_id)
-        keys = [run, ent, self.keys.queue_names(p)]
+        keys = [run, ent, self.keys.queue_names(p), self.keys.clock(p)]
         args: list[Any] = [run_id]
         for corr, name, queue in steps:
             keys.append(self.keys.queue_stream(p, queue))

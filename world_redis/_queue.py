@@ -581,7 +581,9 @@ class RedisQueue:
 
         async def promote(p: int) -> int:
             _, due = await self.core._eval(
-                "promote_timers", [self.core.keys.timers(p), self.core.keys.ready(p)], [500]
+                "promote_timers",
+                [self.core.keys.timers(p), self.core.keys.ready(p), self.core.keys.clock(p)],
+                [500],
             )
             return int(due)
 

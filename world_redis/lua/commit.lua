@@ -10,6 +10,8 @@
 -- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
 -- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
 -- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
+-- KEYS[10] partition clock offset (ms added to the server's time; absent in production: only a
+--          test environment that skips time sets it, see worker/testing.py)  wf:{pN}:clock
 -- The keys of each run of the batch are named from ARGV[3] and its run id (they carry the
 -- partition's hash tag, so they are in the slot of the keys above; naming them here keeps the
 -- call's size independent of the batch's): run hash wf:{pN}:run:<id> (ARGV[3] .. run id),
@@ -72,6 +74,7 @@ local retention = tonumber(ARGV[1])
 local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  + (tonumber(redis.call('GET', KEYS[10]) or '0') or 0)
 
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }

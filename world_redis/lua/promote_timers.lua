@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  partition timers zset (member "<run id>|<correlation id>", score = due ms)
 -- KEYS[2]  partition ready stream
+-- KEYS[3]  partition clock offset (ms added to the server's time; see commit.lua)
 -- ARGV[1]  maximum number of timers to move in this call
 --
 -- Reply: {moved, next_due_ms} where next_due_ms is -1 when no timer is left.
@@ -9,6 +10,7 @@
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  + (tonumber(redis.call('GET', KEYS[3]) or '0') or 0)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, member in ipairs(due) do
   local sep = string.find(member, '|', 1, true)

@@ -8,7 +8,8 @@
 -- KEYS[1]     run hash                      wf:{pN}:run:<id>
 -- KEYS[2]     run entity hash               wf:{pN}:run:<id>:ent
 -- KEYS[3]     partition set of queue names  wf:{pN}:queues
--- KEYS[3+i]   queue stream of step i        wf:{pN}:q:<queue>
+-- KEYS[4]     partition clock offset (ms added to the server's time; see commit.lua)
+-- KEYS[4+i]   queue stream of step i        wf:{pN}:q:<queue>
 -- ARGV[1]     run id
 -- ARGV[2+3(i-1)], ARGV[3+3(i-1)], ARGV[4+3(i-1)]  step i: correlation id, step name, queue name
 --
@@ -28,10 +29,11 @@
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  + (tonumber(redis.call('GET', KEYS[4]) or '0') or 0)
 local run_id = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
 local out = {}
-for i = 1, #KEYS - 3 do
+for i = 1, #KEYS - 4 do
   local corr, name, queue = ARGV[2 + 3 * (i - 1)], ARGV[3 + 3 * (i - 1)], ARGV[4 + 3 * (i - 1)]
   local code = 'queued'
   local v = redis.call('HGET', KEYS[2], corr)
@@ -56,7 +58,7 @@ for i = 1, #KEYS - 3 do
     if queued and q_attempt == attempt and q_queue == queue then
       code = 'exists'
     else
-      local id = redis.call('XADD', KEYS[3 + i], '*', 'run', run_id, 'step', corr, 'name', name,
+      local id = redis.call('XADD', KEYS[4 + i], '*', 'run', run_id, 'step', corr, 'name', name,
         'queue', queue)
       redis.call('HSET', KEYS[2], corr .. '|queued', attempt .. '|' .. queue .. '|' .. id)
       redis.call('SADD', KEYS[3], queue)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-cluster lint types unit integration e2e chaos bench clean
+.PHONY: install run test test-cluster lint types unit integration e2e chaos bench clean browser
 
 SRC := $(wildcard worker world_redis tests bench examples)
 
@@ -33,15 +33,21 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
-e2e: $(STAMP)
+e2e: $(STAMP) browser
 	$(BIN)/pytest -q tests/e2e
 
+## browser: Debian's Chromium for the dashboard's browser tests (Playwright drives it; nothing
+## is downloaded), installed when missing
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 ## test: lint, types, then every test tier but chaos
-test: lint types
+test: lint types browser
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 ## test-cluster: the whole e2e tier on a local 3-master Redis Cluster (started by the tests)
-test-cluster: $(STAMP)
+test-cluster: $(STAMP) browser
 	WF_TEST_TOPOLOGY=cluster $(BIN)/pytest -q -p no:cacheprovider tests/e2e
 
 chaos: $(STAMP)

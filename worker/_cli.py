@@ -95,6 +95,24 @@ async def _serve(args: argparse.Namespace) -> None:
     await uvicorn.Server(config).serve()
 
 
+async def _dashboard(args: argparse.Namespace) -> None:
+    """Serve the web dashboard with uvicorn; beyond loopback only with WORKFLOW_HTTP_TOKEN."""
+    import uvicorn
+
+    from ._dashboard import create_dashboard_app
+    from ._http import UnsafeBindError, check_bind
+
+    token = os.environ.get("WORKFLOW_HTTP_TOKEN") or None
+    try:
+        check_bind(args.host, token=token)
+    except UnsafeBindError as exc:
+        print(f"wf dashboard: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    level = os.environ.get("WORKFLOW_LOG_LEVEL", "info").lower()
+    config = uvicorn.Config(create_dashboard_app(), host=args.host, port=args.port, log_level=level)
+    await uvicorn.Server(config).serve()
+
+
 async def _health(args: argparse.Namespace) -> None:
     """Check through the queue that a live worker answers; exit code 1 when none does."""
     from ._health import check_health
@@ -229,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         help="serve the API beyond loopback without WORKFLOW_HTTP_TOKEN (a proxy authenticates)",
     )
 
+    p = sub.add_parser("dashboard", help="serve the web dashboard (runs, a run's steps and log)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8788)
+
     p = sub.add_parser("health", help="check through the queue that workers answer")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     p.add_argument("--json", action="store_true")
@@ -273,6 +295,7 @@ def run_command(args: argparse.Namespace) -> int:
         "cancel": cancel_command,
         "runs": runs_command,
         "serve": _serve,
+        "dashboard": _dashboard,
         "health": _health,
     }
     try:

@@ -1,0 +1,147 @@
+"""The web dashboard in a real browser: Debian's Chromium driven by Playwright (nothing is
+downloaded), against a real `wf dashboard` process, a real worker and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.e2e import workflows as w
+from tests.support import WF, eventually, free_port
+from worker import get_run, start
+from world_redis import RedisWorld
+
+MODULE = "tests.e2e.workflows"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+SHOTS = os.environ.get("WF_DASHBOARD_SCREENSHOTS")  # a folder: the README's screenshots
+
+
+@pytest.fixture
+def dashboard(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start `wf dashboard --port P` as a user would; yields a function of extra env -> URL."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def run(**env: str) -> str:
+        port = free_port()
+        log = open(tmp_path / f"dashboard{len(procs)}.log", "wb")  # noqa: SIM115 - closed by the process end
+        procs.append(
+            subprocess.Popen(
+                [WF, "dashboard", "--port", str(port)],
+                env={**worker_env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        return f"http://127.0.0.1:{port}"
+
+    yield run
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+async def answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(url, timeout=2, follow_redirects=False)).status_code < 500
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
+
+
+async def test_find_a_run_see_its_steps_and_cancel_a_sleeping_one(
+    world: RedisWorld, start_worker, dashboard, browser: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    """The runs list shows both runs; a finished run's page shows its step completed and its
+    log; the sleeping run's Cancel button cancels it and the page says so."""
+    start_worker(MODULE)
+    done = await start(w.add_flow, 2, 3)
+    assert await done.result(timeout=30) == 5
+    sleeping = await start(w.sleep_then_step, 3600)
+    await eventually(lambda: _sleeps(sleeping.run_id), 20, what="the run sleeps")
+    url = dashboard()
+    await eventually(lambda: answers(url), 20, what="the dashboard answers")
+
+    page = await browser.new_page()
+    await page.goto(url + "/?live=0")
+    rows = page.locator("#runs tbody tr")
+    assert await rows.count() == 2
+    assert "completed" in await page.locator(f"tr[data-run='{done.run_id}']").inner_text()
+    await shot(page, "dashboard-runs.png")
+
+    await page.click(f"a[href='/runs/{done.run_id}']")
+    await page.wait_for_selector("#steps")
+    assert await page.locator("#run-status").inner_text() == "completed"
+    steps = await page.locator("#steps tbody").inner_text()
+    assert "tests.e2e.workflows:add" in steps and "completed" in steps
+    assert "run_completed" in await page.locator("#events").inner_text()
+    assert "5" in await page.locator("#output").inner_text()
+    await shot(page, "dashboard-run.png")
+
+    await page.goto(f"{url}/runs/{sleeping.run_id}")
+    assert await page.locator("#run-status").inner_text() == "running"
+    assert await page.locator("#sleeps tbody tr").count() == 1
+    await page.click("#cancel")
+    await page.wait_for_selector(".notice")
+    assert await page.locator("#run-status").inner_text() == "cancelled"
+    assert await get_run(sleeping.run_id).status() == "cancelled"
+
+
+async def test_with_a_token_pages_ask_for_it_first(
+    world: RedisWorld, dashboard, browser: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    """With WORKFLOW_HTTP_TOKEN every page leads to the sign-in form; a wrong token is refused,
+    the right one opens the runs list."""
+    await start(w.add_flow, 1, 1)
+    url = dashboard(WORKFLOW_HTTP_TOKEN="s3cret-token")
+    await eventually(lambda: answers(url), 20, what="the dashboard answers")
+    page = await browser.new_page()
+    await page.goto(url + "/?live=0")
+    assert "/login" in page.url
+    await page.fill("input[name=token]", "wrong")
+    await page.click("button[type=submit]")
+    assert "not the dashboard's" in await page.content()
+    await page.fill("input[name=token]", "s3cret-token")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#runs")
+    assert await page.locator("#runs tbody tr").count() == 1
+
+
+async def test_a_non_loopback_bind_without_a_token_is_refused(worker_env: dict[str, str]) -> None:
+    """`wf dashboard --host 0.0.0.0` without a token exits with code 2 and says why."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [WF, "dashboard", "--host", "0.0.0.0", "--port", str(free_port())],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "without a token" in done.stderr
+
+
+async def _sleeps(run_id: str) -> bool:
+    return any(e.__struct_config__.tag == "wait_created" for e in await get_run(run_id).events())

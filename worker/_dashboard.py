@@ -1,0 +1,198 @@
+"""The web dashboard (``wf dashboard``, or ``create_dashboard_app()`` mounted in an app): find a
+run, see what it did and why, and act on it.
+
+Pages are HTML rendered on the server (Jinja2, autoescaped); every page reads without
+JavaScript, and a few lines of it refresh the runs list and a live run. ``/`` lists runs, newest
+first (status and workflow filters, a run id search, cursor pages); ``/runs/{id}`` shows a run:
+status, workflow, deployment, input, output or error with its traceback, its steps with attempts
+and times, its sleeps and hooks, and its raw event log; a run not finished has a Cancel button.
+
+With a token (``WORKFLOW_HTTP_TOKEN``, the HTTP API's) every page and action needs it: sent as
+``Authorization: Bearer <token>``, or given once on ``/login``, which keeps it in an HttpOnly,
+SameSite=Strict cookie. Without one the dashboard serves loopback only (``wf dashboard`` refuses
+another address, as ``wf serve`` does).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from . import _serde
+from ._client import get_run, get_world
+from ._errors import RunNotFoundError, WorkflowError
+from ._events import WaitCompleted, WaitCreated
+from ._world import World
+
+COOKIE = "wf_dashboard_token"
+PAGE = 25
+ACTIVE = ("pending", "running")
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _pretty(text: str | None) -> str:
+    """A stored JSON payload, indented; an error shown as type, message and traceback."""
+    if text is None:
+        return ""
+    try:
+        value = _serde.loads(text)
+    except Exception:
+        return text
+    if isinstance(value, BaseException):
+        tb = getattr(value, "__wf_traceback__", "")
+        head = f"{getattr(value, 'type_name', type(value).__name__)}: {value}"
+        return f"{head}\n\n{tb}".rstrip()
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+class Dashboard:
+    def __init__(self, world: World | None, token: str | None) -> None:
+        self._world = world
+        self.token = token
+        self.env = Environment(
+            loader=PackageLoader("worker", "templates"),
+            autoescape=select_autoescape(["html"]),
+        )
+        self.env.filters["when"] = _when
+        self.env.filters["pretty"] = _pretty
+
+    @property
+    def world(self) -> World:
+        return self._world or get_world()
+
+    def authorized(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.cookies.get(COOKIE, "")
+        return bool(given) and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    def page(self, name: str, code: int = 200, **values: Any) -> HTMLResponse:
+        html = self.env.get_template(name).render(auth=self.token is not None, **values)
+        return HTMLResponse(html, status_code=code)
+
+    def login_first(self, request: Request) -> Response:
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    async def runs(self, request: Request) -> Response:
+        if not self.authorized(request):
+            return self.login_first(request)
+        q = request.query_params
+        status = q.get("status") or None
+        workflow = q.get("workflow") or None
+        search = (q.get("q") or "").strip()
+        if search:
+            info = await self.world.get_run(search)
+            runs, cursor = ([info] if info is not None else []), None
+        else:
+            runs, cursor = await self.world.list_runs(
+                status=status if status in STATUSES else None,
+                workflow=workflow,
+                limit=PAGE,
+                cursor=q.get("cursor") or None,
+            )
+        return self.page(
+            "runs.html",
+            runs=runs,
+            cursor=cursor,
+            status=status or "",
+            workflow=workflow or "",
+            search=search,
+            statuses=STATUSES,
+            live=q.get("live", "1") != "0",
+        )
+
+    async def run(self, request: Request) -> Response:
+        if not self.authorized(request):
+            return self.login_first(request)
+        run_id = request.path_params["run_id"]
+        run = get_run(run_id, world=self.world)
+        try:
+            info = await run.info()
+        except RunNotFoundError:
+            return self.page("missing.html", code=404, run_id=run_id)
+        events = await run.events()
+        return self.page(
+            "run.html",
+            info=info,
+            steps=await run.steps(),
+            events=events,
+            sleeps=_sleeps(events),
+            hooks=await self.world.list_hooks(run_id),
+            active=info.status in ACTIVE,
+            live=info.status in ACTIVE,
+            notice=request.query_params.get("notice", ""),
+        )
+
+    async def cancel(self, request: Request) -> Response:
+        if not self.authorized(request):
+            return Response("unauthorized", 401)
+        run_id = request.path_params["run_id"]
+        try:
+            await get_run(run_id, world=self.world).cancel()
+            notice = "cancelled"
+        except WorkflowError as exc:
+            notice = str(exc)
+        return RedirectResponse(f"/runs/{run_id}?notice={notice}", status_code=303)
+
+    async def login(self, request: Request) -> Response:
+        target = request.query_params.get("next", "/")
+        target = target if target.startswith("/") and not target.startswith("//") else "/"
+        if request.method == "GET":
+            return self.page("login.html", next=target, failed=False)
+        # the sign-in form is urlencoded: parsed with the standard library (no multipart here)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        given = form.get("token", [""])[0]
+        if self.token is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return self.page("login.html", code=401, next=target, failed=True)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+        return response
+
+
+def _sleeps(events: list[Any]) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        if isinstance(ev, WaitCreated):
+            out[ev.corr] = {
+                "id": ev.corr,
+                "created": ev.ts,
+                "resume_at": ev.resume_at,
+                "done": None,
+            }
+        elif isinstance(ev, WaitCompleted) and ev.corr in out:
+            out[ev.corr]["done"] = ev.ts
+    return list(out.values())
+
+
+def create_dashboard_app(world: World | None = None, *, token: str | None = None) -> Starlette:
+    """The dashboard as an ASGI app (``token`` defaults to ``WORKFLOW_HTTP_TOKEN``)."""
+    dash = Dashboard(world, token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN"))
+    return Starlette(
+        routes=[
+            Route("/", dash.runs),
+            Route("/runs/{run_id}", dash.run),
+            Route("/runs/{run_id}/cancel", dash.cancel, methods=["POST"]),
+            Route("/login", dash.login, methods=["GET", "POST"]),
+        ]
+    )

@@ -7,10 +7,9 @@ import json
 from typing import Any
 
 from . import _serde
-from ._client import get_run, get_world, start
-from ._deployments import migrate_run, resolve_deployment
+from ._client import get_run, get_world, rerun, start
+from ._deployments import migrate_run
 from ._errors import WorkflowError
-from ._ids import check_run_id, new_run_id
 from ._registry import import_workflow_modules, resolve_workflow_name
 
 
@@ -49,24 +48,10 @@ async def runs_command(args: argparse.Namespace) -> None:
     """``wf runs rerun RUN``: a new run of RUN's workflow with its input (prints its id);
     ``wf runs migrate RUN --to ID``: pin a run to another deployment and wake it there."""
     if args.action == "rerun":
-        print(await rerun(args.run_id, args.new_run_id))
+        print((await rerun(args.run_id, new_id=args.new_run_id)).run_id)
         return
     previous = await migrate_run(get_world(), args.run_id, args.to)
     print(f"migrated {args.run_id} from {previous or '(unpinned)'} to {args.to}")
-
-
-async def rerun(run_id: str, new_id: str | None = None) -> str:
-    """Start a new run of ``run_id``'s workflow with the same input, pinned as start() pins a
-    new run (to the newest live deployment serving the workflow): the id of the new run.
-
-    RunNotFoundError for an unknown run; WorkflowError when ``new_id`` names an existing run."""
-    world = get_world()
-    info = await get_run(run_id).info()
-    rid = check_run_id(new_id) if new_id else new_run_id()
-    deployment = await resolve_deployment(world, info.workflow, None)
-    if not await world.create_run(rid, info.workflow, info.input, deployment):
-        raise WorkflowError(f"run {rid} exists already: choose another --run-id")
-    return rid
 
 
 async def cancel_command(args: argparse.Namespace) -> None:

@@ -116,6 +116,21 @@ async def start(
     return run
 
 
+async def rerun(run_id: str, *, new_id: str | None = None, world: World | None = None) -> Run:
+    """Start a new run of ``run_id``'s workflow with the same input, pinned as start() pins a
+    new run (to the newest live deployment serving the workflow).
+
+    RunNotFoundError for an unknown run; WorkflowError when ``new_id`` names an existing
+    run."""
+    w = world or get_world()
+    info = await Run(run_id, world=w).info()
+    rid = check_run_id(new_id) if new_id else new_run_id()
+    deployment = await resolve_deployment(w, info.workflow, None)
+    if not await w.create_run(rid, info.workflow, info.input, deployment):
+        raise WorkflowError(f"run {rid} exists already: choose another run id")
+    return Run(rid, world=w)
+
+
 def get_run(run_id: str, world: World | None = None) -> Run:
     """A handle on an existing run (no I/O until used)."""
     return Run(run_id, world=world)

@@ -20,7 +20,7 @@ import json
 import os
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -29,9 +29,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import _serde
-from ._client import get_run, get_world
+from ._client import get_run, get_world, rerun
+from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
 from ._errors import RunNotFoundError, WorkflowError
 from ._events import WaitCompleted, WaitCreated
+from ._health import worker_reports
+from ._hooks import resume_hook
+from ._pool_world import pool_queues
 from ._world import World
 
 COOKIE = "wf_dashboard_token"
@@ -144,16 +148,80 @@ class Dashboard:
             notice=request.query_params.get("notice", ""),
         )
 
-    async def cancel(self, request: Request) -> Response:
+    def refuse_action(self, request: Request) -> Response | None:
+        """An action is refused unless authorized and sent by a page of this dashboard: a
+        cross-site form posting to a loopback dashboard would otherwise act (CSRF)."""
         if not self.authorized(request):
             return Response("unauthorized", 401)
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return Response("cross-site request refused", 403)
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+            return Response("cross-origin request refused", 403)
+        return None
+
+    def back(self, run_id: str, notice: str) -> Response:
+        return RedirectResponse(f"/runs/{run_id}?{urlencode({'notice': notice})}", 303)
+
+    async def cancel(self, request: Request) -> Response:
+        refused = self.refuse_action(request)
+        if refused is not None:
+            return refused
         run_id = request.path_params["run_id"]
         try:
             await get_run(run_id, world=self.world).cancel()
             notice = "cancelled"
         except WorkflowError as exc:
             notice = str(exc)
-        return RedirectResponse(f"/runs/{run_id}?notice={notice}", status_code=303)
+        return self.back(run_id, notice)
+
+    async def rerun(self, request: Request) -> Response:
+        """Start a new run with the same input; the new run's page."""
+        refused = self.refuse_action(request)
+        if refused is not None:
+            return refused
+        run_id = request.path_params["run_id"]
+        try:
+            new = await rerun(run_id, world=self.world)
+        except WorkflowError as exc:
+            return self.back(run_id, str(exc))
+        return self.back(new.run_id, f"started again from {run_id}")
+
+    async def resume(self, request: Request) -> Response:
+        """Resume one of the run's hooks with the JSON payload of the form."""
+        refused = self.refuse_action(request)
+        if refused is not None:
+            return refused
+        run_id = request.path_params["run_id"]
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        hook_id, text = form.get("hook", [""])[0], form.get("payload", ["null"])[0]
+        tokens = {h: t for h, t, _ in await self.world.list_hooks(run_id)}
+        if hook_id not in tokens:
+            return self.back(run_id, f"hook {hook_id} is not live")
+        try:
+            payload = json.loads(text or "null")
+        except ValueError as exc:
+            return self.back(run_id, f"the payload is not JSON: {exc}")
+        try:
+            await resume_hook(tokens[hook_id], payload, world=self.world)
+        except WorkflowError as exc:
+            return self.back(run_id, str(exc))
+        return self.back(run_id, f"hook {hook_id} resumed")
+
+    async def queues(self, request: Request) -> Response:
+        """Per partition and queue: length, lag, pending, oldest; live workers; deployments."""
+        if not self.authorized(request):
+            return self.login_first(request)
+        world = self.world
+        return self.page(
+            "queues.html",
+            queues=await pool_queues(world).queue_stats(),
+            workers=await worker_reports(world),
+            deployments=await deployment_store(world).stats(live_window_ms()),
+            base_queue=base_queue,
+            lane_deployment=lane_deployment,
+            live=request.query_params.get("live", "1") != "0",
+        )
 
     async def login(self, request: Request) -> Response:
         target = request.query_params.get("next", "/")
@@ -193,6 +261,9 @@ def create_dashboard_app(world: World | None = None, *, token: str | None = None
             Route("/", dash.runs),
             Route("/runs/{run_id}", dash.run),
             Route("/runs/{run_id}/cancel", dash.cancel, methods=["POST"]),
+            Route("/runs/{run_id}/rerun", dash.rerun, methods=["POST"]),
+            Route("/runs/{run_id}/resume", dash.resume, methods=["POST"]),
+            Route("/queues", dash.queues),
             Route("/login", dash.login, methods=["GET", "POST"]),
         ]
     )

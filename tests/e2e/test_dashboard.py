@@ -145,3 +145,62 @@ async def test_a_non_loopback_bind_without_a_token_is_refused(worker_env: dict[s
 
 async def _sleeps(run_id: str) -> bool:
     return any(e.__struct_config__.tag == "wait_created" for e in await get_run(run_id).events())
+
+
+async def test_resume_a_hook_rerun_a_run_and_see_the_queues(
+    world: RedisWorld, start_worker, dashboard, browser: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    """A run waiting on a hook is resumed from its page with a JSON payload and completes; its
+    'start again' makes a new run with the same input; the queues page lists the ready stream
+    and the live worker."""
+    from tests.e2e import hook_workflows as hw
+
+    start_worker(MODULE, "tests.e2e.hook_workflows")
+    run = await start(hw.hook_cleanup, "dash-token", "from-the-dashboard")
+    await eventually(lambda: _hook_live(run.run_id), 20, what="the hook is live")
+    url = dashboard()
+    await eventually(lambda: answers(url), 20, what="the dashboard answers")
+    page = await browser.new_page()
+    await page.goto(f"{url}/runs/{run.run_id}")
+    await page.fill("#resume input[name=payload]", '{"message": "hi"}')
+    await page.click("#resume button")
+    await page.wait_for_selector(".notice")
+    result = await run.result(timeout=20)
+    assert result["message"] == "hi"
+
+    await page.goto(f"{url}/runs/{run.run_id}")
+    await page.click("#rerun")
+    await page.wait_for_selector(".notice")
+    assert f"started again from {run.run_id}" in await page.locator(".notice").inner_text()
+    new_id = page.url.split("/runs/", 1)[1].split("?", 1)[0]
+    assert new_id != run.run_id
+    assert (await get_run(new_id).info()).input == (await run.info()).input
+
+    await page.goto(f"{url}/queues?live=0")
+    assert "default" in await page.locator("#queues").inner_text()
+    await eventually(lambda: _worker_listed(page, url), 20, what="the live worker is listed")
+
+
+async def _hook_live(run_id: str) -> bool:
+    from worker import get_world
+
+    return bool(await get_world().list_hooks(run_id))  # type: ignore[attr-defined]
+
+
+async def _worker_listed(page: Page, url: str) -> bool:
+    await page.goto(f"{url}/queues?live=0")
+    return "healthy" in await page.locator("#workers").inner_text()
+
+
+async def test_a_cross_site_form_cannot_act(world: RedisWorld, dashboard) -> None:  # type: ignore[no-untyped-def]
+    """A POST that another site's page makes the browser send (Origin of that site) is refused:
+    the run is not cancelled."""
+    run = await start(w.sleep_then_step, 3600)
+    url = dashboard()
+    await eventually(lambda: answers(url), 20, what="the dashboard answers")
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(
+            f"{url}/runs/{run.run_id}/cancel", headers={"Origin": "http://evil.example"}
+        )
+    assert refused.status_code == 403
+    assert await run.status() == "pending"

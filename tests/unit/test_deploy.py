@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -110,8 +113,15 @@ def test_k8s_worker_url_and_redis_password_come_from_the_secret() -> None:
     assert "redis-entrypoint.sh" in " ".join(redis["command"])
     example = yaml.safe_load((K8S / "redis-auth-secret.example.yaml").read_text())
     assert example["metadata"]["name"] == "redis-auth"
-    assert set(example["stringData"]) == {"password", "url"}
-    assert all(PLACEHOLDER in v for v in example["stringData"].values())
+    secret = example["stringData"]
+    assert set(secret) == {"password", "url", "keda-username", "keda-password"}
+    assert PLACEHOLDER in secret["password"] and PLACEHOLDER in secret["url"]
+    assert secret["keda-password"] == PLACEHOLDER
+    assert secret["keda-username"] == "keda" and any(
+        r.startswith("user keda ") for r in acl_rules()
+    )
+    stateful_keda = next(e for e in redis["env"] if e["name"] == "KEDA_PASSWORD")
+    assert stateful_keda["valueFrom"]["secretKeyRef"]["key"] == "keda-password"
 
 
 def test_k8s_network_policy_admits_only_workflow_pods_to_redis() -> None:
@@ -126,14 +136,20 @@ def test_k8s_network_policy_admits_only_workflow_pods_to_redis() -> None:
         if p["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
     ]
     assert "Ingress" in policy["spec"]["policyTypes"]
-    sources = [
-        peer["podSelector"]["matchLabels"]
-        for rule in policy["spec"]["ingress"]
-        for peer in rule["from"]
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert all("ipBlock" not in peer and "podSelector" in peer for peer in peers)
+    local = [p["podSelector"]["matchLabels"] for p in peers if "namespaceSelector" not in p]
+    assert local and all(set(peer) == {"app.kubernetes.io/name"} for peer in local)
+    assert {peer["app.kubernetes.io/name"] for peer in local} <= {"wf-worker", "wf-serve"}
+    assert any(peer.items() <= worker_labels.items() for peer in local)
+    # from another namespace: KEDA's operator only (the autoscaler reads the lag)
+    remote = [p for p in peers if "namespaceSelector" in p]
+    assert [p["namespaceSelector"]["matchLabels"] for p in remote] == [
+        {"kubernetes.io/metadata.name": "keda"}
     ]
-    assert sources and all(set(peer) == {"app.kubernetes.io/name"} for peer in sources)
-    assert {peer["app.kubernetes.io/name"] for peer in sources} <= {"wf-worker", "wf-serve"}
-    assert any(peer.items() <= worker_labels.items() for peer in sources)
+    assert [p["podSelector"]["matchLabels"] for p in remote] == [
+        {"app.kubernetes.io/name": "keda-operator"}
+    ]
 
 
 def test_k8s_configmap_is_a_copy_of_the_deploy_files() -> None:
@@ -147,16 +163,211 @@ def test_readme_shows_the_deployed_acl_rule() -> None:
     """The README's "Securing Redis" rule is the one in deploy/redis-users.acl."""
     readme = (DEPLOY.parent / "README.md").read_text()
     for rule in acl_rules():
-        assert rule.replace("#@WF_PASSWORD_SHA256@", ">PASSWORD") in readme, rule
+        assert re.sub(r"#@[A-Z]+_PASSWORD_SHA256@", ">PASSWORD", rule) in readme, rule
 
 
-def test_k8s_worker_liveness_probe_reads_its_health_endpoint_on_loopback() -> None:
-    """k8s: the worker serves /healthz on 127.0.0.1 only, and its liveness probe reads it from
-    inside the pod (an exec probe), so nothing listens beyond loopback unauthenticated."""
+# -- the commands the manifests run, parsed by the real `wf` parser -----------------------------
+
+
+def dockerfile_instruction(name: str) -> list[str]:
+    """The arguments of the Dockerfile's last ``name`` instruction (exec form) or its words."""
+    lines = [ln for ln in (DEPLOY / "Dockerfile").read_text().splitlines() if ln.startswith(name)]
+    value = lines[-1].removeprefix(name).strip()
+    return json.loads(value) if value.startswith("[") else value.split()
+
+
+def parse_wf(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Namespace:
+    """``argv`` as ``wf`` reads it with ``env`` (argparse and its checks; the command is not run)."""
+    from worker import _cli
+
+    for name in [n for n in os.environ if n.startswith("WORKFLOW_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parsed: list[Namespace] = []
+    monkeypatch.setattr(_cli, "configure", lambda: None)
+    monkeypatch.setattr(_cli, "import_workflow_modules", lambda modules: None)
+    monkeypatch.setattr(_cli, "run_command", lambda args: parsed.append(args) or 0)
+    with pytest.raises(SystemExit) as done:
+        _cli.main(argv)
+    assert done.value.code == 0, f"wf refuses {argv}"
+    return parsed[0]
+
+
+def k8s_worker() -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """The worker container, its ``wf`` argv (image ENTRYPOINT + args) and its literal env."""
     (worker,) = manifests()["Deployment/wf-worker"]["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e.get("value") for e in worker["env"]}
-    port = env["WORKFLOW_HEALTH_PORT"]
-    assert env.get("WORKFLOW_HEALTH_HOST", "127.0.0.1") == "127.0.0.1"
-    probe = worker["livenessProbe"]
-    assert "httpGet" not in probe and "tcpSocket" not in probe
-    assert f"http://127.0.0.1:{port}/healthz" in " ".join(probe["exec"]["command"])
+    assert "command" not in worker, "the image's ENTRYPOINT runs `wf worker`"
+    argv = dockerfile_instruction("ENTRYPOINT") + worker["args"]
+    return worker, argv, {e["name"]: e["value"] for e in worker["env"] if "value" in e}
+
+
+def compose_worker() -> tuple[dict[str, Any], list[str]]:
+    """compose's worker service and its ``wf`` argv."""
+    worker = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["worker"]
+    entrypoint = worker.get("entrypoint") or dockerfile_instruction("ENTRYPOINT")
+    return worker, entrypoint + worker["command"]
+
+
+def worker_argvs() -> list[list[str]]:
+    """Every ``wf`` command line deploy/ runs: the image's default, k8s and compose workers."""
+    image = dockerfile_instruction("ENTRYPOINT") + dockerfile_instruction("CMD")
+    return [image, k8s_worker()[1], compose_worker()[1]]
+
+
+def test_image_runs_wf_worker_as_a_numeric_non_root_user() -> None:
+    """The image: exec-form `wf worker` entrypoint, numeric non-root USER, the pod runs as it."""
+    assert dockerfile_instruction("ENTRYPOINT")[:2] == ["wf", "worker"]
+    uid, gid = dockerfile_instruction("USER")[0].split(":")
+    assert int(uid) > 0 and int(gid) > 0
+    pod = manifests()["Deployment/wf-worker"]["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] == int(uid)
+    assert pod["runAsGroup"] == int(gid)
+
+
+def test_every_worker_command_parses_and_imports_shipped_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image's, k8s's and compose's `wf worker` lines pass `wf`'s own parser, and the
+    modules they import are files the image copies."""
+    copies = [
+        ln.split()[1]
+        for ln in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if ln.startswith("COPY ") and "--from" not in ln
+    ]
+    for argv in worker_argvs():
+        assert argv[0] == "wf"
+        args = parse_wf(argv[1:], {}, monkeypatch)
+        assert args.command == "worker"
+        for module in args.modules:
+            path = Path(*module.split("."))
+            assert (DEPLOY.parent / path.with_suffix(".py")).is_file(), module
+            assert path.parts[0] in copies, f"{module} is not copied into the image"
+
+
+def test_k8s_probes_and_metrics_port_match_the_worker_flags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """k8s: liveness and readiness read /healthz at --health-port on loopback (exec, python, no
+    shell); the named port `metrics` and the scrape annotation are --metrics-port, which listens
+    beyond loopback."""
+    worker, argv, env = k8s_worker()
+    args = parse_wf(argv[1:], env, monkeypatch)
+    assert args.health_port and args.health_host == "127.0.0.1"
+    for probe in (worker["livenessProbe"], worker["readinessProbe"]):
+        assert set(probe) & {"httpGet", "tcpSocket", "grpc"} == set()
+        command = probe["exec"]["command"]
+        assert command[0] == "python", "the image needs no shell"
+        assert f"http://127.0.0.1:{args.health_port}/healthz" in command[-1]
+    assert args.metrics_port and args.metrics_host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+    assert ports == {"metrics": args.metrics_port}
+    template = manifests()["Deployment/wf-worker"]["spec"]["template"]["metadata"]
+    assert template["annotations"]["prometheus.io/port"] == str(args.metrics_port)
+
+
+def test_compose_worker_healthcheck_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose: the worker's healthcheck reads --health-port on loopback; no worker port is
+    published; its env file's recipe logs in as the ACL user `wf` at the `redis` service."""
+    worker, argv = compose_worker()
+    args = parse_wf(argv[1:], {k: str(v) for k, v in worker["environment"].items()}, monkeypatch)
+    assert args.health_host == "127.0.0.1" and args.metrics_host == "127.0.0.1"
+    check = worker["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "python"]
+    assert f"http://127.0.0.1:{args.health_port}/healthz" in check[-1]
+    assert "ports" not in worker
+    compose_text = (DEPLOY / "compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    recipe = re.search(r"WORKFLOW_REDIS_URL=redis://(\w+):%s@(\w+):(\d+)/0", compose_text)
+    assert recipe, "compose.yaml's header shows how to write secrets/redis.env"
+    user, host, port = recipe.groups()
+    assert any(r.startswith(f"user {user} ") for r in acl_rules())
+    assert host in compose["services"] and port == "6379"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert (DEPLOY.parent / worker["build"]["dockerfile"]).is_file()
+
+
+def test_scaledobject_scales_the_worker_deployment_on_each_partitions_ready_lag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KEDA: the ScaledObject targets wf-worker, one redis-streams trigger per partition's ready
+    stream and the engine's group, lagCount = --concurrency / partitions, auth through a
+    TriggerAuthentication to the Secret's keys, Redis reached at the `redis` Service."""
+    from world_redis._keys import GROUP, Keys
+
+    objects = manifests()
+    scaled = objects["ScaledObject/wf-worker"]["spec"]
+    deployment = objects["Deployment/wf-worker"]
+    assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
+    _, argv, env = k8s_worker()
+    concurrency = parse_wf(argv[1:], env, monkeypatch).concurrency
+    triggers = scaled["triggers"]
+    keys = Keys(prefix="wf", partitions=len(triggers))
+    service = objects["Service/redis"]
+    for partition, trigger in enumerate(triggers):
+        meta = trigger["metadata"]
+        assert trigger["type"] == "redis-streams"
+        assert meta["stream"] == keys.ready(partition) and meta["consumerGroup"] == GROUP
+        assert int(meta["lagCount"]) * len(triggers) == concurrency
+        assert not {"password", "passwordFromEnv", "username"} & set(meta)
+        host, port = meta["address"].rsplit(":", 1)
+        assert host.split(".")[0] == service["metadata"]["name"]
+        assert int(port) == service["spec"]["ports"][0]["port"]
+        auth = objects[f"TriggerAuthentication/{trigger['authenticationRef']['name']}"]
+        refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+        assert set(refs) == {"username", "password"}
+        secret = yaml.safe_load((K8S / "redis-auth-secret.example.yaml").read_text())
+        for ref in refs.values():
+            assert ref["name"] == secret["metadata"]["name"] == "redis-auth"
+            assert ref["key"] in secret["stringData"]
+
+
+def test_keda_acl_user_reads_only() -> None:
+    """The ACL user `keda` (the scaler) has read-only keys and only the lag mode's commands."""
+    (keda,) = (r.split() for r in acl_rules() if r.startswith("user keda "))
+    assert "#@KEDA_PASSWORD_SHA256@" in keda and "resetkeys" in keda and "-@all" in keda
+    assert [w for w in keda if w[0] in "~%"] == ["%R~wf:*"]
+    assert sorted(w for w in keda if w.startswith("+")) == [
+        "+info",
+        "+ping",
+        "+xinfo|groups",
+        "+xlen",
+    ]
+
+
+def test_entrypoint_writes_the_keda_user_only_with_its_password(tmp_path: Path) -> None:
+    """redis-entrypoint.sh: hashes both passwords into the ACL file; without KEDA_PASSWORD the
+    `keda` user is left out; a short KEDA_PASSWORD is refused."""
+    fake = tmp_path / "bin" / "redis-server"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    acl = tmp_path / "users.acl"
+    base = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "REDIS_ACL_FILE": str(acl),
+        "REDIS_ACL_TEMPLATE": str(DEPLOY / "redis-users.acl"),
+        "REDIS_PASSWORD": "w" * 32,
+    }
+    sha = {p: hashlib.sha256(p.encode()).hexdigest() for p in ("w" * 32, "k" * 32)}
+
+    def start(**extra: str) -> subprocess.CompletedProcess[str]:
+        env = base | extra
+        return subprocess.run(
+            ["sh", str(DEPLOY / "redis-entrypoint.sh")], env=env, capture_output=True, text=True
+        )
+
+    done = start(KEDA_PASSWORD="k" * 32)
+    assert done.returncode == 0, done.stderr
+    assert f"--aclfile {acl}" in done.stdout
+    users = acl.read_text().splitlines()
+    assert [u.split()[1] for u in users] == ["default", "wf", "keda"]
+    assert f"#{sha['w' * 32]}" in users[1] and f"#{sha['k' * 32]}" in users[2]
+    assert "@" not in acl.read_text().replace("-@all", "")
+    assert start().returncode == 0
+    assert [u.split()[1] for u in acl.read_text().splitlines()] == ["default", "wf"]
+    acl.unlink()
+    refused = start(KEDA_PASSWORD="short")
+    assert refused.returncode == 1 and "KEDA_PASSWORD" in refused.stderr and not acl.exists()

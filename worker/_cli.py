@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from ._cli_dlq import dlq_command
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
 from ._cli_show import inspect_command, print_events, print_table, short
 from ._client import get_world, start
@@ -234,6 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("run_id")
     m.add_argument("--to", required=True, help="the deployment id to move the run to")
 
+    p = sub.add_parser("dlq", help="dead letters: list, replay NAME..., drop NAME...")
+    dlq = p.add_subparsers(dest="action", required=True)
+    d = dlq.add_parser("list", help="the newest dead letters of every partition")
+    d.add_argument("--limit", type=int, default=100)
+    d.add_argument("--json", action="store_true")
+    for action, what in (("replay", "wake the run of"), ("drop", "delete")):
+        d = dlq.add_parser(action, help=f"{what} dead letters named <partition>:<entry id>")
+        d.add_argument("names", nargs="+")
+
     p = sub.add_parser("cancel", help="cancel a run")
     p.add_argument("run_id")
 
@@ -296,6 +306,7 @@ def run_command(args: argparse.Namespace) -> int:
         "runs": runs_command,
         "serve": _serve,
         "dashboard": _dashboard,
+        "dlq": dlq_command,
         "health": _health,
     }
     try:

@@ -88,6 +88,9 @@ class RedisClient(Protocol):
     def xrange(
         self, name: str, min: str = "-", max: str = "+", count: int | None = None
     ) -> Awaitable[StreamRangeResponse | None]: ...
+    def xrevrange(
+        self, name: str, max: str = "+", min: str = "-", count: int | None = None
+    ) -> Awaitable[StreamRangeResponse | None]: ...
     def xread(
         self, streams: dict[KeyT, StreamIdT], count: int | None = None, block: int | None = None
     ) -> Awaitable[XReadResponse]: ...

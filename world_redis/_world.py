@@ -38,6 +38,7 @@ from ._client import (
 )
 from ._core import RedisCore
 from ._deployments import RedisDeployments
+from ._dlq import RedisDeadLetters
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
@@ -106,6 +107,7 @@ class RedisWorld:
         self.pools = RedisPools(self.queue)  # worker pools: queue streams (see _pools.py)
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
         self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
+        self.dead_letters = RedisDeadLetters(self.core)  # list, drop, replay (_dlq.py)
 
     @classmethod
     def from_url(

@@ -107,3 +107,14 @@ async def test_errors_are_one_line_and_debug_shows_the_traceback(
     debug = await wf(worker_env, "--debug", "start", "add_flow", "not-json", "--import", MODULE)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     assert (await world.list_runs())[0] == []
+
+
+async def test_demo_runs_the_example_and_prints_its_result_and_log(
+    world: RedisWorld, worker_env: dict[str, str]
+) -> None:
+    """`wf demo` (what `make run` calls) runs examples.order with an in-process worker and
+    prints the result, the event log and the steps."""
+    done = await wf(worker_env, "demo")
+    assert done.returncode == 0, done.stderr
+    assert "result:" in done.stdout and "run_completed" in done.stdout
+    assert "step id" in done.stdout

@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from ._cli_dev import dev_command
 from ._cli_dlq import dlq_command
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
 from ._cli_show import inspect_command, print_events, print_table, short
@@ -20,7 +21,12 @@ from ._deployments import (
     InvalidDeploymentIdError,
     check_deployment_id,
 )
-from ._errors import EncryptionKeyError, PartitionCountMismatchError, WorkflowError
+from ._errors import (
+    EncryptionKeyError,
+    PartitionCountMismatchError,
+    UnsafeBindError,
+    WorkflowError,
+)
 from ._logging import configure
 from ._pool_world import InvalidQueueNameError, parse_queues
 from ._registry import get_workflow, import_workflow_modules
@@ -82,7 +88,7 @@ async def _serve(args: argparse.Namespace) -> None:
     """Serve the HTTP app (webhooks, run and hook API, health) with uvicorn."""
     import uvicorn
 
-    from ._http import UnsafeBindError, check_bind, create_app
+    from ._http import check_bind, create_app
 
     token = os.environ.get("WORKFLOW_HTTP_TOKEN") or None
     try:
@@ -101,7 +107,7 @@ async def _dashboard(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ._dashboard import create_dashboard_app
-    from ._http import UnsafeBindError, check_bind
+    from ._http import check_bind
 
     token = os.environ.get("WORKFLOW_HTTP_TOKEN") or None
     try:
@@ -235,6 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("run_id")
     m.add_argument("--to", required=True, help="the deployment id to move the run to")
 
+    p = sub.add_parser(
+        "dev", help="embedded Redis, a worker that restarts on file changes, and the dashboard"
+    )
+    p.add_argument("modules", nargs="+")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8788)
+
     p = sub.add_parser("dlq", help="dead letters: list, replay NAME..., drop NAME...")
     dlq = p.add_subparsers(dest="action", required=True)
     d = dlq.add_parser("list", help="the newest dead letters of every partition")
@@ -307,6 +320,7 @@ def run_command(args: argparse.Namespace) -> int:
         "serve": _serve,
         "dashboard": _dashboard,
         "dlq": dlq_command,
+        "dev": dev_command,
         "health": _health,
     }
     try:
@@ -326,7 +340,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 # configuration, not a failure of the command: the message says what to fix
-CONFIGURATION_ERRORS = (EncryptionKeyError, PartitionCountMismatchError, CommandArgumentError)
+CONFIGURATION_ERRORS = (
+    EncryptionKeyError,
+    PartitionCountMismatchError,
+    CommandArgumentError,
+    UnsafeBindError,
+)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -44,6 +44,10 @@ class WorkflowNameError(WorkflowError, LookupError):
     """A workflow name given on the command line names no registered workflow, or several."""
 
 
+class UnsafeBindError(WorkflowError, ValueError):
+    """A server asked to listen beyond loopback with no token guarding its API."""
+
+
 class StepNotRegisteredError(WorkflowError, LookupError):
     """No step with this name is registered in this process."""
 

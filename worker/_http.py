@@ -46,6 +46,7 @@ from ._errors import (
     HookNotFoundError,
     PayloadTooLargeError,
     RunNotFoundError,
+    UnsafeBindError,
     WorkflowError,
     WorkflowTimeoutError,
     WorldUnavailableError,
@@ -63,10 +64,6 @@ _DRAIN_CAP = 16 * 1_048_576  # an oversized body is read (and dropped) up to thi
 _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "*"}
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-class UnsafeBindError(WorkflowError, ValueError):
-    """A server asked to listen beyond loopback with no token guarding its API."""
 
 
 def check_bind(host: str, *, token: str | None, allow_unauthenticated: bool = False) -> None:

@@ -30,6 +30,11 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
+    wf:{p0}:run:<run id>:log          string  a finished run's compacted log, in place of :ev and
+                                              :ent (zstd JSON behind a version frame: _compact.py)
+    wf:{p0}:compact                   hash    the compactor's progress in idx:done: "cursor" ->
+                                              completed ms up to which runs were compacted
+    wf:{p0}:compact:lock              string  the worker compacting the partition now (expires)
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and
                                               "<hook id>|req|<request id>" -> seq (resumes received),
                                               "<hook id>|lost" -> token (reservation reclaimed)
@@ -132,6 +137,16 @@ class Keys:
 
     def entities(self, run_id: str) -> str:
         return f"{self.run(run_id)}:ent"
+
+    def log(self, run_id: str) -> str:
+        """The compacted log of a finished run (its stream and entity hash are gone)."""
+        return f"{self.run(run_id)}:log"
+
+    def compact_state(self, partition: int) -> str:
+        return f"{self.tag(partition)}:compact"
+
+    def compact_lock(self, partition: int) -> str:
+        return f"{self.tag(partition)}:compact:lock"
 
     def run_keys(self, run_id: str) -> tuple[str, str, str, str]:
         """The run's keys in commit.lua's order: run hash, events, entities, live hooks."""

@@ -30,6 +30,7 @@ from worker.world import (
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
+from ._compact import MOVED_FIELDS, RedisCompaction
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
@@ -85,6 +86,7 @@ class RedisWorld:
         self.requests = RedisRequests(self.queue)  # request streams and replies (_requests.py)
         self.presence = RedisPresence(self.core)  # workers' status and health (_presence.py)
         self.hook_tokens = RedisHookTokens(self.core)  # token reservations (_hook_tokens.py)
+        self.compaction = RedisCompaction(self.core)  # finished runs' logs (_compact.py)
         # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
         self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
@@ -328,7 +330,13 @@ class RedisWorld:
     async def get_run(self, run_id: str) -> RunInfo | None:
         await self.core._ready()
         data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
-        return run_info(run_id, data, self.codec) if data else None
+        if not data:
+            return None
+        if "compacted" in data:  # input, output and error moved into the compacted log
+            log = await self.compaction.read_log(run_id)
+            if log is not None:
+                data.update({f: v for f, v in log.run.items() if f in MOVED_FIELDS})
+        return run_info(run_id, data, self.codec)
 
     async def list_runs(
         self,
@@ -404,8 +412,11 @@ class RedisWorld:
         await self.core._ready()
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
-        rows = await with_retry(self.redis.xrange, key, start, "+")
-        return self.queue._log_events(run_id, entries(rows))
+        rows = entries(await with_retry(self.redis.xrange, key, start, "+"))
+        if not rows:  # nothing new, or a finished run compacted (its stream is gone)
+            log = await self.compaction.read_log(run_id)
+            rows = log.entries(after_seq) if log is not None else []
+        return self.queue._log_events(run_id, rows)
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> bool:
         """Block until the run's log holds an event after ``after_seq`` (True) or the timeout."""
@@ -416,7 +427,18 @@ class RedisWorld:
             count=1,
             block=timeout_ms,
         )
-        return bool(reply)
+        if reply:
+            return True
+        log = await self.compaction.read_log(run_id)  # a compacted run has no stream to block on
+        return log is not None and log.last_seq > after_seq
+
+    async def compact_runs(self, run_ids: Sequence[str]) -> int:
+        """Compact the finished runs among ``run_ids`` (see _compact.py): how many were."""
+        return await self.compaction.compact_runs(run_ids)
+
+    async def compact_finished(self, older_than_ms: int, batch: int = 200, owner: str = "") -> int:
+        """Compact runs finished more than ``older_than_ms`` ago (see _compact.py)."""
+        return await self.compaction.compact_finished(older_than_ms, batch, owner)
 
     async def list_steps(self, run_id: str) -> list[StepInfo]:
         """The run's steps in creation order, materialized from its event log."""

@@ -1,0 +1,239 @@
+"""Compaction of finished runs on a real Redis: compact.lua's fence, the round trip, and every
+reader of a run on a compacted one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.support import REPO, redis_cli_binary
+from worker import get_run, start
+from worker._errors import WorkflowError
+from world_redis import RedisWorld
+from world_redis._compact import encode_log
+
+from .helpers import commit1, ev, eventually, new_id, run_with_steps, snapshot
+
+
+async def finished_run(world: RedisWorld, end: str = "run_completed", steps: int = 3) -> str:
+    """A run of ``steps`` completed steps that ended with ``end``."""
+    ids = [new_id("step") for _ in range(steps)]
+    run_id = await run_with_steps(world, *ids)
+    for i, corr in enumerate(ids):
+        res = await commit1(
+            world, run_id, ev("step_started", corr), ev("step_completed", corr, result=str(i))
+        )
+        assert res.code == "ok", res
+    payload = {"output": "42"} if end == "run_completed" else {}
+    if end == "run_failed":
+        payload = {"error": '{"message": "boom"}'}
+    assert (await commit1(world, run_id, ev(end, **payload))).code == "ok"
+    return run_id
+
+
+async def compact_script(world: RedisWorld, run_id: str, last_id: str) -> str:
+    """compact.lua called directly for one run, with the value of the run as stored now."""
+    k = world.keys
+    run, stream, ent, _ = k.run_keys(run_id)
+    rows = await world.redis.xrange(stream)
+    value = encode_log(await world.redis.hgetall(run), rows)
+    (code,) = await world.core._eval("compact", [run, stream, ent, k.log(run_id)], [last_id, value])
+    return str(code)
+
+
+async def test_compaction_swaps_the_stream_for_one_value_with_the_runs_retention(
+    world: RedisWorld,
+) -> None:
+    """The stream and entity hash go; the value keeps the run's TTL; the hash keeps small fields."""
+    run_id = await finished_run(world)
+    before = await world.read_events(run_id)
+    assert await world.compact_runs([run_id]) == 1
+    k, r = world.keys, world.redis
+    assert await r.exists(k.events(run_id), k.entities(run_id)) == 0
+    assert 0 < await r.ttl(k.log(run_id)) <= world.retention_s
+    fields = await r.hgetall(k.run(run_id))
+    assert not {"input", "output", "error", "run_id"} & set(fields)
+    assert fields["status"] == "completed" and int(fields["compacted"]) > 0
+    assert all(len(v) <= 64 for v in fields.values())
+    assert await world.read_events(run_id) == before
+
+
+async def test_fence_refuses_a_run_that_is_not_terminal(world: RedisWorld) -> None:
+    """A running run is never compacted: "not_terminal", nothing written."""
+    run_id = await run_with_steps(world, new_id("step"))
+    state = await snapshot(world)
+    assert await compact_script(world, run_id, "2-0") == "not_terminal"
+    assert await world.compact_runs([run_id]) == 0
+    assert await snapshot(world) == state
+
+
+async def test_fence_refuses_a_stream_that_moved_on(world: RedisWorld) -> None:
+    """A value read before the last entry (a late step result on a cancelled run) is refused."""
+    corr = new_id("step")
+    run_id = await run_with_steps(world, corr)
+    assert (await commit1(world, run_id, ev("step_started", corr))).code == "ok"
+    assert (await commit1(world, run_id, ev("run_cancelled"))).code == "ok"
+    read_at = (await world.read_events(run_id))[-1].seq
+    # the step that was running when the run ended still records its result
+    assert (await commit1(world, run_id, ev("step_completed", corr, result="7"))).code == "ok"
+    state = await snapshot(world)
+    assert await compact_script(world, run_id, f"{read_at}-0") == "moved"
+    assert await snapshot(world) == state
+    assert await world.compact_runs([run_id]) == 1  # the client reads the log again
+    assert (await world.read_events(run_id))[-1].seq == read_at + 1
+
+
+async def test_compacting_twice_is_idempotent(world: RedisWorld) -> None:
+    """A second compaction (another worker's, say) answers "already" and changes nothing."""
+    run_id = await finished_run(world)
+    assert await world.compact_runs([run_id, run_id]) == 1
+    state = await snapshot(world)
+    assert await world.compact_runs([run_id]) == 0
+    assert await compact_script(world, run_id, "9-0") == "already"
+    assert await snapshot(world) == state
+
+
+async def test_an_expired_run_is_not_compacted(world: RedisWorld) -> None:
+    """No run hash: "no_run", nothing written."""
+    assert await compact_script(world, "wrun_01J00000000000000000000000", "1-0") == "no_run"
+
+
+@pytest.mark.parametrize("end", ["run_completed", "run_failed", "run_cancelled"])
+async def test_readers_see_a_compacted_run_as_before(world: RedisWorld, end: str) -> None:
+    """get_run, events (from any seq), steps, listing by status and workflow, wait_for_events."""
+    run_id = await finished_run(world, end)
+    info, events, steps = (
+        await world.get_run(run_id),
+        await world.read_events(run_id),
+        await world.list_steps(run_id),
+    )
+    listed = await world.list_runs(limit=100)
+    assert await world.compact_runs([run_id]) == 1
+    after = await world.get_run(run_id)
+    assert after is not None and info is not None
+    assert after.input == info.input and after.output == info.output and after.error == info.error
+    assert (after.status, after.seq, after.completed_at) == (
+        info.status,
+        info.seq,
+        info.completed_at,
+    )
+    assert await world.read_events(run_id) == events
+    assert await world.read_events(run_id, 3) == events[3:]
+    assert await world.list_steps(run_id) == steps
+    assert [r.run_id for r in (await world.list_runs(limit=100))[0]] == [
+        r.run_id for r in listed[0]
+    ]
+    by_status, _ = await world.list_runs(status=info.status, workflow="wf_test")
+    assert [r.run_id for r in by_status] == [run_id] and by_status[0].output == info.output
+    assert await world.wait_for_events(run_id, info.seq - 1, 10)
+    assert not await world.wait_for_events(run_id, info.seq, 10)
+
+
+async def test_run_handle_on_a_compacted_run(world: RedisWorld) -> None:
+    """Run.result, status, events and steps of a compacted run; start(run_id=) makes no second
+    run; cancel answers as for any finished run."""
+    run_id = await finished_run(world)
+    run = get_run(run_id)
+    events = await run.events()
+    assert await world.compact_runs([run_id]) == 1
+    assert await run.result(timeout=5) == 42
+    assert await run.status() == "completed"
+    assert await run.events() == events and len(await run.steps()) == 3
+    again = await start("wf_test", 1, run_id=run_id)
+    assert again.run_id == run_id and await again.result(timeout=5) == 42
+    assert await world.redis.exists(world.keys.events(run_id)) == 0
+    with pytest.raises(WorkflowError, match="already completed"):
+        await run.cancel()
+    assert await world.redis.exists(world.keys.events(run_id)) == 0
+
+
+async def test_cancel_of_a_compacted_cancelled_run_is_a_no_op(world: RedisWorld) -> None:
+    """Cancelling a cancelled run stays idempotent after compaction."""
+    run_id = await finished_run(world, "run_cancelled")
+    assert await world.compact_runs([run_id]) == 1
+    state = await snapshot(world)
+    await get_run(run_id).cancel()
+    assert await snapshot(world) == state
+
+
+async def test_compact_finished_walks_each_partition_once_from_its_cursor(
+    world: RedisWorld,
+) -> None:
+    """Runs finished before the horizon are compacted once, each partition from its cursor; a run
+    finished too recently waits for a later call."""
+    first = [await finished_run(world, steps=1) for _ in range(3)]
+    compacted = 0
+
+    async def all_first() -> bool:
+        nonlocal compacted
+        compacted += await world.compact_finished(0, batch=2)
+        return compacted == 3
+
+    await eventually(all_first, timeout=10, what="the finished runs compacted")
+    assert await world.compact_finished(0) == 0
+    later = await finished_run(world, steps=1)
+    assert await world.compact_finished(60_000) == 0
+    assert await eventually(lambda: world.compact_finished(0), timeout=10) == 1
+    for run_id in [*first, later]:
+        assert await world.redis.exists(world.keys.log(run_id)) == 1
+
+
+async def test_runs_finished_in_the_same_ms_are_never_split_by_a_batch(
+    world_with_partitions: Callable[[int], RedisWorld],
+) -> None:
+    """A batch boundary inside one completion ms takes the whole ms, so the cursor skips none."""
+    world = world_with_partitions(1)
+    runs = [await finished_run(world, steps=1) for _ in range(5)]
+    r, k = world.redis, world.keys
+    for run_id in runs:  # two finished at ms 1000, three at ms 1001
+        score = 1000 if run_id in runs[:2] else 1001
+        await r.zadd(k.idx_done(k.partition(run_id)), {run_id: score})
+    assert await world.compact_finished(0, batch=1) == 2
+    assert await world.compact_finished(0, batch=1) == 3
+    assert await world.compact_finished(0, batch=1) == 0
+
+
+async def test_wf_inspect_events_reads_a_compacted_log(world: RedisWorld, worker_env) -> None:  # type: ignore[no-untyped-def]
+    """`wf inspect events RUN` (a real command) shows a compacted run's events."""
+    run_id = await finished_run(world)
+    assert await world.compact_runs([run_id]) == 1
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker._cli", "inspect", "events", run_id,
+        env=worker_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    shown = out.decode()
+    assert (
+        "run_created" in shown and shown.count("step_completed") == 3 and "run_completed" in shown
+    )
+
+
+@pytest.mark.skipif(
+    redis_cli_binary() is None or shutil.which("zstd") is None, reason="needs redis-cli and zstd"
+)
+async def test_the_readme_recipe_reads_a_compacted_log(world: RedisWorld, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """`redis-cli --raw GET <log> | head -c -1 | zstd -d` (the README's recipe) prints the JSON."""
+    run_id = await finished_run(world)
+    assert await world.compact_runs([run_id]) == 1
+    recipe = re.search(
+        r"```console\n(redis-cli --raw GET .*?)\n```", (REPO / "README.md").read_text()
+    )
+    assert recipe is not None
+    command = recipe.group(1).replace(
+        "redis-cli", f"{redis_cli_binary()} -p {redis_server.port}", 1
+    )
+    command = command.replace("'wf:{p0}:run:<run_id>:log'", shlex.quote(world.keys.log(run_id)))
+    done = await asyncio.to_thread(
+        subprocess.run, ["sh", "-c", command], capture_output=True, check=True
+    )
+    shown = json.loads(done.stdout)
+    assert shown["run"]["output"] == "42" and shown["events"][0][1]["type"] == "run_created"

@@ -1,5 +1,5 @@
-"""Compaction of finished runs: a run's event stream, entity hash and large run fields become one
-compressed string (``<prefix>:{pN}:run:<id>:log``), swapped in by compact.lua.
+"""Compaction of finished runs: a run's hash, event stream and entity hash become one compressed
+string (``<prefix>:{pN}:run:<id>:log``), swapped in by compact.lua.
 
 Why: a small stream costs Redis a pre-allocated listpack node (about 8 KB for a ten-step run,
 see PERF-NOTES.md "Memory per finished run"), while the same log compressed is a few hundred
@@ -11,9 +11,12 @@ The stored value (format "wfl1"):
     zstd skippable frame, payload b"wfl1"   (8-byte frame header + 4 bytes: the format version)
     zstd frame of JSON {"run": {field: value}, "events": [[seq, {field: value}], ...]}
 
-``run`` holds the run hash fields the compaction removed (input, output, error) exactly as stored
-(envelopes stay envelopes); ``events`` holds every stream entry's fields exactly as stored, so a
-reader builds the same events from it as from the stream. ``zstd -d`` skips the version frame:
+``run`` holds the run hash exactly as stored (envelopes stay envelopes), but its lease and its
+``run_id`` (the key names it); ``events`` holds every stream entry's fields exactly as stored, so
+a reader builds the same run and events from it as from the hash and the stream. Why the run hash
+goes too: it costs about 400 bytes (key, listpack, expiry) for fields that compress to a few
+dozen, and every script treats a run without hash as not there, writing nothing (create_run.lua
+also checks the value, so the id starts no second run). ``zstd -d`` skips the version frame:
 ``redis-cli --raw GET <key> | zstd -dq`` shows the JSON. A reader refuses any other version with
 CompactedLogError, a CorruptEventError (never unpickles, never imports anything named in data).
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import msgspec
 import zstandard
@@ -34,11 +37,12 @@ from ._client import Entry, entries, text, text_dict
 from ._core import RedisCore
 from ._retry import with_retry
 
+T = TypeVar("T")
 # zstd's skippable frame magic (0x184D2A50..5F), so that the zstd tool skips the version prefix
 FORMAT = b"wfl1"
 HEADER = struct.pack("<II", 0x184D2A50, len(FORMAT)) + FORMAT
 LEVEL = 9  # a few hundred bytes per run either way; 9 takes about a tenth of a ms per run
-MOVED_FIELDS = ("input", "output", "error")  # run hash fields the compacted value holds
+DROPPED_FIELDS = frozenset({"run_id", "lease_owner", "lease_until"})  # not kept in the value
 LOCK_MS = 30_000  # a partition's compaction lock outlives any round of it
 CLOCK_MARGIN_MS = 1_000  # see _compact_due
 # what compact.lua answers per run (see its header)
@@ -66,15 +70,22 @@ class CompactedLog(msgspec.Struct, frozen=True):
         return self.events[-1][0] if self.events else 0
 
 
+class _CompactedRun(msgspec.Struct, frozen=True):
+    """A compacted value's run fields alone: its events are skipped, not built."""
+
+    run: dict[str, str]
+
+
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(CompactedLog)
+_RUN_DECODER = msgspec.json.Decoder(_CompactedRun)
 
 
 def encode_log(run_fields: Mapping[str, str], stream: Sequence[Entry]) -> bytes:
-    """The compacted value of a run: its hash (only the moved fields are kept) and its stream
-    entries. UnicodeEncodeError when a stored value is not UTF-8 (such a log stays a stream)."""
+    """The compacted value of a run: its hash (but DROPPED_FIELDS) and its stream entries.
+    UnicodeEncodeError when a stored value is not UTF-8 (such a run is left as it is)."""
     log = CompactedLog(
-        run={f: run_fields[f] for f in MOVED_FIELDS if f in run_fields},
+        run={f: v for f, v in run_fields.items() if f not in DROPPED_FIELDS},
         events=[(int(eid.split("-", 1)[0]), dict(fields)) for eid, fields in stream],
     )
     compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
@@ -83,14 +94,22 @@ def encode_log(run_fields: Mapping[str, str], stream: Sequence[Entry]) -> bytes:
 
 def decode_log(run_id: str, value: bytes) -> CompactedLog:
     """The compacted value read back; CompactedLogError for an unknown version or bad data."""
+    return _decode(_DECODER, run_id, value)
+
+
+def decode_run(run_id: str, value: bytes) -> dict[str, str]:
+    """The run hash fields of a compacted value (its events not built)."""
+    return _decode(_RUN_DECODER, run_id, value).run
+
+
+def _decode(decoder: msgspec.json.Decoder[T], run_id: str, value: bytes) -> T:
     if not value.startswith(HEADER):
         raise CompactedLogError(
             f"run {run_id}: compacted log of unknown format {value[: len(HEADER)]!r} "
             f"(this version reads {FORMAT.decode()})"
         )
     try:
-        body = zstandard.ZstdDecompressor().decompress(value[len(HEADER) :])
-        return _DECODER.decode(body)
+        return decoder.decode(zstandard.ZstdDecompressor().decompress(value[len(HEADER) :]))
     except (zstandard.ZstdError, msgspec.DecodeError) as exc:
         raise CompactedLogError(f"run {run_id}: compacted log does not decode: {exc}") from None
 
@@ -110,9 +129,18 @@ class RedisCompaction:
 
     async def read_log(self, run_id: str) -> CompactedLog | None:
         """The run's compacted log, or None when it has none (live, not compacted, or gone)."""
+        value = await self._value_of(run_id)
+        return None if value is None else decode_log(run_id, value)
+
+    async def read_run(self, run_id: str) -> dict[str, str]:
+        """The run hash kept in the run's compacted log; empty when it has none."""
+        value = await self._value_of(run_id)
+        return {} if value is None else decode_run(run_id, value)
+
+    async def _value_of(self, run_id: str) -> bytes | None:
         await self.core._ready()
         value = await with_retry(self.core.redis.get, self.core.keys.log(run_id))
-        return None if value is None else decode_log(run_id, _raw(value))
+        return None if value is None else _raw(value)
 
     async def compact_runs(self, run_ids: Sequence[str]) -> int:
         """Compact the finished ones of ``run_ids``: how many this call compacted. A run not

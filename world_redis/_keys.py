@@ -30,8 +30,9 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
-    wf:{p0}:run:<run id>:log          string  a finished run's compacted log, in place of :ev and
-                                              :ent (zstd JSON behind a version frame: _compact.py)
+    wf:{p0}:run:<run id>:log          string  a finished run compacted: its hash and log in place of
+                                              the run hash, :ev and :ent (zstd JSON behind a
+                                              version frame: _compact.py)
     wf:{p0}:compact                   hash    the compactor's progress in idx:done: "cursor" ->
                                               completed ms up to which runs were compacted
     wf:{p0}:compact:lock              string  the worker compacting the partition now (expires)

@@ -30,7 +30,7 @@ from worker.world import (
 )
 
 from ._client import ClientFactory, RedisClient, cluster_setting, entries, text, text_dict
-from ._compact import MOVED_FIELDS, RedisCompaction
+from ._compact import RedisCompaction
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._hook_tokens import RedisHookTokens
@@ -315,6 +315,7 @@ class RedisWorld:
                 k.idx_status(p, "pending"),
                 k.idx_workflow(p, workflow),
                 k.workflows(p),
+                k.log(run_id),
             ],
             [
                 run_id,
@@ -330,13 +331,9 @@ class RedisWorld:
     async def get_run(self, run_id: str) -> RunInfo | None:
         await self.core._ready()
         data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
-        if not data:
-            return None
-        if "compacted" in data:  # input, output and error moved into the compacted log
-            log = await self.compaction.read_log(run_id)
-            if log is not None:
-                data.update({f: v for f, v in log.run.items() if f in MOVED_FIELDS})
-        return run_info(run_id, data, self.codec)
+        if not data:  # gone, or a finished run compacted: its run hash is in its log
+            data = await self.compaction.read_run(run_id)
+        return run_info(run_id, data, self.codec) if data else None
 
     async def list_runs(
         self,

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from tests.support import eventually, wf_json
+import httpx
+
+from tests.e2e.test_http import API, AUTH, TOKEN, serving
+from tests.support import RedisServer, eventually, wf_json
 from worker import get_run, start
 from world_redis import RedisWorld
 
 
 async def test_worker_compacts_finished_runs_and_readers_still_see_them(
-    world: RedisWorld, start_worker: Any, worker_env: dict[str, str]
+    world: RedisWorld,
+    start_worker: Any,
+    worker_env: dict[str, str],
+    redis_server: RedisServer,
+    prefix: str,
 ) -> None:
-    """Runs finished by a worker are compacted by it; result, events, steps, listing and
-    `wf inspect events|steps|runs` read them; a wake-up for one is acknowledged and ignored."""
+    """Runs finished by a worker are compacted by it; result, events, steps, listing, `wf inspect
+    events|steps|runs` and the HTTP API read them; a wake-up for one is acknowledged and
+    ignored."""
     start_worker("tests.e2e.workflows", WORKFLOW_COMPACT_AFTER_S="0")
     runs = [await start("add_ten", i) for i in range(3)]
     assert [await r.result(timeout=30) for r in runs] == [10, 11, 12]
@@ -40,6 +48,11 @@ async def test_worker_compacts_finished_runs_and_readers_still_see_them(
     assert [s["status"] for s in steps] == ["completed"] * 3
     listed = cast(list[dict[str, Any]], await wf_json(worker_env, "inspect", "runs"))
     assert {row["run_id"] for row in listed} >= {run.run_id for run in runs}
+    with serving(redis_server, prefix, token=TOKEN) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            res = await client.get(f"{API}/runs/{runs[1].run_id}", headers=AUTH)
+    assert res.status_code == 200 and res.json()["status"] == "completed"
+    assert res.json()["output"] == 11
 
     # a late wake-up of a compacted run is handled as for any finished run: acknowledged
     p = k.partition(runs[0].run_id)

@@ -4,6 +4,7 @@ reader of a run on a compacted one."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import shlex
@@ -13,12 +14,14 @@ import sys
 from collections.abc import Callable
 
 import pytest
+import zstandard
 
 from tests.support import REPO, redis_cli_binary
-from worker import get_run, start
-from worker._errors import WorkflowError
+from worker import PayloadCodec, get_run, start
+from worker._errors import RunNotFoundError, WorkflowError
+from worker.world import MigrateError
 from world_redis import RedisWorld
-from world_redis._compact import encode_log
+from world_redis._compact import HEADER, encode_log
 
 from .helpers import commit1, ev, eventually, new_id, run_with_steps, snapshot
 
@@ -49,20 +52,21 @@ async def compact_script(world: RedisWorld, run_id: str, last_id: str) -> str:
     return str(code)
 
 
-async def test_compaction_swaps_the_stream_for_one_value_with_the_runs_retention(
+async def test_compaction_swaps_the_run_for_one_value_with_the_runs_retention(
     world: RedisWorld,
 ) -> None:
-    """The stream and entity hash go; the value keeps the run's TTL; the hash keeps small fields."""
+    """The run hash, stream and entity hash go; the value keeps the run's TTL and its hash."""
     run_id = await finished_run(world)
     before = await world.read_events(run_id)
+    stored = await world.redis.hgetall(world.keys.run(run_id))
     assert await world.compact_runs([run_id]) == 1
     k, r = world.keys, world.redis
-    assert await r.exists(k.events(run_id), k.entities(run_id)) == 0
+    assert await r.exists(k.run(run_id), k.events(run_id), k.entities(run_id)) == 0
     assert 0 < await r.ttl(k.log(run_id)) <= world.retention_s
-    fields = await r.hgetall(k.run(run_id))
-    assert not {"input", "output", "error", "run_id"} & set(fields)
-    assert fields["status"] == "completed" and int(fields["compacted"]) > 0
-    assert all(len(v) <= 64 for v in fields.values())
+    kept = await world.compaction.read_run(run_id)
+    assert kept == {
+        f: v for f, v in stored.items() if f not in ("run_id", "lease_owner", "lease_until")
+    }
     assert await world.read_events(run_id) == before
 
 
@@ -102,7 +106,7 @@ async def test_compacting_twice_is_idempotent(world: RedisWorld) -> None:
 
 
 async def test_an_expired_run_is_not_compacted(world: RedisWorld) -> None:
-    """No run hash: "no_run", nothing written."""
+    """Neither run hash nor value: "no_run", nothing written."""
     assert await compact_script(world, "wrun_01J00000000000000000000000", "1-0") == "no_run"
 
 
@@ -237,3 +241,33 @@ async def test_the_readme_recipe_reads_a_compacted_log(world: RedisWorld, redis_
     )
     shown = json.loads(done.stdout)
     assert shown["run"]["output"] == "42" and shown["events"][0][1]["type"] == "run_created"
+
+
+async def test_migrating_a_compacted_run_is_refused_as_for_any_finished_run(
+    world: RedisWorld,
+) -> None:
+    """The migrate script finds no run hash; the answer is still "finished", not "not found"."""
+    run_id = await finished_run(world)
+    assert await world.compact_runs([run_id]) == 1
+    with pytest.raises(MigrateError, match="is completed"):
+        await world.deployments.migrate(run_id, "dpl_other")
+    with pytest.raises(RunNotFoundError):
+        await world.deployments.migrate("wrun_01J00000000000000000000000", "dpl_other")
+
+
+async def test_an_encrypted_run_stays_encrypted_and_readable_once_compacted(
+    world: RedisWorld,
+) -> None:
+    """Payloads are kept as their envelopes (no plaintext in the value) and decrypt as before."""
+    world.codec = PayloadCodec.parse("ka:" + base64.b64encode(bytes(range(32))).decode())
+    run_id = await finished_run(world)
+    info, events = await world.get_run(run_id), await world.read_events(run_id)
+    assert await world.compact_runs([run_id]) == 1
+    raw = await world.compaction._value_of(run_id)
+    assert (
+        raw is not None
+        and b'"42"'
+        not in zstandard.ZstdDecompressor().decompressobj().decompress(raw[len(HEADER) :])
+    )
+    assert await world.get_run(run_id) == info and info is not None and info.output == "42"
+    assert await world.read_events(run_id) == events

@@ -18,7 +18,7 @@ import zstandard
 
 from tests.support import REPO, redis_cli_binary
 from worker import PayloadCodec, get_run, start
-from worker._errors import RunNotFoundError, WorkflowError
+from worker._errors import CorruptEventError, RunNotFoundError, WorkflowError
 from worker.world import MigrateError
 from world_redis import RedisWorld
 from world_redis._compact import HEADER, encode_log
@@ -45,10 +45,12 @@ async def finished_run(world: RedisWorld, end: str = "run_completed", steps: int
 async def compact_script(world: RedisWorld, run_id: str, last_id: str) -> str:
     """compact.lua called directly for one run, with the value of the run as stored now."""
     k = world.keys
+    p = k.partition(run_id)
     run, stream, ent, _ = k.run_keys(run_id)
     rows = await world.redis.xrange(stream)
     value = encode_log(await world.redis.hgetall(run), rows)
-    (code,) = await world.core._eval("compact", [run, stream, ent, k.log(run_id)], [last_id, value])
+    keys = [k.idx_done(p), k.compacted(p), run, stream, ent, k.log(run_id)]
+    (code,) = await world.core._eval("compact", keys, [run_id, last_id, value])
     return str(code)
 
 
@@ -271,3 +273,53 @@ async def test_an_encrypted_run_stays_encrypted_and_readable_once_compacted(
     )
     assert await world.get_run(run_id) == info and info is not None and info.output == "42"
     assert await world.read_events(run_id) == events
+
+
+async def test_a_compacted_run_leaves_idx_done_and_the_janitor_drops_it_once_expired(
+    world_with_partitions: Callable[[int], RedisWorld],
+) -> None:
+    """Compaction moves a run from idx:done to the compacted list; once its value expires the
+    janitor drops it from every index, only those expired, in list order."""
+    world = world_with_partitions(1)
+    runs = [await finished_run(world, steps=1) for _ in range(3)]
+    r, k = world.redis, world.keys
+    assert await world.compact_runs(runs) == 3
+    assert await r.zcard(k.idx_done(0)) == 0
+    assert await r.lrange(k.compacted(0), 0, -1) == runs
+    indexes = [k.idx_all(0), k.idx_status(0, "completed"), k.idx_workflow(0, "wf_test")]
+    await r.delete(k.log(runs[0]), k.log(runs[1]))  # as their expiry would
+    assert await world.expire_indexes() == 2
+    assert await r.lrange(k.compacted(0), 0, -1) == runs[2:]
+    for index in indexes:
+        assert await r.zrange(index, 0, -1) == runs[2:]
+    assert [i.run_id for i in (await world.list_runs())[0]] == runs[2:]
+    assert await world.expire_indexes() == 0
+
+
+async def test_the_janitor_drops_only_what_still_heads_the_list(world: RedisWorld) -> None:
+    """expire_compacted.lua is fenced on the list's head: runs another janitor already dropped
+    (or that do not head the list) are left alone."""
+    run_id = await finished_run(world, steps=1)
+    assert await world.compact_runs([run_id]) == 1
+    k = world.keys
+    p = k.partition(run_id)
+    state = await snapshot(world)
+    keys = [k.compacted(p), k.idx_all(p)]
+    assert await world.core._eval("expire_compacted", keys, ["wrun_other", run_id]) == 0
+    assert await snapshot(world) == state
+
+
+async def test_an_unreadable_compacted_value_is_named_not_raised_by_get_run(
+    world: RedisWorld,
+) -> None:
+    """A damaged value makes get_run show the run with its fields named corrupt (so listing goes
+    on), and read_events raise CorruptEventError (so a replay fails the run as for a bad entry)."""
+    run_id, other = await finished_run(world), await finished_run(world)
+    assert await world.compact_runs([run_id, other]) == 2
+    await world.redis.set(world.keys.log(run_id), b"\x80\x04garbage")
+    info = await world.get_run(run_id)
+    assert info is not None and info.status == "unknown" and "status" in info.corrupt_fields
+    listed, _ = await world.list_runs(limit=10)
+    assert {r.run_id for r in listed} == {run_id, other}
+    with pytest.raises(CorruptEventError, match="unknown format"):
+        await world.read_events(run_id)

@@ -235,7 +235,7 @@ async def test_the_readme_recipe_reads_a_compacted_log(world: RedisWorld, redis_
     )
     assert recipe is not None
     command = recipe.group(1).replace(
-        "redis-cli", f"{redis_cli_binary()} -p {redis_server.port}", 1
+        "redis-cli", f"{redis_cli_binary()} -c -p {redis_server.port}", 1
     )
     command = command.replace("'wf:{p0}:run:<run_id>:log'", shlex.quote(world.keys.log(run_id)))
     done = await asyncio.to_thread(

@@ -47,7 +47,8 @@ DROPPED_FIELDS = frozenset({"run_id", "lease_owner", "lease_until"})  # not kept
 LOCK_MS = 30_000  # a partition's compaction lock outlives any round of it
 CLOCK_MARGIN_MS = 1_000  # see _compact_due
 # what compact.lua answers per run (see its header)
-CompactCode = Literal["compacted", "already", "no_run", "not_terminal", "moved"]
+CompactCode = Literal["compacted", "already", "no_run", "not_terminal", "leased", "moved"]
+RETRY_CODES = frozenset({"leased", "moved"})  # a later round may compact the run
 _CODES: tuple[str, ...] = get_args(CompactCode)
 
 
@@ -147,15 +148,19 @@ class RedisCompaction:
         """Compact the finished ones of ``run_ids``: how many this call compacted. A run not
         terminal, already compacted or gone is left as it is; one whose log grew after it was
         read (a late step result of a cancelled run) is read again once."""
+        codes = await self._compact(run_ids)
+        return sum(1 for code in codes.values() if code == "compacted")
+
+    async def _compact(self, run_ids: Sequence[str]) -> dict[str, CompactCode]:
+        """compact.lua's answer for each run (a run that "moved" read and tried again once)."""
         await self.core._ready()
-        done = 0
+        out: dict[str, CompactCode] = {}
         for p, ids in self._by_partition(run_ids).items():
-            codes = await self._compact_partition(p, ids)
-            moved = [rid for rid, code in zip(ids, codes, strict=True) if code == "moved"]
+            out.update(zip(ids, await self._compact_partition(p, ids), strict=True))
+            moved = [rid for rid in ids if out[rid] == "moved"]
             if moved:
-                codes += await self._compact_partition(p, moved)
-            done += sum(1 for code in codes if code == "compacted")
-        return done
+                out.update(zip(moved, await self._compact_partition(p, moved), strict=True))
+        return out
 
     async def compact_finished(self, older_than_ms: int, batch: int = 200, owner: str = "") -> int:
         """Compact runs that finished more than ``older_than_ms`` ago: at most about ``batch``
@@ -186,12 +191,17 @@ class RedisCompaction:
             # a margin for the clocks of a cluster's nodes: a run finishing on a node behind
             # this one's clock must not land behind the cursor
             horizon = int(sec) * 1000 + int(usec) // 1000 - max(older_than_ms, CLOCK_MARGIN_MS)
-            run_ids, last = await self._due(k.idx_done(partition), cursor, horizon, batch)
-            if not run_ids:
+            due = await self._due(k.idx_done(partition), cursor, horizon, batch)
+            if not due:
                 return 0
-            done = await self.compact_runs(run_ids)
-            await with_retry(redis.hset, state, "cursor", str(last))
-            return done
+            codes = await self._compact([run_id for run_id, _ in due])
+            # the cursor passes every run but those a later round may compact (a compacted run
+            # left idx:done: going over the same scores again costs only those)
+            retry = [score for run_id, score in due if codes[run_id] in RETRY_CODES]
+            last = min(retry) - 1 if retry else due[-1][1]
+            if last > cursor:
+                await with_retry(redis.hset, state, "cursor", str(last))
+            return sum(1 for code in codes.values() if code == "compacted")
         finally:
             # (a round that outlived LOCK_MS may delete another worker's lock: more duplicate work
             # for a moment, which the fence makes harmless)
@@ -199,10 +209,10 @@ class RedisCompaction:
 
     async def _due(
         self, index: str, cursor: int, horizon: int, batch: int
-    ) -> tuple[list[str], int]:
-        """Runs of ``index`` (idx:done) with a score in (cursor, horizon], oldest first, and the
-        score the cursor moves to. A batch never splits the runs of one score: runs that finished
-        in the same ms are taken together (or left together for the next call)."""
+    ) -> list[tuple[str, int]]:
+        """Runs of ``index`` (idx:done) with a score in (cursor, horizon], oldest first, with
+        their scores. A batch never splits the runs of one score: runs that finished in the same
+        ms are taken together (or left together for the next call)."""
         redis = self.core.redis
         rows = await with_retry(
             redis.zrangebyscore, index, f"({cursor}", str(horizon), 0, batch, True
@@ -217,9 +227,7 @@ class RedisCompaction:
                 found = [(text(m), int(s)) for m, s in _pairs(rows)]
             else:
                 found = [(m, s) for m, s in found if s < last]
-        if not found:
-            return [], cursor
-        return [m for m, _ in found], found[-1][1]
+        return found
 
     def _by_partition(self, run_ids: Sequence[str]) -> dict[int, list[str]]:
         groups: dict[int, list[str]] = {}

@@ -19,6 +19,7 @@ import zstandard
 from tests.support import REPO, redis_cli_binary
 from worker import PayloadCodec, get_run, start
 from worker._errors import CorruptEventError, RunNotFoundError, WorkflowError
+from worker._streams import stream_name
 from worker.world import MigrateError
 from world_redis import RedisWorld
 from world_redis._compact import HEADER, encode_log
@@ -323,3 +324,37 @@ async def test_an_unreadable_compacted_value_is_named_not_raised_by_get_run(
     assert {r.run_id for r in listed} == {run_id, other}
     with pytest.raises(CorruptEventError, match="unknown format"):
         await world.read_events(run_id)
+
+
+async def test_output_streams_of_a_compacted_run_stay_readable(world: RedisWorld) -> None:
+    """run.readable() and list_streams of a finished run work once it is compacted."""
+    run_id = await finished_run(world)
+    name = stream_name(run_id)
+    for value in ("a", {"b": 2}):
+        await world.streams.write(run_id, name, value)
+    await world.streams.close(run_id, name)
+    assert await world.compact_runs([run_id]) == 1
+    assert [v async for v in get_run(run_id).readable()] == ["a", {"b": 2}]
+    assert await world.streams.list_streams(run_id) == [name]
+
+
+async def test_a_run_a_worker_still_holds_is_not_compacted_until_released(
+    world: RedisWorld,
+) -> None:
+    """A leased finished run (its worker may still write its hash: a forwarded wake-up, the
+    release) is refused ("leased"), and compact_finished takes it once the lease is given up."""
+    run_id = await finished_run(world, steps=1)
+    acquired = await world.acquire(run_id, "w1#a", 60_000)
+    assert acquired.code == "ok"
+    state = await snapshot(world)
+    assert await compact_script(world, run_id, f"{acquired.seq}-0") == "leased"
+    assert await snapshot(world) == state
+
+    async def compacted_once_released() -> bool:
+        await world.compact_finished(0)
+        return bool(await world.redis.exists(world.keys.log(run_id)))
+
+    with pytest.raises(TimeoutError):
+        await eventually(compacted_once_released, timeout=1.5, what="never while leased")
+    assert (await world.release(run_id, "w1#a", acquired.seq))[0] == "ok"
+    await eventually(compacted_once_released, timeout=10, what="compacted once released")

@@ -28,16 +28,21 @@
 --   "already"       the run was compacted before: nothing written
 --   "no_run"        neither run hash nor value (expired, or never created): nothing written
 --   "not_terminal"  the run is pending or running: nothing written
+--   "leased"        a worker holds the run's lease (it may still write the run hash: its release,
+--                   a wake-up it forwards): nothing written; compacted after the release
 --   "moved"         the stream does not end at ARGV[3i-1] (it grew, or is gone): nothing written
 -- Events emitted: none.
 
 local TERMINAL = { completed = true, failed = true, cancelled = true }
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function compact(run_key, ev_key, ent_key, log_key, run_id, expected, value)
   if redis.call('EXISTS', log_key) == 1 then return 'already' end
-  local status = redis.call('HGET', run_key, 'status')
-  if not status then return 'no_run' end
-  if not TERMINAL[status] then return 'not_terminal' end
+  local m = redis.call('HMGET', run_key, 'status', 'lease_owner', 'lease_until')
+  if not m[1] then return 'no_run' end
+  if not TERMINAL[m[1]] then return 'not_terminal' end
+  if (m[2] or '') ~= '' and (tonumber(m[3] or '0') or 0) > now then return 'leased' end
   -- the stream ends at `expected` when that entry is the only one from it on
   local tail = redis.call('XRANGE', ev_key, expected, '+', 'COUNT', 2)
   if #tail ~= 1 or tail[1][1] ~= expected then return 'moved' end

@@ -41,8 +41,10 @@ T = TypeVar("T")
 # zstd's skippable frame magic (0x184D2A50..5F), so that the zstd tool skips the version prefix
 FORMAT = b"wfl1"
 HEADER = struct.pack("<II", 0x184D2A50, len(FORMAT)) + FORMAT
-# about 1.2 KB for ten steps at 3 to 19; 9 takes about 70 us per run, 19 saves 2% for 20 times that
-LEVEL = 9
+# ten steps: 1,240 B in 21 us at level 3 (the context reused), 1,183 B in 85 us at 5, 1,158 B in
+# 1.3 ms at 19; the worker that compacts also drives runs, so the cheap level (a measure of the
+# sample runs of bench.workloads.ten_steps)
+LEVEL = 3
 DROPPED_FIELDS = frozenset({"run_id", "lease_owner", "lease_until"})  # not kept in the value
 LOCK_MS = 30_000  # a partition's compaction lock outlives any round of it
 CLOCK_MARGIN_MS = 1_000  # see _compact_due
@@ -83,15 +85,26 @@ _DECODER = msgspec.json.Decoder(CompactedLog)
 _RUN_DECODER = msgspec.json.Decoder(_CompactedRun)
 
 
-def encode_log(run_fields: Mapping[str, str], stream: Sequence[Entry]) -> bytes:
+def encode_log(
+    run_fields: Mapping[str, str],
+    stream: Sequence[Entry],
+    compressor: zstandard.ZstdCompressor | None = None,
+) -> bytes:
     """The compacted value of a run: its hash (but DROPPED_FIELDS) and its stream entries.
-    UnicodeEncodeError when a stored value is not UTF-8 (such a run is left as it is)."""
+    UnicodeEncodeError when a stored value is not UTF-8 (such a run is left as it is).
+
+    ``compressor``: one to reuse (a new one costs more than compressing a run); one thread at a
+    time."""
     log = CompactedLog(
         run={f: v for f, v in run_fields.items() if f not in DROPPED_FIELDS},
         events=[(int(eid.split("-", 1)[0]), dict(fields)) for eid, fields in stream],
     )
-    compressor = zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
+    compressor = compressor or new_compressor()
     return HEADER + compressor.compress(_ENCODER.encode(log))
+
+
+def new_compressor() -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
 
 
 def decode_log(run_id: str, value: bytes) -> CompactedLog:
@@ -293,20 +306,27 @@ class RedisCompaction:
         """For the runs of a pipeline's replies (HGETALL, XRANGE per run) that can be compacted,
         by index: the id of the last entry read and the compacted value."""
         found: dict[int, tuple[str, bytes]] = {}
+        compressor = new_compressor()  # this call's own: it runs in a thread
         for i, run_id in enumerate(run_ids):
             fields, stream = text_dict(replies[2 * i]), entries(replies[2 * i + 1])
-            value = self._value(run_id, fields, stream)
+            value = self._value(run_id, fields, stream, compressor)
             if value is not None:
                 found[i] = (stream[-1][0], value)
         return found
 
-    def _value(self, run_id: str, fields: dict[str, str], stream: list[Entry]) -> bytes | None:
+    def _value(
+        self,
+        run_id: str,
+        fields: dict[str, str],
+        stream: list[Entry],
+        compressor: zstandard.ZstdCompressor,
+    ) -> bytes | None:
         """The compacted value of a finished run read from Redis; None when there is nothing to
         compact (no run, no stream: already compacted or gone) or it cannot be stored."""
         if fields.get("status") not in ("completed", "failed", "cancelled") or not stream:
             return None
         try:
-            return encode_log(fields, stream)
+            return encode_log(fields, stream, compressor)
         except UnicodeEncodeError:
             self._log.warning("run_not_compacted", run_id=run_id, reason="log holds non-UTF-8")
             return None

@@ -21,7 +21,7 @@ async def test_worker_compacts_finished_runs_and_readers_still_see_them(
     prefix: str,
 ) -> None:
     """Runs finished by a worker are compacted by it; result, events, steps, listing, `wf inspect
-    events|steps|runs` and the HTTP API read them; a wake-up for one is acknowledged and
+    run|events|steps|runs` and the HTTP API read them; a wake-up for one is acknowledged and
     ignored."""
     start_worker("tests.e2e.workflows", WORKFLOW_COMPACT_AFTER_S="0")
     runs = [await start("add_ten", i) for i in range(3)]
@@ -42,6 +42,8 @@ async def test_worker_compacts_finished_runs_and_readers_still_see_them(
         list[dict[str, Any]], await wf_json(worker_env, "inspect", "events", runs[0].run_id)
     )
     assert [e["type"] for e in shown] == types
+    shown_run = cast(dict[str, Any], await wf_json(worker_env, "inspect", "run", runs[0].run_id))
+    assert shown_run["status"] == "completed" and shown_run["output"] == "10"
     steps = cast(
         list[dict[str, Any]], await wf_json(worker_env, "inspect", "steps", runs[0].run_id)
     )

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("dlq", help="dead letters: list, replay NAME..., drop NAME...")
     dlq = p.add_subparsers(dest="action", required=True)
-    d = dlq.add_parser("list", help="the newest dead letters of every partition")
+    d = dlq.add_parser("list", help="the oldest dead letters of every partition")
     d.add_argument("--limit", type=int, default=100)
     d.add_argument("--json", action="store_true")
     for action, what in (("replay", "wake the run of"), ("drop", "delete")):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _health_http
 from ._batcher import Batcher
+from ._compactor import add_compactor
 from ._deployments import leave as leave_deployment
 from ._deployments import register_interval_s, register_loop
 from ._events import NewEvent
@@ -63,6 +64,7 @@ def supervise(worker: Worker) -> None:
     register_s = max(quiet_s, 3 * register_interval_s(worker.config.lease_ms))
     sup.add("deployment", lambda d: register_loop(worker, d), stale_after_s=register_s)
     sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
+    add_compactor(worker)  # finished runs' logs compacted (WORKFLOW_COMPACT_AFTER_S)
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)
     status_s = max(quiet_s, 3 * STATUS_INTERVAL_S)
     sup.add("status", lambda d: status_loop(worker, d), stale_after_s=status_s)

@@ -123,8 +123,11 @@ class RedisDeployments:
             rows = await with_retry(self.redis.xrange, stream, "-", "+", count=MIGRATE_SCAN)
             args += [_s(mid) for mid, fields in rows if (fields or {}).get("run") == run_id]
         code, detail = await self.world.core._eval("migrate", script_keys, args)
-        if _s(code) == "no_run":
-            raise RunNotFoundError(run_id)
+        if _s(code) == "no_run":  # or compacted: a finished run without run hash
+            info = await self.world.get_run(run_id)
+            if info is None:
+                raise RunNotFoundError(run_id)
+            code, detail = "terminal", info.status
         if _s(code) == "terminal":
             raise MigrateError(
                 f"run {run_id} is {_s(detail)}: a finished run stays on the deployment it ran on"

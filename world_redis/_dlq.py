@@ -55,17 +55,18 @@ class RedisDeadLetters:
         self.core = core
 
     async def list(self, limit: int = 100) -> list[DeadLetter]:
-        """The newest ``limit`` dead letters of every partition, newest first."""
+        """The oldest ``limit`` dead letters of every partition (those waiting longest), oldest
+        first. (XRANGE: the deploy ACL grants no XREVRANGE, see deploy/redis-users.acl.)"""
         await self.core._ready()
 
-        async def newest(p: int) -> list[DeadLetter]:
+        async def oldest(p: int) -> list[DeadLetter]:
             rows = await with_retry(
-                self.core.redis.xrevrange, self.core.keys.dlq(p), "+", "-", count=limit
+                self.core.redis.xrange, self.core.keys.dlq(p), "-", "+", count=limit
             )
             return [_letter(p, eid, fields) for eid, fields in entries(rows)]
 
-        pages = await asyncio.gather(*(newest(p) for p in range(self.core.keys.partitions)))
-        return sorted((d for page in pages for d in page), key=lambda d: -d.at_ms)[:limit]
+        pages = await asyncio.gather(*(oldest(p) for p in range(self.core.keys.partitions)))
+        return sorted((d for page in pages for d in page), key=lambda d: d.at_ms)[:limit]
 
     async def get(self, partition: int, entry_id: str) -> DeadLetter | None:
         await self.core._ready()

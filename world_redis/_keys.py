@@ -22,7 +22,8 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:idx:all                   zset    run id -> created ms
     wf:{p0}:idx:<status>              zset    run id -> created ms, one per status
     wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
-    wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor)
+    wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor, compactor),
+                                              until the run is compacted
     wf:{p0}:workflows                 set     workflow names seen in the partition
     wf:hook:{<sha256(token)[:32]>}    string  "<run id>|<hook id>": the token's reservation (global;
                                               stale when that run does not hold that hook)
@@ -30,6 +31,15 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:run:<run id>              hash    the run entity (status, input, output, error, seq, lease)
     wf:{p0}:run:<run id>:ev           stream  the run's event log, entry ids <seq>-0
     wf:{p0}:run:<run id>:ent          hash    step and wait states, one field per step or wait
+    wf:{p0}:run:<run id>:log          string  a finished run compacted: its hash and log in place of
+                                              the run hash, :ev and :ent (zstd JSON behind a
+                                              version frame: _compact.py)
+    wf:{p0}:compact                   hash    the compactor's progress in idx:done: "cursor" ->
+                                              completed ms up to which runs were compacted
+    wf:{p0}:compacted                 list    ids of compacted runs (no longer in idx:done), in
+                                              compaction order: the janitor drops them from the
+                                              indexes once their :log has expired
+    wf:{p0}:compact:lock              string  the worker compacting the partition now (expires)
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and
                                               "<hook id>|req|<request id>" -> seq (resumes received),
                                               "<hook id>|lost" -> token (reservation reclaimed)
@@ -136,6 +146,19 @@ class Keys:
 
     def entities(self, run_id: str) -> str:
         return f"{self.run(run_id)}:ent"
+
+    def log(self, run_id: str) -> str:
+        """The compacted log of a finished run (its stream and entity hash are gone)."""
+        return f"{self.run(run_id)}:log"
+
+    def compact_state(self, partition: int) -> str:
+        return f"{self.tag(partition)}:compact"
+
+    def compacted(self, partition: int) -> str:
+        return f"{self.tag(partition)}:compacted"
+
+    def compact_lock(self, partition: int) -> str:
+        return f"{self.tag(partition)}:compact:lock"
 
     def run_keys(self, run_id: str) -> tuple[str, str, str, str]:
         """The run's keys: run hash, events, entities, live hooks (commit.lua derives the last

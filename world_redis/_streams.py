@@ -144,7 +144,8 @@ class RedisStreams:
 
     async def _check_run(self, run_id: str) -> None:
         await self._world.core._ready()
-        if not await with_retry(self._world.redis.exists, self._world.keys.run(run_id)):
+        keys = self._world.keys  # a compacted run has no run hash, only its log
+        if not await with_retry(self._world.redis.exists, keys.run(run_id), keys.log(run_id)):
             raise RunNotFoundError(run_id)
 
     async def _next_entries(self, key: str, after: str) -> list[tuple[str, dict[str, str]]]:

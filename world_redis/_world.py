@@ -36,6 +36,7 @@ from ._client import (
     text,
     text_dict,
 )
+from ._compact import CompactedLogError, RedisCompaction
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._dlq import RedisDeadLetters
@@ -92,6 +93,7 @@ class RedisWorld:
         self.requests = RedisRequests(self.queue)  # request streams and replies (_requests.py)
         self.presence = RedisPresence(self.core)  # workers' status and health (_presence.py)
         self.hook_tokens = RedisHookTokens(self.core)  # token reservations (_hook_tokens.py)
+        self.compaction = RedisCompaction(self.core)  # finished runs' logs (_compact.py)
         # payload encryption: ``codec``, else WORKFLOW_ENCRYPTION_KEY (see worker._codec)
         self.codec = codec or PayloadCodec.from_env()
         self.retention_s = retention_s or int(
@@ -322,6 +324,7 @@ class RedisWorld:
                 k.idx_status(p, "pending"),
                 k.idx_workflow(p, workflow),
                 k.workflows(p),
+                k.log(run_id),
             ],
             [
                 run_id,
@@ -338,6 +341,11 @@ class RedisWorld:
     async def get_run(self, run_id: str) -> RunInfo | None:
         await self.core._ready()
         data = text_dict(await with_retry(self.redis.hgetall, self.keys.run(run_id)))
+        if not data:  # gone, or a finished run compacted: its run hash is in its log
+            try:
+                data = await self.compaction.read_run(run_id)
+            except CompactedLogError:  # shown with every field named unreadable, as for a hash
+                data = {"log": "unreadable"}
         return run_info(run_id, data, self.codec) if data else None
 
     async def list_runs(
@@ -414,8 +422,11 @@ class RedisWorld:
         await self.core._ready()
         key = self.keys.events(run_id)
         start = f"({after_seq}-0" if after_seq > 0 else "-"
-        rows = await with_retry(self.redis.xrange, key, start, "+")
-        return self.queue._log_events(run_id, entries(rows))
+        rows = entries(await with_retry(self.redis.xrange, key, start, "+"))
+        if not rows:  # nothing new, or a finished run compacted (its stream is gone)
+            log = await self.compaction.read_log(run_id)
+            rows = log.entries(after_seq) if log is not None else []
+        return self.queue._log_events(run_id, rows)
 
     async def wait_for_events(self, run_id: str, after_seq: int, timeout_ms: int) -> list[Event]:
         """Block until the run's log holds events after ``after_seq``, then return them (a page
@@ -427,10 +438,21 @@ class RedisWorld:
             self.redis.xread, {key: f"{after_seq}-0"}, count=WAIT_PAGE, block=timeout_ms
         )
         rows = [entry for _, page in stream_replies(reply) for entry in page]
+        if not rows:  # nothing new, or a compacted run (no stream to block on)
+            log = await self.compaction.read_log(run_id)
+            rows = log.entries(after_seq) if log is not None else []
         try:
             return self.queue._log_events(run_id, rows)
         except CorruptEventError:
             return []
+
+    async def compact_runs(self, run_ids: Sequence[str]) -> int:
+        """Compact the finished runs among ``run_ids`` (see _compact.py): how many were."""
+        return await self.compaction.compact_runs(run_ids)
+
+    async def compact_finished(self, older_than_ms: int, batch: int = 200, owner: str = "") -> int:
+        """Compact runs finished more than ``older_than_ms`` ago (see _compact.py)."""
+        return await self.compaction.compact_finished(older_than_ms, batch, owner)
 
     async def list_steps(self, run_id: str) -> list[StepInfo]:
         """The run's steps in creation order, materialized from its event log."""
@@ -544,6 +566,8 @@ class RedisWorld:
             names = await with_retry(self.redis.smembers, k.workflows(p))
             keys = [k.idx_done(p), k.idx_all(p), *(k.idx_status(p, s) for s in STATUSES)]
             keys += [k.idx_workflow(p, text(n)) for n in sorted(names)]
-            return int(await self.core._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
+            done = int(await self.core._eval("expire_index", keys, [self.retention_s * 1000, 1000]))
+            # compacted runs left idx:done: their own list says when they expire (_compact.py)
+            return done + await self.compaction.expire_compacted(p, keys[1:])
 
         return sum(await asyncio.gather(*(expire(p) for p in range(k.partitions))))

@@ -181,6 +181,10 @@ async def tour(world: RedisWorld, env: dict[str, str], cli_args: list[str]) -> N
     assert isinstance(listed, list), listed
     ids = {row["run_id"] for row in listed}
     assert {run.run_id, started} <= ids, listed
+    # compaction and the janitor's walk of compacted runs, under the same rule
+    assert await world.compact_runs([started]) == 1
+    assert await get_run(started, world=world).result(timeout=5) == 3
+    await world.expire_indexes()
 
 
 async def test_engine_runs_as_the_deploy_acl_user(acl_redis: DeployedRedis, tmp_path: Path) -> None:

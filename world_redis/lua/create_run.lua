@@ -7,6 +7,7 @@
 -- KEYS[5]  pending-status index    wf:{pN}:idx:pending
 -- KEYS[6]  index by workflow name  wf:{pN}:idx:wf:<name>
 -- KEYS[7]  set of workflow names seen in the partition  wf:{pN}:workflows
+-- KEYS[8]  the run's compacted log  wf:{pN}:run:<id>:log (a finished run compacted: no run hash)
 --
 -- ARGV[1] run id   ARGV[2] workflow name   ARGV[3] input (JSON array of arguments)
 -- ARGV[4] event id ("": none, the entry id 1-0 is the event's id; older clients send one)
@@ -14,13 +15,16 @@
 -- ARGV[6] the run's secret seed (hex): default hook tokens derive from it, so they are unguessable
 -- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
 --
--- Reply: {"created", now_ms} or {"exists", status}: starting the same run id twice returns the
--- existing run and changes nothing.
+-- Reply: {"created", now_ms} or {"exists", status} ("compacted" for a compacted finished run):
+-- starting the same run id twice returns the existing run and changes nothing.
 -- Events emitted: run_created (stream id 1-0).
 
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
   return { 'exists', status }
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return { 'exists', 'compacted' }
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

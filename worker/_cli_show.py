@@ -11,7 +11,7 @@ from typing import Any
 from . import _serde
 from ._client import get_run, get_world
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
-from ._events import WaitCompleted, WaitCreated
+from ._events import sleeps_from_events
 from ._pool_world import pool_queues
 
 INVALID = "<invalid>"
@@ -258,19 +258,7 @@ async def show_sleeps(run_id: str, as_json: bool) -> None:
     it is still waiting, completed, or abandoned (the run ended, or the code stopped waiting)."""
     run = get_run(run_id)
     info = await run.info()
-    sleeps: dict[str, dict[str, Any]] = {}
-    for ev in await run.events():
-        if isinstance(ev, WaitCreated):
-            sleeps[ev.corr] = {
-                "wait_id": ev.corr,
-                "created_at": ev.ts,
-                "resume_at": ev.resume_at,
-                "completed_at": None,
-                "status": "waiting" if info.status in ("pending", "running") else "abandoned",
-            }
-        elif isinstance(ev, WaitCompleted) and ev.corr in sleeps:
-            sleeps[ev.corr].update(completed_at=ev.ts, status="completed")
-    rows = list(sleeps.values())
+    rows = sleeps_from_events(await run.events(), info.status in ("pending", "running"))
     if as_json:
         print(json.dumps(rows))
         return

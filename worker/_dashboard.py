@@ -32,7 +32,7 @@ from . import _serde
 from ._client import get_run, get_world, rerun
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
 from ._errors import RunNotFoundError, WorkflowError
-from ._events import WaitCompleted, WaitCreated
+from ._events import sleeps_from_events
 from ._health import worker_reports
 from ._hooks import resume_hook
 from ._pool_world import pool_queues
@@ -141,7 +141,7 @@ class Dashboard:
             info=info,
             steps=await run.steps(),
             events=events,
-            sleeps=_sleeps(events),
+            sleeps=sleeps_from_events(events, info.status in ACTIVE),
             hooks=await self.world.list_hooks(run_id),
             active=info.status in ACTIVE,
             live=info.status in ACTIVE,
@@ -160,13 +160,19 @@ class Dashboard:
             return Response("cross-origin request refused", 403)
         return None
 
+    def action(self, handler: Any) -> Any:
+        """``handler`` run only for a request :meth:`refuse_action` lets through."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self.refuse_action(request)
+            return refused if refused is not None else await handler(request)
+
+        return endpoint
+
     def back(self, run_id: str, notice: str) -> Response:
         return RedirectResponse(f"/runs/{run_id}?{urlencode({'notice': notice})}", 303)
 
     async def cancel(self, request: Request) -> Response:
-        refused = self.refuse_action(request)
-        if refused is not None:
-            return refused
         run_id = request.path_params["run_id"]
         try:
             await get_run(run_id, world=self.world).cancel()
@@ -177,9 +183,6 @@ class Dashboard:
 
     async def rerun(self, request: Request) -> Response:
         """Start a new run with the same input; the new run's page."""
-        refused = self.refuse_action(request)
-        if refused is not None:
-            return refused
         run_id = request.path_params["run_id"]
         try:
             new = await rerun(run_id, world=self.world)
@@ -189,9 +192,6 @@ class Dashboard:
 
     async def resume(self, request: Request) -> Response:
         """Resume one of the run's hooks with the JSON payload of the form."""
-        refused = self.refuse_action(request)
-        if refused is not None:
-            return refused
         run_id = request.path_params["run_id"]
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
         hook_id, text = form.get("hook", [""])[0], form.get("payload", ["null"])[0]
@@ -238,21 +238,6 @@ class Dashboard:
         return response
 
 
-def _sleeps(events: list[Any]) -> list[dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for ev in events:
-        if isinstance(ev, WaitCreated):
-            out[ev.corr] = {
-                "id": ev.corr,
-                "created": ev.ts,
-                "resume_at": ev.resume_at,
-                "done": None,
-            }
-        elif isinstance(ev, WaitCompleted) and ev.corr in out:
-            out[ev.corr]["done"] = ev.ts
-    return list(out.values())
-
-
 def create_dashboard_app(world: World | None = None, *, token: str | None = None) -> Starlette:
     """The dashboard as an ASGI app (``token`` defaults to ``WORKFLOW_HTTP_TOKEN``)."""
     dash = Dashboard(world, token if token is not None else os.environ.get("WORKFLOW_HTTP_TOKEN"))
@@ -260,9 +245,9 @@ def create_dashboard_app(world: World | None = None, *, token: str | None = None
         routes=[
             Route("/", dash.runs),
             Route("/runs/{run_id}", dash.run),
-            Route("/runs/{run_id}/cancel", dash.cancel, methods=["POST"]),
-            Route("/runs/{run_id}/rerun", dash.rerun, methods=["POST"]),
-            Route("/runs/{run_id}/resume", dash.resume, methods=["POST"]),
+            Route("/runs/{run_id}/cancel", dash.action(dash.cancel), methods=["POST"]),
+            Route("/runs/{run_id}/rerun", dash.action(dash.rerun), methods=["POST"]),
+            Route("/runs/{run_id}/resume", dash.action(dash.resume), methods=["POST"]),
             Route("/queues", dash.queues),
             Route("/login", dash.login, methods=["GET", "POST"]),
         ]

@@ -231,3 +231,21 @@ class NewEvent(msgspec.Struct, frozen=True, gc=False):
     type: str
     corr: str = ""
     fields: dict[str, str] = {}
+
+
+def sleeps_from_events(events: list[Event], run_active: bool) -> list[dict[str, Any]]:
+    """A run's durable sleeps from its log: created, due, completed, and a status: waiting,
+    completed, or abandoned (the run ended first, or its code stopped waiting)."""
+    sleeps: dict[str, dict[str, Any]] = {}
+    for ev in events:
+        if isinstance(ev, WaitCreated):
+            sleeps[ev.corr] = {
+                "wait_id": ev.corr,
+                "created_at": ev.ts,
+                "resume_at": ev.resume_at,
+                "completed_at": None,
+                "status": "waiting" if run_active else "abandoned",
+            }
+        elif isinstance(ev, WaitCompleted) and ev.corr in sleeps:
+            sleeps[ev.corr].update(completed_at=ev.ts, status="completed")
+    return list(sleeps.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,7 +33,7 @@ from . import _serde
 from ._client import get_run, get_world, rerun
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
 from ._errors import RunNotFoundError, WorkflowError
-from ._events import sleeps_from_events
+from ._events import sleeps_from_events, timeline_from_events
 from ._health import worker_reports
 from ._hooks import resume_hook
 from ._pool_world import pool_queues
@@ -142,6 +143,7 @@ class Dashboard:
             steps=await run.steps(),
             events=events,
             sleeps=sleeps_from_events(events, info.status in ACTIVE),
+            timeline=_timeline(events, info),
             hooks=await self.world.list_hooks(run_id),
             active=info.status in ACTIVE,
             live=info.status in ACTIVE,
@@ -236,6 +238,19 @@ class Dashboard:
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
         return response
+
+
+def _timeline(events: list[Any], info: Any) -> dict[str, Any]:
+    """The run's timeline bars placed on its time axis (left and width in % of the run)."""
+    end = info.completed_at or int(time.time() * 1000)
+    bars = timeline_from_events(events, end)
+    start = info.created_at or (bars[0]["start_ms"] if bars else end)
+    span = max(1, end - start)
+    for bar in bars:
+        bar["left"] = round(100 * (bar["start_ms"] - start) / span, 2)
+        bar["width"] = max(0.3, round(100 * (bar["end_ms"] - bar["start_ms"]) / span, 2))
+        bar["took_ms"] = bar["end_ms"] - bar["start_ms"]
+    return {"bars": bars, "span_ms": span, "start_ms": start}
 
 
 def create_dashboard_app(world: World | None = None, *, token: str | None = None) -> Starlette:

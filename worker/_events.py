@@ -249,3 +249,51 @@ def sleeps_from_events(events: list[Event], run_active: bool) -> list[dict[str, 
         elif isinstance(ev, WaitCompleted) and ev.corr in sleeps:
             sleeps[ev.corr].update(completed_at=ev.ts, status="completed")
     return list(sleeps.values())
+
+
+def timeline_from_events(events: list[Event], end_ms: int) -> list[dict[str, Any]]:
+    """Bars of a run's timeline, in log order: each step attempt (from its step_started to the
+    attempt's outcome), each sleep (from its creation to its end) and each hook (from its
+    creation to its disposal); a bar still open ends at ``end_ms``. Each bar: label, kind,
+    start_ms, end_ms, outcome (completed, retrying, failed, running, waiting, open...)."""
+    bars: list[dict[str, Any]] = []
+    open_bars: dict[str, dict[str, Any]] = {}  # correlation id -> its open bar
+    names: dict[str, str] = {}
+    for ev in events:
+        kind, outcome = _timeline_event(ev)
+        if kind == "open":
+            names.setdefault(ev.corr, getattr(ev, "name", ev.corr))
+            label = (
+                f"{names[ev.corr]} #{getattr(ev, 'attempt', 1)}" if outcome == "step" else ev.corr
+            )
+            bar = {"label": label, "kind": outcome, "start_ms": ev.ts, "end_ms": end_ms}
+            bar["outcome"] = "running" if outcome == "step" else "waiting"
+            bars.append(bar)
+            open_bars[ev.corr] = bar
+        elif kind == "name":
+            names[ev.corr] = getattr(ev, "name", ev.corr)
+        elif kind == "close" and ev.corr in open_bars:
+            bar = open_bars.pop(ev.corr)
+            bar.update(end_ms=ev.ts, outcome=outcome)
+    return bars
+
+
+def _timeline_event(ev: Event) -> tuple[str, str]:
+    """What an event does to the timeline: ("open", kind), ("close", outcome), ("name", ""),
+    or ("", "")."""
+    if isinstance(ev, StepCreated):
+        return "name", ""
+    if isinstance(ev, StepStarted):
+        return "open", "step"
+    if isinstance(ev, WaitCreated):
+        return "open", "sleep"
+    if isinstance(ev, HookCreated):
+        return "open", "hook"
+    outcome = {
+        StepCompleted: "completed",
+        StepFailed: "failed",
+        StepRetrying: "retrying",
+        WaitCompleted: "completed",
+        HookDisposed: "disposed",
+    }.get(type(ev))
+    return ("close", outcome) if outcome else ("", "")

@@ -99,6 +99,9 @@ async def test_find_a_run_see_its_steps_and_cancel_a_sleeping_one(
     assert "tests.e2e.workflows:add" in steps and "completed" in steps
     assert "run_completed" in await page.locator("#events").inner_text()
     assert "5" in await page.locator("#output").inner_text()
+    bars = page.locator("#timeline .bar")
+    assert await bars.count() == 1  # one attempt of the one step, on the run's time axis
+    assert "completed" in (await bars.first.get_attribute("title") or "")
     await shot(page, "dashboard-run.png")
 
     await page.goto(f"{url}/runs/{sleeping.run_id}")

@@ -862,3 +862,18 @@ def test_step_calls_in_tasks_replay_the_recorded_interleaving() -> None:
     res = simulate(forms_wf, order=["t_replay.b", "t_replay.a", "t_replay.c"])
     assert res.value[0:2] == ["A", "B"]
     assert_replays(forms_wf, res)
+
+
+def test_a_run_s_timeline_has_one_bar_per_step_attempt_and_per_sleep() -> None:
+    """timeline_from_events: one bar per step attempt and one per sleep, each from its start
+    to its outcome, in log order."""
+    from worker._events import timeline_from_events
+
+    steps = simulate(sequential, 3)
+    bars = timeline_from_events(steps.events, end_ms=10**15)
+    assert [b["kind"] for b in bars] == ["step"] * len(steps.executed)
+    assert all(b["outcome"] == "completed" and b["start_ms"] <= b["end_ms"] for b in bars)
+    assert bars[0]["label"].endswith("#1")
+    naps = timeline_from_events(simulate(sleepy).events, end_ms=10**15)
+    assert [(b["kind"], b["outcome"]) for b in naps] == [("sleep", "completed")] * 2
+    assert [b["end_ms"] - b["start_ms"] for b in naps] == [10_000, 10_000]

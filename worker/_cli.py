@@ -13,6 +13,8 @@ import sys
 import traceback
 
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
+from ._cli_schedule import add_parser as add_schedule_parser
+from ._cli_schedule import schedule_command
 from ._cli_show import inspect_command, print_events, print_table, short
 from ._client import get_world, start
 from ._deployments import (
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     p.add_argument("--json", action="store_true")
 
+    add_schedule_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "worker":
         try:
@@ -297,6 +301,7 @@ def run_command(args: argparse.Namespace) -> int:
         "serve": _serve,
         "dashboard": _dashboard,
         "health": _health,
+        "schedule": schedule_command,
     }
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -85,6 +85,18 @@ class RedisClient(Protocol):
         num: int | None = None,
         withscores: bool = False,
     ) -> Awaitable[ZSetRangeResponse]: ...
+    def zrangebyscore(
+        self,
+        name: str,
+        min: str | int,
+        max: str | int,
+        start: int | None = None,
+        num: int | None = None,
+        withscores: bool = False,
+    ) -> Awaitable[ZSetRangeResponse]: ...
+    def zrange(
+        self, name: str, start: int, end: int, desc: bool = False, withscores: bool = False
+    ) -> Awaitable[ZSetRangeResponse]: ...
     def xrange(
         self, name: str, min: str = "-", max: str = "+", count: int | None = None
     ) -> Awaitable[StreamRangeResponse | None]: ...

@@ -25,11 +25,14 @@ from ._errors import (
     HookDisposedError,
     HookNotFoundError,
     InvalidRunIdError,
+    InvalidScheduleError,
     NondeterminismError,
     PartitionCountMismatchError,
     PayloadTooLargeError,
     RetryableError,
     RunNotFoundError,
+    ScheduleExistsError,
+    ScheduleNotFoundError,
     SerializationError,
     WorkflowError,
     WorkflowNotRegisteredError,
@@ -42,6 +45,14 @@ from ._health import check_health
 from ._hooks import Hook, HookInfo, create_hook, get_hook_by_token, resume_hook
 from ._patching import deprecate_patch, patched
 from ._registry import step, workflow
+from ._schedule_spec import ScheduleTick
+from ._schedules import (
+    Schedule,
+    ScheduleDescription,
+    create_schedule,
+    get_schedule,
+    list_schedules,
+)
 from ._serde import RemoteError
 from ._streams import get_writable
 from ._webhooks import Webhook, WebhookRequest, WebhookResponse, create_webhook
@@ -69,6 +80,7 @@ __all__ = [
     "HookNotFoundError",
     "InvalidDeploymentIdError",
     "InvalidRunIdError",
+    "InvalidScheduleError",
     "NondeterminismError",
     "PartitionCountMismatchError",
     "PayloadCodec",
@@ -77,6 +89,11 @@ __all__ = [
     "RetryableError",
     "Run",
     "RunNotFoundError",
+    "Schedule",
+    "ScheduleDescription",
+    "ScheduleExistsError",
+    "ScheduleNotFoundError",
+    "ScheduleTick",
     "SerializationError",
     "StepMetadata",
     "UnknownDeploymentError",
@@ -92,15 +109,18 @@ __all__ = [
     "check_health",
     "create_app",
     "create_hook",
+    "create_schedule",
     "create_webhook",
     "deprecate_patch",
     "fetch",
     "get_hook_by_token",
     "get_run",
+    "get_schedule",
     "get_step_metadata",
     "get_workflow_metadata",
     "get_world",
     "get_writable",
+    "list_schedules",
     "now",
     "patched",
     "resume_hook",

@@ -15,6 +15,8 @@ import traceback
 from ._cli_dev import dev_command
 from ._cli_dlq import dlq_command
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
+from ._cli_schedule import add_parser as add_schedule_parser
+from ._cli_schedule import schedule_command
 from ._cli_show import inspect_command, print_events, print_table, short
 from ._client import get_world, start
 from ._deployments import (
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     p.add_argument("--json", action="store_true")
 
+    add_schedule_parser(sub)
+
     args = parser.parse_args(argv)
     if args.command == "worker":
         try:
@@ -322,6 +326,7 @@ def run_command(args: argparse.Namespace) -> int:
         "dlq": dlq_command,
         "dev": dev_command,
         "health": _health,
+        "schedule": schedule_command,
     }
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -77,6 +77,22 @@ def encode_workflow_input(
     return _serde.dumps(payload, what=f"arguments of workflow {wf.name!r}")
 
 
+def workflow_call(
+    world: World, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str, str]:
+    """The workflow's name and its arguments as JSON, checked against its annotations when it is
+    registered here (a name registered only in the workers' code: checked by the worker)."""
+    if isinstance(fn, WorkflowFunction) or has_workflow(str(fn)):
+        wf = fn if isinstance(fn, WorkflowFunction) else get_workflow(str(fn))
+        name, input_json = wf.name, encode_workflow_input(wf, args, kwargs)
+    else:
+        name = str(fn)
+        payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
+        input_json = _serde.dumps(payload, what=f"arguments of workflow {name!r}")
+    check_payload(world, input_json, f"arguments of workflow {name!r}")
+    return name, input_json
+
+
 async def start(
     fn: Any,
     *args: Any,
@@ -97,15 +113,7 @@ async def start(
     if current_instance.get() is not None and current_step.get() is None:
         raise WorkflowError("start() cannot be called in workflow code; call it from a step")
     w = world or get_world()
-    if isinstance(fn, WorkflowFunction) or has_workflow(str(fn)):
-        wf = fn if isinstance(fn, WorkflowFunction) else get_workflow(str(fn))
-        name, input_json = wf.name, encode_workflow_input(wf, args, kwargs)
-    else:
-        # a workflow defined only in the workers' code: arguments are checked by the worker
-        name = str(fn)
-        payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
-        input_json = _serde.dumps(payload, what=f"arguments of workflow {name!r}")
-    check_payload(w, input_json, f"arguments of workflow {name!r}")
+    name, input_json = workflow_call(w, fn, args, kwargs)
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
     deployment = await resolve_deployment(w, name, deployment_id)
     with tracing.start_span(name) as trace:

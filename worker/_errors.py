@@ -164,6 +164,30 @@ class WorldUnavailableError(WorkflowError, ConnectionError):
     """The World's backing store could not be reached after retries."""
 
 
+class InvalidScheduleError(WorkflowError, ValueError):
+    """A schedule option that cannot be used: a cron expression that does not parse, an interval
+    that does not parse or is not positive, an unknown time zone, overlap or catchup value, or a
+    schedule id that is not 1-128 letters, digits, ``_``, ``.``, ``:`` or ``-``. Nothing stored."""
+
+
+class ScheduleExistsError(WorkflowError):
+    """``create_schedule`` with an id that exists already (and no ``replace=True``)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(
+            f"schedule {schedule_id!r} exists already; delete it first or pass replace=True"
+        )
+        self.schedule_id = schedule_id
+
+
+class ScheduleNotFoundError(WorkflowError, LookupError):
+    """No schedule has this id (never created, or deleted)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"schedule {schedule_id!r} not found")
+        self.schedule_id = schedule_id
+
+
 class FatalError(Exception):
     """Raised by a step to fail at once, without retries."""
 

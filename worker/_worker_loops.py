@@ -25,6 +25,7 @@ from ._events import NewEvent
 from ._health import STATUS_INTERVAL_S, answer_health_check, presence, status_report
 from ._replay import error_json
 from ._requests import request_loop
+from ._schedule_firing import schedule_loop
 from ._supervisor import Duty, DutyBody
 from ._world import Commit, Wakeup
 
@@ -63,6 +64,7 @@ def supervise(worker: Worker) -> None:
     # a success per renewal: quiet only when several renewals in a row failed
     register_s = max(quiet_s, 3 * register_interval_s(worker.config.lease_ms))
     sup.add("deployment", lambda d: register_loop(worker, d), stale_after_s=register_s)
+    sup.add("schedules", lambda d: schedule_loop(worker, d), stale_after_s=quiet_s)
     sup.add("janitor", lambda d: janitor_loop(worker, d), stale_after_s=max(quiet_s, 300.0))
     add_compactor(worker)  # finished runs' logs compacted (WORKFLOW_COMPACT_AFTER_S)
     sup.add("health", lambda d: health_loop(worker, d), stale_after_s=quiet_s)

@@ -33,6 +33,7 @@ from ._events import (
 from ._ids import new_event_id, new_ids, token_worker
 from ._logging import get_logger
 from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
+from ._schedule_spec import ScheduleRecord, ScheduleSpec, ScheduleTick
 from ._serde import check_size, dumps, loads
 from ._world import (
     RUN_STATUSES,
@@ -82,6 +83,9 @@ __all__ = [
     "RunInfo",
     "RunNotFoundError",
     "RunStatus",
+    "ScheduleRecord",
+    "ScheduleSpec",
+    "ScheduleTick",
     "StartRequest",
     "StepCompleted",
     "StepCreated",

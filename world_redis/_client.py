@@ -83,15 +83,6 @@ class RedisClient(Protocol):
     ) -> Awaitable[bool | str | bytes | None]: ...
     def delete(self, *names: str) -> Awaitable[int]: ...
     def lrange(self, name: str, start: int, end: int) -> Awaitable[list[Any]]: ...
-    def zrangebyscore(
-        self,
-        name: str,
-        min: str,
-        max: str,
-        start: int | None = None,
-        num: int | None = None,
-        withscores: bool = False,
-    ) -> Awaitable[ZSetRangeResponse]: ...
     def smembers(self, name: str) -> Awaitable[builtins.set[bytes | str]]: ...
     def exists(self, *names: str) -> Awaitable[int]: ...
     def zrevrangebyscore(
@@ -102,6 +93,18 @@ class RedisClient(Protocol):
         start: int | None = None,
         num: int | None = None,
         withscores: bool = False,
+    ) -> Awaitable[ZSetRangeResponse]: ...
+    def zrangebyscore(
+        self,
+        name: str,
+        min: str | int,
+        max: str | int,
+        start: int | None = None,
+        num: int | None = None,
+        withscores: bool = False,
+    ) -> Awaitable[ZSetRangeResponse]: ...
+    def zrange(
+        self, name: str, start: int, end: int, desc: bool = False, withscores: bool = False
     ) -> Awaitable[ZSetRangeResponse]: ...
     def xrange(
         self, name: str, min: str = "-", max: str = "+", count: int | None = None

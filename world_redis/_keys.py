@@ -61,6 +61,14 @@ the slot space would balance better, but would rename the keys of every existing
     wf:deployments                    hash    deployment id -> JSON {workflows, first_seen_ms,
                                               last_seen_ms, workers}, renewed by its workers
                                               and left when they stop (global)
+    wf:{sched}:schedules              zset    schedule id -> created ms (the listing)
+    wf:{sched}:due                    zset    schedule id -> next due ms (paused ones absent)
+    wf:{sched}:schedule:<id>          hash    a schedule: spec (JSON), paused, next_due,
+                                              last_run, last_tick, created_at, history (JSON,
+                                              its latest decisions; see _schedules.py)
+
+The schedules share the tag ``{sched}``: one script updates a schedule and the due index
+atomically, on one server or a cluster alike.
 """
 
 from __future__ import annotations
@@ -234,3 +242,15 @@ class Keys:
     def deployments(self) -> str:
         """The deployment registry: deployment id -> JSON (workflows, first/last seen, workers)."""
         return f"{self.prefix}:deployments"
+
+    def schedules(self) -> str:
+        """Every schedule: id -> created ms (tag ``{sched}``, shared by all schedule keys)."""
+        return f"{self.prefix}:{{sched}}:schedules"
+
+    def schedules_due(self) -> str:
+        """Unpaused schedules by their next due time (ms)."""
+        return f"{self.prefix}:{{sched}}:due"
+
+    def schedule(self, schedule_id: str) -> str:
+        """A schedule's hash: its spec, state and latest decisions."""
+        return f"{self.prefix}:{{sched}}:schedule:{schedule_id}"

@@ -49,6 +49,7 @@ from ._queue import RedisQueue, _s
 from ._requests import RedisRequests
 from ._retry import with_retry
 from ._runs import merge_newest_first, run_info, steps_from_events
+from ._schedules import RedisSchedules
 from ._streams import RedisStreams
 
 DEFAULT_RETENTION_S = 7 * 24 * 3600
@@ -110,6 +111,7 @@ class RedisWorld:
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
         self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
         self.dead_letters = RedisDeadLetters(self.core)  # list, drop, replay (_dlq.py)
+        self.schedules = RedisSchedules(self.core)  # schedules and their due index (_schedules.py)
 
     @classmethod
     def from_url(

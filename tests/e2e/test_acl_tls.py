@@ -40,7 +40,7 @@ from tests.support import (
     wait_for,
     wf_json,
 )
-from worker import get_run, resume_hook, start
+from worker import create_schedule, get_run, resume_hook, start
 from world_redis import RedisWorld
 
 DEPLOY = REPO / "deploy"
@@ -175,16 +175,32 @@ async def tour(world: RedisWorld, env: dict[str, str], cli_args: list[str]) -> N
     await eventually(
         lambda: world.redis.xrange("wf:start:rejected"), what="the bad request to be rejected"
     )
+    scheduled = await scheduled_run(world)
     health = await wf_json(env, "health", "--timeout", "20")
     assert isinstance(health, dict) and health["allHealthy"] is True, health
     listed = await wf_json(env, "inspect", "runs")
     assert isinstance(listed, list), listed
     ids = {row["run_id"] for row in listed}
-    assert {run.run_id, started} <= ids, listed
+    assert {run.run_id, started, scheduled} <= ids, listed
     # compaction and the janitor's walk of compacted runs, under the same rule
     assert await world.compact_runs([started]) == 1
     assert await get_run(started, world=world).result(timeout=5) == 3
     await world.expire_indexes()
+
+
+async def scheduled_run(world: RedisWorld) -> str:
+    """A schedule's tick starts a run (the worker's schedules duty and its scripts); its id."""
+    schedule = await create_schedule("acl-every-second", aw.acl_add, 2, 3, every="1s", world=world)
+
+    async def fired() -> str:
+        recent = (await schedule.describe()).recent
+        return next((t.run_id for t in recent if t.action == "fired"), "")
+
+    run_id = str(await eventually(fired, 30, what="a tick of the schedule to fire"))
+    await schedule.pause()
+    assert await get_run(run_id, world=world).result(timeout=30) == 5
+    await schedule.delete()
+    return run_id
 
 
 async def test_engine_runs_as_the_deploy_acl_user(acl_redis: DeployedRedis, tmp_path: Path) -> None:

@@ -6,6 +6,15 @@ import worker
 import world_redis
 
 WORKER_API = {
+    "list_schedules",
+    "get_schedule",
+    "create_schedule",
+    "ScheduleTick",
+    "ScheduleNotFoundError",
+    "ScheduleExistsError",
+    "ScheduleDescription",
+    "Schedule",
+    "InvalidScheduleError",
     "DecryptionError",
     "EncryptionKeyError",
     "FatalError",

@@ -13,7 +13,6 @@ import sys
 import traceback
 
 from ._cli_dev import dev_command
-from ._cli_dlq import dlq_command
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
 from ._cli_schedule import add_parser as add_schedule_parser
 from ._cli_schedule import schedule_command
@@ -23,6 +22,7 @@ from ._deployments import (
     InvalidDeploymentIdError,
     check_deployment_id,
 )
+from ._dlq import dlq_command
 from ._errors import (
     EncryptionKeyError,
     PartitionCountMismatchError,

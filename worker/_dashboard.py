@@ -32,6 +32,7 @@ from starlette.routing import Route
 from . import _serde
 from ._client import get_run, get_world, rerun
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
+from ._dlq import drop_dead_letter, replay_dead_letter
 from ._errors import RunNotFoundError, WorkflowError
 from ._events import sleeps_from_events, timeline_from_events
 from ._health import worker_reports
@@ -144,11 +145,24 @@ class Dashboard:
             events=events,
             sleeps=sleeps_from_events(events, info.status in ACTIVE),
             timeline=_timeline(events, info),
+            streams=await self._streams(run_id),
             hooks=await self.world.list_hooks(run_id),
             active=info.status in ACTIVE,
             live=info.status in ACTIVE,
             notice=request.query_params.get("notice", ""),
         )
+
+    async def _streams(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's output streams: their last chunks (as JSON text) and their state."""
+        store = getattr(self.world, "streams", None)
+        if store is None:
+            return []
+        out = []
+        for name in await store.list_streams(run_id):
+            chunks, state = await store.snapshot(run_id, name)
+            shown = [json.dumps(c, default=str, ensure_ascii=False) for c in chunks]
+            out.append({"name": name, "chunks": shown, "state": state})
+        return out
 
     def refuse_action(self, request: Request) -> Response | None:
         """An action is refused unless authorized and sent by a page of this dashboard: a
@@ -170,6 +184,22 @@ class Dashboard:
             return refused if refused is not None else await handler(request)
 
         return endpoint
+
+    async def dead_letter(self, request: Request) -> Response:
+        """Replay or drop the dead letter named in the form; back to /queues with the outcome."""
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        name, action = form.get("name", [""])[0], form.get("action", [""])[0]
+        try:
+            if action == "replay":
+                notice = f"{name}: run {await replay_dead_letter(self.world, name)} woken"
+            elif action == "drop":
+                await drop_dead_letter(self.world, name)
+                notice = f"{name} dropped"
+            else:
+                notice = f"unknown action {action!r}"
+        except WorkflowError as exc:
+            notice = str(exc)
+        return RedirectResponse(f"/queues?{urlencode({'notice': notice, 'live': '0'})}", 303)
 
     def back(self, run_id: str, notice: str) -> Response:
         return RedirectResponse(f"/runs/{run_id}?{urlencode({'notice': notice})}", 303)
@@ -215,9 +245,14 @@ class Dashboard:
         if not self.authorized(request):
             return self.login_first(request)
         world = self.world
+        gauges = getattr(world, "gauges", None)
+        store = getattr(world, "dead_letters", None)
         return self.page(
             "queues.html",
             queues=await pool_queues(world).queue_stats(),
+            partitions=await gauges.partition_gauges() if gauges is not None else [],
+            letters=await store.list(PAGE) if store is not None else [],
+            notice=request.query_params.get("notice", ""),
             workers=await worker_reports(world),
             deployments=await deployment_store(world).stats(live_window_ms()),
             base_queue=base_queue,
@@ -264,6 +299,7 @@ def create_dashboard_app(world: World | None = None, *, token: str | None = None
             Route("/runs/{run_id}/rerun", dash.action(dash.rerun), methods=["POST"]),
             Route("/runs/{run_id}/resume", dash.action(dash.resume), methods=["POST"]),
             Route("/queues", dash.queues),
+            Route("/dead-letters", dash.action(dash.dead_letter), methods=["POST"]),
             Route("/login", dash.login, methods=["GET", "POST"]),
         ]
     )

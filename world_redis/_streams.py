@@ -53,6 +53,9 @@ PAGE = 500  # entries per XREAD / XRANGE call
 _END_FIELDS = ("eof", "err")
 
 
+SNAPSHOT_MAX = 1_000  # chunks a snapshot reads at most (the dashboard shows the last ones)
+
+
 class RedisStreams:
     """The StreamStore of a RedisWorld."""
 
@@ -96,6 +99,28 @@ class RedisStreams:
                     skip -= 1
                     continue
                 yield _decode(fields)
+
+    async def snapshot(self, run_id: str, name: str, limit: int = 50) -> tuple[list[Any], str]:
+        """The last ``limit`` chunks among the first SNAPSHOT_MAX of a stream, at once (no
+        waiting), and its state: "open", "ended", or "failed: <error>"."""
+        await self._world.core._ready()
+        key = self._world.keys.stream(run_id, name)
+        rows = entry_rows(
+            await with_retry(self._world.redis.xrange, key, "-", "+", count=SNAPSHOT_MAX)
+        )
+        chunks: list[Any] = []
+        state = "open"
+        for _entry_id, fields in rows:
+            if "eof" in fields:
+                state = "ended"
+                break
+            if self._world.codec is not None:
+                fields = self._open(run_id, name, fields)
+            if "err" in fields:
+                state = f"failed: {_stored_error(fields['err'], name)}"
+                break
+            chunks.append(_decode(fields))
+        return chunks[-limit:], state
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -207,3 +207,36 @@ async def test_a_cross_site_form_cannot_act(world: RedisWorld, dashboard) -> Non
         )
     assert refused.status_code == 403
     assert await run.status() == "pending"
+
+
+async def test_a_run_s_output_streams_and_the_dead_letters(
+    world: RedisWorld, start_worker, dashboard, browser: Browser
+) -> None:  # type: ignore[no-untyped-def]
+    """A run's page shows its output streams' chunks and that they ended; /queues shows the
+    partitions' timers and dead letters, and its Drop button deletes one the worker set aside."""
+    from tests.e2e import stream_workflows as sw
+
+    start_worker(MODULE, "tests.e2e.stream_workflows")
+    run = await start(sw.output_stream)
+    assert await run.result(timeout=30) == "done"
+    await world.redis.xadd(world.keys.ready(0), {"reason": "created"})  # names no run
+    letters = world.dead_letters  # type: ignore[attr-defined]
+    (letter,) = await eventually(lambda: letters.list(), 20, what="the letter is set aside")
+    url = dashboard()
+    await eventually(lambda: answers(url), 20, what="the dashboard answers")
+    page = await browser.new_page()
+    await page.goto(f"{url}/runs/{run.run_id}")
+    streams = page.locator("pre.stream")
+    assert await streams.count() == 2
+    shown = " ".join([await streams.nth(i).inner_text() for i in range(2)])
+    assert "Hello, named stream!" in shown and '"foo": "bar"' in shown
+    assert {await s.inner_text() for s in await page.locator(".stream-state").all()} == {"ended"}
+
+    await page.goto(f"{url}/queues?live=0")
+    assert await page.locator("#partitions tbody tr").count() == world.keys.partitions
+    row = page.locator(f"tr[data-letter='{letter.name}']")
+    assert "malformed" in await row.inner_text()
+    await row.locator("button[value=drop]").click()
+    await page.wait_for_selector(".notice")
+    assert f"{letter.name} dropped" in await page.locator(".notice").inner_text()
+    assert await letters.list() == []

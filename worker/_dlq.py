@@ -1,4 +1,4 @@
-"""``wf dlq list|replay|drop``: the dead letters of every partition (see world_redis/_dlq.py).
+"""Dead letters, for ``wf dlq list|replay|drop`` and the dashboard (see world_redis/_dlq.py).
 
 A replay gives the letter's run a fresh wake-up and deletes the letter; it is refused for an
 entry that names no run and for a run that has ended (``wf runs rerun`` starts that one again).
@@ -45,13 +45,27 @@ async def dlq_command(args: argparse.Namespace) -> None:
         )
         return
     for name in args.names:
-        letter = await _letter(store, name)
         if args.action == "drop":
-            await store.drop(letter.partition, letter.entry_id)
+            await drop_dead_letter(world, name)
             print(f"dropped {name}")
         else:
-            await _replay(world, store, letter)
-            print(f"replayed {name}: run {letter.run_id} woken")
+            run_id = await replay_dead_letter(world, name)
+            print(f"replayed {name}: run {run_id} woken")
+
+
+async def drop_dead_letter(world: Any, name: str) -> None:
+    """Delete the dead letter ``name`` (``<partition>:<entry id>``)."""
+    store = _store(world)
+    letter = await _letter(store, name)
+    await store.drop(letter.partition, letter.entry_id)
+
+
+async def replay_dead_letter(world: Any, name: str) -> str:
+    """Wake the run of dead letter ``name`` and delete the letter; the run's id."""
+    store = _store(world)
+    letter = await _letter(store, name)
+    await _replay(world, store, letter)
+    return str(letter.run_id)
 
 
 def parse_name(name: str) -> tuple[int, str]:

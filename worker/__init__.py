@@ -68,6 +68,16 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
     return _create_app(*args, **kwargs)
 
 
+def create_dashboard_app(*args: Any, **kwargs: Any) -> Any:
+    """The web dashboard's ASGI application; see ``worker._dashboard``.
+
+    Imported on first use, so workers that serve no HTTP do not load Starlette and Jinja2.
+    """
+    from ._dashboard import create_dashboard_app as _create
+
+    return _create(*args, **kwargs)
+
+
 __all__ = [
     "DecryptionError",
     "EncryptionKeyError",
@@ -108,6 +118,7 @@ __all__ = [
     "WorkflowTimeoutError",
     "check_health",
     "create_app",
+    "create_dashboard_app",
     "create_hook",
     "create_schedule",
     "create_webhook",

@@ -48,6 +48,7 @@ WORKER_API = {
     "WorkflowTimeoutError",
     "check_health",
     "create_app",
+    "create_dashboard_app",
     "create_hook",
     "create_webhook",
     "deprecate_patch",
@@ -108,3 +109,9 @@ def test_world_seam_is_one_public_module() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("worker"):
                 assert node.module == "worker.world", f"{path.name} imports {node.module}"
+
+
+def test_the_dashboard_app_is_public_and_loads_its_templates() -> None:
+    """`worker.create_dashboard_app()` builds the dashboard (its templates ship in the package)."""
+    app = worker.create_dashboard_app(token="t")
+    assert {r.path for r in app.routes} >= {"/", "/runs/{run_id}", "/queues", "/login"}

@@ -8,6 +8,7 @@ is checked on a Redis started by deploy/redis-entrypoint.sh.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -78,9 +79,19 @@ def test_the_installed_wheel_runs_a_workflow_from_the_image_layout(
     """From a directory laid out as the image's /app (only examples/), the installed `wf` runs the
     example workflow to completion: the wheel carries the Lua scripts and every dependency."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    demo = run([str(installed / "wf"), "demo", "examples.order"], cwd=tmp_path)
+    try:
+        demo = run([str(installed / "wf"), "demo", "examples.order"], cwd=tmp_path)
+    finally:  # the embedded Redis the demo started under .workflow/ outlives it: stop it
+        stop_embedded(tmp_path / ".workflow" / "redis.sock")
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert "result:" in demo.stdout and "completed" in demo.stdout
+
+
+def stop_embedded(sock: Path) -> None:
+    if not sock.exists():
+        return
+    with contextlib.suppress(redis.ConnectionError):  # the answer to SHUTDOWN is the closed socket
+        redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=True)
 
 
 @pytest.mark.timeout(900)

@@ -46,6 +46,17 @@ async def flow(n: int) -> int:
     return await double(await flaky(n))
 
 
+@step(name="traced.spawn")
+async def spawn(n: int) -> str:
+    child = await start(flow, n)
+    return child.run_id
+
+
+@workflow(name="traced.parent")
+async def parent(n: int) -> str:
+    return await spawn(n)
+
+
 def named(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name.startswith(prefix)]
 
@@ -117,3 +128,22 @@ async def _exists(run) -> bool:  # type: ignore[no-untyped-def]
     except RunNotFoundError:
         return False
     return True
+
+
+async def test_a_run_started_from_a_step_joins_that_step_s_trace(world: RedisWorld) -> None:
+    """A step that starts another run: that run's workflow.start is a child of the step's span,
+    so the child run, its steps and its end are in the parent's trace."""
+    worker = Worker(world, WorkerConfig(lease_ms=5000))
+    async with running_worker(worker):
+        with trace.get_tracer("test").start_as_current_span("caller") as caller:
+            run = await start(parent, 5)
+        child_id = await run.result(timeout=30)
+        assert await get_run(child_id).result(timeout=30) == 10
+        await eventually(lambda: len(named(EXPORTER.get_finished_spans(), "workflow.run")) >= 2, 10)
+    spans = EXPORTER.get_finished_spans()
+    (spawning,) = named(spans, "workflow.step traced.spawn")
+    (child_start,) = named(spans, "workflow.start traced.flow")
+    assert child_start.parent is not None
+    assert child_start.parent.span_id == spawning.context.span_id
+    trace_id = caller.get_span_context().trace_id
+    assert {s.context.trace_id for s in spans} == {trace_id}

@@ -146,6 +146,19 @@ async def _health(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def add_endpoint_flags(p: argparse.ArgumentParser, name: str, port_help: str) -> None:
+    """``--NAME-port`` and ``--NAME-host`` of a worker's HTTP endpoint, defaulting to
+    ``WORKFLOW_NAME_PORT`` (none: not served) and ``WORKFLOW_NAME_HOST`` (loopback)."""
+    env = f"WORKFLOW_{name.upper()}"
+    port = os.environ.get(f"{env}_PORT")
+    p.add_argument(f"--{name}-port", type=int, default=int(port) if port else None, help=port_help)
+    p.add_argument(
+        f"--{name}-host",
+        default=os.environ.get(f"{env}_HOST", "127.0.0.1"),
+        help=f"address of the {name} endpoint (default loopback)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wf", description="Durable workflows on Redis Streams")
     parser.add_argument(
@@ -161,29 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("WORKFLOW_CONCURRENCY", "100"))
     )
-    health_port = os.environ.get("WORKFLOW_HEALTH_PORT")
-    p.add_argument(
-        "--health-port",
-        type=int,
-        default=int(health_port) if health_port else None,
-        help="serve GET /healthz (200 healthy, 503 a duty has gone quiet) on this port",
+    add_endpoint_flags(
+        p, "health", "serve GET /healthz (200 healthy, 503 a duty has gone quiet) on this port"
     )
-    p.add_argument(
-        "--health-host",
-        default=os.environ.get("WORKFLOW_HEALTH_HOST", "127.0.0.1"),
-        help="address of the health endpoint (default loopback)",
-    )
-    metrics_port = os.environ.get("WORKFLOW_METRICS_PORT")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(metrics_port) if metrics_port else None,
-        help="serve Prometheus metrics at GET /metrics on this port (see the README's Metrics)",
-    )
-    p.add_argument(
-        "--metrics-host",
-        default=os.environ.get("WORKFLOW_METRICS_HOST", "127.0.0.1"),
-        help="address of the metrics endpoint (default loopback)",
+    add_endpoint_flags(
+        p, "metrics", "serve Prometheus metrics at GET /metrics on this port (see the README)"
     )
     p.add_argument(
         "--queues",

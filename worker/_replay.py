@@ -299,18 +299,19 @@ class WorkflowInstance:
         The commit script refuses such events, so one in the log means the log was altered.
         """
         problem = None
-        if isinstance(ev, RunCreated) != (ev.seq == 1):
+        t = type(ev)  # event classes have no subclasses: identity is the type test
+        if (t is RunCreated) != (ev.seq == 1):
             problem = "a log holds exactly one run_created, as its first entry"
-        elif isinstance(ev, PatchRecorded):
+        elif t is PatchRecorded:
             if not ev.corr or ev.corr in self._marker_at:
                 problem = f"a change is recorded once per run, by its id (here {ev.corr!r})"
         else:
-            opens, closes = _OPENS.get(type(ev)), _NEEDS.get(type(ev))
+            opens, closes = _OPENS.get(t), _NEEDS.get(t)
             kind = self._log_open.get(ev.corr)
             if opens is not None:
                 if not ev.corr or kind is not None:
                     problem = f"it opens {opens} {ev.corr!r}, which is already open or unnamed"
-                elif not isinstance(ev, HookConflict):  # a conflict is the hook's last event
+                elif t is not HookConflict:  # a conflict is the hook's last event
                     self._log_open[ev.corr] = opens
             elif closes is not None:
                 needed, final = closes
@@ -495,6 +496,8 @@ class WorkflowInstance:
         return corr in self.steps or corr in self.waits or corr in self.hooks
 
     def _marker_commands(self) -> list[NewEvent]:
+        if not self._markers_open:
+            return []
         return [
             NewEvent("patch_recorded", change_id, {"deprecated": "true" if deprecated else "false"})
             for change_id, deprecated in self._markers_open.items()
@@ -585,7 +588,17 @@ class WorkflowInstance:
         )
 
     def _consume_step(self, call: StepCall, ev: Event) -> bool:
-        if isinstance(ev, StepCreated):
+        if type(ev) is StepCompleted:  # the commonest first
+            call.status = "completed"
+            self._active_steps.pop(call.corr, None)
+            del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
+            if not call.future.done():
+                call.future.set_result(self._payload(ev, "result"))
+            return True
+        if type(ev) is StepStarted:
+            call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
+            return False
+        if type(ev) is StepCreated:
             if ev.name != call.name:
                 raise NondeterminismError(
                     f"run {self.run_id}: event {ev.seq} step_created ({ev.corr}) recorded step "
@@ -601,20 +614,10 @@ class WorkflowInstance:
             self._open.pop(call.corr, None)
             self._active_steps[call.corr] = call
             return False
-        if isinstance(ev, StepStarted):
-            call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
-            return False
-        if isinstance(ev, StepRetrying):
+        if type(ev) is StepRetrying:
             call.status, call.retry_after = "pending", ev.retry_after
             return False
-        if isinstance(ev, StepCompleted):
-            call.status = "completed"
-            self._active_steps.pop(call.corr, None)
-            del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
-            if not call.future.done():
-                call.future.set_result(self._payload(ev, "result"))
-            return True
-        if isinstance(ev, StepFailed):
+        if type(ev) is StepFailed:
             call.status = "failed"
             self._active_steps.pop(call.corr, None)
             del self.steps[call.corr]

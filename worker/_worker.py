@@ -30,7 +30,7 @@ from ._errors import (
     PayloadTooLargeError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent, make_event
+from ._events import Event, NewEvent, StepStarted, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
@@ -557,7 +557,8 @@ class Worker:
         base = inst.seq
         if head is not None:
             ts = max(self.now_ms(), inst.clock_ms)
-            head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
+            fields = head.fields
+            fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
             inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
         now_ms = self.now_ms()
@@ -579,7 +580,13 @@ class Worker:
         if not events:
             await self._route(held, routed, log)
             return False, None
-        commit = Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
+        commit = Commit(
+            run_id=held.run_id,
+            events=events,
+            token=self.token,
+            expected_seq=base,
+            fed=0 if head is None else 1,
+        )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
             with tracing.span("workflow.commit", inst.trace, attributes):
@@ -611,7 +618,8 @@ class Worker:
                 )
             return False, None
         await self._route(held, routed, log)
-        attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+        # the attempts the step_started just appended record (fed, not consumed yet)
+        attempts = {e.corr: e.attempt for e in res.appended if type(e) is StepStarted}
         if len(start) == 1 and not held.local:
             # the common sequential case: run the step right here, no task, no wake-up
             return True, (start[0], attempts.get(start[0].corr, start[0].attempt))
@@ -650,9 +658,12 @@ class Worker:
         orphaned ones that have used up their attempts (workers died running them every time);
         and apart, the due steps of a queue other than default, which their pool runs (a running
         one is its pool's: a dead pool worker's task is reclaimed by the pool)."""
-        created = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
-        out = [c for c in created if not step_queue(c.fn)]
-        routed = [c for c in created if step_queue(c.fn)]
+        out: list[StepCall] = []
+        routed: list[StepCall] = []
+        for e in outcome.commands:
+            if e.type == "step_created":
+                call = inst.steps[e.corr]
+                (routed if step_queue(call.fn) else out).append(call)
         exhausted = []
         for call in inst.pending_steps():  # only the open steps: cost does not grow with history
             if call.corr in held.local or call.future.done() or call.retry_after > now_ms:

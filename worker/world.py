@@ -54,6 +54,7 @@ from ._world import (
     acquire_code,
     commit_code,
     event_status,
+    event_statuses,
     run_status,
 )
 
@@ -104,6 +105,7 @@ __all__ = [
     "dumps",
     "event_from_fields",
     "event_status",
+    "event_statuses",
     "get_logger",
     "is_envelope",
     "lane_deployment",

@@ -16,14 +16,13 @@ from worker.world import (
     CommitResult,
     CorruptEventError,
     Event,
-    EventResult,
     PayloadCodec,
     RunInfo,
     StartRequest,
     StepInfo,
     Wakeup,
     commit_code,
-    event_status,
+    event_statuses,
     make_event,
 )
 
@@ -512,14 +511,21 @@ class RedisWorld:
     def _commit_result(c: Commit, reply: list[Any]) -> CommitResult:
         # replies are already str (decode_responses=True) and ints
         code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
-        results = [EventResult(event_status(r[0]), r[1]) for r in reply[3]]
+        results = event_statuses(reply[3])
         appended: list[Event] = []
-        ok_count = sum(1 for r in results if r.status == "ok")
-        s = seq - ok_count
+        s = seq
+        for r in results:
+            if r.status == "ok":
+                s -= 1
+        skip = c.fed  # events the caller holds already (when they were appended as given)
         for ev, res in zip(c.events, results, strict=False):
             if res.status != "ok":
+                skip = 0
                 continue
             s += 1
+            if skip:
+                skip -= 1
+                continue
             appended.append(make_event(ev, s, now, res.extra))
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 

@@ -7,7 +7,7 @@ only by adding fields with defaults.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -253,6 +253,26 @@ def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     if extra_field is not None:
         data[extra_field] = extra
     return cls(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, **data)
+
+
+def appended_events(
+    events: Sequence[NewEvent], results: Sequence[Any], last_seq: int, ts: int, skip: int = 0
+) -> list[Event]:
+    """The events a commit appended, as the log holds them: ``results`` has one (status, extra)
+    per event (commit.lua's answer), ``last_seq`` is the log's last position after it, and the
+    first ``skip`` events are left out (their positions still count)."""
+    s = last_seq
+    for r in results:
+        if r.status == "ok":
+            s -= 1
+    out: list[Event] = []
+    for i, (ev, r) in enumerate(zip(events, results, strict=False)):
+        if r.status != "ok":
+            continue
+        s += 1
+        if i >= skip:
+            out.append(make_event(ev, s, ts, r.extra))
+    return out
 
 
 class NewEvent(msgspec.Struct, frozen=True, gc=False):

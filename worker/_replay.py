@@ -34,7 +34,7 @@ import inspect
 import random
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -292,6 +292,47 @@ class WorkflowInstance:
                 self._waits_completed.add(ev.corr)
             elif isinstance(ev, RunCreated):
                 self.trace = ev.trace
+
+    def append_own(
+        self, events: Sequence[NewEvent], first_seq: int, ts: int, attempts: Sequence[int]
+    ) -> bool:
+        """Record step_created / step_started events this instance's own suspension asked for,
+        just appended at ``first_seq`` on (time ``ts``; ``attempts``: each event's attempt, as
+        the commit answered it) with nothing unconsumed before them: their effect is applied
+        as consuming them would, without building Event objects. Anything else (another type,
+        a call the code did not make, events not consumed yet): False, nothing recorded, and the
+        caller feeds the events instead."""
+        if self._pos - self._base != len(self.log) or first_seq != self.seq + 1:
+            return False
+        steps = self.steps
+        created: set[str] = set()
+        for new in events:
+            call = steps.get(new.corr)
+            if call is None or call.future.done():
+                return False
+            if new.type == "step_created":
+                if call.created or new.corr in created:
+                    return False
+                created.add(new.corr)
+            elif new.type != "step_started" or not (call.created or new.corr in created):
+                return False
+        log_open, active = self._log_open, self._active_steps
+        for new, attempt in zip(events, attempts, strict=True):
+            call = steps[new.corr]
+            if new.type == "step_created":
+                log_open[call.corr] = "step"
+                call.created, call.status = True, "pending"
+                self._open.pop(call.corr, None)
+                active[call.corr] = call
+            else:
+                call.status, call.attempt, call.retry_after = "running", attempt, 0
+        n = len(events)
+        self.seq += n
+        self._pos += n
+        self._base += n  # consumed, and never kept: positions stay absolute
+        if ts > self.clock_ms:
+            self.clock_ms = ts
+        return True
 
     def _fold(self, ev: Event) -> None:
         """Check that ``ev`` can follow the log so far; track the calls the log holds open.

@@ -30,7 +30,7 @@ from ._errors import (
     PayloadTooLargeError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent, StepStarted, make_event
+from ._events import Event, NewEvent, appended_events, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
@@ -585,7 +585,7 @@ class Worker:
             events=events,
             token=self.token,
             expected_seq=base,
-            fed=0 if head is None else 1,
+            fed=len(events),  # fed below, here (see WorkflowInstance.append_own)
         )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
@@ -606,7 +606,11 @@ class Worker:
                 held.known_seq = max(held.known_seq, solo.seq)
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
-        inst.feed(res.appended)
+        own = 0 if head is None else 1
+        if any(r.status != "ok" for r in res.results) or not inst.append_own(
+            events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]
+        ):
+            inst.feed(appended_events(events, res.results, res.seq, res.now_ms, own))
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
             if self.metrics is not None:
@@ -618,8 +622,12 @@ class Worker:
                 )
             return False, None
         await self._route(held, routed, log)
-        # the attempts the step_started just appended record (fed, not consumed yet)
-        attempts = {e.corr: e.attempt for e in res.appended if type(e) is StepStarted}
+        # the attempts of the steps just started, as their step_started recorded them
+        attempts = {
+            ev.corr: r.extra
+            for ev, r in zip(events, res.results, strict=False)
+            if ev.type == "step_started" and r.status == "ok"
+        }
         if len(start) == 1 and not held.local:
             # the common sequential case: run the step right here, no task, no wake-up
             return True, (start[0], attempts.get(start[0].corr, start[0].attempt))

@@ -75,8 +75,8 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     token: str = ""
     expected_seq: int = -1
     wake: str = ""
-    # how many leading events the caller already holds as the log will (the inline path feeds
-    # a step's result to its instance before committing it): ``appended`` leaves them out
+    # how many leading events ``appended`` leaves out (their positions still count): the inline
+    # path feeds its instance itself (see Worker._advance_and_commit)
     fed: int = 0
 
 

@@ -27,6 +27,7 @@ from ._events import (
     StepFailed,
     StepRetrying,
     StepStarted,
+    appended_events,
     event_from_fields,
     make_event,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "World",
     "WorldUnavailableError",
     "acquire_code",
+    "appended_events",
     "check_size",
     "commit_code",
     "dumps",

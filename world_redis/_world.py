@@ -21,9 +21,9 @@ from worker.world import (
     StartRequest,
     StepInfo,
     Wakeup,
+    appended_events,
     commit_code,
     event_statuses,
-    make_event,
 )
 
 from ._client import (
@@ -512,21 +512,7 @@ class RedisWorld:
         # replies are already str (decode_responses=True) and ints
         code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
         results = event_statuses(reply[3])
-        appended: list[Event] = []
-        s = seq
-        for r in results:
-            if r.status == "ok":
-                s -= 1
-        skip = c.fed  # events the caller holds already (when they were appended as given)
-        for ev, res in zip(c.events, results, strict=False):
-            if res.status != "ok":
-                skip = 0
-                continue
-            s += 1
-            if skip:
-                skip -= 1
-                continue
-            appended.append(make_event(ev, s, now, res.extra))
+        appended = appended_events(c.events, results, seq, now, c.fed)
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:

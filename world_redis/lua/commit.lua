@@ -70,11 +70,16 @@
 -- id = the change id, once per run: again is "exists"). A run reaching a terminal status loses its
 -- hooks (listed in freed).
 
-local retention = tonumber(ARGV[1])
+local retention = ARGV[1]  -- text: passed on to EXPIRE as is
 local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   + (tonumber(redis.call('GET', KEYS[10]) or '0') or 0)
+
+-- Numbers go to Redis as text made here with '%d': Lua would format them as floating point
+-- ('%.14g', and redis.call '%.17g'), which costs far more than the command they are part of.
+local function int(n) return string.format('%d', n) end
+local now_s = int(now)
 
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
@@ -201,7 +206,7 @@ for i = 0, #batch - 1 do
       if etype == 'run_started' then
         if status == 'pending' then
           new_status = 'running'
-          run_set.started_at = now
+          run_set.started_at = now_s
         elseif status == 'running' then
           res = 'exists'
         else
@@ -213,7 +218,7 @@ for i = 0, #batch - 1 do
         else
           new_status = (etype == 'run_completed') and 'completed'
             or ((etype == 'run_failed') and 'failed' or 'cancelled')
-          run_set.completed_at = now
+          run_set.completed_at = now_s
           run_set.output = f.output
           run_set.error = f.error
         end
@@ -340,8 +345,9 @@ for i = 0, #batch - 1 do
       if res == 'ok' then
         -- a worker that advanced the workflow past this event before appending it (the inline
         -- fast path) passes the time it used, so a replay sees the same workflow clock
-        local ets = tonumber(f.ts or '') or now
-        local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'ts', ets }
+        local ets = now_s
+        if f.ts and string.match(f.ts, '^%d+$') then ets = f.ts end
+        local args = { ev_key, string.format('%d-0', seq + 1), 'type', etype, 'ts', ets }
         if evid ~= '' then args[#args + 1] = 'id'; args[#args + 1] = evid end
         if corr ~= '' then args[#args + 1] = 'corr'; args[#args + 1] = corr end
         for k, v in pairs(written) do
@@ -349,7 +355,7 @@ for i = 0, #batch - 1 do
             args[#args + 1] = k; args[#args + 1] = v
           end
         end
-        if extra_fields then args[#args + 1] = extra_fields[1]; args[#args + 1] = extra_fields[2] end
+        if extra_fields then args[#args + 1] = extra_fields[1]; args[#args + 1] = int(extra_fields[2]) end
         -- the first write of this event: Redis refuses it if the stream already holds this
         -- position (the run hash and the stream disagree); then nothing of the event is written
         local added = redis.pcall('XADD', unpack(args))
@@ -359,18 +365,21 @@ for i = 0, #batch - 1 do
           seq = seq + 1
           appended = true
           if entity then
+            for j = 1, 5 do
+              if type(entity[j]) == 'number' then entity[j] = int(entity[j]) end
+            end
             seen[corr] = table.concat(entity, '|'); dirty[corr] = true
           end
           if claim_write ~= nil then
             -- step_started with a claim records it; any other step event ends the claim
             seen[corr .. '|claim'] = claim_write; dirty[corr .. '|claim'] = true
           end
-          if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
+          if timer_at then redis.call('ZADD', KEYS[2], int(timer_at), run_id .. '|' .. corr) end
           if hook_token then
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
-          if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
-          if patch_field then seen[patch_field] = tostring(seq); dirty[patch_field] = true end
+          if hook_request then redis.call('HSET', hooks_key, hook_request, int(seq)) end
+          if patch_field then seen[patch_field] = int(seq); dirty[patch_field] = true end
           if hook_dispose then
             freed[#freed + 1] = corr
             freed[#freed + 1] = hook_dispose
@@ -379,7 +388,7 @@ for i = 0, #batch - 1 do
           if new_status then
             run_set.status = new_status
             redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
-            local created = redis.call('ZSCORE', KEYS[3], run_id) or now
+            local created = redis.call('ZSCORE', KEYS[3], run_id) or now_s
             redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
             if TERMINAL[new_status] then
               -- the run's hooks end with it: the caller frees their tokens
@@ -391,7 +400,7 @@ for i = 0, #batch - 1 do
                 end
               end
               redis.call('DEL', hooks_key)
-              redis.call('ZADD', KEYS[4], now, run_id)
+              redis.call('ZADD', KEYS[4], now_s, run_id)
               ended = true  -- its keys expire once written (below)
             end
             status = new_status
@@ -406,7 +415,7 @@ for i = 0, #batch - 1 do
     end
     if appended then
       ent_flush(ent_key, seen, dirty)
-      local rs = { 'seq', seq, 'updated_at', now }
+      local rs = { 'seq', int(seq), 'updated_at', now_s }
       for k, v in pairs(run_set) do rs[#rs + 1] = k; rs[#rs + 1] = v end
       redis.call('HSET', run_key, unpack(rs))
       if ended then

@@ -18,9 +18,6 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # every 10-bit value as 2 characters
 _SHIFTS = range(120, -1, -10)
 _TAIL_SHIFTS = range(70, -1, -10)  # the 80 random bits of a ULID: its last 16 characters
-# RFC 4648 base32 of 10 bytes is those 80 bits as 16 characters, most significant first: spelled
-# in Crockford's alphabet it is a ULID's random part (three C calls instead of 8 lookups)
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
 
 
 def _ulid_text(value: int) -> str:
@@ -88,8 +85,8 @@ class DeterministicIds:
         self._head = _ulid_text(started_at_ms << 80)[:10]
 
     def next(self, prefix: str) -> str:
-        tail = base64.b32encode(self._rng.getrandbits(80).to_bytes(10, "big"))
-        return f"{prefix}_{self._head}{tail.translate(_TO_CROCKFORD).decode()}"
+        r = self._rng.getrandbits(80)
+        return f"{prefix}_{self._head}{''.join([_PAIRS[(r >> s) & 1023] for s in _TAIL_SHIFTS])}"
 
 
 def lease_token(worker: str) -> str:

@@ -195,3 +195,22 @@ async def close_children(world: World, run_id: str, log: Any) -> None:
                 ]
             )
             log.info("child_run_cancelled", run_id=ev.run_id, parent_run_id=run_id)
+
+
+def children_of(events: list[Event]) -> list[dict[str, str]]:
+    """The child runs a run's log started, in order: run id, workflow, correlation id,
+    parent_close, and state (started, or the end the log recorded: completed | failed |
+    cancelled)."""
+    children: dict[str, dict[str, str]] = {}
+    for ev in events:
+        if isinstance(ev, ChildStarted):
+            children[ev.corr] = {
+                "run_id": ev.run_id,
+                "workflow": ev.workflow,
+                "corr": ev.corr,
+                "parent_close": ev.parent_close,
+                "state": "started",
+            }
+        elif isinstance(ev, ChildCompleted | ChildFailed | ChildCancelled) and ev.corr in children:
+            children[ev.corr]["state"] = str(ev.__struct_config__.tag).removeprefix("child_")
+    return list(children.values())

@@ -129,3 +129,22 @@ async def parent_unregistered() -> str:
 async def parent_fire_and_forget(token: str) -> str:
     run = await start(child_waits, token, parent_close="abandon")
     return run.run_id
+
+
+@step
+async def slow_mark(marker: str, seconds: float) -> str:
+    """Writes its process id to ``marker`` when it starts, so a test can kill that worker."""
+    Path(marker).write_text(str(os.getpid()))  # noqa: ASYNC240 -- a tiny marker file for the test
+    await asyncio.sleep(seconds)
+    return "slow done"
+
+
+@workflow(name="child_slow")
+async def child_slow(marker: str, seconds: float) -> str:
+    return await slow_mark(marker, seconds)
+
+
+@workflow(name="parent_slow")
+async def parent_slow(marker: str, seconds: float) -> str:
+    run = await start(child_slow, marker, seconds)
+    return f"parent got {await run.result()}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +17,10 @@ from worker import (
     set_world,
     start,
 )
-from worker._errors import InvalidParentCloseError
+from worker._errors import InvalidParentCloseError, WorldUnavailableError
 from worker._events import ChildCompleted, ChildStarted, RunCreated
 from worker._worker import Worker, WorkerConfig
+from worker._world import Commit, CommitResult
 from world_redis import RedisWorld
 
 
@@ -155,3 +157,52 @@ async def test_child_runs_exactly_once(world: RedisWorld, worker: Worker, tmp_pa
     assert await run.result(timeout=30) == 50
     assert len(marker.read_text().splitlines()) == 1
     assert len(await child_of(world, run.run_id)) == 1
+
+
+class FlakyChildren(RedisWorld):
+    """A real RedisWorld that fails once where a worker could die: creating a child run after
+    its parent recorded it, and delivering a child's end to its parent."""
+
+    fail_create: set[str] = set()
+    fail_delivery = False
+
+    async def create_run(self, run_id: str, workflow: str, *args: Any, **kwargs: Any) -> bool:
+        if kwargs.get("parent") and workflow not in self.fail_create:
+            self.fail_create.add(workflow)
+            raise WorldUnavailableError("injected: the worker died before creating the child")
+        return await super().create_run(run_id, workflow, *args, **kwargs)
+
+    async def commit(self, commits: Sequence[Commit]) -> list[CommitResult]:
+        ends = any(e.type == "child_completed" for c in commits for e in c.events)
+        if ends and self.fail_delivery:
+            self.fail_delivery = False
+            raise WorldUnavailableError("injected: the worker died delivering a child's end")
+        return await super().commit(commits)
+
+
+async def test_lost_child_creation_and_delivery_are_redone(
+    redis_server: Any, prefix: str, tmp_path: Path
+) -> None:
+    """A child creation that fails after the parent recorded the child, and a delivery of its end
+    that fails, are both done again: one child run, its code run once, the parent completes."""
+    world = FlakyChildren.from_url(redis_server.url, prefix=prefix)
+    world.fail_create = set()
+    world.fail_delivery = True
+    set_world(world)
+    config = WorkerConfig(concurrency=10, lease_ms=600, heartbeat_ms=150, drain_timeout_s=1)
+    marker = tmp_path / "starts"
+    try:
+        async with running_worker(Worker(world, config)):
+            await world.ensure_groups()
+            run = await start(cw.parent_counted, str(marker), 1, world=world)
+            assert await run.result(timeout=30) == 20
+        assert world.fail_create == {"child_counted"} and not world.fail_delivery
+        assert len(marker.read_text().splitlines()) == 1
+        (started,) = await child_of(world, run.run_id)
+        ends = [e for e in await world.read_events(run.run_id) if isinstance(e, ChildCompleted)]
+        assert len(ends) == 1
+        runs, _ = await world.list_runs(workflow="child_counted")
+        assert [r.run_id for r in runs] == [started.run_id]
+    finally:
+        set_world(None)
+        await world.close()

@@ -294,6 +294,29 @@ class ChildRun(Run):
         fut = self._instance.child_result(self._call)
         return fut if timeout is None else asyncio.wait_for(fut, timeout)
 
+    def _outside_workflow(self, what: str) -> None:
+        if current_instance.get() is self._instance and current_step.get() is None:
+            raise WorkflowError(
+                f"run.{what}() of a child run reads Redis: call it from a step, not from the "
+                "parent's workflow code (there, await run.result())"
+            )
+
+    async def info(self) -> RunInfo:
+        self._outside_workflow("info")
+        return await super().info()
+
+    async def cancel(self) -> None:
+        self._outside_workflow("cancel")
+        await super().cancel()
+
+    async def events(self) -> list[Event]:
+        self._outside_workflow("events")
+        return await super().events()
+
+    async def steps(self) -> list[StepInfo]:
+        self._outside_workflow("steps")
+        return await super().steps()
+
 
 def run_failed_error(info: RunInfo) -> WorkflowRunFailedError:
     cause = _serde.loads(info.error or "null", what=f"the error of run {info.run_id}")

@@ -111,11 +111,10 @@ async def ensure_children(world: World, inst: WorkflowInstance, appended: list[E
     ``appended``: events just committed (their child_started is not consumed by the code yet).
     """
     just = {ev.corr for ev in appended if isinstance(ev, ChildStarted)}
-    for call in list(inst.children.values()):
-        if call.ensured or call.ended is not None or not (call.created or call.corr in just):
-            continue
-        await ensure_child(world, inst.run_id, call)
-        call.ensured = True
+    for call in list(inst.unensured.values()):
+        if call.created or call.corr in just:
+            await ensure_child(world, inst.run_id, call)
+            inst.unensured.pop(call.corr, None)
 
 
 async def ensure_child(world: World, parent_run_id: str, call: ChildCall) -> None:

@@ -134,7 +134,6 @@ class ChildCall:
     input: str
     parent_close: str
     created: bool = False
-    ensured: bool = False  # this instance made sure the child run exists (see _children.py)
     ended: Event | None = None
     awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
 
@@ -256,7 +255,8 @@ class WorkflowInstance:
         self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
         self.hooks: dict[str, HookCall] = {}
         self._active_hooks: dict[str, HookCall] = {}  # created, not yet disposed
-        self.children: dict[str, ChildCall] = {}  # child runs started, by correlation id
+        self.children: dict[str, ChildCall] = {}  # child runs started, not ended, by corr
+        self.unensured: dict[str, ChildCall] = {}  # children the worker has not created yet
         self._seed = ""
         self._hook_count = 0
         self._ids: DeterministicIds | None = None
@@ -456,6 +456,7 @@ class WorkflowInstance:
         rid = run_id or child_run_id(self.run_id, corr, self.started_at_ms)
         call = ChildCall(corr, rid, workflow, input_json, parent_close)
         self.children[corr] = call
+        self.unensured[corr] = call
         self._open[corr] = None
         return call
 
@@ -481,6 +482,8 @@ class WorkflowInstance:
             return False
         if isinstance(ev, ChildCompleted | ChildFailed | ChildCancelled):
             call.ended = ev
+            del self.children[call.corr]  # no event follows its end (the handle keeps the call)
+            self.unensured.pop(call.corr, None)
             for fut in call.awaiters:
                 if not fut.done():
                     _settle(fut, call, ev)

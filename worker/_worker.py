@@ -564,7 +564,7 @@ class Worker:
             head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
             inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
-        if inst.children:  # a fresh replay meets children its log started: create them if need be
+        if inst.unensured:  # a fresh replay meets children its log started: create them if need be
             await ensure_children(self.world, inst, [])
         now_ms = self.now_ms()
         events: list[NewEvent] = []
@@ -606,7 +606,7 @@ class Worker:
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
         inst.feed(res.appended)
-        if inst.children:
+        if inst.unensured:
             await ensure_children(self.world, inst, res.appended)
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")

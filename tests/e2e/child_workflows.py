@@ -148,3 +148,20 @@ async def child_slow(marker: str, seconds: float) -> str:
 async def parent_slow(marker: str, seconds: float) -> str:
     run = await start(child_slow, marker, seconds)
     return f"parent got {await run.result()}"
+
+
+@workflow(name="parent_leaves_child")
+async def parent_leaves_child(token: str) -> str:
+    """Returns without awaiting its child (started with the default parent_close="cancel")."""
+    run = await start(child_waits, token)
+    return run.run_id
+
+
+@workflow(name="parent_reads_child")
+async def parent_reads_child() -> str:
+    run = await start(child_double, 1)
+    try:
+        await run.status()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "read"

@@ -6,12 +6,14 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e import child_workflows as cw
 from tests.support import all_keys, eventually, hook_ready, running_worker
 from worker import (
     WorkflowNotRegisteredError,
+    create_dashboard_app,
     get_run,
     resume_hook,
     set_world,
@@ -90,10 +92,7 @@ async def test_abandoned_child_outlives_parent(world: RedisWorld, worker: Worker
     run = await start(cw.parent_of_waiting, "tok-abandon", "abandon", world=world)
     await hook_ready("tok-abandon")
     (started,) = await child_of(world, run.run_id)
-    await run.cancel()
-    await eventually(
-        lambda: world.get_run(run.run_id), 10, what="the parent"
-    )  # the parent is cancelled at once; the child must still take a payload and complete
+    await run.cancel()  # the child must still take a payload and complete
     await resume_hook("tok-abandon", "still here", world)
     assert await get_run(started.run_id, world).result(timeout=30) == "still here"
     assert await run.status() == "cancelled"
@@ -206,3 +205,43 @@ async def test_lost_child_creation_and_delivery_are_redone(
     finally:
         set_world(None)
         await world.close()
+
+
+async def test_parent_end_cancels_child_left_running(world: RedisWorld, worker: Worker) -> None:
+    """A parent that completes without awaiting its child (parent_close="cancel") cancels it."""
+    run = await start(cw.parent_leaves_child, "tok-left", world=world)
+    child_id = await run.result(timeout=30)
+
+    async def cancelled() -> bool:
+        child = await world.get_run(child_id)  # created just after the parent's end, maybe
+        return child is not None and child.status == "cancelled"
+
+    await eventually(cancelled, 30, what="the child left running to be cancelled")
+
+
+async def test_child_handle_refuses_reads_in_workflow_code(
+    world: RedisWorld, worker: Worker
+) -> None:
+    """run.status() of a child in workflow code is a clear error (it would read Redis there)."""
+    run = await start(cw.parent_reads_child, world=world)
+    out = await run.result(timeout=30)
+    assert out.startswith("WorkflowError: run.info() of a child run reads Redis")
+
+
+async def test_dashboard_links_parent_and_children(world: RedisWorld, worker: Worker) -> None:
+    """The dashboard's run page lists a parent's children and links a child to its parent."""
+    run = await start(cw.parent_gather, 2, world=world)
+    await run.result(timeout=30)
+    children = await child_of(world, run.run_id)
+    app = create_dashboard_app(world, token="secret")
+    transport = httpx.ASGITransport(app=app)
+    headers = {"authorization": "Bearer secret"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://dash", headers=headers
+    ) as client:
+        page = (await client.get(f"/runs/{run.run_id}")).text
+        assert "Child runs" in page
+        for c in children:
+            assert f'href="/runs/{c.run_id}"' in page
+        child_page = (await client.get(f"/runs/{children[0].run_id}")).text
+        assert f'id="parent-run" href="/runs/{run.run_id}"' in child_page

@@ -582,10 +582,7 @@ class WorkflowInstance:
 
     def _called(self, corr: str) -> bool:
         return (
-            corr in self.steps
-            or corr in self.waits
-            or corr in self.hooks
-            or (corr in self.children)
+            corr in self.steps or corr in self.waits or corr in self.hooks or corr in self.children
         )
 
     def _marker_commands(self) -> list[NewEvent]:

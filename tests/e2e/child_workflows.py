@@ -165,3 +165,16 @@ async def parent_reads_child() -> str:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return "read"
+
+
+@workflow(name="child_sleeps")
+async def child_sleeps(days: int) -> int:
+    await asyncio.sleep(days * 24 * 3600)  # a durable timer in workflow code
+    return days
+
+
+@workflow(name="parent_of_sleeper")
+async def parent_of_sleeper(days: int) -> int:
+    run = await start(child_sleeps, days)
+    value: int = await run.result()
+    return value

@@ -12,6 +12,7 @@ import pytest
 from tests.e2e import child_workflows as cw
 from tests.support import all_keys, eventually, hook_ready, running_worker
 from worker import (
+    InvalidParentCloseError,
     WorkflowNotRegisteredError,
     create_dashboard_app,
     get_run,
@@ -19,10 +20,11 @@ from worker import (
     set_world,
     start,
 )
-from worker._errors import InvalidParentCloseError, WorldUnavailableError
+from worker._errors import WorldUnavailableError
 from worker._events import ChildCompleted, ChildStarted, RunCreated
 from worker._worker import Worker, WorkerConfig
 from worker._world import Commit, CommitResult
+from worker.testing import workflow_env
 from world_redis import RedisWorld
 
 
@@ -245,3 +247,10 @@ async def test_dashboard_links_parent_and_children(world: RedisWorld, worker: Wo
             assert f'href="/runs/{c.run_id}"' in page
         child_page = (await client.get(f"/runs/{children[0].run_id}")).text
         assert f'id="parent-run" href="/runs/{run.run_id}"' in child_page
+
+
+async def test_time_skips_through_a_sleeping_child(redis_server: Any) -> None:
+    """In workflow_env, a parent awaiting a child that sleeps 30 days completes at once."""
+    async with workflow_env("tests.e2e.child_workflows", redis_url=redis_server.url) as env:
+        run = await env.start(cw.parent_of_sleeper, 30)
+        assert await run.result(timeout=30) == 30

@@ -9,6 +9,7 @@ import pytest
 
 from worker import (
     FatalError,
+    InvalidParentCloseError,
     WorkflowNotRegisteredError,
     WorkflowRunCancelledError,
     WorkflowRunFailedError,
@@ -17,7 +18,6 @@ from worker import (
     workflow,
 )
 from worker._children import child_run_id
-from worker._errors import InvalidParentCloseError
 from worker._events import Event, NewEvent, RunCreated, RunStarted, make_event
 from worker._replay import Outcome, WorkflowInstance
 

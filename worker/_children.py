@@ -27,6 +27,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import _serde
+from ._deployments import resolve_deployment
 from ._errors import (
     InvalidParentCloseError,
     WorkflowError,
@@ -113,15 +114,16 @@ async def ensure_children(world: World, inst: WorkflowInstance, appended: list[E
     just = {ev.corr for ev in appended if isinstance(ev, ChildStarted)}
     for call in list(inst.unensured.values()):
         if call.created or call.corr in just:
-            await ensure_child(world, inst.run_id, call)
+            await ensure_child(world, inst.run_id, call, inst.trace)
             inst.unensured.pop(call.corr, None)
 
 
-async def ensure_child(world: World, parent_run_id: str, call: ChildCall) -> None:
-    from ._deployments import resolve_deployment  # imported late: it pulls in the client
-
+async def ensure_child(world: World, parent_run_id: str, call: ChildCall, trace: str = "") -> None:
+    """Create the child run (idempotent), with the parent's trace context, and link it."""
     deployment = await resolve_deployment(world, call.workflow, None)
-    await world.create_run(call.run_id, call.workflow, call.input, deployment, parent=parent_run_id)
+    await world.create_run(
+        call.run_id, call.workflow, call.input, deployment, trace, parent=parent_run_id
+    )
     code, _status = await child_links(world).link_child(call.run_id, parent_run_id, call.corr)
     if code != "linked":  # ended already (or compacted): its end goes to the parent now
         info = await world.get_run(call.run_id)

@@ -247,6 +247,8 @@ async def test_dashboard_links_parent_and_children(world: RedisWorld, worker: Wo
             assert f'href="/runs/{c.run_id}"' in page
         child_page = (await client.get(f"/runs/{children[0].run_id}")).text
         assert f'id="parent-run" href="/runs/{run.run_id}"' in child_page
+        listing = (await client.get("/", params={"workflow": "child_double"})).text
+        assert listing.count(f'child of <a href="/runs/{run.run_id}">') == len(children)
 
 
 async def test_time_skips_through_a_sleeping_child(redis_server: Any) -> None:

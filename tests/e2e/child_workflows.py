@@ -178,3 +178,9 @@ async def parent_of_sleeper(days: int) -> int:
     run = await start(child_sleeps, days)
     value: int = await run.result()
     return value
+
+
+@workflow(name="parent_uncaught")
+async def parent_uncaught(message: str) -> None:
+    run = await start(child_fails, message)
+    await run.result()

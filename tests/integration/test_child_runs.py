@@ -12,8 +12,10 @@ import pytest
 from tests.e2e import child_workflows as cw
 from tests.support import all_keys, eventually, hook_ready, running_worker
 from worker import (
+    FatalError,
     InvalidParentCloseError,
     WorkflowNotRegisteredError,
+    WorkflowRunFailedError,
     create_dashboard_app,
     get_run,
     resume_hook,
@@ -256,3 +258,16 @@ async def test_time_skips_through_a_sleeping_child(redis_server: Any) -> None:
     async with workflow_env("tests.e2e.child_workflows", redis_url=redis_server.url) as env:
         run = await env.start(cw.parent_of_sleeper, 30)
         assert await run.result(timeout=30) == 30
+
+
+async def test_uncaught_child_failure_fails_the_parent(world: RedisWorld, worker: Worker) -> None:
+    """A child's failure the parent does not catch fails the parent: its error is the child's
+    WorkflowRunFailedError, whose cause is the child's own error."""
+    run = await start(cw.parent_uncaught, "deep", world=world)
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        await run.result(timeout=30)
+    child_error = caught.value.__cause__
+    assert isinstance(child_error, WorkflowRunFailedError)
+    (started,) = await child_of(world, run.run_id)
+    assert child_error.run_id == started.run_id
+    assert isinstance(child_error.__cause__, FatalError) and str(child_error.__cause__) == "deep"

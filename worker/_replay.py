@@ -499,20 +499,19 @@ class WorkflowInstance:
         return [c for c in self.children.values() if c.created and c.ended is None]
 
     def _child_commands(self) -> list[NewEvent]:
-        return [
-            NewEvent(
-                "child_started",
-                corr,
-                {
+        """child_started of the children started since the last commit, in call order."""
+        out = []
+        for corr in self._open:
+            call = self.children.get(corr)
+            if call is not None:
+                fields = {
                     "run_id": call.run_id,
                     "workflow": call.workflow,
                     "input": call.input,
                     "parent_close": call.parent_close,
-                },
-            )
-            for corr, call in self.children.items()
-            if corr in self._open
-        ]
+                }
+                out.append(NewEvent("child_started", corr, fields))
+        return out
 
     def _register_wait(self, delay_ms: int, handle: asyncio.TimerHandle) -> None:
         corr = self._next_id("wait")

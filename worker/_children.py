@@ -24,6 +24,7 @@ the child's value, or ``WorkflowRunFailedError`` (the child's error as ``__cause
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import _serde
@@ -106,14 +107,14 @@ def child_links(world: object) -> ChildLinks:
 # -- the parent's worker: create and link the children its log started ----------------------
 
 
-async def ensure_children(world: World, inst: WorkflowInstance, appended: list[Event]) -> None:
+async def ensure_children(world: World, inst: WorkflowInstance, committed: Collection[str]) -> None:
     """Create and link each child run the log started that this instance did not yet.
 
-    ``appended``: events just committed (their child_started is not consumed by the code yet).
+    ``committed``: correlation ids of events just committed (a child_started among them is in
+    the log, though the code has not consumed it yet).
     """
-    just = {ev.corr for ev in appended if isinstance(ev, ChildStarted)}
     for call in list(inst.unensured.values()):
-        if call.created or call.corr in just:
+        if call.created or call.corr in committed:
             await ensure_child(world, inst.run_id, call, inst.trace)
             inst.unensured.pop(call.corr, None)
 

@@ -31,7 +31,7 @@ from ._errors import (
     PayloadTooLargeError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent, make_event
+from ._events import Event, NewEvent, appended_events, make_event
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
@@ -561,11 +561,12 @@ class Worker:
         base = inst.seq
         if head is not None:
             ts = max(self.now_ms(), inst.clock_ms)
-            head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
+            fields = head.fields
+            fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
             inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
         if inst.unensured:  # a fresh replay meets children its log started: create them if need be
-            await ensure_children(self.world, inst, [])
+            await ensure_children(self.world, inst, ())
         now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
@@ -585,7 +586,13 @@ class Worker:
         if not events:
             await self._route(held, routed, log)
             return False, None
-        commit = Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
+        commit = Commit(
+            run_id=held.run_id,
+            events=events,
+            token=self.token,
+            expected_seq=base,
+            fed=len(events),  # fed below, here (see WorkflowInstance.append_own)
+        )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
             with tracing.span("workflow.commit", inst.trace, attributes):
@@ -605,9 +612,13 @@ class Worker:
                 held.known_seq = max(held.known_seq, solo.seq)
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
-        inst.feed(res.appended)
-        if inst.unensured:
-            await ensure_children(self.world, inst, res.appended)
+        own = 0 if head is None else 1
+        if any(r.status != "ok" for r in res.results) or not inst.append_own(
+            events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]
+        ):
+            inst.feed(appended_events(events, res.results, res.seq, res.now_ms, own))
+        if inst.unensured:  # the children this commit started: created now
+            await ensure_children(self.world, inst, {e.corr for e in events})
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
             if self.metrics is not None:
@@ -619,7 +630,12 @@ class Worker:
                 )
             return False, None
         await self._route(held, routed, log)
-        attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+        # the attempts of the steps just started, as their step_started recorded them
+        attempts = {
+            ev.corr: r.extra
+            for ev, r in zip(events, res.results, strict=False)
+            if ev.type == "step_started" and r.status == "ok"
+        }
         if len(start) == 1 and not held.local:
             # the common sequential case: run the step right here, no task, no wake-up
             return True, (start[0], attempts.get(start[0].corr, start[0].attempt))
@@ -658,9 +674,12 @@ class Worker:
         orphaned ones that have used up their attempts (workers died running them every time);
         and apart, the due steps of a queue other than default, which their pool runs (a running
         one is its pool's: a dead pool worker's task is reclaimed by the pool)."""
-        created = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
-        out = [c for c in created if not step_queue(c.fn)]
-        routed = [c for c in created if step_queue(c.fn)]
+        out: list[StepCall] = []
+        routed: list[StepCall] = []
+        for e in outcome.commands:
+            if e.type == "step_created":
+                call = inst.steps[e.corr]
+                (routed if step_queue(call.fn) else out).append(call)
         exhausted = []
         for call in inst.pending_steps():  # only the open steps: cost does not grow with history
             if call.corr in held.local or call.future.done() or call.retry_after > now_ms:

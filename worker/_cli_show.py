@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _serde
+from ._children import children_of
 from ._client import get_run, get_world
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
 from ._events import sleeps_from_events
@@ -94,20 +95,22 @@ async def inspect_command(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps([struct_fields(r) for r in runs]))
             return
-        print_table(
+        rows = [
             [
-                [
-                    r.run_id,
-                    valid(r, "workflow", r.workflow),
-                    valid(r, "status", r.status),
-                    valid(r, "created_at", clock(r.created_at)),
-                    valid(r, "completed_at", clock(r.completed_at)),
-                    valid(r, "output", short(r.output, 30)),
-                ]
-                for r in runs
-            ],
-            ["run id", "workflow", "status", "created", "completed", "output"],
-        )
+                r.run_id,
+                valid(r, "workflow", r.workflow),
+                valid(r, "status", r.status),
+                valid(r, "created_at", clock(r.created_at)),
+                valid(r, "completed_at", clock(r.completed_at)),
+                valid(r, "output", short(r.output, 30)),
+            ]
+            for r in runs
+        ]
+        header = ["run id", "workflow", "status", "created", "completed", "output"]
+        if any(r.parent_run_id for r in runs):  # child runs listed: show whose
+            rows = [[*row, r.parent_run_id or "-"] for row, r in zip(rows, runs, strict=True)]
+            header.append("parent")
+        print_table(rows, header)
         bad = [r for r in runs if r.corrupt_fields]
         if bad:
             print()
@@ -118,6 +121,7 @@ async def inspect_command(args: argparse.Namespace) -> None:
     elif args.what == "run":
         info = await get_run(args.id).info()
         shown = struct_fields(info)
+        shown["children"] = children_of(await get_run(args.id).events())
         if info.status in ("pending", "running"):
             shown["waiting_on"] = await _waiting_on(world, args.id)
             shown.update(await _deployment_state(world, info.deployment))

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _serde
 from . import _tracing as tracing
+from ._children import check_parent_close
 from ._context import current_step, ms_to_datetime
 from ._deployments import resolve_deployment
 from ._duration import Duration, to_seconds
@@ -18,6 +19,7 @@ from ._errors import (
     PayloadTooLargeError,
     RunNotFoundError,
     WorkflowError,
+    WorkflowNotRegisteredError,
     WorkflowRunCancelledError,
     WorkflowRunFailedError,
     WorkflowTimeoutError,
@@ -25,7 +27,7 @@ from ._errors import (
 from ._events import Event, NewEvent, RunCancelled, RunCompleted, RunFailed
 from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
-from ._replay import current_instance
+from ._replay import ChildCall, WorkflowInstance, current_instance
 from ._streams import read_stream
 from ._world import Commit, RunInfo, StepInfo, World
 
@@ -99,6 +101,7 @@ async def start(
     run_id: str | None = None,
     world: World | None = None,
     deployment_id: str | None = None,
+    parent_close: str = "cancel",
     **kwargs: Any,
 ) -> Run:
     """Start a run of workflow ``fn`` (a ``@workflow`` function or its registered name).
@@ -109,9 +112,17 @@ async def start(
     ever registered it, and nothing is created); without it the run is pinned to the newest live
     deployment serving the workflow, or left for the first worker that takes it (see
     ``worker._deployments``).
+
+    In workflow code the start is durable (a child run, see ``worker._children``): the returned
+    run's ``result()`` is awaited durably, and ``parent_close`` ("cancel", the default, or
+    "abandon") says whether the child is cancelled when the parent ends before it.
     """
-    if current_instance.get() is not None and current_step.get() is None:
-        raise WorkflowError("start() cannot be called in workflow code; call it from a step")
+    check_parent_close(parent_close)
+    inst = current_instance.get()
+    if inst is not None and current_step.get() is None:
+        if world is not None or deployment_id is not None:
+            raise WorkflowError("start() in workflow code takes no world= or deployment_id=")
+        return start_child(inst, fn, args, kwargs, run_id, parent_close)
     w = world or get_world()
     name, input_json = workflow_call(w, fn, args, kwargs)
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
@@ -137,6 +148,31 @@ async def rerun(run_id: str, *, new_id: str | None = None, world: World | None =
     if not await w.create_run(rid, info.workflow, info.input, deployment):
         raise WorkflowError(f"run {rid} exists already: choose another run id")
     return Run(rid, world=w)
+
+
+def start_child(
+    inst: WorkflowInstance,
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    run_id: str | None,
+    parent_close: str,
+) -> ChildRun:
+    """Record a child run's start in the parent's log (see ``worker._children``)."""
+    if isinstance(fn, WorkflowFunction) and has_workflow(fn.name):
+        wf = fn
+    elif isinstance(fn, str) and has_workflow(fn):
+        wf = get_workflow(fn)
+    else:
+        name = fn.name if isinstance(fn, WorkflowFunction) else getattr(fn, "__qualname__", fn)
+        raise WorkflowNotRegisteredError(str(name))
+    input_json = encode_workflow_input(wf, args, kwargs)
+    if run_id is not None:
+        check_run_id(run_id)
+        if run_id == inst.run_id:
+            raise WorkflowError(f"run {run_id} cannot start itself as a child run")
+    call = inst.start_child(wf.name, input_json, run_id, parent_close)
+    return ChildRun(inst, call)
 
 
 def get_run(run_id: str, world: World | None = None) -> Run:
@@ -236,6 +272,50 @@ class Run:
     def readable(self, namespace: str | None = None, start_index: int = 0) -> AsyncIterator[Any]:
         """Chunks of the run's stream (default or ``namespace``) from ``start_index``, live."""
         return read_stream(self.world, self.run_id, namespace, start_index)
+
+
+class ChildRun(Run):
+    """A child run started by workflow code: ``result()`` is awaited durably there."""
+
+    def __init__(self, instance: WorkflowInstance, call: ChildCall) -> None:
+        super().__init__(call.run_id)
+        self._instance = instance
+        self._call = call
+
+    def __repr__(self) -> str:
+        return f"ChildRun({self.run_id!r})"
+
+    def result(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
+        """In the parent's workflow code: an awaitable of the child's end (a future, so it works
+        with gather, wait, create_task...); ``timeout`` is a durable timer there. Elsewhere, as
+        :meth:`Run.result`."""
+        if current_instance.get() is not self._instance or current_step.get() is not None:
+            return Run.result(self, timeout, poll_interval)
+        fut = self._instance.child_result(self._call)
+        return fut if timeout is None else asyncio.wait_for(fut, timeout)
+
+    def _outside_workflow(self, what: str) -> None:
+        if current_instance.get() is self._instance and current_step.get() is None:
+            raise WorkflowError(
+                f"run.{what}() of a child run reads Redis: call it from a step, not from the "
+                "parent's workflow code (there, await run.result())"
+            )
+
+    async def info(self) -> RunInfo:
+        self._outside_workflow("info")
+        return await super().info()
+
+    async def cancel(self) -> None:
+        self._outside_workflow("cancel")
+        await super().cancel()
+
+    async def events(self) -> list[Event]:
+        self._outside_workflow("events")
+        return await super().events()
+
+    async def steps(self) -> list[StepInfo]:
+        self._outside_workflow("steps")
+        return await super().steps()
 
 
 def run_failed_error(info: RunInfo) -> WorkflowRunFailedError:

@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import _serde
+from ._children import children_of
 from ._client import get_run, get_world, rerun
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
 from ._dlq import drop_dead_letter, replay_dead_letter
@@ -144,6 +145,7 @@ class Dashboard:
             steps=await run.steps(),
             events=events,
             sleeps=sleeps_from_events(events, info.status in ACTIVE),
+            children=children_of(events),
             timeline=_timeline(events, info),
             streams=await self._streams(run_id),
             hooks=await self.world.list_hooks(run_id),

@@ -188,6 +188,17 @@ class ScheduleNotFoundError(WorkflowError, LookupError):
         self.schedule_id = schedule_id
 
 
+class InvalidParentCloseError(WorkflowError, ValueError):
+    """``start(..., parent_close=...)`` got a value other than "cancel" or "abandon"."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(
+            f"invalid parent_close {value!r}: use 'cancel' (the default: the child is cancelled "
+            "when its parent ends) or 'abandon' (the child runs on)"
+        )
+        self.value = value
+
+
 class FatalError(Exception):
     """Raised by a step to fail at once, without retries."""
 

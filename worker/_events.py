@@ -35,6 +35,7 @@ class RunCreated(Event, frozen=True, tag="run_created"):
     deployment: str = ""
     seed: str = ""  # secret per run: default hook tokens derive from it
     trace: str = ""  # W3C trace context of the code that started the run (JSON), see _tracing
+    parent: str = ""  # the run whose workflow code started this one (see worker/_children.py)
 
 
 class RunStarted(Event, frozen=True, tag="run_started"):
@@ -114,6 +115,29 @@ class PatchRecorded(Event, frozen=True, tag="patch_recorded"):
     deprecated: bool = False  # recorded by deprecate_patch(): replay ignores it when nothing asks
 
 
+class ChildStarted(Event, frozen=True, tag="child_started"):
+    """Workflow code started child run ``run_id`` (see worker/_children.py)."""
+
+    run_id: str = ""
+    workflow: str = ""
+    input: str = "[]"
+    parent_close: str = "cancel"  # cancel | abandon: what the parent's end does to the child
+
+
+class ChildCompleted(Event, frozen=True, tag="child_completed"):
+    output: str = "null"
+    resolves: ClassVar[bool] = True
+
+
+class ChildFailed(Event, frozen=True, tag="child_failed"):
+    error: str = "null"
+    resolves: ClassVar[bool] = True
+
+
+class ChildCancelled(Event, frozen=True, tag="child_cancelled"):
+    resolves: ClassVar[bool] = True
+
+
 AnyEvent = (
     RunCreated
     | RunStarted
@@ -132,6 +156,10 @@ AnyEvent = (
     | HookReceived
     | HookDisposed
     | PatchRecorded
+    | ChildStarted
+    | ChildCompleted
+    | ChildFailed
+    | ChildCancelled
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -154,6 +182,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         HookReceived,
         HookDisposed,
         PatchRecorded,
+        ChildStarted,
+        ChildCompleted,
+        ChildFailed,
+        ChildCancelled,
     )
 }
 

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _serde
+from ._children import child_end_error, child_run_id
 from ._errors import (
     CorruptEventError,
     HookConflictError,
@@ -48,6 +49,10 @@ from ._errors import (
     SerializationError,
 )
 from ._events import (
+    ChildCancelled,
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
     Event,
     HookConflict,
     HookCreated,
@@ -116,6 +121,20 @@ class HookCall:
     dispose_requested: bool = False
     disposed: bool = False
     buffer: deque[Any] = field(default_factory=deque)
+    awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
+
+
+@dataclass
+class ChildCall:
+    """A child run the workflow started: what the log says of it, and the code awaiting its end."""
+
+    corr: str
+    run_id: str
+    workflow: str
+    input: str
+    parent_close: str
+    created: bool = False
+    ended: Event | None = None
     awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
 
 
@@ -236,6 +255,8 @@ class WorkflowInstance:
         self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
         self.hooks: dict[str, HookCall] = {}
         self._active_hooks: dict[str, HookCall] = {}  # created, not yet disposed
+        self.children: dict[str, ChildCall] = {}  # child runs started, not ended, by corr
+        self.unensured: dict[str, ChildCall] = {}  # children the worker has not created yet
         self._seed = ""
         self._hook_count = 0
         self._ids: DeterministicIds | None = None
@@ -496,6 +517,71 @@ class WorkflowInstance:
         if not call.created:
             self._open.pop(call.corr, None)  # never created: nothing to dispose in the World
 
+    def start_child(
+        self, workflow: str, input_json: str, run_id: str | None, parent_close: str
+    ) -> ChildCall:
+        """Record a child run's start (``child_started`` goes out at the next commit)."""
+        corr = self._next_id("chld")
+        rid = run_id or child_run_id(self.run_id, corr, self.started_at_ms)
+        call = ChildCall(corr, rid, workflow, input_json, parent_close)
+        self.children[corr] = call
+        self.unensured[corr] = call
+        self._open[corr] = None
+        return call
+
+    def child_result(self, call: ChildCall) -> asyncio.Future[Any]:
+        """A future for the child run's end, as recorded in this run's log."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if call.ended is not None:
+            _settle(fut, call, call.ended)
+        else:
+            call.awaiters.append(fut)
+        return fut
+
+    def _consume_child(self, call: ChildCall, ev: Event) -> bool:
+        if isinstance(ev, ChildStarted):
+            if ev.workflow != call.workflow or ev.run_id != call.run_id:
+                raise NondeterminismError(
+                    f"run {self.run_id}: event {ev.seq} child_started ({ev.corr}) recorded run "
+                    f"{ev.run_id} of workflow {ev.workflow!r}, but the workflow code now starts "
+                    f"run {call.run_id} of workflow {call.workflow!r} at this point"
+                )
+            call.created = True
+            self._open.pop(call.corr, None)
+            return False
+        if isinstance(ev, ChildCompleted | ChildFailed | ChildCancelled):
+            call.ended = ev
+            del self.children[call.corr]  # no event follows its end (the handle keeps the call)
+            self.unensured.pop(call.corr, None)
+            for fut in call.awaiters:
+                if not fut.done():
+                    _settle(fut, call, ev)
+            call.awaiters.clear()
+            return True
+        raise NondeterminismError(
+            f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a child run "
+            "in the current code, but is not a child event"
+        )
+
+    def open_children(self) -> list[ChildCall]:
+        """Child runs whose start is in the log and whose end is not consumed yet."""
+        return [c for c in self.children.values() if c.created and c.ended is None]
+
+    def _child_commands(self) -> list[NewEvent]:
+        """child_started of the children started since the last commit, in call order."""
+        out = []
+        for corr in self._open:
+            call = self.children.get(corr)
+            if call is not None:
+                fields = {
+                    "run_id": call.run_id,
+                    "workflow": call.workflow,
+                    "input": call.input,
+                    "parent_close": call.parent_close,
+                }
+                out.append(NewEvent("child_started", corr, fields))
+        return out
+
     def _register_wait(self, delay_ms: int, handle: asyncio.TimerHandle) -> None:
         corr = self._next_id("wait")
         wait = WaitCall(corr, delay_ms, handle)
@@ -549,7 +635,9 @@ class WorkflowInstance:
                     return "marker"
                 if ev.corr not in self.patches:
                     return "replaying"
-            elif isinstance(ev, StepCreated | WaitCreated | HookCreated | HookConflict):
+            elif isinstance(
+                ev, StepCreated | WaitCreated | HookCreated | HookConflict | ChildStarted
+            ):
                 if not self._called(ev.corr):
                     return "replaying"
             elif isinstance(ev, HookDisposed):
@@ -561,7 +649,9 @@ class WorkflowInstance:
         return "new"
 
     def _called(self, corr: str) -> bool:
-        return corr in self.steps or corr in self.waits or corr in self.hooks
+        return (
+            corr in self.steps or corr in self.waits or corr in self.hooks or corr in self.children
+        )
 
     def _marker_commands(self) -> list[NewEvent]:
         if not self._markers_open:
@@ -635,6 +725,8 @@ class WorkflowInstance:
             return self._consume_wait(self.waits[ev.corr], ev)
         if ev.corr in self.hooks:
             return self._consume_hook(self.hooks[ev.corr], ev)
+        if ev.corr in self.children:
+            return self._consume_child(self.children[ev.corr], ev)
         raise NondeterminismError(
             f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) matches no call the "
             "workflow code made at this point; the code changed since the run started, or it "
@@ -773,6 +865,8 @@ class WorkflowInstance:
         hooks: list[NewEvent] = []
         commands: list[NewEvent] = []
         for corr in self._open:
+            if corr in self.children:
+                continue  # see _child_commands
             hook = self.hooks.get(corr)
             if hook is not None:
                 fields = {"token": hook.token, "metadata": hook.metadata}
@@ -792,11 +886,14 @@ class WorkflowInstance:
             for hook in list(self._active_hooks.values()):
                 if hook.dispose_requested:
                     hooks.append(NewEvent("hook_disposed", hook.corr))
-        if not hooks and not self._markers_open:
+        children = self._child_commands() if self.children else []
+        if not hooks and not children and not self._markers_open:
             return Outcome(kind="suspended", commands=commands)
         # hooks first: whoever a step tells about a hook must find it; markers before them, so
         # that a replay meets a marker before the creations this commit holds (see _replaying)
-        return Outcome(kind="suspended", commands=self._marker_commands() + hooks + commands)
+        return Outcome(
+            kind="suspended", commands=self._marker_commands() + hooks + children + commands
+        )
 
     def is_stuck(self) -> bool:
         """True when the code waits but has nothing durable outstanding to wait for."""
@@ -805,12 +902,14 @@ class WorkflowInstance:
             and not self._active_steps
             and not self._active_waits
             and not self._active_hooks
+            and not self.open_children()
         )
 
     def _finish(self) -> Outcome:
         """The code's end, with the markers its last stretch decided (recorded before the end)."""
         outcome = self._ending()
-        outcome.commands = self._marker_commands()
+        # a child started just before the end is started all the same (parent_close decides)
+        outcome.commands = self._marker_commands() + self._child_commands()
         return outcome
 
     def _ending(self) -> Outcome:
@@ -848,10 +947,10 @@ class WorkflowInstance:
                     )
                 continue
             if (
-                isinstance(ev, StepCreated | WaitCreated | HookCreated)
+                isinstance(ev, StepCreated | WaitCreated | HookCreated | ChildStarted)
                 and ev.corr not in self.steps
             ):
-                if ev.corr in self.waits or ev.corr in self.hooks:
+                if ev.corr in self.waits or ev.corr in self.hooks or ev.corr in self.children:
                     continue
                 return NondeterminismError(
                     f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) was recorded, but "
@@ -883,6 +982,14 @@ def error_json(exc: BaseException) -> str:
         )
 
 
+def _settle(fut: asyncio.Future[Any], call: ChildCall, ev: Event) -> None:
+    """Resolve ``fut`` with a child run's end: its value, or the error its parent sees."""
+    if isinstance(ev, ChildCompleted):
+        fut.set_result(_serde.loads(ev.output, what=f"the output of run {call.run_id}"))
+    else:
+        fut.set_exception(child_end_error(call.run_id, ev))
+
+
 def _as_error(value: Any) -> BaseException:
     """A stored step error as the exception raised where the workflow awaits the step."""
     if isinstance(value, StopIteration):  # a future refuses it: raised into one, it is a TypeError
@@ -903,6 +1010,7 @@ _OPENS: dict[type[Event], str] = {
     WaitCreated: "wait",
     HookCreated: "hook",
     HookConflict: "hook",
+    ChildStarted: "child",
 }
 _NEEDS: dict[type[Event], tuple[str, bool]] = {  # event -> (kind it needs open, does it close it)
     StepStarted: ("step", False),
@@ -912,6 +1020,9 @@ _NEEDS: dict[type[Event], tuple[str, bool]] = {  # event -> (kind it needs open,
     WaitCompleted: ("wait", True),
     HookReceived: ("hook", False),
     HookDisposed: ("hook", True),
+    ChildCompleted: ("child", True),
+    ChildFailed: ("child", True),
+    ChildCancelled: ("child", True),
 }
 
 

@@ -24,6 +24,7 @@ from . import _health_http
 from . import _tracing as tracing
 from . import _worker_loops as duties
 from ._batcher import Batcher
+from ._children import ensure_children, settle_ended
 from ._deployments import lane, worker_deployment_id, worker_lanes
 from ._errors import (
     CorruptEventError,
@@ -288,6 +289,9 @@ class Worker:
         if not w.run_id.startswith("wrun_"):
             self.log.warning("malformed_wakeup", message_id=w.message_id, run_id=w.run_id)
             self._spawn(self.world.dead_letter(w, "malformed wake-up: no valid 'run' field"))
+            return
+        if w.reason == "ended":  # an ended run's parents and children (see _children.py)
+            self._spawn(settle_ended(self.world, w, self.log))
             return
         held = self.held.get(w.run_id)
         if held is None:
@@ -561,6 +565,8 @@ class Worker:
             fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
             inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
+        if inst.unensured:  # a fresh replay meets children its log started: create them if need be
+            await ensure_children(self.world, inst, ())
         now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
@@ -611,6 +617,8 @@ class Worker:
             events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]
         ):
             inst.feed(appended_events(events, res.results, res.seq, res.now_ms, own))
+        if inst.unensured:  # the children this commit started: created now
+            await ensure_children(self.world, inst, {e.corr for e in events})
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
             if self.metrics is not None:

@@ -41,6 +41,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: int | None = None
     seq: int = 0
     lease_owner: str = ""
+    parent_run_id: str = ""  # the run whose workflow code started this one (child runs)
     # stored fields that could not be read: an integer or status that is not one, text that is
     # not JSON, a missing name; such a field holds its default (integers) or the stored text
     corrupt_fields: tuple[str, ...] = ()
@@ -197,7 +198,13 @@ class World(Protocol):
         ...
 
     async def create_run(
-        self, run_id: str, workflow: str, input_json: str, deployment: str = "", trace: str = ""
+        self,
+        run_id: str,
+        workflow: str,
+        input_json: str,
+        deployment: str = "",
+        trace: str = "",
+        parent: str = "",
     ) -> bool: ...
     async def get_run(self, run_id: str) -> RunInfo | None: ...
     async def list_runs(

@@ -40,6 +40,8 @@ the slot space would balance better, but would rename the keys of every existing
                                               compaction order: the janitor drops them from the
                                               indexes once their :log has expired
     wf:{p0}:compact:lock              string  the worker compacting the partition now (expires)
+    wf:{p0}:run:<run id>:parents      set     "<parent run id>|<child corr>" of the runs whose
+                                              workflow code awaits this run's end (child runs)
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and
                                               "<hook id>|req|<request id>" -> seq (resumes received),
                                               "<hook id>|lost" -> token (reservation reclaimed)
@@ -177,6 +179,10 @@ class Keys:
     def stream(self, run_id: str, name: str) -> str:
         """The Redis Stream holding the chunks of the run's output stream ``name``."""
         return f"{self.run(run_id)}:stream:{name}"
+
+    def child_watchers(self, run_id: str) -> str:
+        """The set of "<parent run id>|<correlation id>" awaiting the run's end (link_child.lua)."""
+        return f"{self.run(run_id)}:parents"
 
     def streams_index(self, run_id: str) -> str:
         """The set of the run's output stream names."""

@@ -92,6 +92,7 @@ def run_info(run_id: str, data: dict[str, str], codec: PayloadCodec | None = Non
         updated_at=ints["updated_at"],
         seq=ints["seq"] or 0,
         lease_owner=data.get("lease_owner", ""),
+        parent_run_id=data.get("parent", ""),
         corrupt_fields=tuple(corrupt),
     )
 

@@ -27,6 +27,7 @@ from worker.world import (
     event_statuses,
 )
 
+from ._children import RedisChildren
 from ._client import (
     ClientFactory,
     RedisClient,
@@ -108,6 +109,7 @@ class RedisWorld:
         self.deployment = deployment or ""
         self.streams = RedisStreams(self)
         self.pools = RedisPools(self.queue)  # worker pools: queue streams (see _pools.py)
+        self.children = RedisChildren(self.core)  # child runs' links to parents (_children.py)
         self.deployments = RedisDeployments(self)  # the registry, runs' pins (_deployments.py)
         self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
         self.dead_letters = RedisDeadLetters(self.core)  # list, drop, replay (_dlq.py)
@@ -308,7 +310,13 @@ class RedisWorld:
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(
-        self, run_id: str, workflow: str, input_json: str, deployment: str = "", trace: str = ""
+        self,
+        run_id: str,
+        workflow: str,
+        input_json: str,
+        deployment: str = "",
+        trace: str = "",
+        parent: str = "",
     ) -> bool:
         await self.core._ready()
         k = self.keys
@@ -336,6 +344,7 @@ class RedisWorld:
                 deployment or self.deployment,
                 secrets.token_hex(16),
                 trace,
+                parent,
             ],
         )
         return bool(reply[0] == "created")

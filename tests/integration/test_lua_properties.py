@@ -162,6 +162,16 @@ def event_types(
         pick(("patch_a", "patch_b")),
         deprecated=st.sampled_from(["true", "false", "x"]),
     )
+    children = corrs or ("chld_a", "chld_b")
+    by_type["child_started"] = _event(
+        "child_started",
+        pick(children),
+        {"workflow": "kid", "input": "[1]", "parent_close": "cancel"},
+        run_id=st.just("wrun_kid"),
+    )
+    by_type["child_completed"] = _event("child_completed", pick(children), output=st.just("1"))
+    by_type["child_failed"] = _event("child_failed", pick(children), error=st.just('"no"'))
+    by_type["child_cancelled"] = _event("child_cancelled", pick(children))
     by_type["run_started"] = _run_event("run_started")
     for etype in ("run_completed", "run_failed", "run_cancelled"):
         by_type[etype] = _run_event(etype, output=st.just("42"), error=st.just('"boom"'))

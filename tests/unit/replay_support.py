@@ -335,6 +335,7 @@ class RunModel:
     stream_last: int = 1  # last entry id of the run's stream (create_run wrote 1-0)
     entities: dict[str, str] = field(default_factory=dict)  # corr -> "st|at|ra|sa|rs"
     hooks: dict[str, str] = field(default_factory=dict)  # the live hooks hash, field -> value
+    children: bool = False  # the run hash's "children" mark: a child_started was appended
     log: list[tuple[str, str]] = field(
         default_factory=lambda: [("run_created", "")]
     )  # (type, corr)
@@ -469,7 +470,7 @@ class CommitRules:
         timer_at: float | None = None
         new_status: str | None = None
         res, extra = "ok", 0.0
-        hook_token = hook_dispose = hook_request = patch_field = None
+        hook_token = hook_dispose = hook_request = patch_field = child_write = None
         claim_write: str | None = None  # "" ends the step's claim
         hooks = run.hooks
         terminal = run.status in TERMINAL_RUN
@@ -597,6 +598,25 @@ class CommitRules:
                 res = "exists"
             else:
                 patch_field = f"patch|{corr}"
+        elif etype == "child_started":
+            if terminal:
+                res = "terminal"
+            elif corr == "" or f.get("run_id", "") == "":
+                res = "invalid"
+            elif f"{corr}|child" in run.entities:
+                res = "exists"
+            else:
+                child_write = "started"
+        elif etype in ("child_completed", "child_failed", "child_cancelled"):
+            child = run.entities.get(f"{corr}|child")
+            if child is None:
+                res = "not_found"
+            elif child != "started":
+                res = "exists"
+            elif terminal:
+                res = "terminal"
+            else:
+                child_write = etype
         else:
             res = "invalid"
 
@@ -622,6 +642,9 @@ class CommitRules:
             hooks[hook_request] = lua_str(run.seq)
         if patch_field is not None:
             run.entities[patch_field] = lua_str(run.seq)
+        if child_write is not None:
+            run.entities[f"{corr}|child"] = child_write
+            run.children = run.children or child_write == "started"
         if hook_dispose is not None:
             freed.append((corr, hook_dispose))
             hooks.pop(corr, None)
@@ -631,4 +654,6 @@ class CommitRules:
             if new_status in TERMINAL_RUN:
                 freed += [(h, t) for h, t in hooks.items() if "|" not in h]
                 hooks.clear()
+                if run.children:
+                    self.wakeups += 1  # reason "ended": the run's children are closed
         return "ok", int(extra), etype

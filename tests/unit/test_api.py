@@ -25,6 +25,7 @@ WORKER_API = {
     "HookInfo",
     "HookNotFoundError",
     "InvalidDeploymentIdError",
+    "InvalidParentCloseError",
     "InvalidRunIdError",
     "NondeterminismError",
     "PartitionCountMismatchError",

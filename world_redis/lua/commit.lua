@@ -68,6 +68,13 @@
 -- payload, metadata) are opaque text here: JSON, or with payload encryption an envelope
 -- "$enc:v1:<key id>:<base64>" (see worker/_codec.py); the script copies them, never parses them.
 --
+-- Child runs (see worker/_children.py): child_started (fields run_id, workflow, input,
+-- parent_close) records "<corr>|child" = "started" in the entity hash and marks the run hash
+-- "children"; child_completed / child_failed / child_cancelled need that record ("not_found"
+-- without it, "exists" once ended) and store the end's type there. A run that ends while marked
+-- "children" or "watched" (see link_child.lua) gets a wake-up with reason "ended" and its
+-- <run hash>:parents set expires with it.
+--
 -- Events emitted: run_created is NOT handled here (see create_run.lua). All others of DESIGN.md 4,
 -- hook_conflict only in place of a hook_created whose token is taken; patch_recorded (correlation
 -- id = the change id, once per run: again is "exists"). A run reaching a terminal status loses its
@@ -88,6 +95,8 @@ local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancel
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 local UNPACK_MAX = 1000  -- values passed to one command at most (even: HSET takes pairs)
+
+local CHILD_END = { child_completed = true, child_failed = true, child_cancelled = true }
 
 local STEP_EVENT = { step_created = true, step_started = true, step_completed = true,
   step_failed = true, step_retrying = true }
@@ -193,6 +202,7 @@ for i = 0, #batch - 1 do
       local hook_request = nil  -- remember this request id of hook `corr` (after the append)
       local patch_field = nil   -- record change `corr` in the entity hash (after the append)
       local claim_write = nil   -- a step event: the pool claim to record (false: end it)
+      local child_write = nil   -- a child event: the child's state to record (after the append)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       -- (e1..e5; e4 is false while the step never started). Entity texts are built from text
       -- only: a number in a concatenation would be formatted as floating point (see int)
@@ -343,6 +353,27 @@ for i = 0, #batch - 1 do
         else
           patch_field = 'patch|' .. corr
         end
+      elseif etype == 'child_started' then
+        if TERMINAL[status] then
+          res = 'terminal'
+        elseif corr == '' or (f.run_id or '') == '' then
+          res = 'invalid'
+        elseif redis.call('HEXISTS', ent_key, corr .. '|child') == 1 then
+          res = 'exists'
+        else
+          child_write = 'started'
+        end
+      elseif CHILD_END[etype] then
+        local child = redis.call('HGET', ent_key, corr .. '|child')
+        if not child then
+          res = 'not_found'
+        elseif child ~= 'started' then
+          res = 'exists'
+        elseif TERMINAL[status] then
+          res = 'terminal'
+        else
+          child_write = etype
+        end
       else
         res = 'invalid'
       end
@@ -382,6 +413,10 @@ for i = 0, #batch - 1 do
           end
           if hook_request then redis.call('HSET', hooks_key, hook_request, int(seq)) end
           if patch_field then seen[patch_field] = int(seq); dirty[patch_field] = true end
+          if child_write then
+            redis.call('HSET', ent_key, corr .. '|child', child_write)
+            if child_write == 'started' then run_set.children = '1' end
+          end
           if hook_dispose then
             freed[#freed + 1] = corr
             freed[#freed + 1] = hook_dispose
@@ -424,6 +459,11 @@ for i = 0, #batch - 1 do
       if ended then
         redis.call('EXPIRE', ev_key, retention)
         redis.call('EXPIRE', ent_key, retention)
+        local related = redis.call('HMGET', run_key, 'children', 'watched')
+        if related[1] or related[2] then  -- parents to tell, children to close: see the header
+          redis.call('EXPIRE', run_key .. ':parents', retention)
+          redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', 'ended')
+        end
       end
       if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
       if wake ~= '' then

@@ -14,6 +14,8 @@
 -- ARGV[5] deployment id
 -- ARGV[6] the run's secret seed (hex): default hook tokens derive from it, so they are unguessable
 -- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
+-- ARGV[8] the parent run: the run whose workflow code started this one ("" or absent: none);
+--         stored as field "parent" of run_created and of the run hash
 --
 -- Reply: {"created", now_ms} or {"exists", status} ("compacted" for a compacted finished run):
 -- starting the same run id twice returns the existing run and changes nothing.
@@ -36,10 +38,12 @@ local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now_s, 'workflow', 
   'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6] }
 if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
 if (ARGV[7] or '') ~= '' then entry[#entry + 1] = 'trace'; entry[#entry + 1] = ARGV[7] end
+if (ARGV[8] or '') ~= '' then entry[#entry + 1] = 'parent'; entry[#entry + 1] = ARGV[8] end
 redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
   'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now_s, 'updated_at', now_s, 'seq', '1',
   'lease_owner', '', 'lease_until', '0')
+if (ARGV[8] or '') ~= '' then redis.call('HSET', KEYS[1], 'parent', ARGV[8]) end
 redis.call('ZADD', KEYS[4], now_s, ARGV[1])
 redis.call('ZADD', KEYS[5], now_s, ARGV[1])
 redis.call('ZADD', KEYS[6], now_s, ARGV[1])

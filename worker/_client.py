@@ -274,6 +274,15 @@ class Run:
         return read_stream(self.world, self.run_id, namespace, start_index)
 
 
+async def _child_result_within(fut: asyncio.Future[Any], timeout: float, run_id: str) -> Any:
+    """A child's end, or WorkflowTimeoutError after ``timeout`` s of workflow time (a durable
+    timer), as ``Run.result(timeout=)`` raises outside workflow code."""
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        raise WorkflowTimeoutError(f"child run {run_id} did not end within {timeout} s") from None
+
+
 class ChildRun(Run):
     """A child run started by workflow code: ``result()`` is awaited durably there."""
 
@@ -292,7 +301,7 @@ class ChildRun(Run):
         if current_instance.get() is not self._instance or current_step.get() is not None:
             return Run.result(self, timeout, poll_interval)
         fut = self._instance.child_result(self._call)
-        return fut if timeout is None else asyncio.wait_for(fut, timeout)
+        return fut if timeout is None else _child_result_within(fut, timeout, self.run_id)
 
     def _outside_workflow(self, what: str) -> None:
         if current_instance.get() is self._instance and current_step.get() is None:

@@ -655,7 +655,9 @@ class Worker:
                     kind="failed",
                     error=error_json(
                         PayloadTooLargeError(
-                            f"input of step {ev.fields.get('name')!r}",
+                            f"input of workflow {ev.fields.get('workflow')!r} (a child run)"
+                            if ev.type == "child_started"
+                            else f"input of step {ev.fields.get('name')!r}",
                             len(payload.encode()),
                             self.world.max_payload_bytes,
                         )

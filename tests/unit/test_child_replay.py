@@ -13,6 +13,7 @@ from worker import (
     WorkflowNotRegisteredError,
     WorkflowRunCancelledError,
     WorkflowRunFailedError,
+    WorkflowTimeoutError,
     _serde,
     start,
     workflow,
@@ -66,6 +67,16 @@ async def forms() -> list[int]:
     waited = await asyncio.wait_for(runs[2].result(), 3600)
     gathered = await asyncio.gather(*(r.result() for r in runs))
     return [await task, next(iter(done)).result(), waited, *gathered]
+
+
+@workflow(name="t_child.impatient")
+async def impatient() -> str:
+    run = await start(kid, 1)
+    try:
+        await run.result(timeout=5)
+    except WorkflowTimeoutError as exc:
+        return f"{type(exc).__name__} {isinstance(exc, TimeoutError)} {run.run_id in str(exc)}"
+    return "ended"
 
 
 @workflow(name="t_child.chosen_id")
@@ -223,3 +234,18 @@ def test_unknown_parent_close_is_a_typed_error() -> None:
     assert isinstance(error, InvalidParentCloseError) and "sometimes" in str(error)
     with pytest.raises(InvalidParentCloseError):
         asyncio.run(start(kid, 1, parent_close="sometimes"))
+
+
+def test_a_child_result_timeout_is_a_durable_timer_raising_workflow_timeout_error() -> None:
+    """``await run.result(timeout=5)`` in workflow code arms a durable sleep; when it completes
+    first the code gets WorkflowTimeoutError (a TimeoutError), as outside workflow code."""
+
+    def timer_fires(commands: list[NewEvent]) -> list[NewEvent]:
+        return [NewEvent("wait_completed", c.corr) for c in commands if c.type == "wait_created"]
+
+    _inst, log, out = run(impatient, [], timer_fires)
+    assert out.kind == "completed"
+    assert _serde.loads(out.output) == "WorkflowTimeoutError True True"
+    kinds = [e.__struct_config__.tag for e in log.events]
+    assert kinds.count("child_started") == 1 and kinds.count("wait_created") == 1
+    assert replay(impatient, log.events).output == out.output

@@ -23,6 +23,7 @@ from ._errors import (
     WorkflowTimeoutError,
 )
 from ._events import Event, NewEvent, RunCancelled, RunCompleted, RunFailed
+from ._flow import check_priority
 from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
 from ._replay import current_instance
@@ -99,6 +100,7 @@ async def start(
     run_id: str | None = None,
     world: World | None = None,
     deployment_id: str | None = None,
+    priority: int | None = None,
     **kwargs: Any,
 ) -> Run:
     """Start a run of workflow ``fn`` (a ``@workflow`` function or its registered name).
@@ -108,16 +110,21 @@ async def start(
     ``deployment_id`` pins the run to that deployment (UnknownDeploymentError when no worker
     ever registered it, and nothing is created); without it the run is pinned to the newest live
     deployment serving the workflow, or left for the first worker that takes it (see
-    ``worker._deployments``).
+    ``worker._deployments``). ``priority`` (an int from -1000 to 1000, default 0): where work
+    waits for a flow-control slot, higher priorities are served first (FlowControlError else).
     """
     if current_instance.get() is not None and current_step.get() is None:
         raise WorkflowError("start() cannot be called in workflow code; call it from a step")
+    level = check_priority(priority)
     w = world or get_world()
     name, input_json = workflow_call(w, fn, args, kwargs)
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
     deployment = await resolve_deployment(w, name, deployment_id)
     with tracing.start_span(name) as trace:
-        created = await w.create_run(rid, name, input_json, deployment, trace)
+        if level:
+            created = await w.create_run(rid, name, input_json, deployment, trace, level)
+        else:
+            created = await w.create_run(rid, name, input_json, deployment, trace)
     run = Run(rid, world=w)
     if created:
         run._seen_seq = 1  # its log holds run_created only: result() waits from there

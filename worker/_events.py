@@ -34,6 +34,7 @@ class RunCreated(Event, frozen=True, tag="run_created"):
     deployment: str = ""
     seed: str = ""  # secret per run: default hook tokens derive from it
     trace: str = ""  # W3C trace context of the code that started the run (JSON), see _tracing
+    priority: int = 0  # start(..., priority=): flow control serves higher priorities first
 
 
 class RunStarted(Event, frozen=True, tag="run_started"):

@@ -26,6 +26,7 @@ from ._streams import capture_stream_result
 from ._world import World
 
 if TYPE_CHECKING:
+    from ._flow_gate import FlowGate
     from ._metrics import WorkerMetrics
 
 DEFAULT_RETRY_DELAY_S = 1.0
@@ -48,6 +49,7 @@ class StepExecutor:
         self.metrics = metrics
         self.tracing = False  # record spans (see _tracing): set by the worker when it starts
         self.slots = asyncio.Semaphore(concurrency)
+        self.flow: FlowGate | None = None  # set by the worker: slots of flow-controlled steps
         self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
 
     def shutdown(self) -> None:
@@ -55,6 +57,12 @@ class StepExecutor:
 
     async def run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
         """Run one attempt of ``call``; the event that records its outcome."""
+        if self.flow is not None and call.fn.flow is not None:
+            async with self.flow.holding(inst.run_id, call.corr):
+                return await self._run(inst, call, attempt)
+        return await self._run(inst, call, attempt)
+
+    async def _run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
         fn: StepFunction = call.fn
         ctx = StepContext(
             step_id=call.corr,

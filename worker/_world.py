@@ -168,7 +168,13 @@ class World(Protocol):
         ...
 
     async def create_run(
-        self, run_id: str, workflow: str, input_json: str, deployment: str = "", trace: str = ""
+        self,
+        run_id: str,
+        workflow: str,
+        input_json: str,
+        deployment: str = "",
+        trace: str = "",
+        priority: int = 0,
     ) -> bool: ...
     async def get_run(self, run_id: str) -> RunInfo | None: ...
     async def list_runs(

@@ -30,6 +30,7 @@ from ._events import (
     event_from_fields,
     make_event,
 )
+from ._flow import FlowGrant
 from ._ids import new_event_id, new_ids, token_worker
 from ._logging import get_logger
 from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
@@ -73,6 +74,7 @@ __all__ = [
     "Event",
     "EventResult",
     "EventStatus",
+    "FlowGrant",
     "MigrateError",
     "NewEvent",
     "PartitionCountMismatchError",

@@ -40,6 +40,7 @@ from ._compact import CompactedLogError, RedisCompaction
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._dlq import RedisDeadLetters
+from ._flow import RedisFlow
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
@@ -112,6 +113,7 @@ class RedisWorld:
         self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
         self.dead_letters = RedisDeadLetters(self.core)  # list, drop, replay (_dlq.py)
         self.schedules = RedisSchedules(self.core)  # schedules and their due index (_schedules.py)
+        self.flow = RedisFlow(self.core)  # flow control: slots, waiters, rates (_flow.py)
 
     @classmethod
     def from_url(
@@ -308,7 +310,13 @@ class RedisWorld:
     # -- runs --------------------------------------------------------------------------------
 
     async def create_run(
-        self, run_id: str, workflow: str, input_json: str, deployment: str = "", trace: str = ""
+        self,
+        run_id: str,
+        workflow: str,
+        input_json: str,
+        deployment: str = "",
+        trace: str = "",
+        priority: int = 0,
     ) -> bool:
         await self.core._ready()
         k = self.keys
@@ -336,6 +344,7 @@ class RedisWorld:
                 deployment or self.deployment,
                 secrets.token_hex(16),
                 trace,
+                priority,
             ],
         )
         return bool(reply[0] == "created")

@@ -14,6 +14,7 @@
 -- ARGV[5] deployment id
 -- ARGV[6] the run's secret seed (hex): default hook tokens derive from it, so they are unguessable
 -- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
+-- ARGV[8] the run's priority (flow control: higher first; "0" or absent: none, not stored)
 --
 -- Reply: {"created", now_ms} or {"exists", status} ("compacted" for a compacted finished run):
 -- starting the same run id twice returns the existing run and changes nothing.
@@ -33,10 +34,15 @@ local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now, 'workflow', AR
   'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6] }
 if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
 if (ARGV[7] or '') ~= '' then entry[#entry + 1] = 'trace'; entry[#entry + 1] = ARGV[7] end
+local priority = ARGV[8] or '0'
+if priority ~= '0' and priority ~= '' then
+  entry[#entry + 1] = 'priority'; entry[#entry + 1] = priority
+end
 redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
   'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now, 'updated_at', now, 'seq', 1,
   'lease_owner', '', 'lease_until', 0)
+if priority ~= '0' and priority ~= '' then redis.call('HSET', KEYS[1], 'priority', priority) end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('ZADD', KEYS[6], now, ARGV[1])

@@ -67,7 +67,10 @@ async def single(label: str, tag: str, ms: int) -> str:
     """One at a time; the tag "block" holds its slot until the test opens the gate."""
     await _record(label, "start", tag)
     if tag == "block":
-        await _redis().blpop([gate_key(label)], timeout=60)  # the test pushes to open it
+        for _ in range(3000):  # until the test opens the gate (a blocking pop would hold a
+            if await _redis().get(gate_key(label)):  # connection the worker's pool may need)
+                break
+            await asyncio.sleep(0.02)
     else:
         await asyncio.sleep(ms / 1000.0)
     await _record(label, "end", tag)
@@ -131,14 +134,16 @@ async def one_at_a_time(label: str, tag: str) -> str:
 
 
 def intervals(entries: list[str]) -> dict[str, list[float]]:
-    """tag -> [start, end] from a flowlog (the latest start of a tag: a retried attempt)."""
+    """ "<tag>" (or "<tag>#<attempt>" for attempts after the first) -> [start, end] from a
+    flowlog; an attempt that never recorded its end (its worker was killed) ends at inf."""
     out: dict[str, list[float]] = {}
     for raw in entries:
         e = json.loads(raw)
+        name = e["tag"] if e["attempt"] <= 1 else f"{e['tag']}#{e['attempt']}"
         if e["kind"] == "start":
-            out[e["tag"]] = [e["t"], float("inf")]
-        elif e["tag"] in out:
-            out[e["tag"]][1] = e["t"]
+            out[name] = [e["t"], float("inf")]
+        elif name in out:
+            out[name][1] = e["t"]
     return out
 
 

@@ -114,13 +114,13 @@ async def test_priority_order_when_work_queues_up(world: RedisWorld) -> None:
     async with running_worker(_worker(world)):
         blocker = await start(fw.run_single, label, "block", 0)
         await eventually(lambda: _log(world, label), what="the blocker to start")
-        low = [await start(fw.run_single, label, f"low{i}", 10, priority=-5) for i in range(3)]
-        await eventually(
-            lambda: _zcard_is(world, waiting, 3), what="the low-priority steps to park"
-        )
+        low = []
+        for i in range(3):  # one after the other: their arrival order is the order they park
+            low.append(await start(fw.run_single, label, f"low{i}", 10, priority=-5))
+            await eventually(lambda n=i + 1: _zcard_is(world, waiting, n), what=f"low{i} to park")
         high = await start(fw.run_single, label, "high", 10, priority=10)
         await eventually(lambda: _zcard_is(world, waiting, 4), what="the high one to park")
-        await world.redis.rpush(fw.gate_key(label), "1")
+        await world.redis.set(fw.gate_key(label), "1")
         await _all_done([blocker, *low, high])
     order = [json.loads(e)["tag"] for e in await _log(world, label) if '"start"' in e]
     assert order == ["block", "high", "low0", "low1", "low2"]

@@ -487,6 +487,8 @@ class Worker:
                 held.known_seq = seq
                 continue
             if inst.finished is not None or inst.ended is not None:
+                if inst.ended == "run_cancelled":
+                    await self.flow.run_ended(inst)  # its workflow's slot, or its place in line
                 self._evict(held.run_id)
             return
         self._evict(held.run_id)

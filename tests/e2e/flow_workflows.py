@@ -155,3 +155,21 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
         now += delta
         best = max(best, now)
     return best
+
+
+@workflow(concurrency=1, concurrency_key=lambda label, tag, seconds: label)
+async def holds_slot(label: str, tag: str, seconds: float) -> str:
+    """One run in progress per label; it sleeps ``seconds`` (durably) while it holds its slot."""
+    await mark(label, "start", tag)
+    await asyncio.sleep(seconds)
+    return tag
+
+
+@step(concurrency=1, concurrency_key=lambda order: order["customer"])
+async def keyed_by_customer(order: dict[str, str]) -> str:
+    return order["customer"]
+
+
+@workflow
+async def order_without_customer() -> str:
+    return await keyed_by_customer({"item": "book"})

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e import flow_workflows as fw
 from tests.support import all_keys, eventually, running_worker
-from worker import FlowControlError, Run, start
+from worker import FlowControlError, Run, WorkflowRunFailedError, start
 from worker._worker import Worker, WorkerConfig
 from world_redis import RedisWorld
 
@@ -162,6 +162,32 @@ async def test_workflow_concurrency(world: RedisWorld) -> None:
     assert fw.max_overlap([(s, e) for s, e in spans.values()]) == 1
     holders = world.keys.flow_keys("w:tests.e2e.flow_workflows:one_at_a_time")[0]
     assert await world.redis.zcard(holders) == 0
+
+
+async def test_cancelled_run_frees_its_workflow_slot(world: RedisWorld) -> None:
+    """A run holding its workflow's one slot (per key) is cancelled: the run waiting for that
+    slot starts and completes; a run of another key never waited."""
+    waiting = world.keys.flow_keys("w:tests.e2e.flow_workflows:holds_slot|c")[1]
+    async with running_worker(_worker(world)):
+        first = await start(fw.holds_slot, "c", "a", 3600)
+        await eventually(lambda: _log(world, "c"), what="the first run to start")
+        second = await start(fw.holds_slot, "c", "b", 0)
+        other = await start(fw.holds_slot, "d", "x", 0)
+        assert await other.result(timeout=30) == "x"
+        await eventually(lambda: _zcard_is(world, waiting, 1), what="the second run to park")
+        await first.cancel()
+        assert await second.result(timeout=30) == "b"
+
+
+async def test_failing_concurrency_key_fails_the_call(world: RedisWorld) -> None:
+    """A concurrency_key that raises on the call's arguments raises FlowControlError in the
+    workflow code that called the step: the run fails, naming the step and the key's error."""
+    async with running_worker(_worker(world)):
+        run = await start(fw.order_without_customer)
+        with pytest.raises(WorkflowRunFailedError) as err:
+            await run.result(timeout=30)
+    assert "concurrency_key" in str(err.value.__cause__)
+    assert "KeyError" in str(err.value.__cause__)
 
 
 @pytest.mark.parametrize("priority", [1001, -1001, 1.5, "high", True])

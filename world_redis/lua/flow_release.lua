@@ -1,5 +1,5 @@
--- flow_release.lua: give up the slot of one member of ONE flow-control limit; hand free slots
--- to the first waiters.
+-- flow_release.lua: give up the slot (or the place in line) of one member of ONE flow-control
+-- limit; hand free slots to the first waiters.
 --
 -- KEYS[1]  holders  zset  wf:{fc:<limit>}:holders   member -> ms when the hold lapses
 -- KEYS[2]  waiting  zset  wf:{fc:<limit>}:waiting   member -> -priority * 4e12 + parked ms
@@ -15,6 +15,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conc = tonumber(redis.call('HGET', KEYS[3], 'concurrency') or '0') or 0
 local reserve = tonumber(redis.call('HGET', KEYS[3], 'reserve_ms') or '15000') or 15000
 local out = { redis.call('ZREM', KEYS[1], ARGV[1]) }
+redis.call('ZREM', KEYS[2], ARGV[1])
 if conc > 0 then
   for _ = 1, conc - redis.call('ZCARD', KEYS[1]) do
     local head = redis.call('ZPOPMIN', KEYS[2])

@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             "streams",
             "queues",
             "deployments",
+            "flow",
         ],
     )
     p.add_argument("id", nargs="?")

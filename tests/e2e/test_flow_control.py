@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from tests.e2e import flow_workflows as fw
-from tests.support import eventually
+from tests.support import eventually, wf_json
 from worker import start
 from world_redis import RedisWorld
 
@@ -61,10 +61,13 @@ async def test_rate_holds_across_two_workers(world: RedisWorld, start_worker: An
         assert sum(1 for u in starts[i:] if u < t + 1.8) <= 3, starts
 
 
-async def test_killed_holder_frees_its_slot(world: RedisWorld, start_worker: Any) -> None:
+async def test_killed_holder_frees_its_slot(
+    world: RedisWorld, start_worker: Any, worker_env: dict[str, str]
+) -> None:
     """The worker running the one allowed execution is SIGKILLed: its slot is freed after its
     lease, the waiting runs and the killed step's retry complete on the other worker, and the
-    executions never overlapped (the killed attempt counts until the kill)."""
+    executions never overlapped (the killed attempt counts until the kill). `wf inspect flow`
+    shows the slot in use and the waiters meanwhile."""
     workers = [start_worker(MODULE, **FAST_LEASE), start_worker(MODULE, **FAST_LEASE)]
     label = "kill"
     victim = await start(fw.run_killable, label, "victim", 10)
@@ -76,6 +79,10 @@ async def test_killed_holder_frees_its_slot(world: RedisWorld, start_worker: Any
         return bool(await world.redis.zcard(waiting) == 3)
 
     await eventually(parked, 20, what="the other runs to wait for the slot")
+    shown = await wf_json(worker_env, "inspect", "flow")
+    assert isinstance(shown, list)
+    (limit,) = [lim for lim in shown if lim["limit"] == f"s:{MODULE}:killable"]
+    assert (limit["holders"], limit["concurrency"], limit["waiting"]) == (1, 1, 3)
     holder_pid = json.loads((await _log(world, label))[0])["pid"]
     (holder,) = [w for w in workers if w.proc.pid == holder_pid]
     holder.kill()

@@ -62,7 +62,9 @@ class FlowStore(Protocol):
     ) -> FlowGrant: ...
     async def release(self, limit: str, member: str) -> list[str]: ...
     async def renew(self, limit: str, members: Sequence[str], hold_ms: int) -> int: ...
-    async def sweep(self, idle_ms: int) -> list[tuple[str, list[str], list[str]]]: ...
+    async def sweep(
+        self, owner: str, every_ms: int, idle_ms: int
+    ) -> list[tuple[str, list[str], list[str]]]: ...
     async def wake(self, run_ids: Sequence[str], reason: str) -> None: ...
     async def arm_timer(self, run_id: str, corr: str, due_ms: int) -> None: ...
 
@@ -266,14 +268,19 @@ class FlowGate:
         waiters, their runs woken); runs' lapsed holds checked against the runs' status."""
         assert self.store is not None
         interval = max(0.2, self.lease_ms / 3000.0)
+        every_ms = int(interval * 1000)
         while True:
             await asyncio.sleep(interval)
-            for limit, woken, lapsed in await self.store.sweep(FORGET_IDLE_MS):
+            swept = await self.store.sweep(self.worker.name, every_ms, FORGET_IDLE_MS)
+            for limit, woken, lapsed in swept:
                 await self._wake(woken)
                 for run_id in lapsed:
                     await self._check_run_hold(limit, run_id)
-            for run_id in [r for r in self.parked if r not in self.worker.held]:
+            held = self.worker.held
+            for run_id in [r for r in self.parked if r not in held]:
                 del self.parked[run_id]
+            for admitted in [a for a in self.admitted if a[0] not in held]:
+                del self.admitted[admitted]  # admitted, never run here (its slot lapses)
             duty.ok()
 
     async def _check_run_hold(self, limit: str, run_id: str) -> None:

@@ -16,6 +16,7 @@ it lapses unclaimed, the sweeper frees it and wakes its run again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, cast
@@ -25,6 +26,8 @@ from worker.world import FlowGrant
 from ._core import RedisCore
 from ._queue import _s
 from ._retry import with_retry
+
+SWEEP_BATCH = 50  # limits swept concurrently
 
 
 def _ms() -> int:
@@ -90,20 +93,34 @@ class RedisFlow:
         holders = self.core.keys.flow_keys(limit)[0]
         return int(await self.core._eval("flow_renew", [holders], [hold_ms, *members]))
 
-    async def sweep(self, idle_ms: int) -> list[tuple[str, list[str], list[str]]]:
+    async def sweep(
+        self, owner: str, every_ms: int, idle_ms: int
+    ) -> list[tuple[str, list[str], list[str]]]:
         """Every registered limit checked once (flow_sweep.lua): (limit, members to wake, runs
-        whose hold lapsed). Limits empty and idle for ``idle_ms`` leave the registry."""
+        whose hold lapsed). Limits empty and idle for ``idle_ms`` leave the registry.
+
+        One sweep per ``every_ms`` for all workers: the first to take the turn (SET NX PX) does
+        it, the others find nothing to do; a sweeper that dies leaves the turn to lapse."""
         await self.core._ready()
         registry = self.core.keys.flow_registry()
+        turn = await with_retry(
+            self.redis.set, self.core.keys.flow_sweep_turn(), owner, nx=True, px=every_ms
+        )
+        if not turn:
+            return []
         listed = await with_retry(self.redis.zrange, registry, 0, -1, withscores=True)
         out: list[tuple[str, list[str], list[str]]] = []
-        for raw, score in listed:
-            limit = _s(raw)
+
+        async def one(limit: str, score: float) -> None:
             keys = list(self.core.keys.flow_keys(limit))
             state, woken, lapsed = await self.core._eval("flow_sweep", keys, [idle_ms])
             if _s(state) == "gone":
                 await self.core._eval("flow_forget", [registry], [limit, int(score)])
             out.append((limit, [_s(m) for m in woken], [_s(m) for m in lapsed]))
+
+        for at in range(0, len(listed), SWEEP_BATCH):
+            batch = listed[at : at + SWEEP_BATCH]
+            await asyncio.gather(*(one(_s(raw), score) for raw, score in batch))
         return out
 
     async def wake(self, run_ids: Sequence[str], reason: str) -> None:
@@ -117,11 +134,14 @@ class RedisFlow:
             await with_retry(self.redis.xadd, stream, {"run": run_id, "reason": reason})
 
     async def arm_timer(self, run_id: str, corr: str, due_ms: int) -> None:
-        """Wake ``run_id`` at ``due_ms`` (server clock) through its partition's timers."""
+        """Wake ``run_id`` at ``due_ms`` (server clock) through its partition's timers (whose
+        clock runs ahead by the partition's offset in a test environment skipping time)."""
         await self.core._ready()
         keys = self.core.keys
-        timers = keys.timers(keys.partition(run_id))
-        await with_retry(self.redis.zadd, timers, {f"{run_id}|flow:{corr}": due_ms})
+        p = keys.partition(run_id)
+        offset = int(await with_retry(self.redis.get, keys.clock(p)) or 0)
+        member = f"{run_id}|flow:{corr}"
+        await with_retry(self.redis.zadd, keys.timers(p), {member: due_ms + offset})
 
     async def limits(self) -> list[dict[str, Any]]:
         """Each registered limit: its settings, slots in use, waiters and starts in its window."""

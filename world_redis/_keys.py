@@ -63,6 +63,7 @@ the slot space would balance better, but would rename the keys of every existing
                                               and left when they stop (global)
     wf:{fc}:limits                    zset    flow-control limit id -> ms of its last use (the
                                               sweeper's list; see _flow.py)
+    wf:{fc}:sweeping                  string  the worker whose turn it is to sweep (PX)
     wf:{fc:<limit>}:holders           zset    "<run id>|<step id>" (or "<run id>") -> ms when its
                                               hold of a slot lapses
     wf:{fc:<limit>}:waiting           zset    parked callers, ordered by priority then arrival
@@ -265,6 +266,10 @@ class Keys:
     def flow_registry(self) -> str:
         """Every flow-control limit in use: limit id -> ms of its last registration."""
         return f"{self.prefix}:{{fc}}:limits"
+
+    def flow_sweep_turn(self) -> str:
+        """The worker sweeping the limits now (expires after one sweep interval)."""
+        return f"{self.prefix}:{{fc}}:sweeping"
 
     def flow_keys(self, limit: str) -> tuple[str, str, str, str]:
         """A limit's holders, waiting, starts and limit hash: one slot (tag ``{fc:<limit>}``)."""

@@ -139,7 +139,7 @@ async def test_lapsed_hold_frees_its_slot(world: RedisWorld) -> None:
     await world.flow.register("s:lapse")
 
     async def handed_on() -> bool:
-        for limit, woken, _ in await world.flow.sweep(3_600_000):
+        for limit, woken, _ in await world.flow.sweep("test", 1, 3_600_000):
             if limit == "s:lapse" and "wrun_next|s" in woken:
                 return True
         return False

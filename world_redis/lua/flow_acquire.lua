@@ -58,12 +58,18 @@ if kind == 'step' then
   end
 end
 
+local function pop_first()  -- ZRANGE + ZREM: the commands deploy/redis-users.acl allows
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if head[1] then redis.call('ZREM', KEYS[2], head[1]) end
+  return head[1]
+end
+
 local function hand_over(n)
   for _ = 1, n do
-    local head = redis.call('ZPOPMIN', KEYS[2])
-    if not head[1] then return end
-    redis.call('ZADD', KEYS[1], now + reserve, head[1])
-    woken[#woken + 1] = head[1]
+    local head = pop_first()
+    if not head then return end
+    redis.call('ZADD', KEYS[1], now + reserve, head)
+    woken[#woken + 1] = head
   end
 end
 
@@ -79,7 +85,9 @@ end
 
 -- the rate first: a start over the rate takes no slot and keeps no place in line
 if rate > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - window)) do
+    redis.call('ZREM', KEYS[3], old)
+  end
   if not redis.call('ZSCORE', KEYS[3], tag) and redis.call('ZCARD', KEYS[3]) >= rate then
     local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     redis.call('ZREM', KEYS[2], member)
@@ -90,7 +98,9 @@ end
 
 if conc > 0 and not redis.call('ZSCORE', KEYS[1], member) then
   local free = conc - redis.call('ZCARD', KEYS[1])
-  local rank = redis.call('ZRANK', KEYS[2], member)
+  local score = redis.call('ZSCORE', KEYS[2], member)
+  local rank = nil
+  if score then rank = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. score) end
   local ahead = rank or redis.call('ZCARD', KEYS[2])
   if free <= ahead then
     fill()  -- the free slots (if any) go to the waiters ahead

@@ -14,14 +14,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local conc = tonumber(redis.call('HGET', KEYS[3], 'concurrency') or '0') or 0
 local reserve = tonumber(redis.call('HGET', KEYS[3], 'reserve_ms') or '15000') or 15000
+local function pop_first()  -- ZRANGE + ZREM: the commands deploy/redis-users.acl allows
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if head[1] then redis.call('ZREM', KEYS[2], head[1]) end
+  return head[1]
+end
 local out = { redis.call('ZREM', KEYS[1], ARGV[1]) }
 redis.call('ZREM', KEYS[2], ARGV[1])
 if conc > 0 then
   for _ = 1, conc - redis.call('ZCARD', KEYS[1]) do
-    local head = redis.call('ZPOPMIN', KEYS[2])
-    if not head[1] then break end
-    redis.call('ZADD', KEYS[1], now + reserve, head[1])
-    out[#out + 1] = head[1]
+    local head = pop_first()
+    if not head then break end
+    redis.call('ZADD', KEYS[1], now + reserve, head)
+    out[#out + 1] = head
   end
 end
 return out

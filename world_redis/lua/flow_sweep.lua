@@ -22,6 +22,11 @@ local conc = tonumber(redis.call('HGET', KEYS[4], 'concurrency') or '0') or 0
 local reserve = tonumber(redis.call('HGET', KEYS[4], 'reserve_ms') or '15000') or 15000
 local window = tonumber(redis.call('HGET', KEYS[4], 'window_ms') or '0') or 0
 local used = tonumber(redis.call('HGET', KEYS[4], 'used') or '0') or 0
+local function pop_first()  -- ZRANGE + ZREM: the commands deploy/redis-users.acl allows
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if head[1] then redis.call('ZREM', KEYS[2], head[1]) end
+  return head[1]
+end
 local woken, lapsed = {}, {}
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, m in ipairs(gone) do
@@ -34,13 +39,17 @@ for _, m in ipairs(gone) do
 end
 if conc > 0 then
   for _ = 1, conc - redis.call('ZCARD', KEYS[1]) do
-    local head = redis.call('ZPOPMIN', KEYS[2])
-    if not head[1] then break end
-    redis.call('ZADD', KEYS[1], now + reserve, head[1])
-    woken[#woken + 1] = head[1]
+    local head = pop_first()
+    if not head then break end
+    redis.call('ZADD', KEYS[1], now + reserve, head)
+    woken[#woken + 1] = head
   end
 end
-if window > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window) end
+if window > 0 then
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - window)) do
+    redis.call('ZREM', KEYS[3], old)
+  end
+end
 local state = 'live'
 if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0
     and redis.call('ZCARD', KEYS[3]) == 0 and used < now - tonumber(ARGV[1]) then

@@ -7,6 +7,7 @@ only by adding fields with defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import msgspec
@@ -207,8 +208,39 @@ _PAYLOAD_FIELDS = {
 }
 
 
+def _step_created(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
+    f = new.fields
+    return StepCreated(
+        seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, name=f["name"], input=f.get("input", "null")
+    )
+
+
+def _step_started(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
+    return StepStarted(seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, attempt=extra)
+
+
+def _step_completed(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
+    result = new.fields.get("result", "null")
+    return StepCompleted(seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, result=result)
+
+
+# the events of a step's commit, built without the general path's field checks (their fields
+# are the worker's own; make_event's own tests cover both paths)
+_FAST: dict[str, Callable[[NewEvent, int, int, int], Event]] = {
+    "step_created": _step_created,
+    "step_started": _step_started,
+    "step_completed": _step_completed,
+}
+
+
 def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     """The event as the log now holds it, built from what was appended (no round trip)."""
+    fields = new.fields
+    if "ts" in fields:
+        ts = int(fields["ts"])
+    fast = _FAST.get(new.type)
+    if fast is not None and (new.type != "step_created" or "name" in fields):
+        return fast(new, seq, ts, extra)
     cls = EVENT_TYPES[new.type]
     payload = _PAYLOAD_FIELDS[new.type]
     data: dict[str, Any] = {}
@@ -221,9 +253,27 @@ def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     extra_field = _EXTRA_FIELD.get(new.type)
     if extra_field is not None:
         data[extra_field] = extra
-    if "ts" in new.fields:
-        ts = int(new.fields["ts"])
     return cls(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, **data)
+
+
+def appended_events(
+    events: Sequence[NewEvent], results: Sequence[Any], last_seq: int, ts: int, skip: int = 0
+) -> list[Event]:
+    """The events a commit appended, as the log holds them: ``results`` has one (status, extra)
+    per event (commit.lua's answer), ``last_seq`` is the log's last position after it, and the
+    first ``skip`` events are left out (their positions still count)."""
+    s = last_seq
+    for r in results:
+        if r.status == "ok":
+            s -= 1
+    out: list[Event] = []
+    for i, (ev, r) in enumerate(zip(events, results, strict=False)):
+        if r.status != "ok":
+            continue
+        s += 1
+        if i >= skip:
+            out.append(make_event(ev, s, ts, r.extra))
+    return out
 
 
 class NewEvent(msgspec.Struct, frozen=True, gc=False):

@@ -34,7 +34,7 @@ import inspect
 import random
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -297,24 +297,66 @@ class WorkflowInstance:
                 self.priority = ev.priority
                 self.run_input = ev.input
 
+    def append_own(
+        self, events: Sequence[NewEvent], first_seq: int, ts: int, attempts: Sequence[int]
+    ) -> bool:
+        """Record step_created / step_started events this instance's own suspension asked for,
+        just appended at ``first_seq`` on (time ``ts``; ``attempts``: each event's attempt, as
+        the commit answered it) with nothing unconsumed before them: their effect is applied
+        as consuming them would, without building Event objects. Anything else (another type,
+        a call the code did not make, events not consumed yet): False, nothing recorded, and the
+        caller feeds the events instead."""
+        if self._pos - self._base != len(self.log) or first_seq != self.seq + 1:
+            return False
+        steps = self.steps
+        created: set[str] = set()
+        for new in events:
+            call = steps.get(new.corr)
+            if call is None or call.future.done():
+                return False
+            if new.type == "step_created":
+                if call.created or new.corr in created:
+                    return False
+                created.add(new.corr)
+            elif new.type != "step_started" or not (call.created or new.corr in created):
+                return False
+        log_open, active = self._log_open, self._active_steps
+        for new, attempt in zip(events, attempts, strict=True):
+            call = steps[new.corr]
+            if new.type == "step_created":
+                log_open[call.corr] = "step"
+                call.created, call.status = True, "pending"
+                self._open.pop(call.corr, None)
+                active[call.corr] = call
+            else:
+                call.status, call.attempt, call.retry_after = "running", attempt, 0
+        n = len(events)
+        self.seq += n
+        self._pos += n
+        self._base += n  # consumed, and never kept: positions stay absolute
+        if ts > self.clock_ms:
+            self.clock_ms = ts
+        return True
+
     def _fold(self, ev: Event) -> None:
         """Check that ``ev`` can follow the log so far; track the calls the log holds open.
 
         The commit script refuses such events, so one in the log means the log was altered.
         """
         problem = None
-        if isinstance(ev, RunCreated) != (ev.seq == 1):
+        t = type(ev)  # event classes have no subclasses: identity is the type test
+        if (t is RunCreated) != (ev.seq == 1):
             problem = "a log holds exactly one run_created, as its first entry"
-        elif isinstance(ev, PatchRecorded):
+        elif t is PatchRecorded:
             if not ev.corr or ev.corr in self._marker_at:
                 problem = f"a change is recorded once per run, by its id (here {ev.corr!r})"
         else:
-            opens, closes = _OPENS.get(type(ev)), _NEEDS.get(type(ev))
+            opens, closes = _OPENS.get(t), _NEEDS.get(t)
             kind = self._log_open.get(ev.corr)
             if opens is not None:
                 if not ev.corr or kind is not None:
                     problem = f"it opens {opens} {ev.corr!r}, which is already open or unnamed"
-                elif not isinstance(ev, HookConflict):  # a conflict is the hook's last event
+                elif t is not HookConflict:  # a conflict is the hook's last event
                     self._log_open[ev.corr] = opens
             elif closes is not None:
                 needed, final = closes
@@ -499,6 +541,8 @@ class WorkflowInstance:
         return corr in self.steps or corr in self.waits or corr in self.hooks
 
     def _marker_commands(self) -> list[NewEvent]:
+        if not self._markers_open:
+            return []
         return [
             NewEvent("patch_recorded", change_id, {"deprecated": "true" if deprecated else "false"})
             for change_id, deprecated in self._markers_open.items()
@@ -589,7 +633,17 @@ class WorkflowInstance:
         )
 
     def _consume_step(self, call: StepCall, ev: Event) -> bool:
-        if isinstance(ev, StepCreated):
+        if type(ev) is StepCompleted:  # the commonest first
+            call.status = "completed"
+            self._active_steps.pop(call.corr, None)
+            del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
+            if not call.future.done():
+                call.future.set_result(self._payload(ev, "result"))
+            return True
+        if type(ev) is StepStarted:
+            call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
+            return False
+        if type(ev) is StepCreated:
             if ev.name != call.name:
                 raise NondeterminismError(
                     f"run {self.run_id}: event {ev.seq} step_created ({ev.corr}) recorded step "
@@ -605,20 +659,10 @@ class WorkflowInstance:
             self._open.pop(call.corr, None)
             self._active_steps[call.corr] = call
             return False
-        if isinstance(ev, StepStarted):
-            call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
-            return False
-        if isinstance(ev, StepRetrying):
+        if type(ev) is StepRetrying:
             call.status, call.retry_after = "pending", ev.retry_after
             return False
-        if isinstance(ev, StepCompleted):
-            call.status = "completed"
-            self._active_steps.pop(call.corr, None)
-            del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
-            if not call.future.done():
-                call.future.set_result(self._payload(ev, "result"))
-            return True
-        if isinstance(ev, StepFailed):
+        if type(ev) is StepFailed:
             call.status = "failed"
             self._active_steps.pop(call.corr, None)
             del self.steps[call.corr]

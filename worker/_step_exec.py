@@ -8,8 +8,10 @@ this returns (``step_completed``, ``step_retrying`` or ``step_failed``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,44 @@ if TYPE_CHECKING:
 DEFAULT_RETRY_DELAY_S = 1.0
 
 
+class StepSlots:
+    """At most ``n`` steps at once. Taking a free slot costs no await (the common case, run
+    once per step); when none is free the caller waits its turn, first come first served."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        try:
+            await fut  # release() hands its slot straight to this waiter
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over as the wait was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
+
+
 class StepExecutor:
     """Runs steps for a worker: at most ``concurrency`` at once, ``now_ms`` the server's clock."""
 
@@ -48,22 +88,22 @@ class StepExecutor:
         self.log = log
         self.metrics = metrics
         self.tracing = False  # record spans (see _tracing): set by the worker when it starts
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = StepSlots(concurrency)
         self.flow: FlowGate | None = None  # set by the worker: slots of flow-controlled steps
         self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
+    async def run(
+        self, inst: WorkflowInstance, call: StepCall, attempt: int, gated: bool = True
+    ) -> NewEvent:
         """Run one attempt of ``call``; the event that records its outcome."""
-        if self.flow is not None and call.fn.flow is not None:
-            async with self.flow.holding(inst.run_id, call.corr):
-                return await self._run(inst, call, attempt)
-        return await self._run(inst, call, attempt)
-
-    async def _run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
         fn: StepFunction = call.fn
+        if gated and fn.flow is not None and self.flow is not None:
+            # its flow-control slot held (renewed) while it runs, given back when it ends
+            async with self.flow.holding(inst.run_id, call.corr):
+                return await self.run(inst, call, attempt, False)
         ctx = StepContext(
             step_id=call.corr,
             step_name=fn.name,
@@ -73,8 +113,13 @@ class StepExecutor:
             workflow_name=inst.workflow_name,
             workflow_started_ms=inst.started_at_ms,
         )
-        async with self.slots:
+        slots = self.slots
+        if not slots.try_take():
+            await slots.take()
+        try:
             if not self.tracing:
+                if self.metrics is None:
+                    return await self._call(fn, call.corr, call.input, ctx, attempt)
                 return await self._timed(fn, call.corr, call.input, ctx, attempt)
             attributes = {
                 "workflow.run_id": inst.run_id,
@@ -85,14 +130,19 @@ class StepExecutor:
                 event = await self._timed(fn, call.corr, call.input, ctx, attempt)
                 tracing.step_outcome(span, event.type)
                 return event
+        finally:
+            slots.release()
 
     async def run_task(
         self, fn: StepFunction, step_id: str, input_json: str, ctx: StepContext
     ) -> NewEvent:
         """Run one attempt of a step a pool worker took from its queue (no workflow instance:
         the run is held, if at all, by another worker); the event that records its outcome."""
-        async with self.slots:
+        await self.slots.take()
+        try:
             return await self._timed(fn, step_id, input_json, ctx, ctx.attempt)
+        finally:
+            self.slots.release()
 
     async def _timed(
         self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int
@@ -121,7 +171,8 @@ class StepExecutor:
                 result = await loop.run_in_executor(
                     self.pool, lambda: cv.run(fn.fn, *args, **kwargs)
                 )
-            result = await capture_stream_result(result, ctx, self.world)
+            if hasattr(result, "__aiter__"):  # an async iterator: drained into a stream
+                result = await capture_stream_result(result, ctx, self.world)
             text = _serde.dumps(result, what=fn.result_label)
             _serde.check_size(text, what=fn.result_label, limit=self.world.max_payload_bytes)
             return NewEvent("step_completed", corr, {"result": text, "attempt": str(attempt)})

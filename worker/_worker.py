@@ -30,7 +30,7 @@ from ._errors import (
     PayloadTooLargeError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent, make_event
+from ._events import Event, NewEvent, appended_events, make_event
 from ._flow_gate import FlowGate
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
@@ -512,13 +512,14 @@ class Worker:
     def _next_due_in(self, inst: WorkflowInstance) -> float | None:
         dues = [w.resume_at for w in inst.pending_waits()]
         now_ms = self.now_ms()
+        parked = self.flow.parked.get(inst.run_id, ())  # steps waiting for a flow slot
         dues += [
             s.retry_after
             for s in inst.pending_steps()
             # a routed step already due waits in its queue, not here; a parked one for its slot
             if s.status == "pending"
             and not (step_queue(s.fn) and s.retry_after <= now_ms)
-            and not self.flow.is_parked(inst.run_id, s.corr)
+            and s.corr not in parked
         ]
         if not dues:
             return None
@@ -566,7 +567,8 @@ class Worker:
         base = inst.seq
         if head is not None:
             ts = max(self.now_ms(), inst.clock_ms)
-            head = NewEvent(head.type, head.corr, {**head.fields, "ts": str(ts)})
+            fields = head.fields
+            fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
             inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
         now_ms = self.now_ms()
@@ -590,7 +592,13 @@ class Worker:
         if not events:
             await self._route(held, routed, log)
             return False, None
-        commit = Commit(run_id=held.run_id, events=events, token=self.token, expected_seq=base)
+        commit = Commit(
+            run_id=held.run_id,
+            events=events,
+            token=self.token,
+            expected_seq=base,
+            fed=len(events),  # fed below, here (see WorkflowInstance.append_own)
+        )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
             with tracing.span("workflow.commit", inst.trace, attributes):
@@ -610,7 +618,11 @@ class Worker:
                 held.known_seq = max(held.known_seq, solo.seq)
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
-        inst.feed(res.appended)
+        own = 0 if head is None else 1
+        if any(r.status != "ok" for r in res.results) or not inst.append_own(
+            events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]
+        ):
+            inst.feed(appended_events(events, res.results, res.seq, res.now_ms, own))
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
             await self.flow.run_ended(inst)
@@ -623,7 +635,12 @@ class Worker:
                 )
             return False, None
         await self._route(held, routed, log)
-        attempts = {e.corr: getattr(e, "attempt", 0) for e in res.appended if e.corr}
+        # the attempts of the steps just started, as their step_started recorded them
+        attempts = {
+            ev.corr: r.extra
+            for ev, r in zip(events, res.results, strict=False)
+            if ev.type == "step_started" and r.status == "ok"
+        }
         if len(start) == 1 and not held.local:
             # the common sequential case: run the step right here, no task, no wake-up
             return True, (start[0], attempts.get(start[0].corr, start[0].attempt))
@@ -662,9 +679,12 @@ class Worker:
         orphaned ones that have used up their attempts (workers died running them every time);
         and apart, the due steps of a queue other than default, which their pool runs (a running
         one is its pool's: a dead pool worker's task is reclaimed by the pool)."""
-        created = [inst.steps[e.corr] for e in outcome.commands if e.type == "step_created"]
-        out = [c for c in created if not step_queue(c.fn)]
-        routed = [c for c in created if step_queue(c.fn)]
+        out: list[StepCall] = []
+        routed: list[StepCall] = []
+        for e in outcome.commands:
+            if e.type == "step_created":
+                call = inst.steps[e.corr]
+                (routed if step_queue(call.fn) else out).append(call)
         exhausted = []
         for call in inst.pending_steps():  # only the open steps: cost does not grow with history
             if call.corr in held.local or call.future.done() or call.retry_after > now_ms:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, cast, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 import msgspec
 
@@ -75,6 +75,9 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     token: str = ""
     expected_seq: int = -1
     wake: str = ""
+    # how many leading events ``appended`` leaves out (their positions still count): the inline
+    # path feeds its instance itself (see Worker._advance_and_commit)
+    fed: int = 0
 
 
 # what the scripts answer (see world_redis/lua/commit.lua and acquire.lua): a typo is a type error
@@ -88,19 +91,45 @@ _EVENT_STATUSES: tuple[str, ...] = get_args(EventStatus)
 _ACQUIRE_CODES: tuple[str, ...] = get_args(AcquireCode)
 
 
+def _unknown(text: str, words: tuple[str, ...], what: str) -> WorkflowError:
+    return WorkflowError(f"unknown {what} {text!r} in a script reply (expected one of {words})")
+
+
 def _word(text: str, words: tuple[str, ...], what: str) -> str:
     if text not in words:
-        raise WorkflowError(f"unknown {what} {text!r} in a script reply (expected one of {words})")
+        raise _unknown(text, words, what)
     return text
+
+
+# the words as their Literal types: a reply's word is looked up, not checked then cast
+_COMMIT_CODE: dict[str, CommitCode] = {c: cast(CommitCode, c) for c in _COMMIT_CODES}
+_EVENT_STATUS: dict[str, EventStatus] = {s: cast(EventStatus, s) for s in _EVENT_STATUSES}
 
 
 def commit_code(text: str) -> CommitCode:
     """A commit reply's code; WorkflowError for a word the script never answers."""
-    return cast(CommitCode, _word(text, _COMMIT_CODES, "commit code"))
+    code = _COMMIT_CODE.get(text)
+    if code is None:
+        raise _unknown(text, _COMMIT_CODES, "commit code")
+    return code
 
 
 def event_status(text: str) -> EventStatus:
-    return cast(EventStatus, _word(text, _EVENT_STATUSES, "event status"))
+    status = _EVENT_STATUS.get(text)
+    if status is None:
+        raise _unknown(text, _EVENT_STATUSES, "event status")
+    return status
+
+
+def event_statuses(replies: list[Any]) -> list[EventResult]:
+    """The per-event results of a commit reply ({status, extra} pairs)."""
+    statuses = _EVENT_STATUS
+    try:
+        return [EventResult(statuses[r[0]], r[1]) for r in replies]
+    except KeyError:
+        for r in replies:
+            event_status(r[0])  # raises for the word the script never answers
+        raise
 
 
 def acquire_code(text: str) -> AcquireCode:

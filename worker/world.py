@@ -27,6 +27,7 @@ from ._events import (
     StepFailed,
     StepRetrying,
     StepStarted,
+    appended_events,
     event_from_fields,
     make_event,
 )
@@ -55,6 +56,7 @@ from ._world import (
     acquire_code,
     commit_code,
     event_status,
+    event_statuses,
     run_status,
 )
 
@@ -101,11 +103,13 @@ __all__ = [
     "World",
     "WorldUnavailableError",
     "acquire_code",
+    "appended_events",
     "check_size",
     "commit_code",
     "dumps",
     "event_from_fields",
     "event_status",
+    "event_statuses",
     "get_logger",
     "is_envelope",
     "lane_deployment",

@@ -16,15 +16,14 @@ from worker.world import (
     CommitResult,
     CorruptEventError,
     Event,
-    EventResult,
     PayloadCodec,
     RunInfo,
     StartRequest,
     StepInfo,
     Wakeup,
+    appended_events,
     commit_code,
-    event_status,
-    make_event,
+    event_statuses,
 )
 
 from ._client import (
@@ -521,15 +520,8 @@ class RedisWorld:
     def _commit_result(c: Commit, reply: list[Any]) -> CommitResult:
         # replies are already str (decode_responses=True) and ints
         code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
-        results = [EventResult(event_status(r[0]), r[1]) for r in reply[3]]
-        appended: list[Event] = []
-        ok_count = sum(1 for r in results if r.status == "ok")
-        s = seq - ok_count
-        for ev, res in zip(c.events, results, strict=False):
-            if res.status != "ok":
-                continue
-            s += 1
-            appended.append(make_event(ev, s, now, res.extra))
+        results = event_statuses(reply[3])
+        appended = appended_events(c.events, results, seq, now, c.fed)
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:

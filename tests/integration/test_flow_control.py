@@ -190,6 +190,36 @@ async def test_failing_concurrency_key_fails_the_call(world: RedisWorld) -> None
     assert "KeyError" in str(err.value.__cause__)
 
 
+async def test_start_request_priority(world: RedisWorld) -> None:
+    """A start request on <prefix>:start may carry a priority: stored with the run (its hash and
+    run_created); one that is not an int in range is rejected with FlowControlError."""
+    stream = world.keys.start_stream()
+    async with running_worker(_worker(world)):
+        await world.redis.xadd(
+            stream,
+            {
+                "workflow": fw.run_rated.name,
+                "args": '["req", "t"]',
+                "run_id": "wrun_prio_req",
+                "priority": "7",
+            },
+        )
+        await world.redis.xadd(
+            stream, {"workflow": fw.run_rated.name, "args": '["req", "u"]', "priority": "high"}
+        )
+        await eventually(lambda: world.get_run("wrun_prio_req"), what="the run to be created")
+        assert await Run("wrun_prio_req", world=world).result(timeout=30) == "t"
+
+        async def rejected() -> list[Any]:
+            return list(await world.redis.xrange(world.keys.rejected(stream)))
+
+        (entry,) = await eventually(rejected, what="the bad priority to be rejected")  # type: ignore[misc]
+    assert "FlowControlError" in entry[1]["reason"] and "priority='high'" in entry[1]["reason"]
+    assert await world.redis.hget(world.keys.run("wrun_prio_req"), "priority") == "7"
+    (created, *_) = await Run("wrun_prio_req", world=world).events()
+    assert getattr(created, "priority", None) == 7
+
+
 @pytest.mark.parametrize("priority", [1001, -1001, 1.5, "high", True])
 async def test_bad_priority_creates_nothing(world: RedisWorld, priority: Any) -> None:
     """start(..., priority=<not an int in -1000..1000>): FlowControlError naming it; no key."""

@@ -130,6 +130,51 @@ async def _zcard_is(world: RedisWorld, key: str, n: int) -> bool:
     return bool(await world.redis.zcard(key) == n)
 
 
+async def test_waiting_steps_hold_no_worker_slot(world: RedisWorld) -> None:
+    """A worker with room for 2 runs: one holds the limit's slot, 3 steps wait for it, and another
+    run still completes meanwhile (parked runs are let go, not held)."""
+    label = "room"
+    waiting = world.keys.flow_keys("s:tests.e2e.flow_workflows:single")[1]
+    async with running_worker(_worker(world, concurrency=2)):
+        blocker = await start(fw.run_single, label, "block", 0)
+        await eventually(lambda: _log(world, label), what="the blocker to start")
+        parked = [await start(fw.run_single, label, f"w{i}", 1) for i in range(3)]
+        await eventually(lambda: _zcard_is(world, waiting, 3), what="3 steps to wait")
+        free = await start(fw.run_limited, "room-free", "f", 1)
+        assert await free.result(timeout=30) == "f"
+        await world.redis.set(fw.gate_key(label), "1")
+        await _all_done([blocker, *parked])
+
+
+async def test_waiters_keep_their_place_by_priority(world: RedisWorld) -> None:
+    """flow_acquire.lua: a waiter asking again keeps its place; a freed slot goes to the highest
+    priority, reserved for it (others asking meanwhile wait); a rate refusal gives a reserved
+    slot up to the next waiter."""
+    limit = "s:order"
+    assert (await _acquire(world, limit, "wrun_a|s")).code == "ok"
+    assert (await _acquire(world, limit, "wrun_b|s")).code == "wait"
+    assert (await _acquire(world, limit, "wrun_c|s", priority=5)).code == "wait"
+    assert (await _acquire(world, limit, "wrun_b|s")).code == "wait"
+    assert await world.flow.release(limit, "wrun_a|s") == ["wrun_c|s"]
+    assert (await _acquire(world, limit, "wrun_d|s", priority=9)).code == "wait"
+    assert (await _acquire(world, limit, "wrun_c|s", priority=5)).code == "ok"
+    holders, waiting, _, _ = world.keys.flow_keys(limit)
+    assert await world.redis.zrange(waiting, 0, -1) == ["wrun_d|s", "wrun_b|s"]
+    # with a rate too: the reserved slot of a refused start goes on to the next waiter
+    both = {"concurrency": 2, "rate": 3, "window_ms": 60_000}
+    assert (await _acquire(world, "s:both", "wrun_x|s", **both)).code == "ok"
+    assert (await _acquire(world, "s:both", "wrun_w|s", **both)).code == "ok"
+    assert (await _acquire(world, "s:both", "wrun_y|s", **both)).code == "wait"
+    assert await world.flow.release("s:both", "wrun_x|s") == ["wrun_y|s"]
+    assert (await _acquire(world, "s:both", "wrun_v|s", **both)).code == "wait"
+    retried = await _acquire(world, "s:both", "wrun_w|s", tag="wrun_w|s|2", **both)
+    assert retried.code == "ok"  # its own slot; its retry is the window's third start
+    refused = await _acquire(world, "s:both", "wrun_y|s", **both)
+    assert refused.code == "later" and refused.retry_at_ms > 0
+    assert refused.woken == ("wrun_v|s",)
+    assert await world.redis.zcard(holders) == 1
+
+
 async def test_lapsed_hold_frees_its_slot(world: RedisWorld) -> None:
     """A holder that stops renewing (its worker died) loses the slot once its hold lapses: the
     sweep hands it to the waiter and names the waiter to wake."""

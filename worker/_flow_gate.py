@@ -106,10 +106,6 @@ class FlowGate:
         sup.add("flow-renew", self.renew_loop, stale_after_s=max(lease_s, 5.0))
         sup.add("flow-sweep", self.sweep_loop, stale_after_s=quiet_s + 3 * lease_s)
 
-    def is_parked(self, run_id: str, corr: str) -> bool:
-        parked = self.parked.get(run_id)
-        return parked is not None and corr in parked
-
     # -- steps ---------------------------------------------------------------------------------
 
     def gated(self, calls: list[StepCall]) -> bool:
@@ -122,7 +118,7 @@ class FlowGate:
         """The calls that may start now: those without flow control, and those their limits
         admit; the others are parked (woken when a slot is theirs, or when the rate allows)."""
         store = self.store
-        if store is None or not any(getattr(c.fn, "flow", None) for c in calls):
+        if store is None or not self.gated(calls):
             return calls
         out: list[StepCall] = []
         for call in calls:
@@ -305,11 +301,11 @@ class FlowGate:
     async def _release(self, limit: str, member: str) -> None:
         assert self.store is not None
         try:
-            woken = await self.store.release(limit, member)
-        except Exception as exc:  # the hold lapses after one lease and the sweeper frees it
+            await self._wake(await self.store.release(limit, member))
+        except Exception as exc:
+            # never the step's failure (it ran): an unreleased hold lapses after one lease, and a
+            # slot handed to a waiter not woken lapses too; the sweeper frees both and wakes
             self.worker.log.warning("flow_release_failed", limit=limit, error=str(exc))
-            return
-        await self._wake(woken)
 
     async def _wake(self, members: Sequence[str]) -> None:
         # the run being driven here may be among them: its wake-up nudges its holder (another

@@ -309,6 +309,33 @@ class WorkflowInstance:
         if self._pos - self._base != len(self.log) or first_seq != self.seq + 1:
             return False
         steps = self.steps
+        if len(events) == 2:  # the common case: one step created and started
+            first, second = events
+            call = steps.get(first.corr)
+            if (
+                call is None
+                or first.type != "step_created"
+                or second.type != "step_started"
+                or second.corr != first.corr
+                or call.created
+                or call.future.done()
+            ):
+                return False
+            self._log_open[call.corr] = "step"
+            call.created, call.status, call.attempt, call.retry_after = (
+                True,
+                "running",
+                attempts[1],
+                0,
+            )
+            self._open.pop(call.corr, None)
+            self._active_steps[call.corr] = call
+            self.seq += 2
+            self._pos += 2
+            self._base += 2
+            if ts > self.clock_ms:
+                self.clock_ms = ts
+            return True
         created: set[str] = set()
         for new in events:
             call = steps.get(new.corr)
@@ -765,9 +792,12 @@ class WorkflowInstance:
             wait = self.waits[corr]
             if not wait.cancelled:
                 commands.append(NewEvent("wait_created", corr, {"delay_ms": str(wait.delay_ms)}))
-        for hook in list(self._active_hooks.values()):
-            if hook.dispose_requested:
-                hooks.append(NewEvent("hook_disposed", hook.corr))
+        if self._active_hooks:
+            for hook in list(self._active_hooks.values()):
+                if hook.dispose_requested:
+                    hooks.append(NewEvent("hook_disposed", hook.corr))
+        if not hooks and not self._markers_open:
+            return Outcome(kind="suspended", commands=commands)
         # hooks first: whoever a step tells about a hook must find it; markers before them, so
         # that a replay meets a marker before the creations this commit holds (see _replaying)
         return Outcome(kind="suspended", commands=self._marker_commands() + hooks + commands)

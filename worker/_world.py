@@ -121,14 +121,14 @@ def event_status(text: str) -> EventStatus:
     return status
 
 
-def event_statuses(replies: list[Any]) -> list[EventResult]:
-    """The per-event results of a commit reply ({status, extra} pairs)."""
+def event_statuses(pairs: list[Any]) -> list[EventResult]:
+    """The per-event results of a commit reply: status, extra, status, extra..."""
     statuses = _EVENT_STATUS
     try:
-        return [EventResult(statuses[r[0]], r[1]) for r in replies]
+        return [EventResult(statuses[pairs[j]], pairs[j + 1]) for j in range(0, len(pairs), 2)]
     except KeyError:
-        for r in replies:
-            event_status(r[0])  # raises for the word the script never answers
+        for j in range(0, len(pairs), 2):
+            event_status(pairs[j])  # raises for the word the script never answers
         raise
 
 

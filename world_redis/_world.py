@@ -21,6 +21,7 @@ from worker.world import (
     StartRequest,
     StepInfo,
     Wakeup,
+    WorkflowError,
     appended_events,
     commit_code,
     event_statuses,
@@ -508,19 +509,29 @@ class RedisWorld:
                 )
             # the script names each run's keys from the prefix (see commit.lua's header)
             args = [self.retention_s, _JSON.encode(payload), self.keys.run_prefix(p)]
-            reply = await self.core._eval("commit", keys, args)
-            for i, c, r in zip(idxs, batch, reply, strict=True):
-                results[i] = self._commit_result(c, r)
-                freed[i] = list(r[4])
+            flat = await self.core._eval("commit", keys, args)
+            at = 0  # the reply is one flat array (see commit.lua's header)
+            for i, c in zip(idxs, batch, strict=True):
+                n = int(flat[at + 3])
+                end = at + 4 + 2 * n
+                m = int(flat[end])
+                results[i] = self._commit_result(c, flat[at : at + 3], flat[at + 4 : end])
+                freed[i] = flat[end + 1 : end + 1 + m]
+                at = end + 1 + m
+            if at != len(flat):
+                raise WorkflowError(
+                    f"commit.lua answered {len(flat)} values; {at} were expected for "
+                    f"{len(batch)} runs"
+                )
         done = [r for r in results if r is not None]
         await self.hook_tokens.release(commits, done, freed, reserved)
         return done
 
     @staticmethod
-    def _commit_result(c: Commit, reply: list[Any]) -> CommitResult:
+    def _commit_result(c: Commit, head: list[Any], pairs: list[Any]) -> CommitResult:
         # replies are already str (decode_responses=True) and ints
-        code, seq, now = commit_code(reply[0]), int(reply[1]), int(reply[2])
-        results = event_statuses(reply[3])
+        code, seq, now = commit_code(head[0]), int(head[1]), int(head[2])
+        results = event_statuses(pairs)
         appended = appended_events(c.events, results, seq, now, c.fed)
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 

@@ -35,10 +35,13 @@
 -- Hook tokens are reserved by the caller before the commit (reserve_hook.lua, a slot of their own)
 -- and freed by it after (release_hook.lua): this script only records hooks in the run's slot.
 --
--- Reply: per run {code, seq, now_ms, results, freed} where code is
+-- Reply: ONE flat array (Redis converts each table of a script's reply with several lookups, which
+-- cost more than the commit itself when every run and event had its own): per run, in batch
+-- order, code, seq, now_ms, n, then n pairs status, extra (one per event processed), then m and
+-- the m values of freed; where code is
 --   "ok" | "no_run" | "lease" (lease held by another worker) | "conflict" (seq differs) |
 --   "rejected" (an event was refused; later events of that run are skipped)
--- and results has one {status, extra} per event processed:
+-- and each event processed has a pair:
 --   status "ok" | "exists" (harmless duplicate, skipped; a hook_received whose field
 --          request_id the hook already received is one) | "terminal" | "not_found" |
 --          "too_early" | "stale" | "invalid" (an unknown type; a step, wait or hook created
@@ -51,7 +54,7 @@
 --          -1 for a hook_created recorded as hook_conflict (the batch names the hook as one whose
 --          token another hook reserved, or the hook is marked lost: the event appended is
 --          hook_conflict with the token), else 0
---   freed: [hook id, token, ...] of the hooks this commit ended (disposed, or their run ended):
+--   freed: hook id, token, ... of the hooks this commit ended (disposed, or their run ended):
 --          the caller releases their reservations
 -- Step fencing for worker pools (see world_redis/_pools.py): a step_started with a field "claim"
 -- (and "task", the pool task entry id) records the claim in "<corr>|claim"; while the step runs
@@ -70,11 +73,16 @@
 -- id = the change id, once per run: again is "exists"). A run reaching a terminal status loses its
 -- hooks (listed in freed).
 
-local retention = tonumber(ARGV[1])
+local retention = ARGV[1]  -- text: passed on to EXPIRE as is
 local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   + (tonumber(redis.call('GET', KEYS[10]) or '0') or 0)
+
+-- Numbers go to Redis as text made here with '%d': Lua would format them as floating point
+-- ('%.14g', and redis.call '%.17g'), which costs far more than the command they are part of.
+local function int(n) return string.format('%d', n) end
+local now_s = int(now)
 
 local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
@@ -176,8 +184,8 @@ for i = 0, #batch - 1 do
       local written = f  -- the fields the entry gets (besides type, ts and corr)
 
       local res, extra = 'ok', 0
-      local extra_fields = nil
-      local entity = nil     -- the entity's new state (see the header)
+      local extra_name, extra_value = nil, nil  -- a field the entry gets besides the given ones
+      local entity = nil     -- the entity's new state as its field's text (see the header)
       local timer_at = nil   -- arm a timer for this correlation id (after the append)
       local new_status = nil
       local hook_token = nil    -- reserve this token for hook `corr` (after the append)
@@ -186,22 +194,24 @@ for i = 0, #batch - 1 do
       local patch_field = nil   -- record change `corr` in the entity hash (after the append)
       local claim_write = nil   -- a step event: the pool claim to record (false: end it)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
-      local e = { false, '0', '0', false, '0' }
+      -- (e1..e5; e4 is false while the step never started). Entity texts are built from text
+      -- only: a number in a concatenation would be formatted as floating point (see int)
+      local e1, e2, e3, e4, e5 = false, '0', '0', false, '0'
       if corr ~= '' and (STEP_EVENT[etype] or etype == 'wait_created' or etype == 'wait_completed') then
         ent_load(ent_key, seen, corr, STEP_EVENT[etype] and (corr .. '|claim'))
         local v = seen[corr]
         if v then
-          local st, at, ra, sa, rs = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-          e = { st, at, ra, (sa ~= '0') and sa or false, rs }
+          e1, e2, e3, e4, e5 = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+          if e4 == '0' then e4 = false end
         end
       end
-      local step_status = e[1]
+      local step_status = e1
       if etype == 'patch_recorded' and corr ~= '' then ent_load(ent_key, seen, 'patch|' .. corr) end
 
       if etype == 'run_started' then
         if status == 'pending' then
           new_status = 'running'
-          run_set.started_at = now
+          run_set.started_at = now_s
         elseif status == 'running' then
           res = 'exists'
         else
@@ -213,7 +223,7 @@ for i = 0, #batch - 1 do
         else
           new_status = (etype == 'run_completed') and 'completed'
             or ((etype == 'run_failed') and 'failed' or 'cancelled')
-          run_set.completed_at = now
+          run_set.completed_at = now_s
           run_set.output = f.output
           run_set.error = f.error
         end
@@ -225,12 +235,12 @@ for i = 0, #batch - 1 do
         elseif step_status then
           res = 'exists'
         elseif etype == 'step_created' then
-          entity = { 'pending', 0, 0, 0, 0 }
+          entity = 'pending|0|0|0|0'
         else
           local resume_at = tonumber(f.until_ms or '') or (now + (tonumber(f.delay_ms or '0') or 0))
           extra = resume_at
-          extra_fields = { 'resume_at', resume_at }
-          entity = { 'waiting', 0, 0, 0, resume_at }
+          extra_name, extra_value = 'resume_at', int(resume_at)
+          entity = 'waiting|0|0|0|' .. extra_value
           timer_at = resume_at
         end
       elseif etype == 'wait_completed' then
@@ -238,14 +248,14 @@ for i = 0, #batch - 1 do
           res = 'not_found'
         elseif step_status ~= 'waiting' then
           res = 'exists'
-        elseif tonumber(e[5]) > now then
-          res, extra = 'too_early', tonumber(e[5])
+        elseif tonumber(e5) > now then
+          res, extra = 'too_early', tonumber(e5)
         else
-          entity = { 'completed', 0, 0, 0, e[5] }
+          entity = 'completed|0|0|0|' .. e5
         end
       elseif etype == 'step_started' or etype == 'step_completed'
           or etype == 'step_failed' or etype == 'step_retrying' then
-        local attempt = tonumber(e[2] or '0')
+        local attempt = tonumber(e2 or '0')
         -- a pool worker's claim on the step: "<claim token>|<task entry id>" (see the header)
         local held_claim, held_task = nil, nil
         local record = seen[corr .. '|claim']
@@ -269,27 +279,27 @@ for i = 0, #batch - 1 do
             and held_task and held_task ~= (f.task or '') then
           res = 'exists'  -- another pool worker holds the step, for another task entry
         elseif etype == 'step_started' then
-          local ra = tonumber(e[3] or '0')
+          local ra = tonumber(e3 or '0')
           if ra > now then
             res, extra = 'too_early', ra
           else
             attempt = attempt + 1
             extra = attempt
-            extra_fields = { 'attempt', attempt }
-            entity = { 'running', attempt, 0, e[4] or now, 0 }
+            extra_name, extra_value = 'attempt', int(attempt)
+            entity = 'running|' .. extra_value .. '|0|' .. (e4 or now_s) .. '|0'
           end
         elseif step_status ~= 'running' or (f.attempt and tonumber(f.attempt) ~= attempt)
             or (claim and claim ~= held_claim) then
           res = 'stale'
         elseif etype == 'step_completed' then
-          entity = { 'completed', attempt, 0, e[4] or 0, 0 }
+          entity = 'completed|' .. int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
         elseif etype == 'step_failed' then
-          entity = { 'failed', attempt, 0, e[4] or 0, 0 }
+          entity = 'failed|' .. int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
         else
           local ra = tonumber(f.retry_after or '0') or 0
           if ra < now then ra = now end
           extra = ra
-          entity = { 'pending', attempt, ra, e[4] or 0, 0 }
+          entity = 'pending|' .. int(attempt) .. '|' .. int(ra) .. '|' .. (e4 or '0') .. '|0'
           timer_at = ra
         end
       elseif etype == 'hook_created' then
@@ -340,8 +350,9 @@ for i = 0, #batch - 1 do
       if res == 'ok' then
         -- a worker that advanced the workflow past this event before appending it (the inline
         -- fast path) passes the time it used, so a replay sees the same workflow clock
-        local ets = tonumber(f.ts or '') or now
-        local args = { ev_key, (seq + 1) .. '-0', 'type', etype, 'ts', ets }
+        local ets = now_s
+        if f.ts and string.match(f.ts, '^%d+$') then ets = f.ts end
+        local args = { ev_key, string.format('%d-0', seq + 1), 'type', etype, 'ts', ets }
         if evid ~= '' then args[#args + 1] = 'id'; args[#args + 1] = evid end
         if corr ~= '' then args[#args + 1] = 'corr'; args[#args + 1] = corr end
         for k, v in pairs(written) do
@@ -349,7 +360,7 @@ for i = 0, #batch - 1 do
             args[#args + 1] = k; args[#args + 1] = v
           end
         end
-        if extra_fields then args[#args + 1] = extra_fields[1]; args[#args + 1] = extra_fields[2] end
+        if extra_name then args[#args + 1] = extra_name; args[#args + 1] = extra_value end
         -- the first write of this event: Redis refuses it if the stream already holds this
         -- position (the run hash and the stream disagree); then nothing of the event is written
         local added = redis.pcall('XADD', unpack(args))
@@ -359,18 +370,18 @@ for i = 0, #batch - 1 do
           seq = seq + 1
           appended = true
           if entity then
-            seen[corr] = table.concat(entity, '|'); dirty[corr] = true
+            seen[corr] = entity; dirty[corr] = true
           end
           if claim_write ~= nil then
             -- step_started with a claim records it; any other step event ends the claim
             seen[corr .. '|claim'] = claim_write; dirty[corr .. '|claim'] = true
           end
-          if timer_at then redis.call('ZADD', KEYS[2], timer_at, run_id .. '|' .. corr) end
+          if timer_at then redis.call('ZADD', KEYS[2], int(timer_at), run_id .. '|' .. corr) end
           if hook_token then
             redis.call('HSET', hooks_key, corr, hook_token, corr .. '|meta', f.metadata or 'null')
           end
-          if hook_request then redis.call('HSET', hooks_key, hook_request, seq) end
-          if patch_field then seen[patch_field] = tostring(seq); dirty[patch_field] = true end
+          if hook_request then redis.call('HSET', hooks_key, hook_request, int(seq)) end
+          if patch_field then seen[patch_field] = int(seq); dirty[patch_field] = true end
           if hook_dispose then
             freed[#freed + 1] = corr
             freed[#freed + 1] = hook_dispose
@@ -379,7 +390,7 @@ for i = 0, #batch - 1 do
           if new_status then
             run_set.status = new_status
             redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
-            local created = redis.call('ZSCORE', KEYS[3], run_id) or now
+            local created = redis.call('ZSCORE', KEYS[3], run_id) or now_s
             redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
             if TERMINAL[new_status] then
               -- the run's hooks end with it: the caller frees their tokens
@@ -391,14 +402,15 @@ for i = 0, #batch - 1 do
                 end
               end
               redis.call('DEL', hooks_key)
-              redis.call('ZADD', KEYS[4], now, run_id)
+              redis.call('ZADD', KEYS[4], now_s, run_id)
               ended = true  -- its keys expire once written (below)
             end
             status = new_status
           end
         end
       end
-      results[#results + 1] = { res, extra }
+      results[#results + 1] = res
+      results[#results + 1] = extra
       if res ~= 'ok' and res ~= 'exists' then
         code = 'rejected'
         break
@@ -406,7 +418,7 @@ for i = 0, #batch - 1 do
     end
     if appended then
       ent_flush(ent_key, seen, dirty)
-      local rs = { 'seq', seq, 'updated_at', now }
+      local rs = { 'seq', int(seq), 'updated_at', now_s }
       for k, v in pairs(run_set) do rs[#rs + 1] = k; rs[#rs + 1] = v end
       redis.call('HSET', run_key, unpack(rs))
       if ended then
@@ -419,6 +431,13 @@ for i = 0, #batch - 1 do
       end
     end
   end
-  replies[#replies + 1] = { code, seq or 0, now, results, freed }
+  local r = #replies
+  replies[r + 1] = code; replies[r + 2] = seq or 0; replies[r + 3] = now
+  replies[r + 4] = #results / 2
+  r = r + 4
+  for j = 1, #results do replies[r + j] = results[j] end
+  r = r + #results
+  replies[r + 1] = #freed
+  for j = 1, #freed do replies[r + 1 + j] = freed[j] end
 end
 return replies

@@ -29,8 +29,11 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- as text made with '%d' (Lua would format the number as floating point, which costs more than
+-- the commands it goes to)
+local now_s = string.format('%d', now)
 -- the first write; refused if a stream for this run already exists with entries
-local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now, 'workflow', ARGV[2],
+local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now_s, 'workflow', ARGV[2],
   'input', ARGV[3], 'deployment', ARGV[5], 'seed', ARGV[6] }
 if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
 if (ARGV[7] or '') ~= '' then entry[#entry + 1] = 'trace'; entry[#entry + 1] = ARGV[7] end
@@ -40,12 +43,12 @@ if priority ~= '0' and priority ~= '' then
 end
 redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
-  'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now, 'updated_at', now, 'seq', 1,
-  'lease_owner', '', 'lease_until', 0)
+  'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now_s, 'updated_at', now_s, 'seq', '1',
+  'lease_owner', '', 'lease_until', '0')
 if priority ~= '0' and priority ~= '' then redis.call('HSET', KEYS[1], 'priority', priority) end
-redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('ZADD', KEYS[5], now, ARGV[1])
-redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now_s, ARGV[1])
+redis.call('ZADD', KEYS[5], now_s, ARGV[1])
+redis.call('ZADD', KEYS[6], now_s, ARGV[1])
 redis.call('SADD', KEYS[7], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'run', ARGV[1], 'reason', 'created')
 return { 'created', now }

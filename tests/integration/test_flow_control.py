@@ -175,6 +175,29 @@ async def test_waiters_keep_their_place_by_priority(world: RedisWorld) -> None:
     assert await world.redis.zcard(holders) == 1
 
 
+async def test_extreme_priorities_keep_their_order(world: RedisWorld) -> None:
+    """Waiting scores stay exact at the ends of the priority range: 1000 before 999 before
+    -1000, and equal priorities in arrival order."""
+    limit = "s:extremes"
+    assert (await _acquire(world, limit, "wrun_holder|s")).code == "ok"
+    for member, priority in [("wrun_low|s", -1000), ("wrun_top1|s", 1000), ("wrun_mid|s", 999)]:
+        assert (await _acquire(world, limit, member, priority=priority)).code == "wait"
+    parked_ms = await world.server_time_ms()
+
+    async def later() -> bool:
+        return bool(await world.server_time_ms() > parked_ms)
+
+    await eventually(later, what="the server clock to move on")
+    assert (await _acquire(world, limit, "wrun_top2|s", priority=1000)).code == "wait"
+    waiting = world.keys.flow_keys(limit)[1]
+    assert await world.redis.zrange(waiting, 0, -1) == [
+        "wrun_top1|s",
+        "wrun_top2|s",
+        "wrun_mid|s",
+        "wrun_low|s",
+    ]
+
+
 async def test_lapsed_hold_frees_its_slot(world: RedisWorld) -> None:
     """A holder that stops renewing (its worker died) loses the slot once its hold lapses: the
     sweep hands it to the waiter and names the waiter to wake."""

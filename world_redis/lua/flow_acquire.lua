@@ -68,7 +68,7 @@ local function hand_over(n)
   for _ = 1, n do
     local head = pop_first()
     if not head then return end
-    redis.call('ZADD', KEYS[1], now + reserve, head)
+    redis.call('ZADD', KEYS[1], string.format('%d', now + reserve), head)
     woken[#woken + 1] = head
   end
 end
@@ -105,13 +105,13 @@ if conc > 0 and not redis.call('ZSCORE', KEYS[1], member) then
   if free <= ahead then
     fill()  -- the free slots (if any) go to the waiters ahead
     if not rank then
-      redis.call('ZADD', KEYS[2], -prio * 4000000000000 + now, member)
+      redis.call('ZADD', KEYS[2], string.format('%d', -prio * 4000000000000 + now), member)
     end
     return reply('wait', 0)
   end
   hand_over(ahead)  -- the waiters ahead first, then this one
   if rank then redis.call('ZREM', KEYS[2], member) end
 end
-if conc > 0 then redis.call('ZADD', KEYS[1], now + hold, member) end
-if rate > 0 then redis.call('ZADD', KEYS[3], now, tag) end
+if conc > 0 then redis.call('ZADD', KEYS[1], string.format('%d', now + hold), member) end
+if rate > 0 then redis.call('ZADD', KEYS[3], string.format('%d', now), tag) end
 return reply('ok', 0)

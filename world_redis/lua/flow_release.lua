@@ -25,7 +25,7 @@ if conc > 0 then
   for _ = 1, conc - redis.call('ZCARD', KEYS[1]) do
     local head = pop_first()
     if not head then break end
-    redis.call('ZADD', KEYS[1], now + reserve, head)
+    redis.call('ZADD', KEYS[1], string.format('%d', now + reserve), head)
     out[#out + 1] = head
   end
 end

@@ -288,6 +288,21 @@ async def test_start_request_priority(world: RedisWorld) -> None:
     assert getattr(created, "priority", None) == 7
 
 
+async def test_dashboard_shows_the_limits(world: RedisWorld) -> None:
+    """The dashboard's /queues page lists each limit in use: slots in use of N, waiting."""
+    import httpx
+
+    from worker import create_dashboard_app
+
+    assert (await _acquire(world, "s:shown|acme", "wrun_a|s", concurrency=3)).code == "ok"
+    await world.flow.register("s:shown|acme")
+    transport = httpx.ASGITransport(app=create_dashboard_app(world, token="t"))
+    headers = {"authorization": "Bearer t"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
+        page = (await client.get("/queues?live=0", headers=headers)).text
+    assert 'id="flow-limits"' in page and "s:shown|acme" in page and "1 / 3" in page
+
+
 @pytest.mark.parametrize("priority", [1001, -1001, 1.5, "high", True])
 async def test_bad_priority_creates_nothing(world: RedisWorld, priority: Any) -> None:
     """start(..., priority=<not an int in -1000..1000>): FlowControlError naming it; no key."""

@@ -86,6 +86,8 @@ def workflow_call(
     if isinstance(fn, WorkflowFunction) or has_workflow(str(fn)):
         wf = fn if isinstance(fn, WorkflowFunction) else get_workflow(str(fn))
         name, input_json = wf.name, encode_workflow_input(wf, args, kwargs)
+        if wf.flow is not None and wf.flow.key is not None:  # FlowControlError before any run
+            wf.flow.check_key(list(args), kwargs, f"workflow {wf.name!r}")
     else:
         name = str(fn)
         payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}

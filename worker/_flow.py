@@ -115,6 +115,15 @@ class FlowSpec:
             return None
         return str(self.key(*args, **kwargs))
 
+    def check_key(self, args: list[Any], kwargs: dict[str, Any], where: str) -> None:
+        """FlowControlError when the ``concurrency_key`` fails on these arguments."""
+        try:
+            self.key_of(args, kwargs)
+        except Exception as exc:
+            raise FlowControlError(
+                "concurrency_key", self.key, f"it raised {type(exc).__name__}: {exc}", where
+            ) from None
+
 
 def flow_spec(
     kind: Literal["step", "workflow"],

@@ -174,15 +174,7 @@ class StepFunction:
         """The concurrency_key must work on the call's arguments: a failure raises here, in the
         workflow code that called the step (the same on every replay)."""
         assert self.flow is not None
-        try:
-            self.flow.key_of(list(args), kwargs)
-        except Exception as exc:
-            raise FlowControlError(
-                "concurrency_key",
-                self.flow.key,
-                f"it raised {type(exc).__name__}: {exc}",
-                self.label,
-            ) from None
+        self.flow.check_key(list(args), kwargs, self.label)
 
     @property
     def __wf_step_ref__(self) -> dict[str, Any]:

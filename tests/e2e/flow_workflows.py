@@ -173,3 +173,8 @@ async def keyed_by_customer(order: dict[str, str]) -> str:
 @workflow
 async def order_without_customer() -> str:
     return await keyed_by_customer({"item": "book"})
+
+
+@workflow(concurrency=2, concurrency_key=lambda order: order["customer"])
+async def keyed_run(order: dict[str, str]) -> str:
+    return order["customer"]

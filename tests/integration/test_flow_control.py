@@ -303,6 +303,15 @@ async def test_dashboard_shows_the_limits(world: RedisWorld) -> None:
     assert 'id="flow-limits"' in page and "s:shown|acme" in page and "1 / 3" in page
 
 
+async def test_workflow_key_that_fails_is_refused_at_start(world: RedisWorld) -> None:
+    """A workflow's concurrency_key that raises on the arguments: start() raises
+    FlowControlError naming it, and no run (no key) is created."""
+    before = await all_keys(world, f"{world.keys.prefix}*")
+    with pytest.raises(FlowControlError, match=r"concurrency_key.*KeyError"):
+        await start(fw.keyed_run, {"item": "book"})
+    assert await all_keys(world, f"{world.keys.prefix}*") == before
+
+
 @pytest.mark.parametrize("priority", [1001, -1001, 1.5, "high", True])
 async def test_bad_priority_creates_nothing(world: RedisWorld, priority: Any) -> None:
     """start(..., priority=<not an int in -1000..1000>): FlowControlError naming it; no key."""

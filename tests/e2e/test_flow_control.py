@@ -3,12 +3,14 @@ steps' own start/end times), rate windows held, a SIGKILLed holder's slot releas
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import time
 from typing import Any
 
 from tests.e2e import flow_workflows as fw
-from tests.support import eventually, wf_json
+from tests.support import WF, eventually, wf_json
 from worker import start
 from world_redis import RedisWorld
 
@@ -100,3 +102,25 @@ async def test_killed_holder_frees_its_slot(
     assert fw.max_overlap([(s, e) for s, e in spans.values()]) == 1
     holders = world.keys.flow_keys(f"s:{MODULE}:killable")[0]
     assert await world.redis.zcard(holders) == 0
+
+
+async def test_wf_start_priority(world: RedisWorld, worker_env: dict[str, str]) -> None:
+    """`wf start ... --priority 3` stores the run's priority; `--priority 5000` is refused in
+    one line naming the option, with exit code 1 and no run."""
+    base = [WF, "start", "run_rated", '"cli"', '"t"', "--import", MODULE]
+    ok = await asyncio.to_thread(
+        subprocess.run, [*base, "--priority", "3"], env=worker_env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    run_id = ok.stdout.strip()
+    assert await world.redis.hget(world.keys.run(run_id), "priority") == "3"
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--priority", "5000"],
+        env=worker_env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1
+    assert "invalid priority=5000" in bad.stderr and "Traceback" not in bad.stderr
+    assert (await world.list_runs(limit=10))[0] == [await world.get_run(run_id)]

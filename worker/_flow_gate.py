@@ -110,7 +110,10 @@ class FlowGate:
 
     def gated(self, calls: list[StepCall]) -> bool:
         """Whether any of ``calls`` is flow-controlled (no I/O: the common case costs nothing)."""
-        return self.store is not None and any(c.fn.flow is not None for c in calls)
+        for c in calls:
+            if c.fn.flow is not None:
+                return self.store is not None
+        return False
 
     async def admit(
         self, run_id: str, inst: WorkflowInstance, calls: list[StepCall]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._errors import FlowControlError
+from ._errors import FlowControlError, WorkflowError
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 
@@ -156,6 +156,15 @@ def flow_spec(
 
 
 FlowCode = Literal["ok", "wait", "later"]
+FLOW_CODES: tuple[FlowCode, ...] = ("ok", "wait", "later")
+
+
+def flow_code(text: str) -> FlowCode:
+    """The code flow_acquire.lua replied; WorkflowError for any other text (a script mismatch)."""
+    for code in FLOW_CODES:
+        if text == code:
+            return code
+    raise WorkflowError(f"flow_acquire.lua replied {text!r}, not one of {', '.join(FLOW_CODES)}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from worker.world import FlowGrant
+from worker.world import FlowGrant, flow_code
 
 from ._core import RedisCore
 from ._queue import _s
@@ -73,10 +73,8 @@ class RedisFlow:
         holders, waiting, starts, info = self.core.keys.flow_keys(limit)
         args = [member, concurrency, hold_ms, rate, window_ms, priority, tag, kind, reserve_ms]
         reply = await self.core._eval("flow_acquire", [holders, waiting, starts, info], args)
-        code = _s(reply[0])
-        return FlowGrant(
-            code=cast(Any, code), retry_at_ms=int(reply[1]), woken=tuple(_s(m) for m in reply[2:])
-        )
+        woken = tuple(_s(m) for m in reply[2:])
+        return FlowGrant(code=flow_code(_s(reply[0])), retry_at_ms=int(reply[1]), woken=woken)
 
     async def release(self, limit: str, member: str) -> list[str]:
         """Give up ``member``'s slot; the members handed a free slot (flow_release.lua)."""

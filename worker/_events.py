@@ -236,8 +236,9 @@ _FAST: dict[str, Callable[[NewEvent, int, int, int], Event]] = {
 def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     """The event as the log now holds it, built from what was appended (no round trip)."""
     fields = new.fields
-    if "ts" in fields:
-        ts = int(fields["ts"])
+    given = fields.get("ts")
+    if given is not None and given.isascii() and given.isdigit():  # as commit.lua keeps it
+        ts = int(given)
     fast = _FAST.get(new.type)
     if fast is not None and (new.type != "step_created" or "name" in fields):
         return fast(new, seq, ts, extra)

@@ -52,3 +52,23 @@ async def test_no_new_attempt_of_a_running_step_once_its_run_ended(
     assert await snapshot(world) == before
     done = await commit1(world, run_id, ev("step_completed", "step_a", attempt="1", result="3"))
     assert (done.code, statuses(done)) == ("ok", [("ok", 0)])
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [("1700000000123", True), ("1e3", False), ("12.5", False), ("", False)]
+)
+async def test_a_given_event_time_is_kept_only_when_it_is_integer_text(
+    world: RedisWorld, given: str, kept: bool
+) -> None:
+    """An event's field ts (the inline path's time) is stored as given when it is all digits;
+    anything else gets the server's time, as integer text (times are never written as floating
+    point, which a reader could not parse as an int)."""
+    run_id = await run_with_steps(world, "step_a")
+    assert (await commit1(world, run_id, ev("step_started", "step_a"))).code == "ok"
+    done = ev("step_completed", "step_a", attempt="1", result="3", ts=given)
+    assert (await commit1(world, run_id, done)).code == "ok"
+    rows = await world.redis.xrange(world.keys.run(run_id) + ":ev")
+    ts = dict(rows[-1][1])["ts"]
+    assert ts.isdigit()
+    assert (ts == given) == kept
+    assert all(f["ts"].isdigit() for _, f in rows)

@@ -819,7 +819,7 @@ def test_deterministic_ids_spell_the_ulid_of_the_start_time_and_the_run_seeded_b
 
     ids = DeterministicIds("wrun_abc", 1_700_000_000_123)
     rng = _random.Random("wrun_abc:ids")
-    for _ in range(5):
+    for _ in range(200):
         expected = f"step_{_ulid_text(1_700_000_000_123 << 80 | rng.getrandbits(80))}"
         assert ids.next("step") == expected
 

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--import", dest="import_", action="append", help="module defining the workflow")
     p.add_argument("--run-id")
     p.add_argument("--deployment", help="pin the run to this deployment id")
+    p.add_argument("--priority", type=int, help="-1000..1000: served first where work waits")
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float, default=60)
 
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             "streams",
             "queues",
             "deployments",
+            "flow",
         ],
     )
     p.add_argument("id", nargs="?")

@@ -34,7 +34,9 @@ async def start_command(args: argparse.Namespace) -> None:
     # name is passed as it is (a workflow defined only in the workers' code)
     name = resolve_workflow_name(args.workflow) if args.import_ else args.workflow
     values = [json_argument(i, a) for i, a in enumerate(args.args, 1)]
-    run = await start(name, *values, run_id=args.run_id, deployment_id=args.deployment)
+    run = await start(
+        name, *values, run_id=args.run_id, deployment_id=args.deployment, priority=args.priority
+    )
     print(run.run_id)
     if args.wait:
         print(

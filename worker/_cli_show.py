@@ -130,6 +130,8 @@ async def inspect_command(args: argparse.Namespace) -> None:
         await _inspect_queues(world, args.json)
     elif args.what == "deployments":
         await _inspect_deployments(world, args.json)
+    elif args.what == "flow":
+        await _inspect_flow(world, args.json)
     elif args.what == "events":
         if args.json:
             events = await get_run(args.id).events()
@@ -254,6 +256,31 @@ async def _inspect_queues(world: Any, as_json: bool) -> None:
             for row, s in zip(rows, stats, strict=True)
         ],
         ["partition", "queue", "deployment", "length", "lag", "pending", "oldest"],
+    )
+
+
+async def _inspect_flow(world: Any, as_json: bool) -> None:
+    """Each flow-control limit in use: its settings, slots held, waiters, starts in its window."""
+    store = getattr(world, "flow", None)
+    limits: list[dict[str, Any]] = await store.limits() if store is not None else []
+    if as_json:
+        print(json.dumps(limits))
+        return
+
+    def rate(lim: dict[str, Any]) -> str:
+        return f"{lim['rate']}/{lim['window_ms'] / 1000:g}s" if lim["rate"] else "-"
+
+    print_table(
+        [
+            [
+                lim["limit"],
+                f"{lim['holders']}/{lim['concurrency']}" if lim["concurrency"] else "-",
+                str(lim["waiting"]),
+                f"{lim['starts']} ({rate(lim)})" if lim["rate"] else "-",
+            ]
+            for lim in limits
+        ],
+        ["limit", "slots in use", "waiting", "starts in window"],
     )
 
 

@@ -25,6 +25,7 @@ from ._errors import (
     WorkflowTimeoutError,
 )
 from ._events import Event, NewEvent, RunCancelled, RunCompleted, RunFailed
+from ._flow import check_priority
 from ._ids import check_run_id, new_run_id
 from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
 from ._replay import ChildCall, WorkflowInstance, current_instance
@@ -87,6 +88,8 @@ def workflow_call(
     if isinstance(fn, WorkflowFunction) or has_workflow(str(fn)):
         wf = fn if isinstance(fn, WorkflowFunction) else get_workflow(str(fn))
         name, input_json = wf.name, encode_workflow_input(wf, args, kwargs)
+        if wf.flow is not None and wf.flow.key is not None:  # FlowControlError before any run
+            wf.flow.check_key(list(args), kwargs, f"workflow {wf.name!r}")
     else:
         name = str(fn)
         payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
@@ -102,6 +105,7 @@ async def start(
     world: World | None = None,
     deployment_id: str | None = None,
     parent_close: str = "cancel",
+    priority: int | None = None,
     **kwargs: Any,
 ) -> Run:
     """Start a run of workflow ``fn`` (a ``@workflow`` function or its registered name).
@@ -111,24 +115,31 @@ async def start(
     ``deployment_id`` pins the run to that deployment (UnknownDeploymentError when no worker
     ever registered it, and nothing is created); without it the run is pinned to the newest live
     deployment serving the workflow, or left for the first worker that takes it (see
-    ``worker._deployments``).
+    ``worker._deployments``). ``priority`` (an int from -1000 to 1000, default 0): where work
+    waits for a flow-control slot, higher priorities are served first (FlowControlError else).
 
     In workflow code the start is durable (a child run, see ``worker._children``): the returned
     run's ``result()`` is awaited durably, and ``parent_close`` ("cancel", the default, or
     "abandon") says whether the child is cancelled when the parent ends before it.
     """
     check_parent_close(parent_close)
+    level = check_priority(priority)
     inst = current_instance.get()
     if inst is not None and current_step.get() is None:
         if world is not None or deployment_id is not None:
             raise WorkflowError("start() in workflow code takes no world= or deployment_id=")
+        if level:
+            raise WorkflowError(
+                "start() in workflow code takes no priority= (a child run has the default "
+                "priority); start the run from a step to give it one"
+            )
         return start_child(inst, fn, args, kwargs, run_id, parent_close)
     w = world or get_world()
     name, input_json = workflow_call(w, fn, args, kwargs)
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
     deployment = await resolve_deployment(w, name, deployment_id)
     with tracing.start_span(name) as trace:
-        created = await w.create_run(rid, name, input_json, deployment, trace)
+        created = await w.create_run(rid, name, input_json, deployment, trace, priority=level)
     run = Run(rid, world=w)
     if created:
         run._seen_seq = 1  # its log holds run_created only: result() waits from there

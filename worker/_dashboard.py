@@ -249,11 +249,13 @@ class Dashboard:
         world = self.world
         gauges = getattr(world, "gauges", None)
         store = getattr(world, "dead_letters", None)
+        flow = getattr(world, "flow", None)  # flow-control limits (see _flow_gate.py)
         return self.page(
             "queues.html",
             queues=await pool_queues(world).queue_stats(),
             partitions=await gauges.partition_gauges() if gauges is not None else [],
             letters=await store.list(PAGE) if store is not None else [],
+            limits=await flow.limits() if flow is not None else [],
             notice=request.query_params.get("notice", ""),
             workers=await worker_reports(world),
             deployments=await deployment_store(world).stats(live_window_ms()),

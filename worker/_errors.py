@@ -199,6 +199,17 @@ class InvalidParentCloseError(WorkflowError, ValueError):
         self.value = value
 
 
+class FlowControlError(WorkflowError, ValueError):
+    """A flow-control option (``concurrency``, ``concurrency_key``, ``rate``, ``priority``) that
+    does not parse; raised at decoration or ``start()`` time, before anything is written."""
+
+    def __init__(self, option: str, value: object, expected: str, where: str = "") -> None:
+        at = f" of {where}" if where else ""
+        super().__init__(f"invalid {option}={value!r}{at}: {expected}")
+        self.option = option
+        self.value = value
+
+
 class FatalError(Exception):
     """Raised by a step to fail at once, without retries."""
 

@@ -36,6 +36,7 @@ class RunCreated(Event, frozen=True, tag="run_created"):
     seed: str = ""  # secret per run: default hook tokens derive from it
     trace: str = ""  # W3C trace context of the code that started the run (JSON), see _tracing
     parent: str = ""  # the run whose workflow code started this one (see worker/_children.py)
+    priority: int = 0  # start(..., priority=): flow control serves higher priorities first
 
 
 class RunStarted(Event, frozen=True, tag="run_started"):

@@ -15,11 +15,13 @@ from typing import Any, TypeVar, overload
 from . import _serde
 from ._context import current_step
 from ._errors import (
+    FlowControlError,
     StepNotRegisteredError,
     WorkflowError,
     WorkflowNameError,
     WorkflowNotRegisteredError,
 )
+from ._flow import FlowSpec, flow_spec
 from ._pool_world import DEFAULT_QUEUE, check_queue
 from ._replay import current_instance
 
@@ -94,12 +96,19 @@ class ArgSpec:
 class WorkflowFunction:
     """A registered workflow. Calling it outside a worker runs the coroutine function directly."""
 
-    def __init__(self, fn: Callable[..., Any], name: str, queue: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        queue: str | None = None,
+        flow: FlowSpec | None = None,
+    ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise WorkflowError(f"workflow {name!r} must be an 'async def' function")
         self.fn = fn
         self.name = name
         self.queue = queue or DEFAULT_QUEUE
+        self.flow = flow  # concurrency= / concurrency_key= (see _flow.py)
         self.signature = _hints(fn)
         self.argspec = ArgSpec(self.signature)
         functools.update_wrapper(self, fn)
@@ -124,12 +133,18 @@ class StepFunction:
     """A registered step. In a workflow a call schedules it durably; elsewhere it runs inline."""
 
     def __init__(
-        self, fn: Callable[..., Any], name: str, max_retries: int, queue: str | None
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        max_retries: int,
+        queue: str | None,
+        flow: FlowSpec | None = None,
     ) -> None:
         self.fn = fn
         self.name = name
         self.max_retries = max_retries
         self.queue = queue
+        self.flow = flow  # concurrency= / concurrency_key= / rate= (see _flow.py)
         self.signature = _hints(fn)
         self.argspec = ArgSpec(self.signature)
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -147,11 +162,19 @@ class StepFunction:
             except RuntimeError:
                 loop = None
             if loop is instance._loop:
+                if self.flow is not None and self.flow.key is not None:
+                    self._check_key(args, kwargs)
                 payload = {"args": list(args), "kwargs": kwargs} if kwargs else {"args": list(args)}
                 return instance.call_step(
                     self.name, _serde.dumps(payload, what=self.args_label), self
                 )
         return self.fn(*args, **kwargs)
+
+    def _check_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """The concurrency_key must work on the call's arguments: a failure raises here, in the
+        workflow code that called the step (the same on every replay)."""
+        assert self.flow is not None
+        self.flow.check_key(list(args), kwargs, self.label)
 
     @property
     def __wf_step_ref__(self) -> dict[str, Any]:
@@ -186,7 +209,7 @@ def revive_step_ref(name: str, closure: dict[str, Any]) -> StepFunction:
     )
     rebuilt = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells)
     rebuilt.__kwdefaults__ = fn.__kwdefaults__
-    return StepFunction(rebuilt, name, template.max_retries, template.queue)
+    return StepFunction(rebuilt, name, template.max_retries, template.queue, template.flow)
 
 
 _serde.set_stepref_resolver(revive_step_ref)
@@ -195,16 +218,34 @@ _serde.set_stepref_resolver(revive_step_ref)
 @overload
 def workflow(fn: F, /) -> F: ...
 @overload
-def workflow(*, name: str | None = None, queue: str | None = None) -> Callable[[F], F]: ...
-def workflow(fn: Any = None, /, *, name: str | None = None, queue: str | None = None) -> Any:
+def workflow(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: Callable[..., Any] | None = None,
+) -> Callable[[F], F]: ...
+def workflow(
+    fn: Any = None,
+    /,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: Callable[..., Any] | None = None,
+) -> Any:
     """Declare an ``async def`` as a workflow: ``@workflow`` or ``@workflow(name="orders.place")``.
 
-    ``queue``: only workers serving that queue (``wf worker --queues``) replay its runs."""
+    ``queue``: only workers serving that queue (``wf worker --queues``) replay its runs.
+    ``concurrency``: at most that many runs in progress (started, not ended) at once, across all
+    workers; ``concurrency_key`` (a function of the run's arguments) makes it per key."""
     if queue is not None:
         check_queue(queue)
 
     def wrap(f: Callable[..., Any]) -> Any:
-        wf = WorkflowFunction(f, name or _default_name(f), queue)
+        wf_name = name or _default_name(f)
+        spec = flow_spec("workflow", wf_name, concurrency, concurrency_key)
+        wf = WorkflowFunction(f, wf_name, queue, spec)
         existing = _workflows.get(wf.name)
         if existing is not None and existing.fn.__qualname__ != f.__qualname__:
             raise WorkflowError(f"workflow name {wf.name!r} is already used by {existing.fn!r}")
@@ -218,7 +259,13 @@ def workflow(fn: Any = None, /, *, name: str | None = None, queue: str | None = 
 def step(fn: F, /) -> F: ...
 @overload
 def step(
-    *, name: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES, queue: str | None = None
+    *,
+    name: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    queue: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: Callable[..., Any] | None = None,
+    rate: str | None = None,
 ) -> Callable[[F], F]: ...
 def step(
     fn: Any = None,
@@ -227,15 +274,32 @@ def step(
     name: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
     queue: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: Callable[..., Any] | None = None,
+    rate: str | None = None,
 ) -> Any:
-    """Declare a step: a function whose result is recorded, retried up to ``max_retries`` times."""
+    """Declare a step: a function whose result is recorded, retried up to ``max_retries`` times.
+
+    ``concurrency``: at most that many executions at once across all workers; ``rate``
+    (``"100/m"``): at most that many starts within any such window; ``concurrency_key`` (a
+    function of the step's arguments) makes both per key (see README, "Flow control")."""
 
     def wrap(f: Callable[..., Any]) -> Any:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         if queue is not None:
             check_queue(queue)  # InvalidQueueNameError at import, not when a run reaches it
-        st = StepFunction(f, name or _default_name(f), max_retries, queue)
+        st_name = name or _default_name(f)
+        spec = flow_spec("step", st_name, concurrency, concurrency_key, rate)
+        if spec is not None and queue is not None and queue != DEFAULT_QUEUE:
+            raise FlowControlError(
+                "queue",
+                queue,
+                "a step with concurrency= or rate= runs on the default queue (its limits are "
+                "checked by the worker holding the run)",
+                f"step {st_name!r}",
+            )
+        st = StepFunction(f, st_name, max_retries, queue, spec)
         existing = _steps.get(st.name)
         if (
             existing is not None

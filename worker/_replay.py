@@ -268,6 +268,8 @@ class WorkflowInstance:
         self.ended: str | None = None  # a terminal event is in the log (consumed or not)
         self.has_started = False
         self.trace = ""  # the stored trace context of the code that started the run
+        self.priority = 0  # start(..., priority=): the order of its place in flow-control lines
+        self.run_input = "[]"  # the run's arguments (JSON): a workflow's concurrency_key reads them
         self._waits_completed: set[str] = set()  # wait_completed is in the log (maybe unconsumed)
         self._log_open: dict[str, str] = {}  # calls the log opened and did not finish: corr -> kind
         self.patches: dict[str, bool] = {}  # patched()/deprecate_patch() answers, by change id
@@ -313,6 +315,8 @@ class WorkflowInstance:
                 self._waits_completed.add(ev.corr)
             elif isinstance(ev, RunCreated):
                 self.trace = ev.trace
+                self.priority = ev.priority
+                self.run_input = ev.input
 
     def append_own(
         self, events: Sequence[NewEvent], first_seq: int, ts: int, attempts: Sequence[int]

@@ -27,6 +27,7 @@ from ._deployments import (
     resolve_deployment,
 )
 from ._errors import (
+    FlowControlError,
     HookNotFoundError,
     InvalidRunIdError,
     MalformedMessageError,
@@ -36,6 +37,7 @@ from ._errors import (
     WorldUnavailableError,
 )
 from ._events import NewEvent
+from ._flow import check_priority
 from ._hooks import resume_hook
 from ._ids import _ulid_text, check_run_id
 from ._registry import convert_args, get_workflow, has_workflow
@@ -51,6 +53,7 @@ BLOCK_MS = 500
 
 # verdicts about a request itself: it is rejected at once, with the error as the reason
 VERDICTS = (
+    FlowControlError,
     MalformedMessageError,
     WorkflowNotRegisteredError,
     InvalidRunIdError,
@@ -183,6 +186,7 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
         if not has_workflow(name):
             raise WorkflowNotRegisteredError(name)
         convert_args(get_workflow(name).signature, args, {}, f"workflow {name!r}")
+        priority = request_priority(fields.get("priority"))
         # pinned like start() pins: the request's "deployment" (registered), else the newest
         # live deployment serving the workflow, if any
         deployment = await resolve_deployment(worker.world, name, fields.get("deployment"))
@@ -194,9 +198,22 @@ async def handle_start_request(worker: Worker, req: StartRequest) -> None:
             await record_failed_start(worker, fields["run_id"], fields["workflow"], exc)
         return
     created = await worker.world.create_run(
-        run_id, name, args_text, deployment, request_trace(fields)
+        run_id, name, args_text, deployment, request_trace(fields), priority=priority
     )
     worker.log.info("run_started_by_request", run_id=run_id, workflow=name, created=created)
+
+
+def request_priority(text: str | None) -> int:
+    """A start request's optional ``priority`` field (an int, as for ``start()``)."""
+    if text is None or text == "":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise FlowControlError(
+            "priority", text, "expected an int from -1000 to 1000", "start request"
+        ) from None
+    return check_priority(value)
 
 
 async def handle_resume_request(worker: Worker, req: StartRequest) -> None:

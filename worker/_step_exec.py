@@ -28,6 +28,7 @@ from ._streams import capture_stream_result
 from ._world import World
 
 if TYPE_CHECKING:
+    from ._flow_gate import FlowGate
     from ._metrics import WorkerMetrics
 
 DEFAULT_RETRY_DELAY_S = 1.0
@@ -88,14 +89,21 @@ class StepExecutor:
         self.metrics = metrics
         self.tracing = False  # record spans (see _tracing): set by the worker when it starts
         self.slots = StepSlots(concurrency)
+        self.flow: FlowGate | None = None  # set by the worker: slots of flow-controlled steps
         self.pool = ThreadPoolExecutor(max_workers=min(64, concurrency))
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, inst: WorkflowInstance, call: StepCall, attempt: int) -> NewEvent:
+    async def run(
+        self, inst: WorkflowInstance, call: StepCall, attempt: int, gated: bool = True
+    ) -> NewEvent:
         """Run one attempt of ``call``; the event that records its outcome."""
         fn: StepFunction = call.fn
+        if gated and fn.flow is not None and self.flow is not None:
+            # its flow-control slot held (renewed) while it runs, given back when it ends
+            async with self.flow.holding(inst.run_id, call.corr):
+                return await self.run(inst, call, attempt, False)
         ctx = StepContext(
             step_id=call.corr,
             step_name=fn.name,

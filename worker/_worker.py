@@ -32,6 +32,7 @@ from ._errors import (
     WorkflowNotRegisteredError,
 )
 from ._events import Event, NewEvent, appended_events, make_event
+from ._flow_gate import FlowGate
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
 from ._logging import get_logger
@@ -150,6 +151,8 @@ class Worker:
         # its deployment's lanes of each of its queues (see _deployments.py)
         lanes = worker_lanes(self.deployment, self.config.queues)
         self.pools = PoolRunner(self, (*self.config.queues, *lanes))
+        self.flow = FlowGate(self)  # concurrency= / rate= of steps and workflows (_flow_gate.py)
+        self.steps.flow = self.flow
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -488,6 +491,8 @@ class Worker:
                 held.known_seq = seq
                 continue
             if inst.finished is not None or inst.ended is not None:
+                if inst.ended == "run_cancelled":
+                    await self.flow.run_ended(inst)  # its workflow's slot, or its place in line
                 self._evict(held.run_id)
             return
         self._evict(held.run_id)
@@ -511,11 +516,14 @@ class Worker:
     def _next_due_in(self, inst: WorkflowInstance) -> float | None:
         dues = [w.resume_at for w in inst.pending_waits()]
         now_ms = self.now_ms()
+        parked = self.flow.parked.get(inst.run_id, ())  # steps waiting for a flow slot
         dues += [
             s.retry_after
             for s in inst.pending_steps()
-            # a routed step already due waits in its queue, not here
-            if s.status == "pending" and not (step_queue(s.fn) and s.retry_after <= now_ms)
+            # a routed step already due waits in its queue, not here; a parked one for its slot
+            if s.status == "pending"
+            and not (step_queue(s.fn) and s.retry_after <= now_ms)
+            and s.corr not in parked
         ]
         if not dues:
             return None
@@ -530,6 +538,8 @@ class Worker:
             return False
         # a run not started yet: run_started goes out in the commit of what the code does first
         head = None if inst.has_started else NewEvent("run_started")
+        if head is not None and not await self.flow.admit_run(inst):
+            return False  # parked until a slot of its workflow's limit is handed to it
         now_ms = self.now_ms()
         due = [w for w in inst.pending_waits() if w.resume_at <= now_ms]
         if due:
@@ -579,6 +589,8 @@ class Worker:
             created = self._creation_events(inst, outcome, log)
             if created is not None:
                 start, exhausted, routed = self._startable(held, inst, outcome, now_ms)
+                if self.flow.gated(start):
+                    start = await self.flow.admit(held.run_id, inst, start)
                 events = created + [NewEvent("step_started", c.corr) for c in start]
                 events += [self._exhausted(c) for c in exhausted]
         if head is not None:
@@ -621,6 +633,7 @@ class Worker:
             await ensure_children(self.world, inst, {e.corr for e in events})
         if outcome.kind in ("completed", "failed"):
             log.info(f"run_{outcome.kind}")
+            await self.flow.run_ended(inst)
             if self.metrics is not None:
                 took = (self.now_ms() - inst.started_at_ms) / 1000.0
                 self.metrics.run_done(inst.workflow_name, outcome.kind, took)

@@ -60,6 +60,7 @@ def supervise(worker: Worker) -> None:
     if worker.serves_default:
         sup.add("reclaim", lambda d: reclaim_loop(worker, d), stale_after_s=quiet_s + 3 * lease_s)
     worker.pools.supervise()  # queue streams and the deployment's lanes (see _pools.py)
+    worker.flow.supervise()  # flow control's renewals and sweeper, when used (_flow_gate.py)
     sup.add("requests", lambda d: request_loop(worker, d), stale_after_s=quiet_s)
     # a success per renewal: quiet only when several renewals in a row failed
     register_s = max(quiet_s, 3 * register_interval_s(worker.config.lease_ms))

@@ -205,6 +205,7 @@ class World(Protocol):
         deployment: str = "",
         trace: str = "",
         parent: str = "",
+        priority: int = 0,
     ) -> bool: ...
     async def get_run(self, run_id: str) -> RunInfo | None: ...
     async def list_runs(

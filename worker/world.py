@@ -31,6 +31,7 @@ from ._events import (
     event_from_fields,
     make_event,
 )
+from ._flow import FlowGrant, flow_code
 from ._ids import new_event_id, new_ids, token_worker
 from ._logging import get_logger
 from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
@@ -75,6 +76,7 @@ __all__ = [
     "Event",
     "EventResult",
     "EventStatus",
+    "FlowGrant",
     "MigrateError",
     "NewEvent",
     "PartitionCountMismatchError",
@@ -108,6 +110,7 @@ __all__ = [
     "event_from_fields",
     "event_status",
     "event_statuses",
+    "flow_code",
     "get_logger",
     "is_envelope",
     "lane_deployment",

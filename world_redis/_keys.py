@@ -63,6 +63,14 @@ the slot space would balance better, but would rename the keys of every existing
     wf:deployments                    hash    deployment id -> JSON {workflows, first_seen_ms,
                                               last_seen_ms, workers}, renewed by its workers
                                               and left when they stop (global)
+    wf:{fc}:limits                    zset    flow-control limit id -> ms of its last use (the
+                                              sweeper's list; see _flow.py)
+    wf:{fc}:sweeping                  string  the worker whose turn it is to sweep (PX)
+    wf:{fc:<limit>}:holders           zset    "<run id>|<step id>" (or "<run id>") -> ms when its
+                                              hold of a slot lapses
+    wf:{fc:<limit>}:waiting           zset    parked callers, ordered by priority then arrival
+    wf:{fc:<limit>}:starts            zset    rate log: "<member>|<attempt>" -> start ms
+    wf:{fc:<limit>}:limit             hash    kind, concurrency, rate, window_ms, reserve_ms, used
     wf:{sched}:schedules              zset    schedule id -> created ms (the listing)
     wf:{sched}:due                    zset    schedule id -> next due ms (paused ones absent)
     wf:{sched}:schedule:<id>          hash    a schedule: spec (JSON), paused, next_due,
@@ -260,3 +268,16 @@ class Keys:
     def schedule(self, schedule_id: str) -> str:
         """A schedule's hash: its spec, state and latest decisions."""
         return f"{self.prefix}:{{sched}}:schedule:{schedule_id}"
+
+    def flow_registry(self) -> str:
+        """Every flow-control limit in use: limit id -> ms of its last registration."""
+        return f"{self.prefix}:{{fc}}:limits"
+
+    def flow_sweep_turn(self) -> str:
+        """The worker sweeping the limits now (expires after one sweep interval)."""
+        return f"{self.prefix}:{{fc}}:sweeping"
+
+    def flow_keys(self, limit: str) -> tuple[str, str, str, str]:
+        """A limit's holders, waiting, starts and limit hash: one slot (tag ``{fc:<limit>}``)."""
+        base = f"{self.prefix}:{{fc:{limit}}}"
+        return f"{base}:holders", f"{base}:waiting", f"{base}:starts", f"{base}:limit"

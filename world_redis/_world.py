@@ -41,6 +41,7 @@ from ._compact import CompactedLogError, RedisCompaction
 from ._core import RedisCore
 from ._deployments import RedisDeployments
 from ._dlq import RedisDeadLetters
+from ._flow import RedisFlow
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
 from ._keys import STATUSES, Keys
@@ -114,6 +115,7 @@ class RedisWorld:
         self.gauges = RedisGauges(self.core)  # what metrics read from Redis (_gauges.py)
         self.dead_letters = RedisDeadLetters(self.core)  # list, drop, replay (_dlq.py)
         self.schedules = RedisSchedules(self.core)  # schedules and their due index (_schedules.py)
+        self.flow = RedisFlow(self.core)  # flow control: slots, waiters, rates (_flow.py)
 
     @classmethod
     def from_url(
@@ -317,6 +319,7 @@ class RedisWorld:
         deployment: str = "",
         trace: str = "",
         parent: str = "",
+        priority: int = 0,
     ) -> bool:
         await self.core._ready()
         k = self.keys
@@ -345,6 +348,7 @@ class RedisWorld:
                 secrets.token_hex(16),
                 trace,
                 parent,
+                priority,
             ],
         )
         return bool(reply[0] == "created")

@@ -19,6 +19,7 @@ WORKER_API = {
     "EncryptionKeyError",
     "FatalError",
     "FetchResponse",
+    "FlowControlError",
     "Hook",
     "HookConflictError",
     "HookDisposedError",

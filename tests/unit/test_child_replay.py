@@ -79,6 +79,12 @@ async def impatient() -> str:
     return "ended"
 
 
+@workflow(name="t_child.prioritised")
+async def prioritised() -> str:
+    await start(kid, 1, priority=5)
+    return "started"
+
+
 @workflow(name="t_child.chosen_id")
 async def chosen_id() -> list[str]:
     a = await start(kid, 1, run_id="wrun_CHOSEN")
@@ -249,3 +255,12 @@ def test_a_child_result_timeout_is_a_durable_timer_raising_workflow_timeout_erro
     kinds = [e.__struct_config__.tag for e in log.events]
     assert kinds.count("child_started") == 1 and kinds.count("wait_created") == 1
     assert replay(impatient, log.events).output == out.output
+
+
+def test_priority_of_a_child_run_is_refused_in_workflow_code() -> None:
+    """A child run has the default priority: priority= in workflow code fails the call with an
+    error that says where a priority can be given, and records no child."""
+    _inst, log, out = run(prioritised, [])
+    assert out.kind == "failed"
+    assert "priority=" in out.error and "from a step" in out.error
+    assert not [e for e in log.events if e.__struct_config__.tag == "child_started"]

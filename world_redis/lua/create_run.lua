@@ -16,6 +16,7 @@
 -- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
 -- ARGV[8] the parent run: the run whose workflow code started this one ("" or absent: none);
 --         stored as field "parent" of run_created and of the run hash
+-- ARGV[9] the run's priority (flow control: higher first; "0" or absent: none, not stored)
 --
 -- Reply: {"created", now_ms} or {"exists", status} ("compacted" for a compacted finished run):
 -- starting the same run id twice returns the existing run and changes nothing.
@@ -39,11 +40,16 @@ local entry = { KEYS[2], '1-0', 'type', 'run_created', 'ts', now_s, 'workflow', 
 if ARGV[4] ~= '' then entry[#entry + 1] = 'id'; entry[#entry + 1] = ARGV[4] end
 if (ARGV[7] or '') ~= '' then entry[#entry + 1] = 'trace'; entry[#entry + 1] = ARGV[7] end
 if (ARGV[8] or '') ~= '' then entry[#entry + 1] = 'parent'; entry[#entry + 1] = ARGV[8] end
+local priority = ARGV[9] or '0'
+if priority ~= '0' and priority ~= '' then
+  entry[#entry + 1] = 'priority'; entry[#entry + 1] = priority
+end
 redis.call('XADD', unpack(entry))
 redis.call('HSET', KEYS[1], 'run_id', ARGV[1], 'workflow', ARGV[2], 'status', 'pending',
   'input', ARGV[3], 'deployment', ARGV[5], 'created_at', now_s, 'updated_at', now_s, 'seq', '1',
   'lease_owner', '', 'lease_until', '0')
 if (ARGV[8] or '') ~= '' then redis.call('HSET', KEYS[1], 'parent', ARGV[8]) end
+if priority ~= '0' and priority ~= '' then redis.call('HSET', KEYS[1], 'priority', priority) end
 redis.call('ZADD', KEYS[4], now_s, ARGV[1])
 redis.call('ZADD', KEYS[5], now_s, ARGV[1])
 redis.call('ZADD', KEYS[6], now_s, ARGV[1])

@@ -79,6 +79,8 @@ async def dev_command(args: argparse.Namespace) -> None:
                 print(f"wf dev: {why}; restarting the worker", flush=True)
                 await asyncio.to_thread(stop_worker, worker)
                 files, worker = now, start_worker(args.modules, env)
+                # from here on no process of the old code takes a run (the old one has exited)
+                print("wf dev: worker restarted", flush=True)
     finally:
         await asyncio.to_thread(stop_worker, worker)
         server.cancel()

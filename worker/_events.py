@@ -243,21 +243,26 @@ _PAYLOAD_FIELDS = {
 def _step_created(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     f = new.fields
     return StepCreated(
-        seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, name=f["name"], input=f.get("input", "null")
+        seq=seq,
+        id=entry_id(seq),
+        ts=ts,
+        corr=new.corr,
+        name=f["name"],
+        input=f.get("input", "null"),
     )
 
 
 def _step_started(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
-    return StepStarted(seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, attempt=extra)
+    return StepStarted(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, attempt=extra)
 
 
 def _step_completed(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     result = new.fields.get("result", "null")
-    return StepCompleted(seq=seq, id=f"{seq}-0", ts=ts, corr=new.corr, result=result)
+    return StepCompleted(seq=seq, id=entry_id(seq), ts=ts, corr=new.corr, result=result)
 
 
-# the events of a step's commit, built without the general path's field checks (their fields
-# are the worker's own; make_event's own tests cover both paths)
+# the events of a step's commit, built without the general path's loop over fields (a test holds
+# each to what _make_general builds from the same input)
 _FAST: dict[str, Callable[[NewEvent, int, int, int], Event]] = {
     "step_created": _step_created,
     "step_started": _step_started,
@@ -274,6 +279,11 @@ def make_event(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
     fast = _FAST.get(new.type)
     if fast is not None and (new.type != "step_created" or "name" in fields):
         return fast(new, seq, ts, extra)
+    return _make_general(new, seq, ts, extra)
+
+
+def _make_general(new: NewEvent, seq: int, ts: int, extra: int) -> Event:
+    """make_event for any type: the payload fields the event's type has, typed."""
     cls = EVENT_TYPES[new.type]
     payload = _PAYLOAD_FIELDS[new.type]
     data: dict[str, Any] = {}

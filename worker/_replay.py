@@ -330,34 +330,7 @@ class WorkflowInstance:
         if self._pos - self._base != len(self.log) or first_seq != self.seq + 1:
             return False
         steps = self.steps
-        if len(events) == 2:  # the common case: one step created and started
-            first, second = events
-            call = steps.get(first.corr)
-            if (
-                call is None
-                or first.type != "step_created"
-                or second.type != "step_started"
-                or second.corr != first.corr
-                or call.created
-                or call.future.done()
-            ):
-                return False
-            self._log_open[call.corr] = "step"
-            call.created, call.status, call.attempt, call.retry_after = (
-                True,
-                "running",
-                attempts[1],
-                0,
-            )
-            self._open.pop(call.corr, None)
-            self._active_steps[call.corr] = call
-            self.seq += 2
-            self._pos += 2
-            self._base += 2
-            if ts > self.clock_ms:
-                self.clock_ms = ts
-            return True
-        created: set[str] = set()
+        created: list[str] = []  # a commit creates few steps: a list is the cheaper check
         for new in events:
             call = steps.get(new.corr)
             if call is None or call.future.done():
@@ -365,7 +338,7 @@ class WorkflowInstance:
             if new.type == "step_created":
                 if call.created or new.corr in created:
                     return False
-                created.add(new.corr)
+                created.append(new.corr)
             elif new.type != "step_started" or not (call.created or new.corr in created):
                 return False
         log_open, active = self._log_open, self._active_steps

@@ -603,7 +603,7 @@ class Worker:
             events=events,
             token=self.token,
             expected_seq=base,
-            fed=len(events),  # fed below, here (see WorkflowInstance.append_own)
+            fed=len(events),  # the worker feeds its instance itself, below
         )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}

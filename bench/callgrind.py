@@ -98,7 +98,7 @@ async def drive_script(port: int, pid: int, source: str) -> None:
     sha = await r.script_load(source)
     p = "wf:{p0}"
     statuses = ("pending", "running", "completed", "failed", "cancelled")
-    keys = [f"{p}:ready", f"{p}:timers", f"{p}:idx:all", f"{p}:idx:done"]
+    keys = [f"{p}:ready", f"{p}:timers", f"{p}:idx:done"]
     keys += [f"{p}:idx:{s}" for s in statuses] + [f"{p}:clock"]
     runs = [f"wrun_{i:026d}" for i in range(SCRIPT_RUNS)]
     pipe = r.pipeline(transaction=False)

@@ -7,7 +7,7 @@
 8. Start rate: (a) 5,000 ``bench.park`` runs created by ``start()`` from this one process, 50 in
    flight, no worker running: runs/s = 5,000 / seconds. (b) With one worker reading, 5,000
    ``XADD <prefix>:start * workflow bench.park args [i] run_id ...`` requests sent in pipelines of
-   500; the clock runs from the first XADD until ``ZCARD <prefix>:{p0}:idx:all`` counts 5,000
+   500; the clock runs from the first XADD until ``ZCARD <prefix>:{p0}:idx:wf:bench.park`` counts 5,000
    (the worker also takes each created run to its sleep: one more commit per run).
 9. Memory: Redis ``used_memory`` before and after 1,000 finished ten-step runs on a fresh prefix,
    both read with no worker connected (so client buffers do not count), divided by 1,000. "After
@@ -103,7 +103,7 @@ async def start_rate_client(server: RedisServer, prefix: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         await create_runs(workloads.park, START_RUNS, START_CONCURRENCY)
         seconds = time.perf_counter() - t0
-        created = int(await client(world).zcard(world.keys.idx_all(0)))
+        created = int(await client(world).zcard(world.keys.idx_workflow(0, "bench.park")))
     if created != START_RUNS:
         raise RuntimeError(f"expected {START_RUNS} runs, found {created}")
     return {
@@ -138,7 +138,12 @@ async def start_rate_xadd(server: RedisServer, prefix: str, workdir: Path) -> di
         sent = time.perf_counter() - t0
         try:
             seconds, _ = await wait_count(
-                r, keys.idx_all(0), START_RUNS, 300, lambda: worker.proc.poll() is None, t0=t0
+                r,
+                keys.idx_workflow(0, "bench.park"),
+                START_RUNS,
+                300,
+                lambda: worker.proc.poll() is None,
+                t0=t0,
             )
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n{worker.tail()}") from None

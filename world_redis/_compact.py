@@ -2,131 +2,56 @@
 string (``<prefix>:{pN}:run:<id>:log``), swapped in by compact.lua.
 
 Why: a small stream costs Redis a pre-allocated listpack node (about 8 KB for a ten-step run,
-see PERF-NOTES.md "Memory per finished run"), while the same run compressed is about 1.2 KB
-(most of it the random parts of its event and step ids, which no compression removes). A live run keeps its stream; only a terminal run is compacted, and only while its stream
+see PERF-NOTES.md "Memory per finished run"), while the same run compacted is a few hundred
+bytes. A live run keeps its stream; only a terminal run is compacted, and only while its stream
 still ends at the seq the compactor read (the script's fence), so no event is ever lost.
 
-The stored value (format "wfl1"):
-
-    zstd skippable frame, payload b"wfl1"   (8-byte frame header + 4 bytes: the format version)
-    zstd frame of JSON {"run": {field: value}, "events": [[seq, {field: value}], ...]}
-
-``run`` holds the run hash exactly as stored (envelopes stay envelopes), but its lease and its
-``run_id`` (the key names it); ``events`` holds every stream entry's fields exactly as stored, so
-a reader builds the same run and events from it as from the hash and the stream. Why the run hash
-goes too: it costs about 400 bytes (key, listpack, expiry) for fields that compress to a few
-dozen, and every script treats a run without hash as not there, writing nothing (create_run.lua
-also checks the value, so the id starts no second run). ``zstd -d`` skips the version frame:
-``redis-cli --raw GET <key> | head -c -1 | zstd -d`` shows the JSON (README's cookbook). A reader refuses any other version with
-CompactedLogError, a CorruptEventError (never unpickles, never imports anything named in data).
+The stored value (its format: ``_compact_format.py``) holds the run hash (envelopes stay
+envelopes) and every stream entry, so a reader builds the same run and events from it as from the
+hash and the stream. Why the run hash goes too: it costs about 400 bytes (key, listpack, expiry)
+for fields that compress to a few dozen, and every script treats a run without hash as not there,
+writing nothing (create_run.lua also checks the value, so the id starts no second run).
 """
 
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, cast, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, cast, get_args
 
-import msgspec
 import zstandard
 
 from worker.world import CorruptEventError, get_logger
 
 from ._client import Entry, entries, text, text_dict
+from ._compact_format import (  # re-exported: the format's names, where callers found them
+    HEADER,
+    CompactedLog,
+    CompactedLogError,
+    decode_log,
+    decode_run,
+    encode_log,
+    new_compressor,
+)
 from ._core import RedisCore
 from ._retry import with_retry
 
-T = TypeVar("T")
-# zstd's skippable frame magic (0x184D2A50..5F), so that the zstd tool skips the version prefix
-FORMAT = b"wfl1"
-HEADER = struct.pack("<II", 0x184D2A50, len(FORMAT)) + FORMAT
-# ten steps: 1,240 B in 21 us at level 3 (the context reused), 1,183 B in 85 us at 5, 1,158 B in
-# 1.3 ms at 19; the worker that compacts also drives runs, so the cheap level (a measure of the
-# sample runs of bench.workloads.ten_steps)
-LEVEL = 3
-DROPPED_FIELDS = frozenset({"run_id", "lease_owner", "lease_until"})  # not kept in the value
+__all__ = [
+    "HEADER",
+    "CompactedLog",
+    "CompactedLogError",
+    "RedisCompaction",
+    "decode_log",
+    "decode_run",
+    "encode_log",
+    "new_compressor",
+]
 LOCK_MS = 30_000  # a partition's compaction lock outlives any round of it
 CLOCK_MARGIN_MS = 1_000  # see _compact_due
 # what compact.lua answers per run (see its header)
 CompactCode = Literal["compacted", "already", "no_run", "not_terminal", "leased", "moved"]
 RETRY_CODES = frozenset({"leased", "moved"})  # a later round may compact the run
 _CODES: tuple[str, ...] = get_args(CompactCode)
-
-
-class CompactedLogError(CorruptEventError):
-    """A compacted log that cannot be read: an unknown format version, or a value that does not
-    decode. A run whose log is unreadable fails to load like a run with a corrupt entry."""
-
-
-class CompactedLog(msgspec.Struct, frozen=True):
-    """What a compacted value holds: the run fields it took over and the log's entries."""
-
-    run: dict[str, str]
-    events: list[tuple[int, dict[str, str]]]
-
-    def entries(self, after_seq: int = 0) -> list[Entry]:
-        """The log's entries after ``after_seq``, as XRANGE gives them: (``<seq>-0``, fields)."""
-        return [(f"{seq}-0", fields) for seq, fields in self.events if seq > after_seq]
-
-    @property
-    def last_seq(self) -> int:
-        return self.events[-1][0] if self.events else 0
-
-
-class _CompactedRun(msgspec.Struct, frozen=True):
-    """A compacted value's run fields alone: its events are skipped, not built."""
-
-    run: dict[str, str]
-
-
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder(CompactedLog)
-_RUN_DECODER = msgspec.json.Decoder(_CompactedRun)
-
-
-def encode_log(
-    run_fields: Mapping[str, str],
-    stream: Sequence[Entry],
-    compressor: zstandard.ZstdCompressor | None = None,
-) -> bytes:
-    """The compacted value of a run: its hash (but DROPPED_FIELDS) and its stream entries.
-    UnicodeEncodeError when a stored value is not UTF-8 (such a run is left as it is).
-
-    ``compressor``: one to reuse (a new one costs more than compressing a run); one thread at a
-    time."""
-    log = CompactedLog(
-        run={f: v for f, v in run_fields.items() if f not in DROPPED_FIELDS},
-        events=[(int(eid.split("-", 1)[0]), dict(fields)) for eid, fields in stream],
-    )
-    compressor = compressor or new_compressor()
-    return HEADER + compressor.compress(_ENCODER.encode(log))
-
-
-def new_compressor() -> zstandard.ZstdCompressor:
-    return zstandard.ZstdCompressor(level=LEVEL, write_checksum=False)
-
-
-def decode_log(run_id: str, value: bytes) -> CompactedLog:
-    """The compacted value read back; CompactedLogError for an unknown version or bad data."""
-    return _decode(_DECODER, run_id, value)
-
-
-def decode_run(run_id: str, value: bytes) -> dict[str, str]:
-    """The run hash fields of a compacted value (its events not built)."""
-    return _decode(_RUN_DECODER, run_id, value).run
-
-
-def _decode(decoder: msgspec.json.Decoder[T], run_id: str, value: bytes) -> T:
-    if not value.startswith(HEADER):
-        raise CompactedLogError(
-            f"run {run_id}: compacted log of unknown format {value[: len(HEADER)]!r} "
-            f"(this version reads {FORMAT.decode()})"
-        )
-    try:
-        return decoder.decode(zstandard.ZstdDecompressor().decompress(value[len(HEADER) :]))
-    except (zstandard.ZstdError, msgspec.DecodeError) as exc:
-        raise CompactedLogError(f"run {run_id}: compacted log does not decode: {exc}") from None
 
 
 def _raw(value: bytes | str) -> bytes:
@@ -326,7 +251,7 @@ class RedisCompaction:
         if fields.get("status") not in ("completed", "failed", "cancelled") or not stream:
             return None
         try:
-            return encode_log(fields, stream, compressor)
+            return encode_log(run_id, fields, stream, compressor)
         except UnicodeEncodeError:
             self._log.warning("run_not_compacted", run_id=run_id, reason="log holds non-UTF-8")
             return None

@@ -19,8 +19,10 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
     wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason (undecodable
                                               ones with each field as <name>:b64, raw bytes)
-    wf:{p0}:idx:all                   zset    run id -> created ms
-    wf:{p0}:idx:<status>              zset    run id -> created ms, one per status
+    wf:{p0}:idx:<status>              zset    run id -> created ms, one per status: a run is in the
+                                              index of its status (together: every run)
+    wf:{p0}:idx:all                   zset    not written any more (earlier versions listed every
+                                              run in it too); the janitor drains it
     wf:{p0}:idx:wf:<workflow>         zset    run id -> created ms
     wf:{p0}:idx:done                  zset    run id -> completed ms (retention janitor, compactor),
                                               until the run is compacted
@@ -131,6 +133,8 @@ class Keys:
         return f"{self.tag(partition)}:dlq"
 
     def idx_all(self, partition: int) -> str:
+        """An index of every run, written by earlier versions only (the status indexes together
+        list every run): the janitor still drains it."""
         return f"{self.tag(partition)}:idx:all"
 
     def idx_done(self, partition: int) -> str:
@@ -229,12 +233,11 @@ class Keys:
         return f"{self.prefix}:hooks:resume"
 
     def partition_keys(self, partition: int) -> list[str]:
-        """KEYS[1..10] of commit.lua: ready, timers, idx all, idx done, the five status indexes,
-        the clock offset."""
+        """KEYS[1..9] of commit.lua: ready, timers, idx done, the five status indexes, the clock
+        offset."""
         return [
             self.ready(partition),
             self.timers(partition),
-            self.idx_all(partition),
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
             self.clock(partition),

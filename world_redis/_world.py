@@ -333,7 +333,6 @@ class RedisWorld:
                 run,
                 ev,
                 k.ready(p),
-                k.idx_all(p),
                 k.idx_status(p, "pending"),
                 k.idx_workflow(p, workflow),
                 k.workflows(p),
@@ -374,7 +373,9 @@ class RedisWorld:
         """Runs newest first, filtered by status and/or workflow; ``cursor`` continues a listing.
 
         The cursor is ``<created ms>:<run id>`` of the last run returned. With both filters the
-        workflow index is walked page by page until enough runs of that status are found.
+        workflow index is walked page by page until enough runs of that status are found. With
+        none, the status indexes (a run is in the one of its status) are walked together; a run
+        that changes status meanwhile is listed once.
         """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
@@ -391,13 +392,23 @@ class RedisWorld:
         for p in range(k.partitions):
             if workflow is not None:
                 keys.append(k.idx_workflow(p, workflow))
+            elif status is not None:
+                keys.append(k.idx_status(p, status))
             else:
-                keys.append(k.idx_status(p, status) if status is not None else k.idx_all(p))
+                keys += [k.idx_status(p, s) for s in STATUSES]
         out: list[RunInfo] = []
+        seen: set[str] = set()
         last: tuple[int, str] | None = None
-        async for score, run_id in merge_newest_first([self._walk_index(k, after) for k in keys]):
-            info = await self.get_run(run_id)
+        # pages of about a listing's length: a page per index is read at once, and most listings
+        # end within the first
+        page = min(500, max(50, 2 * limit))
+        walks = [self._walk_index(k, after, page) for k in keys]
+        async for score, run_id in merge_newest_first(walks):
             last = (score, run_id)
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            info = await self.get_run(run_id)
             if info is None or (status is not None and info.status != status):
                 continue
             out.append(info)

@@ -42,7 +42,7 @@ def test_start_requests_of_a_killed_worker_all_become_runs(  # type: ignore[no-u
     for i in range(total):
         pipe.xadd(stream, {"workflow": "noop", "args": f"[{i}]"})
     pipe.execute()
-    runs_key = f"{prefix}:{{p0}}:idx:all"
+    runs_key = f"{prefix}:{{p0}}:idx:wf:noop"  # every run of the workflow, whatever its status
 
     first = start_worker("tests.e2e.request_workflows", **ONE_PARTITION, **FAST_LEASE)
     wait_for(lambda: r.zcard(runs_key) >= 300, 30, what="the first worker to create runs")
@@ -84,8 +84,9 @@ def test_undecodable_start_request_is_set_aside_and_the_batch_goes_on(  # type: 
     for i in range(20, 40):
         r.xadd(stream, {"workflow": "noop", "args": f"[{i}]"})
     worker = start_worker("tests.e2e.request_workflows", **ONE_PARTITION)
+    runs_key = f"{prefix}:{{p0}}:idx:wf:noop"
 
-    wait_for(lambda: r.zcard(f"{prefix}:{{p0}}:idx:all") == 40, 20, what="40 runs")
+    wait_for(lambda: r.zcard(runs_key) == 40, 20, what="40 runs")
     wait_for(lambda: r.xlen(f"{stream}:rejected") == 1, 20, what="the rejection")
     ((_, fields),) = redis_server.client(decode_responses=True).xrange(f"{stream}:rejected")
     assert fields["message_id"] == bad_id
@@ -103,7 +104,7 @@ def test_undecodable_start_request_is_set_aside_and_the_batch_goes_on(  # type: 
     assert dead[b"message_id"].decode() == bad_wakeup
     assert base64.b64decode(dead[b"run:b64"]) == BAD
     r.xadd(stream, {"workflow": "noop", "args": "[99]"})
-    wait_for(lambda: r.zcard(f"{prefix}:{{p0}}:idx:all") == 41, 20, what="a run after that")
+    wait_for(lambda: r.zcard(runs_key) == 41, 20, what="a run after that")
     assert "read_wakeups_failed" not in worker.output()
 
 

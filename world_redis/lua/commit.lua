@@ -7,10 +7,10 @@
 --
 -- KEYS[1]  partition ready stream (wake-ups)              wf:{pN}:ready
 -- KEYS[2]  partition timers zset (member run|corr, score due ms)  wf:{pN}:timers
--- KEYS[3]  partition index of runs by creation (zset)     wf:{pN}:idx:all
--- KEYS[4]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
--- KEYS[5..9]  status indexes pending, running, completed, failed, cancelled
--- KEYS[10] partition clock offset (ms added to the server's time; absent in production: only a
+-- KEYS[3]  partition index of finished runs (zset, score = completed ms)  wf:{pN}:idx:done
+-- KEYS[4..8]  status indexes pending, running, completed, failed, cancelled (score = created ms;
+--          a run is in one of them, and moves with its status keeping its score)
+-- KEYS[9]  partition clock offset (ms added to the server's time; absent in production: only a
 --          test environment that skips time sets it, see worker/testing.py)  wf:{pN}:clock
 -- The keys of each run of the batch are named from ARGV[3] and its run id (they carry the
 -- partition's hash tag, so they are in the slot of the keys above; naming them here keeps the
@@ -84,14 +84,14 @@ local retention = ARGV[1]  -- text: passed on to EXPIRE as is
 local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  + (tonumber(redis.call('GET', KEYS[10]) or '0') or 0)
+  + (tonumber(redis.call('GET', KEYS[9]) or '0') or 0)
 
 -- Numbers go to Redis as text made here with '%d': Lua would format them as floating point
 -- ('%.14g', and redis.call '%.17g'), which costs far more than the command they are part of.
 local function int(n) return string.format('%d', n) end
 local now_s = int(now)
 
-local STATUS_KEY = { pending = 5, running = 6, completed = 7, failed = 8, cancelled = 9 }
+local STATUS_KEY = { pending = 4, running = 5, completed = 6, failed = 7, cancelled = 8 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
 
 local UNPACK_MAX = 1000  -- values passed to one command at most (even: HSET takes pairs)
@@ -424,8 +424,8 @@ for i = 0, #batch - 1 do
           end
           if new_status then
             run_set.status = new_status
+            local created = redis.call('ZSCORE', KEYS[STATUS_KEY[status]], run_id) or now_s
             redis.call('ZREM', KEYS[STATUS_KEY[status]], run_id)
-            local created = redis.call('ZSCORE', KEYS[3], run_id) or now_s
             redis.call('ZADD', KEYS[STATUS_KEY[new_status]], created, run_id)
             if TERMINAL[new_status] then
               -- the run's hooks end with it: the caller frees their tokens
@@ -437,7 +437,7 @@ for i = 0, #batch - 1 do
                 end
               end
               redis.call('DEL', hooks_key)
-              redis.call('ZADD', KEYS[4], now_s, run_id)
+              redis.call('ZADD', KEYS[3], now_s, run_id)
               ended = true  -- its keys expire once written (below)
             end
             status = new_status

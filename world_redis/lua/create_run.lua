@@ -3,11 +3,10 @@
 -- KEYS[1]  run hash                wf:{pN}:run:<id>
 -- KEYS[2]  run event stream        wf:{pN}:run:<id>:ev
 -- KEYS[3]  partition ready stream  wf:{pN}:ready
--- KEYS[4]  index of all runs       wf:{pN}:idx:all
--- KEYS[5]  pending-status index    wf:{pN}:idx:pending
--- KEYS[6]  index by workflow name  wf:{pN}:idx:wf:<name>
--- KEYS[7]  set of workflow names seen in the partition  wf:{pN}:workflows
--- KEYS[8]  the run's compacted log  wf:{pN}:run:<id>:log (a finished run compacted: no run hash)
+-- KEYS[4]  pending-status index    wf:{pN}:idx:pending
+-- KEYS[5]  index by workflow name  wf:{pN}:idx:wf:<name>
+-- KEYS[6]  set of workflow names seen in the partition  wf:{pN}:workflows
+-- KEYS[7]  the run's compacted log  wf:{pN}:run:<id>:log (a finished run compacted: no run hash)
 --
 -- ARGV[1] run id   ARGV[2] workflow name   ARGV[3] input (JSON array of arguments)
 -- ARGV[4] event id ("": none, the entry id 1-0 is the event's id; older clients send one)
@@ -26,7 +25,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status then
   return { 'exists', status }
 end
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if redis.call('EXISTS', KEYS[7]) == 1 then
   return { 'exists', 'compacted' }
 end
 local t = redis.call('TIME')
@@ -52,7 +51,6 @@ if (ARGV[8] or '') ~= '' then redis.call('HSET', KEYS[1], 'parent', ARGV[8]) end
 if priority ~= '0' and priority ~= '' then redis.call('HSET', KEYS[1], 'priority', priority) end
 redis.call('ZADD', KEYS[4], now_s, ARGV[1])
 redis.call('ZADD', KEYS[5], now_s, ARGV[1])
-redis.call('ZADD', KEYS[6], now_s, ARGV[1])
-redis.call('SADD', KEYS[7], ARGV[2])
+redis.call('SADD', KEYS[6], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'run', ARGV[1], 'reason', 'created')
 return { 'created', now }

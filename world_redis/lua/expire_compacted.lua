@@ -7,7 +7,8 @@
 -- them, so two janitors never drop more than that.
 --
 -- KEYS[1]     the partition's list of compacted runs  wf:{pN}:compacted
--- KEYS[2..]   the partition's listing indexes: idx:all, the status indexes, every idx:wf:<name>
+-- KEYS[2..]   the partition's listing indexes: the status indexes, every idx:wf:<name> (and idx:all,
+--             which earlier versions wrote)
 -- ARGV[1..]   run ids expected at the head of KEYS[1], in order
 --
 -- Reply: how many runs were dropped (the length of the prefix of ARGV the list starts with).

@@ -4,7 +4,7 @@
 -- run ids from the partition's listing indexes so nothing grows without bound.
 --
 -- KEYS[1]  index of finished runs (score = completed ms)  wf:{pN}:idx:done
--- KEYS[2]  index of all runs
+-- KEYS[2]  index of all runs (earlier versions wrote it; drained)
 -- KEYS[3..7]  status indexes pending, running, completed, failed, cancelled
 -- KEYS[8..]   indexes by workflow name (every wf:{pN}:idx:wf:<name> key)
 -- ARGV[1]  retention, ms

@@ -132,13 +132,13 @@ _V1_RUN = msgspec.json.Decoder(_V1Run)
 
 def _number(value: str | None) -> int | None:
     """The int that ``value`` is the canonical text of (what ``str(int)`` gives), else None."""
-    if value is None or not value.isascii():
+    if value is None:
         return None
-    digits = value[1:] if value.startswith("-") else value
-    if not digits.isdigit():
-        return None
-    number = int(value)
-    return number if str(number) == value else None
+    if value.isdigit() and value.isascii():  # the common case: a time, in ms
+        return int(value) if value[0] != "0" or len(value) == 1 else None
+    if value[:1] == "-" and value[1:].isdigit() and value.isascii() and value[1:2] != "0":
+        return int(value)
+    return None
 
 
 def id_tails(run_id: str) -> Iterator[str]:
@@ -191,30 +191,38 @@ def encode_log(
     corrs = [f["corr"] for _, f in stream if "corr" in f]
     head = _head_of(corrs)
     places = _id_places(run_id, head, corrs) if head else {}
+    spelled: dict[str, Any] = {}  # corr -> how it is spelled (False: as it is), worked out once
     t0 = next((n for _, f in stream if (n := _number(f.get("ts"))) is not None), 0)
     crc = 0
     events: list[list[Any]] = []
     prev_seq, prev_ts = 0, t0
     for eid, fields in stream:
-        seq = int(eid.split("-", 1)[0])
-        rest = dict(fields)
+        seq = int(eid.partition("-")[0])
+        rest = fields.copy()
         kind = rest.pop("type", None)
-        ts_text = rest.pop("ts", None)
-        ts = _number(ts_text)
-        ts_value: Text | None = ts_text
+        ts_value: Text | None = rest.pop("ts", None)
+        ts = _number(ts_value)  # type: ignore[arg-type]
         if ts is not None:
             ts_value, prev_ts = ts - prev_ts, ts
-            for name in EVENT_TIMES & rest.keys():
-                n = _number(rest[name])
-                if n is not None:
-                    rest[name] = n - ts  # type: ignore[assignment]  # an int: see the document
+            if "resume_at" in rest or "retry_after" in rest:
+                for name in EVENT_TIMES & rest.keys():
+                    n = _number(rest[name])
+                    if n is not None:
+                        rest[name] = n - ts  # type: ignore[assignment]  # an int: see the document
         corr: Any = rest.pop("corr", None)
         if corr is not None and places:
-            k = places.get(corr[-16:])
-            if k is not None and corr[-ID_LENGTH:-16] == head and corr[-ID_LENGTH - 1] == "_":
+            short = spelled.get(corr)
+            if short is None:
+                k = places.get(corr[-16:])
+                if k is not None and corr[-ID_LENGTH:-16] == head and corr[-ID_LENGTH - 1] == "_":
+                    prefix = corr[: -ID_LENGTH - 1]
+                    short = k if prefix == "step" else [prefix, k]
+                else:
+                    short = False
+                spelled[corr] = short
+            if short is not False:
                 crc = zlib.crc32(corr.encode(), crc)
-                prefix = corr[: -ID_LENGTH - 1]
-                corr = k if prefix == "step" else [prefix, k]
+                corr = short
         event: list[Any] = [seq - prev_seq, kind, ts_value, corr]
         if rest:
             event.append(rest)

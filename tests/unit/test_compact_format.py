@@ -209,3 +209,20 @@ def test_compact_after_setting_refuses_other_text() -> None:
     """A typo is an error naming the variable, not a silent default."""
     with pytest.raises(WorkflowError, match="WORKFLOW_COMPACT_AFTER_S"):
         compact_after_s("5m")
+
+
+def test_an_id_kept_as_it_is_reads_back_when_it_repeats() -> None:
+    """An id that is not the run's own (another run's, say) stays spelled out, in every entry."""
+    other = DeterministicIds("wrun_other", 1_764_460_800_000).next("step")
+    stream = [
+        (f"{n}-0", {"type": t, "ts": str(1_764_460_800_000 + n), "corr": "".join(corr)})
+        for n, (t, corr) in enumerate(
+            [
+                ("step_created", [other]),
+                ("step_started", list(other)),
+                ("step_created", RUN_IDS[:1]),
+            ],
+            start=1,
+        )
+    ]
+    assert decode_log(RUN_ID, encode_log(RUN_ID, {}, stream)).entries() == stream

@@ -18,6 +18,7 @@ from ._context import (
 )
 from ._deployments import InvalidDeploymentIdError, UnknownDeploymentError
 from ._errors import (
+    ChangeIdReusedError,
     DecryptionError,
     EncryptionKeyError,
     FatalError,
@@ -81,6 +82,7 @@ def create_dashboard_app(*args: Any, **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "ChangeIdReusedError",
     "DecryptionError",
     "EncryptionKeyError",
     "FatalError",

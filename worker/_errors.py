@@ -88,6 +88,12 @@ class NondeterminismError(WorkflowError):
     """Replaying the log diverged from the workflow code (changed step, input, or order)."""
 
 
+class ChangeIdReusedError(NondeterminismError):
+    """``patched(change_id)`` asked about a change whose marker the run recorded at an earlier
+    point, where the code no longer asks about it: the id of a finished change reused for another
+    one. The run fails with it rather than take a path its history never took."""
+
+
 class CorruptEventError(WorkflowError):
     """An event read from the log does not parse or does not belong to this run."""
 

@@ -14,7 +14,9 @@ replaying, no marker          False                allowed (nothing recorded)
 ============================  ===================  ==========================================
 
 and code that asks nothing about a change replays a log holding its ``deprecated`` marker as if
-the marker were not there, but fails on a marker ``patched()`` recorded. (This is the table of
+the marker were not there, but fails on a marker ``patched()`` recorded. ``patched()`` asked later
+than a ``deprecated`` marker that nothing asked about (the id of a removed change reused for a new
+one) raises ``ChangeIdReusedError``: a change id names one change. (This is the table of
 Temporal's patch state machine, ``sdk-core``, which its Python SDK's ``workflow.patched`` and
 ``workflow.deprecate_patch`` follow.)
 
@@ -56,7 +58,9 @@ def patched(change_id: str) -> bool:
     else: old``, deploy, and once no run without the marker is left, replace the call with
     :func:`deprecate_patch` and delete the old branch.
 
-    Raises WorkflowError outside workflow code (in a step, or in no run at all).
+    Raises WorkflowError outside workflow code (in a step, or in no run at all), and
+    ChangeIdReusedError where the run recorded the change's ``deprecated`` marker at an earlier
+    point that no longer asks about it (the id of a removed change reused for a new one).
     """
     return _instance("patched", change_id).patch(change_id, deprecated=False)
 

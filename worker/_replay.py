@@ -42,6 +42,7 @@ from typing import Any
 from . import _serde
 from ._children import child_end_error, child_run_id
 from ._errors import (
+    ChangeIdReusedError,
     CorruptEventError,
     HookConflictError,
     HookDisposedError,
@@ -585,7 +586,17 @@ class WorkflowInstance:
             return known
         at = self._marker_at.get(change_id)
         if at is not None and at < self._pos:
-            answer = True  # a deprecated marker consumed before anything asked for it
+            # a deprecated marker consumed before anything asked for it: deprecate_patch() there
+            # (deleted since) took the new path; patched() here would branch on a change this
+            # point of the run never saw
+            if not deprecated:
+                raise ChangeIdReusedError(
+                    f"run {self.run_id}: patched({change_id!r}) is asked here for the first time "
+                    "in this run, but the change's marker was recorded by deprecate_patch() at an earlier point, where the code no "
+                    "longer asks about it. A change id names one change: give a new change a new "
+                    f"id, or keep deprecate_patch({change_id!r}) where the marker was recorded"
+                )
+            answer = True
         else:
             found = self._replaying(change_id)
             answer = found != "replaying"

@@ -15,6 +15,7 @@ WORKER_API = {
     "ScheduleDescription",
     "Schedule",
     "InvalidScheduleError",
+    "ChangeIdReusedError",
     "DecryptionError",
     "EncryptionKeyError",
     "FatalError",

@@ -23,6 +23,7 @@ from tests.unit.replay_support import (
     simulate,
 )
 from worker import (
+    ChangeIdReusedError,
     HookConflictError,
     NondeterminismError,
     WorkflowError,
@@ -313,6 +314,64 @@ def test_code_without_the_change_replays_a_deprecated_marker() -> None:
     """Once deprecate_patch() is removed too, its marker is ignored on replay."""
     res = simulate(v3)
     assert replay(v4, res.events) == res.outcome
+
+
+async def v5_reuses_the_id() -> str:
+    """v4, plus a later change guarded by the id of the first one (deprecated and deleted)."""
+    first = await new_step()
+    await sleep(60)
+    if patched("use-new"):
+        await after_step()
+    return first
+
+
+async def v5_fresh_id() -> str:
+    """The same later change under an id of its own."""
+    first = await new_step()
+    await sleep(60)
+    if patched("after-sleep"):
+        await after_step()
+    return first
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_change_id_reused_for_another_change_fails_with_a_typed_error(cut: bool) -> None:
+    """A run recorded with deprecate_patch("use-new") at its start, replayed (whole, or paused at
+    its sleep and woken) by code that asks patched("use-new") after the sleep for another change:
+    ChangeIdReusedError names the id, instead of an answer taken from the old change's marker.
+    Under an id of its own the new change replays the finished log on the old path and takes
+    the new path where the paused run first reaches it."""
+    res = simulate(v3)
+    if cut:
+        inst, out = replay_instance(v5_reuses_the_id, paused(res))
+        assert out.kind == "suspended", out
+        out = wake(inst, paused(res))
+    else:
+        out = replay(v5_reuses_the_id, res.events)
+    exc = failure(out)
+    assert isinstance(exc, ChangeIdReusedError) and isinstance(exc, NondeterminismError)
+    assert "patched('use-new')" in str(exc) and "give a new change a new id" in str(exc)
+
+    if cut:
+        inst, out = replay_instance(v5_fresh_id, paused(res))
+        out = wake(inst, paused(res))
+        assert out.kind == "suspended" and "after-sleep" in [c.corr for c in out.commands]
+    else:
+        assert replay(v5_fresh_id, res.events) == res.outcome
+
+
+def test_deprecate_patch_after_its_deprecated_marker_is_still_allowed() -> None:
+    """deprecate_patch() branches nothing: asked later than where its marker was recorded (one
+    of several sites of the same change deleted), it replays as before."""
+
+    async def v3_later() -> str:
+        first = await new_step()
+        await sleep(60)
+        deprecate_patch("use-new")
+        return first
+
+    res = simulate(v3)
+    assert replay(v3_later, res.events) == res.outcome
 
 
 # -- misuse and corrupt logs ---------------------------------------------------------------------

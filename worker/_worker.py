@@ -96,6 +96,9 @@ class Held:
     local: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     leased: bool = False  # heartbeats renew only leases actually taken
     lost: bool = False
+    # the seq Redis answered when it was below what this worker has seen: the stored log went
+    # back (a failover to a replica that was behind), and the instance is rebuilt from it
+    behind: int | None = None
     failed: bool = False  # processing failed: the run is being handed over
     releasing: bool = False  # a release of the lease is on the wire
     # wake-ups that came in while a release was on the wire: they stay pending and are dispatched
@@ -406,6 +409,18 @@ class Worker:
 
     async def _load(self, held: Held, fresh: list[Event]) -> WorkflowInstance | None:
         """The run's instance, caught up with the log (``fresh``: events already read)."""
+        if held.behind is not None:
+            gone = self.cache.get(held.run_id)
+            self.log.warning(
+                "run_log_went_back",
+                run_id=held.run_id,
+                seen_seq=gone.seq if gone is not None else held.known_seq,
+                stored_seq=held.behind,
+            )
+            held.behind = None
+            self._evict(held.run_id)
+            held.known_seq = 0
+            fresh = []
         inst = self._instance(held.run_id)
         if inst is None:
             events = fresh if fresh and fresh[0].seq == 1 else None
@@ -440,6 +455,8 @@ class Worker:
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True
+        elif res.code != "ok" and res.seq < inst.seq:
+            held.behind = res.seq
         elif res.appended and res.appended[0].seq <= inst.seq + 1:
             inst.feed(res.appended)
         return res
@@ -488,7 +505,9 @@ class Worker:
             finally:
                 held.releasing = False
             if code == "changed":
-                held.known_seq = seq
+                if seq < inst.seq:
+                    held.behind = seq
+                held.known_seq = max(held.known_seq, seq)
                 continue
             if inst.finished is not None or inst.ended is not None:
                 if inst.ended == "run_cancelled":
@@ -615,6 +634,8 @@ class Worker:
         if res.code == "lease":
             held.lost = True
             return False, None
+        if res.code != "ok" and res.seq < base:
+            held.behind = res.seq
         if res.code != "ok":
             if head is not None:
                 self._evict(held.run_id)

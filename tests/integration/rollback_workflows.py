@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from worker import step, workflow
+from worker import sleep, step, workflow
 
 
 @step(name="rollback.block")
@@ -23,3 +23,19 @@ def block(marker: str) -> str:
 @workflow(name="rollback.two_blocks")
 async def two_blocks(first: str, second: str) -> list[str]:
     return [await block(first), await block(second)]
+
+
+@step(name="rollback.count")
+def count(marker: str) -> int:
+    """Appends a line to ``<marker>`` for each execution; how many executions so far."""
+    with open(marker, "a") as f:
+        f.write("x\n")
+    return len(Path(marker).read_text().splitlines())
+
+
+@workflow(name="rollback.step_then_short_sleep")
+async def step_then_short_sleep(marker: str) -> int:
+    """A step, then a sleep short enough that the worker keeps the run while it waits."""
+    done = await count(marker)
+    await sleep(0.9)
+    return done

@@ -99,6 +99,7 @@ class Held:
     # the seq Redis answered when it was below what this worker has seen: the stored log went
     # back (a failover to a replica that was behind), and the instance is rebuilt from it
     behind: int | None = None
+    released: bool = False  # the commit that ended the run gave up its lease (Commit.done)
     failed: bool = False  # processing failed: the run is being handed over
     releasing: bool = False  # a release of the lease is on the wire
     # wake-ups that came in while a release was on the wire: they stay pending and are dispatched
@@ -496,6 +497,9 @@ class Worker:
                 # rather than hand it to the timer queue and back
                 await self._wait_nudge(held, due_in)
                 continue
+            if held.released:  # the commit of its end gave the run up (Commit.done)
+                self._evict(held.run_id)
+                return
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)
                 return
@@ -600,6 +604,7 @@ class Worker:
         events: list[NewEvent] = []
         start: list[StepCall] = []
         routed: list[StepCall] = []
+        done = held.wakeup if outcome.kind in ("completed", "failed") else None  # see Commit.done
         if outcome.kind == "completed":  # commands: the markers patched() decided at the end
             events = [*outcome.commands, NewEvent("run_completed", "", {"output": outcome.output})]
         elif outcome.kind == "failed":
@@ -623,6 +628,7 @@ class Worker:
             token=self.token,
             expected_seq=base,
             fed=len(events),  # the worker feeds its instance itself, below
+            done=done,
         )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
@@ -645,6 +651,9 @@ class Worker:
                 held.known_seq = max(held.known_seq, solo.seq)
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
+        # the end appended (its status changed here): the lease was given up with it
+        if done is not None and res.results[-1].status == "ok":
+            held.released, held.leased = True, False  # no heartbeat for a lease given up
         own = 0 if head is None else 1
         if any(r.status != "ok" for r in res.results) or not inst.append_own(
             events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]

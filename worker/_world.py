@@ -79,6 +79,9 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # how many leading events ``appended`` leaves out (their positions still count): the inline
     # path feeds its instance itself (see Worker._advance_and_commit)
     fed: int = 0
+    # the holder's wake-up, when the commit ends the run: if its terminal event is appended, the
+    # lease is given up and this wake-up acknowledged in the same write (no release call)
+    done: Wakeup | None = None
 
 
 # what the scripts answer (see world_redis/lua/commit.lua and acquire.lua): a typo is a type error

@@ -44,7 +44,7 @@ from ._dlq import RedisDeadLetters
 from ._flow import RedisFlow
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
-from ._keys import STATUSES, Keys
+from ._keys import GROUP, STATUSES, Keys
 from ._pools import RedisPools
 from ._presence import RedisPresence
 from ._queue import RedisQueue, _s
@@ -520,6 +520,9 @@ class RedisWorld:
                             for ev in c.events
                         ],
                         taken[i],
+                        ""
+                        if c.done is None
+                        else [self.queue.wake_stream(c.done), GROUP, c.done.message_id],
                     ]
                 )
             # the script names each run's keys from the prefix (see commit.lua's header)

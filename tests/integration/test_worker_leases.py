@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from tests.support import running_worker
+from worker import start, step, workflow
 from worker._worker import Held, Worker, WorkerConfig
 from worker._worker_loops import heartbeat_once
 from worker._world import Wakeup
 from world_redis import RedisWorld
+
+
+@step(name="leases.add_one")
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@workflow(name="leases.one_step")
+async def one_step(x: int) -> int:
+    return await add_one(x)
+
 
 LEASE_MS = 60_000
 SHORT_LEASE_MS = 1_000
@@ -54,3 +67,19 @@ async def test_heartbeat_flags_leases_taken_by_another_worker(world: RedisWorld)
     assert worker.held["wrun_taken"].lost
     kept = worker.held["wrun_kept"]
     assert not kept.lost and kept.known_seq == 5 and kept.nudge.is_set()
+
+
+async def test_a_run_is_released_by_the_commit_that_ends_it(world: RedisWorld) -> None:
+    """The run's end, its lease given up and its wake-up acknowledged are one write: when the
+    result can be read, the lease is already free and the ready stream holds no entry of it."""
+    worker = Worker(world, WorkerConfig(lease_ms=5000))
+    async with running_worker(worker):
+        for i in range(5):
+            run = await start(one_step, i)
+            assert await run.result(timeout=20) == i + 1
+            r, k = world.redis, world.keys
+            lease = await r.hmget(k.run(run.run_id), ["lease_owner", "lease_until"])
+            assert lease == ["", "0"]
+            ready = k.ready(k.partition(run.run_id))
+            assert await r.xlen(ready) == 0
+            assert int((await r.xpending(ready, "workers"))["pending"]) == 0

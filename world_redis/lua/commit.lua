@@ -28,8 +28,12 @@
 -- ARGV[2]  the batch as JSON (one argument keeps client-side packing cheap):
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
 --            wake reason ("" = none), [[type, correlation id, event id, {field: value, ...}], ...],
---            [hook id, ...] (hooks whose token another hook has reserved)],
+--            [hook id, ...] (hooks whose token another hook has reserved),
+--            done (optional: [stream, group, message id] of the holder's wake-up, or "")],
 --           ...]
+--          done: when this commit ends the run (a terminal status reached here), the lease is
+--          given up and that wake-up acknowledged and deleted, as release.lua does: the run's end
+--          and its release are one write, and the holder makes no release call
 -- ARGV[3]  the partition's run key prefix, wf:{pN}:run:
 --
 -- Hook tokens are reserved by the caller before the commit (reserve_hook.lua, a slot of their own)
@@ -167,7 +171,7 @@ for i = 0, #batch - 1 do
   local run_key = ARGV[3] .. batch[i + 1][1]
   local ev_key, ent_key, hooks_key = run_key .. ':ev', run_key .. ':ent', run_key .. ':hooks'
   local c = batch[i + 1]
-  local run_id, token, expected, wake, evs = c[1], c[2], tonumber(c[3]), c[4], c[5]
+  local run_id, token, expected, wake, evs, done = c[1], c[2], tonumber(c[3]), c[4], c[5], c[7]
   local taken = {}
   for _, hook_id in ipairs(c[6] or {}) do taken[hook_id] = true end
   local freed = {}
@@ -455,7 +459,16 @@ for i = 0, #batch - 1 do
       ent_flush(ent_key, seen, dirty)
       local rs = { 'seq', int(seq), 'updated_at', now_s }
       for k, v in pairs(run_set) do rs[#rs + 1] = k; rs[#rs + 1] = v end
+      local release = ended and token ~= '' and type(done) == 'table'
+      if release then
+        rs[#rs + 1] = 'lease_owner'; rs[#rs + 1] = ''
+        rs[#rs + 1] = 'lease_until'; rs[#rs + 1] = '0'
+      end
       redis.call('HSET', run_key, unpack(rs))
+      if release then
+        redis.call('XACK', done[1], done[2], done[3])
+        redis.call('XDEL', done[1], done[3])
+      end
       if ended then
         redis.call('EXPIRE', ev_key, retention)
         redis.call('EXPIRE', ent_key, retention)

@@ -31,7 +31,7 @@ from ._errors import (
     PayloadTooLargeError,
     WorkflowNotRegisteredError,
 )
-from ._events import Event, NewEvent, appended_events, make_event
+from ._events import Event, NewEvent, RunCreated, appended_events, make_event
 from ._flow_gate import FlowGate
 from ._health import answer_health_check, health_check_id
 from ._ids import lease_token
@@ -100,6 +100,11 @@ class Held:
     # back (a failover to a replica that was behind), and the instance is rebuilt from it
     behind: int | None = None
     released: bool = False  # the commit that ended the run gave up its lease (Commit.done)
+    # started from its wake-up's run_created (Wakeup.created): the first commit takes the lease
+    # (Commit.acquire); refused: it did not (taken, pinned elsewhere, or not new any more), and
+    # the run is taken the usual way, with an acquire
+    acquiring: bool = False
+    refused: bool = False
     failed: bool = False  # processing failed: the run is being handed over
     releasing: bool = False  # a release of the lease is on the wire
     # wake-ups that came in while a release was on the wire: they stay pending and are dispatched
@@ -325,6 +330,13 @@ class Worker:
         run_id = held.run_id
         log = self.log.bind(run_id=run_id)
         try:
+            created = self._creation(held)
+            if created is not None:
+                held.acquiring, held.known_seq = True, 1
+                await self._drive(held, log, created)
+                if not held.refused:
+                    return
+                held.refused, held.known_seq = False, 0
             cached = self._instance(run_id)
             acq = await self.acquirer.submit((run_id, cached.seq if cached else 0))
             if acq.code == "pinned" and acq.status in TERMINAL:
@@ -356,6 +368,23 @@ class Worker:
             self.pools.room.set()
             for w in held.deferred:
                 self._dispatch(w)
+
+    def _creation(self, held: Held) -> list[Event] | None:
+        """A new run's run_created, from its wake-up (Wakeup.created), when this worker may
+        start the run with no acquire: its first commit takes the lease. None: the usual way,
+        which also reports whatever is wrong with the run."""
+        ev = held.wakeup.created
+        if not isinstance(ev, RunCreated) or held.run_id in self.cache:
+            return None
+        try:
+            wf = get_workflow(ev.workflow)
+        except WorkflowNotRegisteredError:
+            return None
+        if wf is None or wf.queue not in self.config.queues or wf.flow is not None:
+            return None  # forwarded, or its start waits for a slot: both want the lease first
+        if ev.deployment not in ("", self.deployment):
+            return None
+        return [ev]
 
     async def _hand_over_failed(self, held: Held, log: Any) -> None:
         """After a failure: the lease given up and a fresh wake-up for any worker.
@@ -485,6 +514,8 @@ class Worker:
             except CorruptEventError as exc:  # events fed after a commit do not fold either
                 await self._fail_unloadable(held, exc, log)
                 return
+            if held.refused:  # its first commit did not take the lease: see Held.acquiring
+                return
             if held.lost:
                 log.warning("lease_lost")
                 self._evict(held.run_id)
@@ -613,6 +644,10 @@ class Worker:
             created = self._creation_events(inst, outcome, log)
             if created is not None:
                 start, exhausted, routed = self._startable(held, inst, outcome, now_ms)
+                if held.acquiring and self.flow.gated(start):  # slots are taken under a lease
+                    held.refused, held.acquiring = True, False
+                    self._evict(held.run_id)
+                    return False, None
                 if self.flow.gated(start):
                     start = await self.flow.admit(held.run_id, inst, start)
                 events = created + [NewEvent("step_started", c.corr) for c in start]
@@ -629,6 +664,7 @@ class Worker:
             expected_seq=base,
             fed=len(events),  # the worker feeds its instance itself, below
             done=done,
+            acquire=(self.config.lease_ms, self.deployment) if held.acquiring else None,
         )
         if self.steps.tracing:
             attributes = {"workflow.run_id": held.run_id, "workflow.events": len(events)}
@@ -636,6 +672,13 @@ class Worker:
                 res = await self.committer.submit(commit)
         else:
             res = await self.committer.submit(commit)
+        if held.acquiring:
+            held.acquiring = False
+            if res.code != "ok":  # see Held.acquiring
+                held.refused = True
+                self._evict(held.run_id)
+                return False, None
+            held.leased = True
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True

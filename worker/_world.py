@@ -82,6 +82,10 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # the holder's wake-up, when the commit ends the run: if its terminal event is appended, the
     # lease is given up and this wake-up acknowledged in the same write (no release call)
     done: Wakeup | None = None
+    # (lease ms, deployment): the commit takes the lease itself, as acquire would (a run started
+    # from its wake-up's run_created, see Wakeup.created); refused with "lease" when another
+    # live worker holds it or the run is pinned to another deployment
+    acquire: tuple[int, str] | None = None
 
 
 # what the scripts answer (see world_redis/lua/commit.lua and acquire.lua): a typo is a type error
@@ -164,6 +168,9 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # the stream it came from: "default" is the partition's ready stream, another name that
     # queue's stream (the wake-up of a run of a workflow declared with that queue, forwarded)
     queue: str = "default"
+    # a new run's wake-up carries its run_created entry (when small, see create_run.lua), read
+    # as the log's entry 1-0 is: the worker starts the run from it, without an acquire
+    created: Event | None = None
 
 
 class Acquired(msgspec.Struct, frozen=True, gc=False):

@@ -25,6 +25,7 @@ from worker.world import (
     CorruptEventError,
     Event,
     Wakeup,
+    WorkflowError,
     acquire_code,
     event_from_fields,
     get_logger,
@@ -289,12 +290,21 @@ class RedisQueue:
         if undecodable(fields):
             await self._set_aside(stream, self.core.keys.dlq(p), message_id, fields, deliveries)
             return None
+        run_id, reason = fields.get("run", ""), fields.get("reason", "")
+        created = None
+        if reason == "created" and fields.get("type") == "run_created":
+            entry = {k: v for k, v in fields.items() if k != "run" and k != "reason"}
+            try:  # as the log's entry 1-0 is read (payloads decrypted)
+                created = self._log_events(run_id, [("1-0", entry)])[0]
+            except WorkflowError:  # left to the usual way (acquire, the log), which reports it
+                created = None
         return Wakeup(
             partition=p,
             message_id=message_id,
-            run_id=fields.get("run", ""),
-            reason=fields.get("reason", ""),
+            run_id=run_id,
+            reason=reason,
             deliveries=deliveries,
+            created=created,
         )
 
     async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:

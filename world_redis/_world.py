@@ -523,6 +523,7 @@ class RedisWorld:
                         ""
                         if c.done is None
                         else [self.queue.wake_stream(c.done), GROUP, c.done.message_id],
+                        "" if c.acquire is None else list(c.acquire),
                     ]
                 )
             # the script names each run's keys from the prefix (see commit.lua's header)

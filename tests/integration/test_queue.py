@@ -24,7 +24,10 @@ async def test_created_run_enqueues_one_wakeup_delivered_then_acked(world: Redis
     run_id = new_run_id()
     assert await world.create_run(run_id, "wf_test", "[]")
     rows = await world.redis.xrange(ready, "-", "+")
-    assert [f for _, f in rows] == [{"run": run_id, "reason": "created"}]
+    ((_, fields),) = rows
+    # the wake-up carries the run_created entry (a small input): see create_run.lua
+    (_, logged), *_ = await world.redis.xrange(world.keys.events(run_id), "-", "+")
+    assert fields == {"run": run_id, "reason": "created", **logged}
 
     (w,) = await world.read_wakeups("c1", 10, 0)
     assert (w.partition, w.message_id, w.run_id, w.reason, w.deliveries) == (
@@ -34,6 +37,7 @@ async def test_created_run_enqueues_one_wakeup_delivered_then_acked(world: Redis
         "created",
         1,
     )
+    assert w.created == (await world.read_events(run_id))[0]  # read as the log is
     assert await world.read_wakeups("c1", 10, 0) == []  # not delivered twice
     (p,) = await pending(world)
     assert (p["message_id"], p["consumer"], p["times_delivered"]) == (w.message_id, "c1", 1)

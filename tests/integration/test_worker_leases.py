@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.support import running_worker
+from typing import Any
+
+from tests.support import eventually, running_worker
 from worker import start, step, workflow
 from worker._worker import Held, Worker, WorkerConfig
 from worker._worker_loops import heartbeat_once
@@ -83,3 +85,82 @@ async def test_a_run_is_released_by_the_commit_that_ends_it(world: RedisWorld) -
             ready = k.ready(k.partition(run.run_id))
             assert await r.xlen(ready) == 0
             assert int((await r.xpending(ready, "workers"))["pending"]) == 0
+
+
+def count_acquires(world: RedisWorld) -> list[int]:
+    """How many runs went through acquire.lua (the World's own method, wrapped: Redis is real)."""
+    calls = [0]
+    acquire_many = world.acquire_many
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += len(args[2])
+        return await acquire_many(*args, **kwargs)
+
+    world.acquire_many = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_a_new_run_is_started_by_its_first_commit_without_an_acquire(
+    world: RedisWorld,
+) -> None:
+    """A created run's wake-up carries its run_created: the worker starts the run from it, and
+    its first commit takes the lease (pinned to the worker's deployment), with no acquire."""
+    acquired = count_acquires(world)
+    worker = Worker(world, WorkerConfig(lease_ms=5000))
+    async with running_worker(worker):
+        runs = [await start(one_step, i) for i in range(5)]
+        assert [await run.result(timeout=20) for run in runs] == [1, 2, 3, 4, 5]
+    assert acquired == [0]
+    for run in runs:
+        info = await world.get_run(run.run_id)
+        assert info is not None and info.deployment == worker.deployment
+        types = [e.__struct_config__.tag for e in await run.events()]
+        assert types == ["run_created", "run_started", "step_created", "step_started",
+                         "step_completed", "run_completed"]  # fmt: skip
+
+
+async def test_a_created_wakeup_of_a_run_that_moved_on_is_taken_the_usual_way(
+    world: RedisWorld,
+) -> None:
+    """A second copy of a finished run's created wake-up (a replayed dead letter, say): the
+    first commit is refused (the log is past run_created), the worker falls back to acquire,
+    finds the run finished and acknowledges the copy; the run's log is unchanged."""
+    worker = Worker(world, WorkerConfig(lease_ms=5000))
+    async with running_worker(worker):
+        run = await start(one_step, 41)
+        assert await run.result(timeout=20) == 42
+        before = await run.events()
+        acquired = count_acquires(world)
+        ready = world.keys.ready(world.keys.partition(run.run_id))
+        (_, created), *_ = await world.redis.xrange(world.keys.events(run.run_id), "-", "+")
+        await world.redis.xadd(ready, {"run": run.run_id, "reason": "created", **created})
+
+        async def settled() -> bool:
+            pending = int((await world.redis.xpending(ready, "workers"))["pending"])
+            return acquired[0] == 1 and pending == 0 and await world.redis.xlen(ready) == 0
+
+        await eventually(settled, 20, what="the copy acknowledged after an acquire")
+    assert await run.events() == before
+
+
+async def test_a_created_run_leased_by_a_live_worker_is_left_to_it(world: RedisWorld) -> None:
+    """Another live worker's lease on a created run: the first commit takes nothing and appends
+    nothing (answered "lease"); the usual acquire finds the run busy and drops the wake-up.
+    Once that lease is gone, a wake-up starts the run."""
+    await world.ensure_groups()
+    run = await start(one_step, 6)
+    run_key = world.keys.run(run.run_id)
+    await world.redis.hset(run_key, mapping={"lease_owner": "other#1", "lease_until": "9" * 13})
+    worker = Worker(world, WorkerConfig(lease_ms=5000))
+    async with running_worker(worker):
+        ready = world.keys.ready(world.keys.partition(run.run_id))
+
+        async def dropped() -> bool:
+            return await world.redis.xlen(ready) == 0
+
+        await eventually(dropped, 20, what="the wake-up dropped")
+        assert [e.__struct_config__.tag for e in await run.events()] == ["run_created"]
+        assert await world.redis.hget(run_key, "lease_owner") == "other#1"
+        await world.redis.hset(run_key, mapping={"lease_owner": "", "lease_until": "0"})
+        await world.redis.xadd(ready, {"run": run.run_id, "reason": "test"})
+        assert await run.result(timeout=20) == 7

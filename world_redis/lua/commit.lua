@@ -29,8 +29,13 @@
 --          [[run_id, lease token ("" = external writer), expected seq (-1 = no check),
 --            wake reason ("" = none), [[type, correlation id, event id, {field: value, ...}], ...],
 --            [hook id, ...] (hooks whose token another hook has reserved),
---            done (optional: [stream, group, message id] of the holder's wake-up, or "")],
+--            done (optional: [stream, group, message id] of the holder's wake-up, or ""),
+--            acquire (optional: [lease ms, deployment id], or "")],
 --           ...]
+--          acquire: the commit takes the lease as acquire.lua does (a lease that is free, lapsed
+--          or the caller's own; the run pinned to the caller's deployment if unpinned) and is
+--          answered "lease" when another live worker holds it or the run is pinned to another
+--          deployment; nothing of it is written unless the commit appends
 --          done: when this commit ends the run (a terminal status reached here), the lease is
 --          given up and that wake-up acknowledged and deleted, as release.lua does: the run's end
 --          and its release are one write, and the holder makes no release call
@@ -87,8 +92,8 @@
 local retention = ARGV[1]  -- text: passed on to EXPIRE as is
 local batch = cjson.decode(ARGV[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  + (tonumber(redis.call('GET', KEYS[9]) or '0') or 0)
+local server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)  -- leases: no offset
+local now = server_now + (tonumber(redis.call('GET', KEYS[9]) or '0') or 0)
 
 -- Numbers go to Redis as text made here with '%d': Lua would format them as floating point
 -- ('%.14g', and redis.call '%.17g'), which costs far more than the command they are part of.
@@ -172,6 +177,7 @@ for i = 0, #batch - 1 do
   local ev_key, ent_key, hooks_key = run_key .. ':ev', run_key .. ':ent', run_key .. ':hooks'
   local c = batch[i + 1]
   local run_id, token, expected, wake, evs, done = c[1], c[2], tonumber(c[3]), c[4], c[5], c[7]
+  local acquire = c[8]
   local taken = {}
   for _, hook_id in ipairs(c[6] or {}) do taken[hook_id] = true end
   local freed = {}
@@ -183,6 +189,19 @@ for i = 0, #batch - 1 do
   local results = {}
   local code = 'ok'
   local run_set = {}  -- run hash fields, written once after the events of this run
+  if status and token ~= '' and type(acquire) == 'table' then
+    local more = redis.call('HMGET', run_key, 'lease_until', 'deployment')
+    local live = owner ~= '' and owner ~= token and (tonumber(more[1] or '0') or 0) > server_now
+    local pinned, mine = more[2] or '', acquire[2]
+    if not live and not (mine ~= '' and pinned ~= '' and pinned ~= mine) then
+      run_set.lease_owner = token
+      run_set.lease_until = int(server_now + tonumber(acquire[1]))
+      if mine ~= '' and pinned == '' and (status == 'pending' or status == 'running') then
+        run_set.deployment = mine
+      end
+      owner = token
+    end
+  end
   if not status then
     code = 'no_run'
   elseif token ~= '' and owner ~= token then

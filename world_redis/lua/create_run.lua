@@ -17,10 +17,14 @@
 --         stored as field "parent" of run_created and of the run hash
 -- ARGV[9] the run's priority (flow control: higher first; "0" or absent: none, not stored)
 --
+-- Wake-up: XADD <ready> * run <id> reason created, followed by the run_created entry's fields
+-- (type, ts, workflow, input, ...) when the input and trace take at most 1,024 bytes.
+--
 -- Reply: {"created", now_ms} or {"exists", status} ("compacted" for a compacted finished run):
 -- starting the same run id twice returns the existing run and changes nothing.
 -- Events emitted: run_created (stream id 1-0).
 
+local CARRY_MAX = 1024
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
   return { 'exists', status }
@@ -52,5 +56,12 @@ if priority ~= '0' and priority ~= '' then redis.call('HSET', KEYS[1], 'priority
 redis.call('ZADD', KEYS[4], now_s, ARGV[1])
 redis.call('ZADD', KEYS[5], now_s, ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'run', ARGV[1], 'reason', 'created')
+-- the wake-up carries the run_created entry's fields when they are small (CARRY_MAX bytes of
+-- input and trace): the worker that takes it starts the run without reading its log, and its
+-- first commit takes the lease (see commit.lua, "acquire")
+local wake = { KEYS[3], '*', 'run', ARGV[1], 'reason', 'created' }
+if #ARGV[3] + #(ARGV[7] or '') <= CARRY_MAX then
+  for i = 3, #entry do wake[#wake + 1] = entry[i] end
+end
+redis.call('XADD', unpack(wake))
 return { 'created', now }

@@ -161,6 +161,8 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # the stream it came from: "default" is the partition's ready stream, another name that
     # queue's stream (the wake-up of a run of a workflow declared with that queue, forwarded)
     queue: str = "default"
+    # the priority band of that stream ("hi", "" or "lo": see world_redis/_keys.py)
+    band: str = ""
 
 
 class Acquired(msgspec.Struct, frozen=True, gc=False):

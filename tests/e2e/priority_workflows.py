@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import get_world, step, workflow
+from worker import get_world, start, step, workflow
 
 
 def _redis() -> Any:
@@ -38,4 +38,22 @@ async def pool_noted(label: str, tag: str) -> str:
     return await pool_note(label, tag)
 
 
-__all__ = ["note", "noted", "order_key", "pool_note", "pool_noted"]
+@workflow(name="prio.parent")
+async def parent(label: str, priority: int | None) -> str:
+    """Starts a child run of ``noted`` (with ``priority`` when not None) and returns its id."""
+    if priority is None:
+        child = await start(noted, label, "child")
+    else:
+        child = await start(noted, label, "child", priority=priority)
+    await child.result()
+    return child.run_id
+
+
+@workflow(name="prio.bad_child")
+async def bad_child(label: str) -> str:
+    """Starts a child with a priority out of range: the workflow fails with the error."""
+    child = await start(noted, label, "never", priority=5000)
+    return child.run_id
+
+
+__all__ = ["bad_child", "note", "noted", "order_key", "parent", "pool_note", "pool_noted"]

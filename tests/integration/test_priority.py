@@ -11,7 +11,8 @@ import pytest
 
 from tests.e2e import priority_workflows as pw
 from tests.support import all_keys, eventually, running_worker
-from worker import Run, start
+from worker import Run, WorkflowRunFailedError, start
+from worker._events import ChildStarted, RunCreated
 from worker._worker import Worker, WorkerConfig
 from world_redis import RedisWorld
 
@@ -211,3 +212,39 @@ async def test_pool_tasks_are_served_by_band(world: RedisWorld) -> None:
     assert order[0] == "hi"
     assert order[-1] == "lo"
     assert sorted(order[1:-1]) == sorted(f"n{i}" for i in range(10))
+
+
+async def _child_priority(world: RedisWorld, child_id: str) -> tuple[str | None, int]:
+    """The child's priority as its run hash stores it, and as its run_created records it."""
+    stored = await world.redis.hget(world.keys.run(child_id), "priority")
+    created = (await Run(child_id, world=world).events())[0]
+    assert isinstance(created, RunCreated)
+    return stored, created.priority
+
+
+async def test_child_run_priority(world: RedisWorld) -> None:
+    """start(child, priority=5) in workflow code gives the child priority 5 (its run hash, its
+    run_created, its parent's child_started); without priority= a child has its parent's."""
+    async with running_worker(_worker(world)):
+        given = await start(pw.parent, "kids", 5)
+        inherited = await start(pw.parent, "kids", None, priority=-4)
+        given_child = await given.result(timeout=60)
+        inherited_child = await inherited.result(timeout=60)
+    assert await _child_priority(world, given_child) == ("5", 5)
+    assert await _child_priority(world, inherited_child) == ("-4", -4)
+    (started,) = [e for e in await given.events() if isinstance(e, ChildStarted)]
+    assert started.priority == 5
+
+
+async def test_child_priority_out_of_range_creates_nothing(world: RedisWorld) -> None:
+    """A child priority outside -1000..1000 fails the parent with FlowControlError; no child
+    run is created."""
+    async with running_worker(_worker(world)):
+        parent = await start(pw.bad_child, "bad")
+        with pytest.raises(WorkflowRunFailedError) as caught:
+            await parent.result(timeout=60)
+    assert "invalid priority=5000" in str(caught.value)
+    assert type(caught.value.__cause__).__name__ == "FlowControlError"
+    assert not [e for e in await parent.events() if isinstance(e, ChildStarted)]
+    runs = await all_keys(world, f"{world.keys.prefix}:*:run:*")
+    assert {k.split(":run:", 1)[1].split(":", 1)[0] for k in runs} == {parent.run_id}

@@ -248,3 +248,26 @@ async def test_child_priority_out_of_range_creates_nothing(world: RedisWorld) ->
     assert not [e for e in await parent.events() if isinstance(e, ChildStarted)]
     runs = await all_keys(world, f"{world.keys.prefix}:*:run:*")
     assert {k.split(":run:", 1)[1].split(":", 1)[0] for k in runs} == {parent.run_id}
+
+
+async def test_wakeups_added_outside_scripts_keep_the_band(world: RedisWorld) -> None:
+    """A flow-control wake-up, a dead letter replayed and a requeued wake-up of a priority run
+    go to its band; a run without priority stays on the priority-0 stream."""
+    hi, zero = new_run_id(), new_run_id()
+    await world.create_run(hi, "wf_test", "[]", priority=2)
+    await world.create_run(zero, "wf_test", "[]")
+    created = await world.read_wakeups("c1", 10, 0)
+    assert [w.band for w in created] == ["hi", ""]
+    await world.flow.wake([hi, zero], "flow")
+    flow = await world.read_wakeups("c1", 10, 0)
+    assert [(w.run_id, w.band, w.reason) for w in flow] == [(hi, "hi", "flow"), (zero, "", "flow")]
+    await world.requeue(flow[0], "retry")
+    await world.ack(flow[1:])
+    (requeued,) = await world.read_wakeups("c1", 10, 0)
+    assert (requeued.run_id, requeued.band, requeued.reason) == (hi, "hi", "retry")
+    await world.dead_letter(requeued, "test")
+    (letter,) = [d for d in await world.dead_letters.list() if d.run_id == hi]
+    await world.dead_letters.requeue(letter)
+    (replayed,) = await world.read_wakeups("c1", 10, 0)
+    assert (replayed.run_id, replayed.band, replayed.reason) == (hi, "hi", "replayed")
+    await world.ack([*created, replayed])

@@ -3,7 +3,9 @@
 ``run = await start(child, ...)`` in workflow code records ``child_started`` in the parent's log
 (at the next commit, with the child's run id: derived from the parent's id and the call's
 correlation id, or the ``run_id=`` given) and returns at once; replay returns the same id and
-starts nothing. A parent and its child usually live in different partitions, so nothing touches
+starts nothing. The child has the ``priority=`` given, else its parent's; ``child_started``
+records it (field ``priority``, absent for 0), and a replay takes it from there. A parent and its
+child usually live in different partitions, so nothing touches
 both at once; every cross-partition step is idempotent and retried until done:
 
 1. After a commit holding ``child_started`` (and again when a fresh worker replays the parent), the
@@ -123,7 +125,13 @@ async def ensure_child(world: World, parent_run_id: str, call: ChildCall, trace:
     """Create the child run (idempotent), with the parent's trace context, and link it."""
     deployment = await resolve_deployment(world, call.workflow, None)
     await world.create_run(
-        call.run_id, call.workflow, call.input, deployment, trace, parent=parent_run_id
+        call.run_id,
+        call.workflow,
+        call.input,
+        deployment,
+        trace,
+        parent=parent_run_id,
+        priority=call.priority,
     )
     code, _status = await child_links(world).link_child(call.run_id, parent_run_id, call.corr)
     if code != "linked":  # ended already (or compacted): its end goes to the parent now

@@ -12,7 +12,7 @@ from . import _serde
 from ._children import children_of
 from ._client import get_run, get_world
 from ._deployments import base_queue, deployment_store, lane_deployment, live_window_ms
-from ._events import sleeps_from_events
+from ._events import RunCreated, sleeps_from_events
 from ._pool_world import pool_queues
 
 INVALID = "<invalid>"
@@ -121,7 +121,10 @@ async def inspect_command(args: argparse.Namespace) -> None:
     elif args.what == "run":
         info = await get_run(args.id).info()
         shown = struct_fields(info)
-        shown["children"] = children_of(await get_run(args.id).events())
+        events = await get_run(args.id).events()
+        created = next((e for e in events if isinstance(e, RunCreated)), None)
+        shown["priority"] = created.priority if created is not None else 0
+        shown["children"] = children_of(events)
         if info.status in ("pending", "running"):
             shown["waiting_on"] = await _waiting_on(world, args.id)
             shown.update(await _deployment_state(world, info.deployment))

@@ -116,11 +116,14 @@ async def start(
     ever registered it, and nothing is created); without it the run is pinned to the newest live
     deployment serving the workflow, or left for the first worker that takes it (see
     ``worker._deployments``). ``priority`` (an int from -1000 to 1000, default 0): where work
-    waits for a flow-control slot, higher priorities are served first (FlowControlError else).
+    waits for a flow-control slot, higher priorities are served first, and where runs queue up
+    for workers a priority above 0 is served before 0, below 0 after (FlowControlError for
+    anything but an int from -1000 to 1000, before any run exists).
 
     In workflow code the start is durable (a child run, see ``worker._children``): the returned
     run's ``result()`` is awaited durably, and ``parent_close`` ("cancel", the default, or
-    "abandon") says whether the child is cancelled when the parent ends before it.
+    "abandon") says whether the child is cancelled when the parent ends before it; without
+    ``priority`` the child has its parent's.
     """
     check_parent_close(parent_close)
     level = check_priority(priority)
@@ -128,12 +131,8 @@ async def start(
     if inst is not None and current_step.get() is None:
         if world is not None or deployment_id is not None:
             raise WorkflowError("start() in workflow code takes no world= or deployment_id=")
-        if level:
-            raise WorkflowError(
-                "start() in workflow code takes no priority= (a child run has the default "
-                "priority); start the run from a step to give it one"
-            )
-        return start_child(inst, fn, args, kwargs, run_id, parent_close)
+        child_priority = None if priority is None else level  # None: the parent's
+        return start_child(inst, fn, args, kwargs, run_id, parent_close, child_priority)
     w = world or get_world()
     name, input_json = workflow_call(w, fn, args, kwargs)
     rid = check_run_id(run_id) if run_id is not None else new_run_id()
@@ -168,6 +167,7 @@ def start_child(
     kwargs: dict[str, Any],
     run_id: str | None,
     parent_close: str,
+    priority: int | None = None,
 ) -> ChildRun:
     """Record a child run's start in the parent's log (see ``worker._children``)."""
     if isinstance(fn, WorkflowFunction) and has_workflow(fn.name):
@@ -182,7 +182,7 @@ def start_child(
         check_run_id(run_id)
         if run_id == inst.run_id:
             raise WorkflowError(f"run {run_id} cannot start itself as a child run")
-    call = inst.start_child(wf.name, input_json, run_id, parent_close)
+    call = inst.start_child(wf.name, input_json, run_id, parent_close, priority)
     return ChildRun(inst, call)
 
 

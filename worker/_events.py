@@ -123,6 +123,7 @@ class ChildStarted(Event, frozen=True, tag="child_started"):
     workflow: str = ""
     input: str = "[]"
     parent_close: str = "cancel"  # cancel | abandon: what the parent's end does to the child
+    priority: int = 0  # the child run's priority (absent from the entry when 0)
 
 
 class ChildCompleted(Event, frozen=True, tag="child_completed"):
@@ -232,7 +233,7 @@ def event_from_fields(seq: int, fields: dict[str, str], run_id: str = "") -> Eve
 
 _EXTRA_FIELD = {"step_started": "attempt", "wait_created": "resume_at"}
 HOOK_CONFLICT = -1  # commit.lua's "extra" for a hook_created it turned into hook_conflict
-_INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after"})
+_INT_FIELDS = frozenset({"attempt", "resume_at", "retry_after", "priority"})
 _BOOL_FIELDS = frozenset({"deprecated"})  # stored as the text true | false
 _BASE_FIELDS = frozenset({"seq", "id", "ts", "corr"})
 _PAYLOAD_FIELDS = {

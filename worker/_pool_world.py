@@ -75,6 +75,7 @@ class PoolTask(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     step_name: str = ""
     deliveries: int = 1
+    band: str = ""  # the priority band of the stream ("hi", "" or "lo": world_redis/_keys.py)
 
 
 class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,7 +104,7 @@ class PoolQueues(Protocol):
 
     async def ensure_queue_groups(self, queues: Sequence[str]) -> None: ...
     async def route_steps(
-        self, run_id: str, steps: Sequence[tuple[str, str, str]]
+        self, run_id: str, steps: Sequence[tuple[str, str, str]], priority: int = 0
     ) -> list[RouteCode]: ...
     async def read_queues(
         self, consumer: str, queues: Sequence[str], count: int, block_ms: int

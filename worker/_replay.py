@@ -134,6 +134,7 @@ class ChildCall:
     workflow: str
     input: str
     parent_close: str
+    priority: int = 0  # the child run's: the code's on the first run, the log's on a replay
     created: bool = False
     ended: Event | None = None
     awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
@@ -496,12 +497,19 @@ class WorkflowInstance:
             self._open.pop(call.corr, None)  # never created: nothing to dispose in the World
 
     def start_child(
-        self, workflow: str, input_json: str, run_id: str | None, parent_close: str
+        self,
+        workflow: str,
+        input_json: str,
+        run_id: str | None,
+        parent_close: str,
+        priority: int | None = None,
     ) -> ChildCall:
-        """Record a child run's start (``child_started`` goes out at the next commit)."""
+        """Record a child run's start (``child_started`` goes out at the next commit); without
+        a ``priority`` the child has this run's."""
         corr = self._next_id("chld")
         rid = run_id or child_run_id(self.run_id, corr, self.started_at_ms)
-        call = ChildCall(corr, rid, workflow, input_json, parent_close)
+        level = self.priority if priority is None else priority
+        call = ChildCall(corr, rid, workflow, input_json, parent_close, level)
         self.children[corr] = call
         self.unensured[corr] = call
         self._open[corr] = None
@@ -525,6 +533,7 @@ class WorkflowInstance:
                     f"run {call.run_id} of workflow {call.workflow!r} at this point"
                 )
             call.created = True
+            call.priority = ev.priority  # as the log recorded it: the child was created so
             self._open.pop(call.corr, None)
             return False
         if isinstance(ev, ChildCompleted | ChildFailed | ChildCancelled):
@@ -557,6 +566,8 @@ class WorkflowInstance:
                     "input": call.input,
                     "parent_close": call.parent_close,
                 }
+                if call.priority:
+                    fields["priority"] = str(call.priority)
                 out.append(NewEvent("child_started", corr, fields))
         return out
 

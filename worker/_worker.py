@@ -655,7 +655,7 @@ class Worker:
         if head is not None:
             events.insert(0, head)
         if not events:
-            await self._route(held, routed, log)
+            await self._route(held, routed, log, inst.priority)
             return False, None
         commit = Commit(
             run_id=held.run_id,
@@ -715,7 +715,7 @@ class Worker:
                     inst.trace, inst.workflow_name, inst.run_id, inst.started_at_ms, outcome.kind
                 )
             return False, None
-        await self._route(held, routed, log)
+        await self._route(held, routed, log, inst.priority)
         # the attempts of the steps just started, as their step_started recorded them
         attempts = {
             ev.corr: r.extra
@@ -781,8 +781,9 @@ class Worker:
                 out.append(call)
         return out, exhausted, routed
 
-    async def _route(self, held: Held, calls: list[StepCall], log: Any) -> None:
-        """Hand due steps of a queue other than default to their queues (idempotent)."""
+    async def _route(self, held: Held, calls: list[StepCall], log: Any, priority: int) -> None:
+        """Hand due steps of a queue other than default to their queues (idempotent), in the
+        run's priority band."""
         if not calls:
             return
         # the lane of the run's deployment (this worker's): pool workers of another one never
@@ -791,7 +792,7 @@ class Worker:
             (c.corr, c.name, lane(step_queue(c.fn) or DEFAULT_QUEUE, self.deployment))
             for c in calls
         ]
-        codes = await pool_queues(self.world).route_steps(held.run_id, steps)
+        codes = await pool_queues(self.world).route_steps(held.run_id, steps, priority)
         for (corr, name, queue), code in zip(steps, codes, strict=False):
             if code == "queued":
                 log.info("step_routed", step_id=corr, step=name, queue=queue)

@@ -168,6 +168,8 @@ class Wakeup(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # the stream it came from: "default" is the partition's ready stream, another name that
     # queue's stream (the wake-up of a run of a workflow declared with that queue, forwarded)
     queue: str = "default"
+    # the priority band of that stream ("hi", "" or "lo": see world_redis/_keys.py)
+    band: str = ""
     # a new run's wake-up carries its run_created entry (when small, see create_run.lua), read
     # as the log's entry 1-0 is: the worker starts the run from it, without an acquire
     created: Event | None = None

@@ -87,8 +87,11 @@ class WorkflowEnv:
     async def _queues_empty(self) -> bool:
         keys, redis = self.world.keys, self.world.redis
         for p in range(keys.partitions):
-            if await redis.xlen(keys.ready(p)) or await redis.xlen(keys.start_stream()):
+            if await redis.xlen(keys.start_stream()):
                 return False
+            for stream in keys.ready_bands(p):
+                if await redis.xlen(stream):
+                    return False
         return True
 
     async def _next_timer(self) -> int | None:

@@ -15,7 +15,7 @@ from redis.commands.core import AsyncScript
 from worker.world import PartitionCountMismatchError, PayloadCodec, WorkflowError
 
 from ._client import ClientFactory, RedisClient, text
-from ._keys import Keys
+from ._keys import Keys, band_of
 from ._retry import with_retry
 
 PARTITIONS_PER_MASTER = 16  # the default partition count on a cluster, per master
@@ -53,6 +53,12 @@ class RedisCore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    async def ready_of(self, run_id: str) -> str:
+        """The ready stream of the run's priority band (its run hash's "priority"; a run whose
+        hash is gone gets the priority-0 stream), for wake-ups added outside the run's scripts."""
+        prio = await with_retry(self._client.hget, self.keys.run(run_id), "priority")
+        return self.keys.ready(self.keys.partition(run_id), band_of(text(prio)))
 
     async def _ready(self) -> None:
         """The first-use check: the client resolved, the partition count known and agreed."""

@@ -37,7 +37,7 @@ from worker.world import (
     lane_deployment,
 )
 
-from ._keys import GROUP
+from ._keys import BANDS, GROUP, band_of
 from ._queue import _s
 from ._retry import with_retry
 
@@ -114,11 +114,13 @@ class RedisDeployments:
         keys = self.world.keys
         p = keys.partition(run_id)
         run = keys.run(run_id)
-        lane = _s(await with_retry(self.redis.hget, run, "queue") or "")
-        script_keys = [run, keys.ready(p)]
+        lane, prio = (
+            _s(v or "") for v in await with_retry(self.redis.hmget, run, ["queue", "priority"])
+        )
+        script_keys = [run, keys.ready(p, band_of(prio))]
         args: list[Any] = [run_id, deployment_id, GROUP]
         if lane_deployment(lane):
-            stream = keys.queue_stream(p, lane)
+            stream = keys.queue_stream(p, lane, band_of(prio))
             script_keys.append(stream)
             rows = await with_retry(self.redis.xrange, stream, "-", "+", count=MIGRATE_SCAN)
             args += [_s(mid) for mid, fields in rows if (fields or {}).get("run") == run_id]
@@ -166,9 +168,10 @@ class RedisDeployments:
                 dep = lane_deployment(name)
                 if not dep:
                     continue
-                lag, pending = await self._lane_figures(keys.queue_stream(p, name))
-                old = out.get(dep, (0, 0))
-                out[dep] = (old[0] + lag, old[1] + pending)
+                for band in BANDS:  # the lane's priority bands count too
+                    lag, pending = await self._lane_figures(keys.queue_stream(p, name, band))
+                    old = out.get(dep, (0, 0))
+                    out[dep] = (old[0] + lag, old[1] + pending)
         return out
 
     async def _lane_figures(self, stream: str) -> tuple[int, int]:

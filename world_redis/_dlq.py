@@ -84,7 +84,7 @@ class RedisDeadLetters:
         """A fresh wake-up for the letter's run, then the letter deleted (a replay twice makes
         one more wake-up, which a worker handles like any other)."""
         await self.core._ready()
-        stream = self.core.keys.ready(self.core.keys.partition(letter.run_id))
+        stream = await self.core.ready_of(letter.run_id)  # the run's band
         fields = {"run": letter.run_id, "reason": "replayed"}
         await with_retry(self.core.redis.xadd, stream, fields)
         await self.drop(letter.partition, letter.entry_id)

@@ -122,13 +122,13 @@ class RedisFlow:
         return out
 
     async def wake(self, run_ids: Sequence[str], reason: str) -> None:
-        """A wake-up for each run on its partition's ready stream (duplicates coalesce)."""
+        """A wake-up for each run on its partition's ready stream of its band (duplicates
+        coalesce)."""
         await self.core._ready()
-        keys = self.core.keys
         for run_id in dict.fromkeys(run_ids):
             if not run_id.startswith("wrun_"):
                 continue
-            stream = keys.ready(keys.partition(run_id))
+            stream = await self.core.ready_of(run_id)
             await with_retry(self.redis.xadd, stream, {"run": run_id, "reason": reason})
 
     async def arm_timer(self, run_id: str, corr: str, due_ms: int) -> None:

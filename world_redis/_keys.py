@@ -16,6 +16,10 @@ the slot space would balance better, but would rename the keys of every existing
     wf:config                         hash    deployment settings fixed at first use: "partitions"
     wf:start                          stream  start requests from any service (global)
     wf:{p0}:ready                     stream  wake-ups "run R has work", consumer group "workers"
+                                              (runs of priority 0)
+    wf:{p0}:ready:hi, wf:{p0}:ready:lo   stream  the same for runs of priority > 0 (band "hi")
+                                              and < 0 (band "lo"): a read serves hi, then the
+                                              stream above, then lo (see "Priority bands")
     wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
     wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason (undecodable
                                               ones with each field as <name>:b64, raw bytes)
@@ -62,6 +66,9 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:q:<queue>@<deployment>    stream  a lane: wake-ups and pool tasks of runs pinned to
                                               the deployment, for its workers of the queue
                                               ("default@<id>": replays), group "workers"
+    wf:{p0}:q:<queue>:hi, ...:lo      stream  the bands of a queue stream or lane (also
+                                              ``q:<queue>@<deployment>:hi``): its entries for runs
+                                              of priority > 0 and < 0
     wf:deployments                    hash    deployment id -> JSON {workflows, first_seen_ms,
                                               last_seen_ms, workers}, renewed by its workers
                                               and left when they stop (global)
@@ -79,6 +86,16 @@ the slot space would balance better, but would rename the keys of every existing
                                               last_run, last_tick, created_at, history (JSON,
                                               its latest decisions; see _schedules.py)
 
+Priority bands. A run's priority (an int from -1000 to 1000, fixed at creation, stored as field
+``priority`` of the run hash when not 0) picks the band of every entry enqueued for it: its
+wake-ups and its steps' pool tasks go to the stream's ``:hi`` band when it is above 0, to the
+``:lo`` band below 0, to the stream itself at 0 (so runs without a priority use the keys they
+always did). A band is a stream of its own in the same slot (suffix after the hash tag), read with
+the same consumer group; readers take hi entries before the stream's before lo's (one stream per
+priority, as streaQ does; Celery's priority steps likewise). Within a band the order is arrival;
+the exact integer order is kept where work waits behind a flow-control limit (``waiting``
+below). Queue names and deployment ids have no ``:``, so a band never names another queue.
+
 The schedules share the tag ``{sched}``: one script updates a schedule and the due index
 atomically, on one server or a cluster alike.
 """
@@ -93,6 +110,21 @@ from worker.world import RUN_STATUSES
 
 STATUSES = RUN_STATUSES  # one status index per run status
 GROUP = "workers"
+BANDS = ("hi", "", "lo")  # priority bands in the order readers serve them ("": priority 0)
+
+
+def band_of(priority: int | str | None) -> str:
+    """The band of a run of ``priority`` (a run hash's field: absent or "" is 0)."""
+    try:
+        level = int(priority or 0)
+    except ValueError:
+        return ""
+    return "hi" if level > 0 else "lo" if level < 0 else ""
+
+
+def banded(stream: str, band: str) -> str:
+    """The stream of ``band`` next to ``stream`` (a ready stream, queue stream or lane)."""
+    return f"{stream}:{band}" if band else stream
 
 
 def partition_of(run_id: str, partitions: int) -> int:
@@ -123,8 +155,12 @@ class Keys:
     def tag(self, partition: int) -> str:
         return f"{self.prefix}:{{p{partition}}}"
 
-    def ready(self, partition: int) -> str:
-        return f"{self.tag(partition)}:ready"
+    def ready(self, partition: int, band: str = "") -> str:
+        return banded(f"{self.tag(partition)}:ready", band)
+
+    def ready_bands(self, partition: int) -> list[str]:
+        """The partition's ready streams in the order readers serve them (see BANDS)."""
+        return [self.ready(partition, b) for b in BANDS]
 
     def timers(self, partition: int) -> str:
         return f"{self.tag(partition)}:timers"
@@ -233,14 +269,16 @@ class Keys:
         return f"{self.prefix}:hooks:resume"
 
     def partition_keys(self, partition: int) -> list[str]:
-        """KEYS[1..9] of commit.lua: ready, timers, idx done, the five status indexes, the clock
-        offset."""
+        """KEYS[1..11] of commit.lua: ready, timers, idx done, the five status indexes, the clock
+        offset, the ready streams of bands hi and lo."""
         return [
             self.ready(partition),
             self.timers(partition),
             self.idx_done(partition),
             *(self.idx_status(partition, s) for s in STATUSES),
             self.clock(partition),
+            self.ready(partition, "hi"),
+            self.ready(partition, "lo"),
         ]
 
     def clock(self, partition: int) -> str:
@@ -248,9 +286,9 @@ class Keys:
         test environment sets it, to skip time (see worker/testing.py)."""
         return f"{self.tag(partition)}:clock"
 
-    def queue_stream(self, partition: int, queue: str) -> str:
+    def queue_stream(self, partition: int, queue: str, band: str = "") -> str:
         """The stream of pool tasks of ``queue`` (not ``default``: that is the ready stream)."""
-        return f"{self.tag(partition)}:q:{queue}"
+        return banded(f"{self.tag(partition)}:q:{queue}", band)
 
     def queue_names(self, partition: int) -> str:
         """The set of queue names the partition's runs handed steps to."""

@@ -45,7 +45,7 @@ from redis.typing import KeyT, StreamIdT
 from worker.world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode, Wakeup
 
 from ._client import Entry, stream_replies
-from ._keys import GROUP, Keys
+from ._keys import BANDS, GROUP, Keys, band_of, banded
 from ._queue import RedisQueue, _s, undecodable
 from ._retry import with_retry
 
@@ -75,9 +75,10 @@ class RedisPools:
     # -- the holder's side ---------------------------------------------------------------------
 
     async def route_steps(
-        self, run_id: str, steps: Sequence[tuple[str, str, str]]
+        self, run_id: str, steps: Sequence[tuple[str, str, str]], priority: int = 0
     ) -> list[RouteCode]:
-        """Hand due steps ``(step id, step name, queue)`` of one run to their queues (route.lua)."""
+        """Hand due steps ``(step id, step name, queue)`` of one run to their queues (route.lua),
+        in the band of the run's ``priority`` (see _keys.py)."""
         await self.core._ready()
         if not steps:
             return []
@@ -85,8 +86,9 @@ class RedisPools:
         run, _, ent, _ = self.keys.run_keys(run_id)
         keys = [run, ent, self.keys.queue_names(p), self.keys.clock(p)]
         args: list[Any] = [run_id]
+        band = band_of(priority)
         for corr, name, queue in steps:
-            keys.append(self.keys.queue_stream(p, queue))
+            keys.append(self.keys.queue_stream(p, queue, band))
             args += [corr, name, queue]
         reply = await self.core._eval("route", keys, args)
         return [cast(RouteCode, _s(code)) for code in reply]
@@ -101,7 +103,8 @@ class RedisPools:
             if queue == DEFAULT_QUEUE:
                 continue
             for p in range(self.keys.partitions):
-                await self._ensure_group(self.keys.queue_stream(p, queue))
+                for band in BANDS:
+                    await self._ensure_group(self.keys.queue_stream(p, queue, band))
 
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -116,28 +119,40 @@ class RedisPools:
     async def read_tasks(
         self, consumer: str, queue: str, partition: int, count: int, block_ms: int
     ) -> list[PoolTask | Wakeup]:
-        """At most ``count`` new tasks of one queue stream (one XREADGROUP, one slot)."""
+        """At most ``count`` new tasks of one queue stream and its priority bands (one slot):
+        band hi first, then the stream, then band lo."""
         await self.core._ready()
-        stream = self.keys.queue_stream(partition, queue)
-        await self._ensure_group(stream)
+        streams = [self.keys.queue_stream(partition, queue, b) for b in BANDS]
+        located = {s: (queue, partition, b) for s, b in zip(streams, BANDS, strict=True)}
+        for stream in streams:
+            await self._ensure_group(stream)
+        reply = await self._read_in_order(consumer, streams, count)
+        if not reply and block_ms:
+            reply = await self._xreadgroup(consumer, streams, count, block_ms)
+            reply = await self.q._within(count, reply, lambda s: located[s][2])
+        return await self._tasks_of(reply, located)
+
+    async def _read_in_order(
+        self, consumer: str, streams: Sequence[str], count: int
+    ) -> list[tuple[str, list[Entry]]]:
         try:
-            reply = await with_retry(
-                self.redis.xreadgroup,
-                GROUP,
-                consumer,
-                {stream: ">"},
-                count=count,
-                block=block_ms or None,
-            )
+            return await self.q.read_in_order(consumer, streams, count)
         except rexc.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self._groups.discard(stream)  # the stream was deleted under us: recreated next read
+            self._groups.difference_update(streams)  # deleted under us: recreated next read
             return []
+
+    async def _tasks_of(
+        self,
+        reply: Sequence[tuple[str, list[Entry]]],
+        located: dict[str, tuple[str, int, str]],
+    ) -> list[PoolTask | Wakeup]:
         out: list[PoolTask | Wakeup] = []
-        for _, entries in reply or []:
-            for mid, fields in entries:
-                task = await self._task(queue, partition, _s(mid), dict(fields or {}), 1)
+        for stream, rows in reply:
+            queue, p, band = located[stream]
+            for mid, fields in rows:
+                task = await self._task(queue, p, mid, dict(fields or {}), 1, band)
                 if task is not None:
                     out.append(task)
         return out
@@ -147,23 +162,27 @@ class RedisPools:
     ) -> list[PoolTask | Wakeup]:
         """At most ``count`` new entries of the streams of ``queues`` over every partition.
 
-        The streams of one partition share its slot, so one XREADGROUP reads all of a partition's
-        queues. XREADGROUP's COUNT applies per stream: a partition with a quota q reads its k
-        streams with COUNT q // k (or, when q < k, q of them with COUNT 1), so the entries taken
-        never exceed ``count``. The partitions go concurrently, starting at one that rotates from
-        call to call, with the room shared out as ``RedisQueue.read_wakeups`` does; only when that
-        found nothing does a read block, on streams and COUNTs whose product stays within
-        ``count`` (the streams not covered are read at the next call, one ``block_ms`` later at
-        most): one command on one server, one per partition, awaited together, on a cluster.
+        One script call (read_bands.lua) reads the streams one after the other, each with the
+        room the ones before it left, so the entries taken never exceed ``count``: band by band
+        (every hi band, then the queues' streams, then their lo bands), the partitions and the
+        queues in orders that rotate from call to call, so that none is always served last
+        within a band. On a cluster the streams of one partition share its slot: one script
+        call per partition reads all its queues so, the partitions concurrently, with the room
+        shared out as ``RedisQueue.read_wakeups`` does. Only when that found nothing does a
+        read block, on streams and COUNTs whose product stays within ``count`` (the streams not
+        covered are read at the next call, one ``block_ms`` later at most), each with its two
+        bands (entries beyond ``count`` put back, as read_wakeups does): one command on one
+        server, one per partition, awaited together, on a cluster.
         """
         await self.core._ready()
         n = self.keys.partitions
         if count <= 0 or not queues or n <= 0:
             return []
-        located: dict[str, tuple[str, int]] = {}
+        located: dict[str, tuple[str, int, str]] = {}
         for p in range(n):
             for queue in queues:
-                located[self.keys.queue_stream(p, queue)] = (queue, p)
+                for band in BANDS:
+                    located[self.keys.queue_stream(p, queue, band)] = (queue, p, band)
         for stream in located:
             await self._ensure_group(stream)
         start = self._next_read % n
@@ -171,60 +190,60 @@ class RedisPools:
         order = [(start + i) % n for i in range(n)]
         rotation = self._next_queue % len(queues)  # which queue goes first when few fit
         self._next_queue = rotation + 1
-        per_partition = {
-            p: [self.keys.queue_stream(p, q) for q in (*queues[rotation:], *queues[:rotation])]
-            for p in order
-        }
-        replies: list[list[tuple[str, list[Entry]]]] = []
-
-        async def read(streams: Sequence[str], quota: int, block: int) -> int:
-            if quota >= len(streams):
-                chosen, per_stream = list(streams), quota // len(streams)
-            else:
-                chosen, per_stream = list(streams[:quota]), 1
-            reply = await self._xreadgroup(consumer, chosen, per_stream, block)
-            replies.append(reply)
-            return sum(len(rows) for _, rows in reply)
+        rotated = (*queues[rotation:], *queues[:rotation])
+        per_partition = {p: [self.keys.queue_stream(p, q) for q in rotated] for p in order}
+        replies: list[tuple[str, list[Entry]]] = []
 
         async def take(p: int, quota: int) -> int:
-            return await read(per_partition[p], quota, 0)
+            streams = [self.keys.queue_stream(p, q, b) for b in BANDS for q in rotated]
+            reply = await self._read_in_order(consumer, streams, quota)
+            replies.extend(reply)
+            return sum(len(rows) for _, rows in reply)
 
-        taken = await self.q._share_out(order, count, take)
+        if not self.core.cluster:  # one script call over every partition, band by band
+            streams = [
+                self.keys.queue_stream(p, q, b) for b in BANDS for p in order for q in rotated
+            ]
+            reply = await self._read_in_order(consumer, streams, count)
+            replies.extend(reply)
+            taken = sum(len(rows) for _, rows in reply)
+        else:
+            taken = await self.q._share_out(order, count, take)
         if not taken and block_ms:
             every = [s for p in order for s in per_partition[p]]
             chosen = every if count >= len(every) else every[:count]
             per_stream = max(1, count // len(chosen))
+
+            def bands(streams: Sequence[str]) -> list[str]:
+                return [banded(s, b) for s in streams for b in BANDS]
+
             if not self.core.cluster:
-                replies.append(await self._xreadgroup(consumer, chosen, per_stream, block_ms))
+                got = [await self._xreadgroup(consumer, bands(chosen), per_stream, block_ms)]
             else:
                 by_partition: dict[int, list[str]] = {}
                 for stream in chosen:
                     by_partition.setdefault(located[stream][1], []).append(stream)
-                got = await asyncio.gather(
-                    *(
-                        self._xreadgroup(consumer, streams, per_stream, block_ms)
-                        for streams in by_partition.values()
+                got = list(
+                    await asyncio.gather(
+                        *(
+                            self._xreadgroup(consumer, bands(streams), per_stream, block_ms)
+                            for streams in by_partition.values()
+                        )
                     )
                 )
-                replies.extend(got)
+            kept = await self.q._within(
+                count, [pair for reply in got for pair in reply], lambda s: located[s][2]
+            )
+            if self.core.cluster:
                 # as read_wakeups does: the idle time of what was taken runs from now
                 await asyncio.gather(
                     *(
                         self.q._touch(stream, consumer, [mid for mid, _ in rows])
-                        for reply in got
-                        for stream, rows in reply
-                        if rows
+                        for stream, rows in kept
                     )
                 )
-        out: list[PoolTask | Wakeup] = []
-        for reply in replies:
-            for stream, rows in reply:
-                queue, p = located[stream]
-                for mid, fields in rows:
-                    task = await self._task(queue, p, mid, dict(fields or {}), 1)
-                    if task is not None:
-                        out.append(task)
-        return out
+            replies.extend(kept)
+        return await self._tasks_of(replies, located)
 
     async def _xreadgroup(
         self, consumer: str, streams: Sequence[str], count: int, block_ms: int
@@ -246,24 +265,38 @@ class RedisPools:
     async def reclaim_tasks(
         self, consumer: str, queue: str, partition: int, min_idle_ms: int, count: int
     ) -> list[PoolTask | Wakeup]:
-        """Take over tasks of one queue stream pending longer than ``min_idle_ms``."""
+        """Take over tasks of one queue stream and its bands pending longer than
+        ``min_idle_ms``: at most ``count``, band hi first, then the stream, then band lo."""
         await self.core._ready()
-        stream = self.keys.queue_stream(partition, queue)
-        await self._ensure_group(stream)
         out: list[PoolTask | Wakeup] = []
-        for mid, fields, deliveries in await self.q._claim(stream, consumer, min_idle_ms, count):
-            task = await self._task(queue, partition, mid, fields, deliveries)
-            if task is not None:
-                out.append(task)
+        taken = 0
+        for band in BANDS:
+            if taken >= count:
+                break
+            stream = self.keys.queue_stream(partition, queue, band)
+            await self._ensure_group(stream)
+            claimed = await self.q._claim(stream, consumer, min_idle_ms, count - taken)
+            taken += len(claimed)
+            for mid, fields, deliveries in claimed:
+                task = await self._task(queue, partition, mid, fields, deliveries, band)
+                if task is not None:
+                    out.append(task)
         return out
 
     async def _task(
-        self, queue: str, partition: int, message_id: str, fields: dict[str, str], deliveries: int
+        self,
+        queue: str,
+        partition: int,
+        message_id: str,
+        fields: dict[str, str],
+        deliveries: int,
+        band: str = "",
     ) -> PoolTask | Wakeup | None:
-        """The task of one entry, or the wake-up of a run forwarded to the queue (an entry
-        without ``step``); None for an undecodable one, which is set aside."""
+        """The task of one entry of the queue stream's ``band``, or the wake-up of a run
+        forwarded to the queue (an entry without ``step``); None for an undecodable one, which
+        is set aside."""
         if undecodable(fields):
-            stream = self.keys.queue_stream(partition, queue)
+            stream = self.keys.queue_stream(partition, queue, band)
             await self.q._set_aside(
                 stream, self.keys.dlq(partition), message_id, fields, deliveries
             )
@@ -276,6 +309,7 @@ class RedisPools:
                 reason=fields.get("reason", ""),
                 deliveries=deliveries,
                 queue=queue,
+                band=band,
             )
         return PoolTask(
             queue=queue,
@@ -285,12 +319,14 @@ class RedisPools:
             step_id=fields.get("step", ""),
             step_name=fields.get("name", ""),
             deliveries=deliveries,
+            band=band,
         )
 
     def _by_stream(self, tasks: Sequence[PoolTask]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for t in tasks:
-            out.setdefault(self.keys.queue_stream(t.partition, t.queue), []).append(t.message_id)
+            stream = self.keys.queue_stream(t.partition, t.queue, t.band)
+            out.setdefault(stream, []).append(t.message_id)
         return out
 
     async def heartbeat_tasks(self, consumer: str, tasks: Sequence[PoolTask]) -> None:
@@ -313,7 +349,8 @@ class RedisPools:
         source = self.q.wake_stream(wakeup)
         # back to the ready stream when the workflow's queue became "default" (changed code)
         default = queue == DEFAULT_QUEUE
-        target = self.keys.ready(p) if default else self.keys.queue_stream(p, queue)
+        band = wakeup.band  # the run's priority band, kept in the queue it goes to
+        target = self.keys.ready(p, band) if default else self.keys.queue_stream(p, queue, band)
         await self._ensure_group(target)
 
         async def run() -> None:
@@ -346,7 +383,8 @@ class RedisPools:
     # -- inspection ----------------------------------------------------------------------------
 
     async def queue_stats(self) -> list[QueueStats]:
-        """Every partition's ready stream (queue ``default``) and the queue streams its runs used."""
+        """Every partition's ready stream (queue ``default``) and the queue streams its runs
+        used, each with its priority bands counted in."""
         await self.core._ready()
         sec, usec = await with_retry(self.redis.time)
         now_ms = int(sec) * 1000 + int(usec) // 1000
@@ -359,6 +397,24 @@ class RedisPools:
         return out
 
     async def _stats(self, partition: int, queue: str, stream: str, now_ms: int) -> QueueStats:
+        length = lag = pending = 0
+        oldest: int | None = None
+        for band in BANDS:
+            figures = await self._figures(banded(stream, band), now_ms)
+            length, lag, pending = length + figures[0], lag + figures[1], pending + figures[2]
+            if figures[3] is not None:
+                oldest = max(oldest or 0, figures[3])
+        return QueueStats(
+            partition=partition,
+            queue=queue,
+            length=length,
+            lag=lag,
+            pending=pending,
+            oldest_age_ms=oldest,
+        )
+
+    async def _figures(self, stream: str, now_ms: int) -> tuple[int, int, int, int | None]:
+        """Length, lag, pending and the age of the oldest entry (None: empty) of one stream."""
         length = int(await with_retry(self.redis.xlen, stream))
         lag, pending = length, 0
         try:
@@ -371,18 +427,9 @@ class RedisPools:
                 # lag is nil when Redis cannot tell (entries deleted): count what is not pending
                 raw = g.get("lag")
                 lag = int(raw) if raw is not None else max(0, length - pending)
-        oldest: int | None = None
         first = await with_retry(self.redis.xrange, stream, "-", "+", count=1)
-        if first:
-            oldest = max(0, now_ms - int(_s(first[0][0]).split("-", 1)[0]))
-        return QueueStats(
-            partition=partition,
-            queue=queue,
-            length=length,
-            lag=lag,
-            pending=pending,
-            oldest_age_ms=oldest,
-        )
+        oldest = max(0, now_ms - int(_s(first[0][0]).split("-", 1)[0])) if first else None
+        return length, lag, pending, oldest
 
     async def waiting_on(self, run_id: str) -> list[tuple[str, str, int]]:
         """(step id, queue, partition) of the run's steps handed to a queue, not finished yet."""

@@ -103,7 +103,8 @@ class RedisPresence:
         return int(sec) * 1000 + int(usec) // 1000
 
     async def partition_health(self) -> list[dict[str, Any]]:
-        """Each partition's ready stream, asked on the node that holds it (concurrently):
+        """Each partition's ready streams (its priority bands summed), asked on the node that
+        holds it (concurrently):
         ``{"partition", "length", "pending", "lag"}``, or ``{"partition", "error"}`` when its node
         cannot be reached or answers with an error (within the retry window of _retry.py); an
         ACL that denies XINFO or XLEN gives ``"unchecked"`` instead (the queue is not at fault).
@@ -111,25 +112,25 @@ class RedisPresence:
         await self.core._ready()
 
         async def one(p: int) -> dict[str, Any]:
-            stream = self.core.keys.ready(p)
-            try:
-                groups = await with_retry(self.core.redis.xinfo_groups, stream)
-                length = await with_retry(self.core.redis.xlen, stream)
-            except rexc.NoPermissionError as exc:  # an ACL from before this check: not a fault
-                return {"partition": p, "length": 0, "pending": 0, "lag": 0, "unchecked": str(exc)}
-            except rexc.ResponseError as exc:
-                if "no such key" not in str(exc):
+            row: dict[str, Any] = {"partition": p, "length": 0, "pending": 0, "lag": 0}
+            for stream in self.core.keys.ready_bands(p):  # summed over the priority bands
+                try:
+                    groups = await with_retry(self.core.redis.xinfo_groups, stream)
+                    length = await with_retry(self.core.redis.xlen, stream)
+                except rexc.NoPermissionError as exc:  # an ACL from before this check: no fault
+                    return {**row, "unchecked": str(exc)}
+                except rexc.ResponseError as exc:
+                    if "no such key" not in str(exc):
+                        return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
+                    continue  # no run there yet
+                except (rexc.RedisError, WorldUnavailableError) as exc:
                     return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
-                return {"partition": p, "length": 0, "pending": 0, "lag": 0}  # no run there yet
-            except (rexc.RedisError, WorldUnavailableError) as exc:
-                return {"partition": p, "error": f"{type(exc).__name__}: {exc}"}
-            group = next((g for g in groups if text(g.get("name")) == GROUP), {})
-            return {
-                "partition": p,
-                "length": int(length),
-                "pending": int(group.get("pending") or 0),
-                "lag": group.get("lag"),
-            }
+                group = next((g for g in groups if text(g.get("name")) == GROUP), {})
+                lag = group.get("lag")
+                row["length"] += int(length)
+                row["pending"] += int(group.get("pending") or 0)
+                row["lag"] = None if lag is None or row["lag"] is None else row["lag"] + int(lag)
+            return row
 
         return list(await asyncio.gather(*(one(p) for p in range(self.core.keys.partitions))))
 

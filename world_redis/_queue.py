@@ -34,7 +34,7 @@ from worker.world import (
 
 from ._client import Entry, entries, stream_replies, text, text_dict
 from ._core import RedisCore
-from ._keys import GROUP
+from ._keys import BANDS, GROUP
 from ._retry import with_retry
 
 
@@ -125,7 +125,8 @@ class RedisQueue:
         if self._groups_ready:
             return
         await self.core._ready()
-        streams = [self.core.keys.ready(p) for p in range(self.core.keys.partitions)]
+        keys = self.core.keys
+        streams = [s for p in range(keys.partitions) for s in keys.ready_bands(p)]
         streams += [self.core.keys.start_stream(), self.core.keys.resume_stream()]
         await asyncio.gather(*(self._create_group(s) for s in streams))
         self._groups_ready = True
@@ -163,9 +164,30 @@ class RedisQueue:
             await self.ensure_groups()
             return []
 
+    async def read_in_order(
+        self, consumer: str, streams: Sequence[str], count: int
+    ) -> list[tuple[str, list[Entry]]]:
+        """New entries of ``streams`` (one slot) taken in that order, at most ``count`` in all:
+        one script call (read_bands.lua), so a later stream is read only with the room the
+        earlier ones left. A stream without the group fails with NOGROUP (ResponseError)."""
+        flat = await self.core._eval("read_bands", streams, [GROUP, consumer, count])
+        out: list[tuple[str, list[Entry]]] = []
+        for i in range(0, len(flat), 2):
+            rows = [(text(mid), text_dict(fields_dict(fields))) for mid, fields in flat[i + 1]]
+            out.append((streams[int(flat[i]) - 1], rows))
+        return out
+
     @staticmethod
     def _partition_of(stream: str) -> int:
         return int(stream.rsplit("{p", 1)[1].split("}", 1)[0])
+
+    @staticmethod
+    def _band_of(stream: str) -> str:
+        """The band of a ready stream (see _keys.py: ``wf:{pN}:ready:hi``...)."""
+        for band in ("hi", "lo"):
+            if stream.endswith(f":ready:{band}"):
+                return band
+        return ""
 
     async def _claim(
         self, stream: str, consumer: str, min_idle_ms: int, count: int, wakeups: bool = False
@@ -304,81 +326,142 @@ class RedisQueue:
             run_id=run_id,
             reason=reason,
             deliveries=deliveries,
+            band=self._band_of(stream),
             created=created,
         )
 
     async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
-        """At most ``count`` wake-ups from the ready streams of all partitions.
+        """At most ``count`` wake-ups from the ready streams of all partitions: band hi before
+        the priority-0 streams before band lo (see _keys.py).
 
-        XREADGROUP's COUNT applies per stream, and on a cluster one command reads the streams of
-        one slot only; entries read are pending on this consumer (a surplus would wait for a
-        reclaim, and the worker would hold more runs than its concurrency). So the reads go per
-        partition, concurrently, with the room shared out so that their COUNTs sum to at most
-        ``count`` (``split``), starting at a partition that rotates from call to call so that no
-        partition is always served last; a partition that filled its share may hold more and is
-        asked again with the room left, and partitions not asked yet (room < partitions) come
-        next, until the room is used or every partition was asked. Only when that found nothing
-        does a read block, with COUNTs that again sum to at most ``count``: all streams with
-        COUNT count // N when count >= N, else ``count`` streams (the rotation's next ones) with
-        COUNT 1; the others are seen at the next call, one ``block_ms`` later at most.
+        XREADGROUP's COUNT applies per stream; entries read are pending on this consumer (a
+        surplus would wait for a reclaim, and the worker would hold more runs than its
+        concurrency). So one script call (read_bands.lua) reads the streams one after the
+        other, each with the room the ones before it left: every partition's hi band, then
+        their priority-0 streams, then their lo bands, the partitions in an order that starts
+        at one that rotates from call to call, so that no partition is always served last.
+
+        On a cluster one command (and one script) reads the streams of one slot only: the reads
+        go per partition, concurrently (each its bands in order, so there the band order holds
+        within a partition), with the room shared out so that their quotas sum to at most
+        ``count`` (``split``); a partition that filled its share may hold more and is asked
+        again with the room left, and partitions not asked yet (room < partitions) come next,
+        until the room is used or every partition was asked.
+
+        Only when that found nothing does a read block, with COUNTs that
+        again sum to at most ``count`` per band: all partitions with COUNT count // N when
+        count >= N, else ``count`` partitions (the rotation's next ones) with COUNT 1; the
+        others are seen at the next call, one ``block_ms`` later at most. A blocking read
+        covers each partition's three bands (in one command it costs nothing more); entries it
+        took beyond ``count`` (several bands filled during one wait) are put back at the end of
+        their band, the lowest bands first, so the worker never holds more than ``count``.
 
         On one server that blocking read is one XREADGROUP over those streams, which answers as
-        soon as any of them has an entry. On a cluster it is one blocking read per stream, all
-        awaited (a read cancelled in flight may have taken entries that its reply then loses);
-        the latency trade-off: an idle worker sees a new wake-up up to ``block_ms`` late, as the
-        read that got it waits for the other reads to time out. A busy worker never blocks.
+        soon as any of them has an entry. On a cluster it is one blocking read per partition,
+        all awaited (a read cancelled in flight may have taken entries that its reply then
+        loses); the latency trade-off: an idle worker sees a new wake-up up to ``block_ms``
+        late, as the read that got it waits for the other reads to time out. A busy worker
+        never blocks.
         """
         await self.core._ready()
         out: list[Wakeup] = []
-        n = self.core.keys.partitions
+        keys = self.core.keys
+        n = keys.partitions
         if count <= 0:
             return out
-        if n == 1:  # one stream: its COUNT is the whole count, and one (blocking) read is exact
-            reply = await self._read_group(
-                consumer, {self.core.keys.ready(0): ">"}, count, block_ms
-            )
-            await self._wakeups_of(reply, out)
-            return out
+
+        async def read(streams: list[str], quota: int) -> int:
+            await self.ensure_groups()
+            try:
+                reply = await self.read_in_order(consumer, streams, quota)
+            except rexc.ResponseError as exc:  # a stream deleted under the worker (DEL by hand)
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._log.warning("consumer_group_recreated", error=str(exc))
+                self._groups_ready = False
+                await self.ensure_groups()
+                return 0
+            return await self._wakeups_of(reply, out)
+
         start = self._next_partition % n
         self._next_partition = (start + 1) % n
         order = [(start + i) % n for i in range(n)]
-
-        async def read(p: int, quota: int) -> int:
-            reply = await self._read_group(consumer, {self.core.keys.ready(p): ">"}, quota, 0)
-            return await self._wakeups_of(reply, out)
-
-        if await self._share_out(order, count, read) or not block_ms:
+        if not self.core.cluster:  # one script call over every partition's bands, in order
+            taken = await read([keys.ready(p, b) for b in BANDS for p in order], count)
+        else:
+            taken = await self._share_out(
+                order, count, lambda p, quota: read(keys.ready_bands(p), quota)
+            )
+        if taken or not block_ms:
             return out
         if count >= n:
-            streams, per_stream = order, count // n
+            chosen, per_stream = order, count // n
         else:
-            streams, per_stream = order[:count], 1
+            chosen, per_stream = order[:count], 1
         if not self.core.cluster:
-            reply = await self._read_group(
-                consumer, {self.core.keys.ready(p): ">" for p in streams}, per_stream, block_ms
+            streams = {s: ">" for p in chosen for s in keys.ready_bands(p)}
+            replies = [await self._read_group(consumer, streams, per_stream, block_ms)]
+        else:
+            replies = list(
+                await asyncio.gather(
+                    *(
+                        self._read_group(
+                            consumer, {s: ">" for s in keys.ready_bands(p)}, per_stream, block_ms
+                        )
+                        for p in chosen
+                    )
+                )
             )
-            await self._wakeups_of(reply, out)
-            return out
-        replies = await asyncio.gather(
-            *(
-                self._read_group(consumer, {self.core.keys.ready(p): ">"}, per_stream, block_ms)
-                for p in streams
-            )
+        kept = await self._within(
+            count, [pair for reply in replies for pair in reply], self._band_of
         )
-        # An entry's idle time runs from its delivery, which may be up to block_ms before the
-        # slowest read returned: reset it now (XCLAIM JUSTID, as the heartbeat does), so that it
-        # becomes reclaimable no earlier than the run's lease, taken next, lapses.
-        await asyncio.gather(
-            *(
-                self._touch(stream, consumer, [mid for mid, _ in rows])
-                for reply in replies
-                for stream, rows in reply
-                if rows
+        if self.core.cluster:
+            # An entry's idle time runs from its delivery, which may be up to block_ms before
+            # the slowest read returned: reset it now (XCLAIM JUSTID, as the heartbeat does), so
+            # that it becomes reclaimable no earlier than the run's lease, taken next, lapses.
+            await asyncio.gather(
+                *(self._touch(stream, consumer, [mid for mid, _ in rows]) for stream, rows in kept)
             )
-        )
-        for reply in replies:
-            await self._wakeups_of(reply, out)
+        await self._wakeups_of(kept, out)
         return out
+
+    async def _within(
+        self,
+        count: int,
+        reply: Sequence[tuple[str, list[Entry]]],
+        band_of: Callable[[str], str],
+    ) -> list[tuple[str, list[Entry]]]:
+        """The first ``count`` entries of a read over several bands (``band_of`` names a
+        stream's), band by band, hi first; the others put back: added again at the end of their
+        stream and the read copy acknowledged (a duplicate, should a retry add one twice, is a
+        harmless wake-up)."""
+        rank = {band: i for i, band in enumerate(BANDS)}
+        ordered = sorted(reply, key=lambda pair: rank[band_of(pair[0])])
+        kept: list[tuple[str, list[Entry]]] = []
+        room = count
+        for stream, rows in ordered:
+            if not rows:
+                continue
+            if room > 0:
+                kept.append((stream, rows[:room]))
+            surplus = rows[max(room, 0) :]
+            room -= len(rows)
+            if surplus:
+                await self._put_back(stream, surplus)
+        return kept
+
+    async def _put_back(self, stream: str, rows: Sequence[Entry]) -> None:
+        ids = [mid for mid, _ in rows]
+
+        async def run() -> None:
+            pipe = self.core.redis.pipeline(transaction=False)
+            for _, fields in rows:
+                pipe.xadd(stream, {k: v for k, v in fields.items()})
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+        await with_retry(run)
 
     async def _touch(self, stream: str, consumer: str, message_ids: Sequence[str]) -> None:
         """Reset the idle time of entries pending on ``consumer`` (XCLAIM JUSTID: no count bump)."""
@@ -427,21 +510,25 @@ class RedisQueue:
         start = self._next_reclaim % n
         self._next_reclaim = (start + 1) % n
         out: list[Wakeup] = []
-        seen: set[tuple[int, str]] = set()
+        seen: set[tuple[str, str]] = set()
 
         async def take(p: int, quota: int) -> int:
+            # band by band, each with the room the ones before left (as read_wakeups does);
             # asked again, a partition may offer what this call took from it (min_idle_ms 0)
-            stream, fresh = self.core.keys.ready(p), 0
-            for mid, fields, deliveries in await self._claim(
-                stream, consumer, min_idle_ms, quota, wakeups=True
-            ):
-                if (p, mid) in seen:
-                    continue
-                seen.add((p, mid))
-                fresh += 1
-                w = await self._wakeup(stream, mid, fields, deliveries)
-                if w is not None:
-                    out.append(w)
+            fresh = 0
+            for stream in self.core.keys.ready_bands(p):
+                if fresh >= quota:
+                    break
+                for mid, fields, deliveries in await self._claim(
+                    stream, consumer, min_idle_ms, quota - fresh, wakeups=True
+                ):
+                    if (stream, mid) in seen:
+                        continue
+                    seen.add((stream, mid))
+                    fresh += 1
+                    w = await self._wakeup(stream, mid, fields, deliveries)
+                    if w is not None:
+                        out.append(w)
             return fresh
 
         await self._share_out([(start + i) % n for i in range(n)], count, take)
@@ -450,8 +537,8 @@ class RedisQueue:
     def wake_stream(self, w: Wakeup) -> str:
         """The stream a wake-up came from: the ready stream, or a queue's (see _pools.py)."""
         if w.queue == "default":
-            return self.core.keys.ready(w.partition)
-        return self.core.keys.queue_stream(w.partition, w.queue)
+            return self.core.keys.ready(w.partition, w.band)
+        return self.core.keys.queue_stream(w.partition, w.queue, w.band)
 
     async def ack(self, wakeups: Sequence[Wakeup]) -> None:
         await self.core._ready()
@@ -585,15 +672,21 @@ class RedisQueue:
         return out
 
     async def promote_timers(self) -> int | None:
-        """Move due timers to the ready streams (per partition, concurrently); the earliest
-        remaining due time (ms) or None."""
+        """Move due timers to the ready streams, each to its run's band (per partition,
+        concurrently); the earliest remaining due time (ms) or None."""
         await self.core._ready()
 
         async def promote(p: int) -> int:
             _, due = await self.core._eval(
                 "promote_timers",
-                [self.core.keys.timers(p), self.core.keys.ready(p), self.core.keys.clock(p)],
-                [500],
+                [
+                    self.core.keys.timers(p),
+                    self.core.keys.ready(p),
+                    self.core.keys.clock(p),
+                    self.core.keys.ready(p, "hi"),
+                    self.core.keys.ready(p, "lo"),
+                ],
+                [500, self.core.keys.run_prefix(p)],
             )
             return int(due)
 

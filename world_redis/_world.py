@@ -44,7 +44,7 @@ from ._dlq import RedisDeadLetters
 from ._flow import RedisFlow
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
-from ._keys import GROUP, STATUSES, Keys
+from ._keys import GROUP, STATUSES, Keys, band_of
 from ._pools import RedisPools
 from ._presence import RedisPresence
 from ._queue import RedisQueue, _s
@@ -332,7 +332,7 @@ class RedisWorld:
             [
                 run,
                 ev,
-                k.ready(p),
+                k.ready(p, band_of(priority)),
                 k.idx_status(p, "pending"),
                 k.idx_workflow(p, workflow),
                 k.workflows(p),

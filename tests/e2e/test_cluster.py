@@ -265,6 +265,29 @@ async def test_reads_never_take_more_than_count(world: RedisWorld) -> None:
         assert await pending_on(world, consumer) == count
 
 
+async def test_priority_bands_in_every_partition(world: RedisWorld, start_worker) -> None:  # type: ignore[no-untyped-def]
+    """Band streams share their partition's slot: in one partition a hi run is read before an
+    older priority-0 one; reads over bands in 12 partitions never exceed ``count``; priority
+    runs (pool steps too) spread over the partitions all complete."""
+    older, newer = run_ids_in_partitions(world, [0, 0])
+    await world.create_run(older, "add_ten", "[1]")
+    await world.create_run(newer, "add_ten", "[1]", priority=3)
+    assert [(w.run_id, w.band) for w in await world.read_wakeups("reader", 1, 0)] == [(newer, "hi")]
+    for i, run_id in enumerate(run_ids_in_partitions(world, spread(world, 12))):
+        await world.create_run(run_id, "add_ten", "[1]", priority=(i % 3) - 1)
+    got = []
+    for count in (1, 3, 5, 100):
+        batch = await world.read_wakeups("reader", count, 0)
+        assert len(batch) <= count
+        got += batch
+    assert len(got) == 12 + 1  # the older run's wake-up and the twelve
+    start_worker("tests.e2e.pool_workflows", POOL_MARKER="default")
+    start_worker("tests.e2e.pool_workflows", concurrency=4, queues="gpu", POOL_MARKER="gpu")
+    runs = [await start(pw.pool_basic, i, priority=(i % 3) - 1) for i in range(9)]
+    for i, run in enumerate(runs):
+        assert (await run.result(timeout=60))["gpu"]["x"] == 2 * i
+
+
 async def test_every_entry_point_works_first(redis_server: Topology, prefix: str) -> None:
     """A fresh World's first call may be any entry point: each finds the topology and the partition count."""
     firsts: list[Any] = [

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e import fault_workflows as fw
 from tests.e2e.test_bad_input import wait_for_event
-from tests.support import RedisServer, WorkerProcess, wait_for
+from tests.support import RedisServer, WorkerProcess, eventually, wait_for
 from worker import NondeterminismError, WorkflowRunFailedError, start
 from world_redis import RedisWorld
 
@@ -36,6 +36,32 @@ async def test_worker_killed_mid_step_is_reclaimed(
     assert len(steps) == 1 and steps[0].status == "completed" and steps[0].attempt == 2
     types = [e.__struct_config__.tag for e in await run.events()]
     assert types.count("step_started") == 2 and types.count("step_completed") == 1
+
+
+async def test_worker_killed_holding_a_hi_band_run_is_reclaimed(
+    world: RedisWorld, start_worker, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A worker SIGKILLed during a step of a priority run (its wake-up read from the hi band):
+    another worker reclaims that wake-up after the lease and finishes the run."""
+    marker = tmp_path / "started"
+    first = start_worker("tests.e2e.fault_workflows", **FAST_LEASE)
+    run = await start(fw.killable, str(marker), 1.0, priority=50)
+    wait_for(marker.exists, 20, what="the step to start in the first worker")
+    keys = world.keys
+    hi = keys.ready(keys.partition(run.run_id), "hi")
+    assert (await world.redis.xpending(hi, "workers"))["pending"] == 1
+    first.kill()
+    marker.unlink()
+    second = start_worker("tests.e2e.fault_workflows", **FAST_LEASE)
+    assert await run.result(timeout=30) == "finished: done"
+    assert marker.read_text() == str(second.proc.pid)
+    steps = await run.steps()
+    assert len(steps) == 1 and steps[0].status == "completed" and steps[0].attempt == 2
+
+    async def settled() -> bool:  # the wake-up is acknowledged once the run is let go
+        return bool((await world.redis.xpending(hi, "workers"))["pending"] == 0)
+
+    await eventually(settled, what="the reclaimed wake-up to be acknowledged")
 
 
 async def test_changed_step_between_workers_is_nondeterminism(

@@ -80,8 +80,21 @@ async def impatient() -> str:
 
 
 @workflow(name="t_child.prioritised")
-async def prioritised() -> str:
-    await start(kid, 1, priority=5)
+async def prioritised() -> list[Any]:
+    a, b = await start(kid, 1, priority=5), await start(kid, 2)
+    return [await a.result(), await b.result()]
+
+
+@workflow(name="t_child.reprioritised")
+async def reprioritised() -> list[Any]:
+    """prioritised with other priorities in its code (a changed deployment)."""
+    a, b = await start(kid, 1, priority=-3), await start(kid, 2, priority=9)
+    return [await a.result(), await b.result()]
+
+
+@workflow(name="t_child.out_of_range")
+async def out_of_range() -> str:
+    await start(kid, 1, priority=1001)
     return "started"
 
 
@@ -107,9 +120,11 @@ async def bad_close() -> str:
 class Log:
     """A run's log built by hand: the run's opening, then what the code and the world add."""
 
-    def __init__(self, name: str, args: list[Any]) -> None:
+    def __init__(self, name: str, args: list[Any], priority: int = 0) -> None:
         self.events: list[Event] = [
-            RunCreated(seq=1, ts=START_MS, workflow=name, input=_serde.dumps(args)),
+            RunCreated(
+                seq=1, ts=START_MS, workflow=name, input=_serde.dumps(args), priority=priority
+            ),
             RunStarted(seq=2, ts=START_MS),
         ]
 
@@ -121,11 +136,13 @@ class Log:
         return added
 
 
-def run(wf: Any, args: list[Any], world: Any = None) -> tuple[WorkflowInstance, Log, Outcome]:
-    """First execution: advance, append the commands, let ``world(commands)`` add resolutions,
-    until the code ends (or a round adds nothing)."""
+def run(
+    wf: Any, args: list[Any], world: Any = None, priority: int = 0
+) -> tuple[WorkflowInstance, Log, Outcome]:
+    """First execution (of a run of ``priority``): advance, append the commands, let
+    ``world(commands)`` add resolutions, until the code ends (or a round adds nothing)."""
     inst = new_instance(wf)
-    log = Log(inst.workflow_name, args)
+    log = Log(inst.workflow_name, args, priority)
     inst.feed(log.events)
     while True:
         out = inst.advance()
@@ -257,10 +274,25 @@ def test_a_child_result_timeout_is_a_durable_timer_raising_workflow_timeout_erro
     assert replay(impatient, log.events).output == out.output
 
 
-def test_priority_of_a_child_run_is_refused_in_workflow_code() -> None:
-    """A child run has the default priority: priority= in workflow code fails the call with an
-    error that says where a priority can be given, and records no child."""
-    _inst, log, out = run(prioritised, [])
+def test_priority_of_a_child_run_is_recorded_and_kept_on_replay() -> None:
+    """priority= in workflow code is recorded in child_started (a child without one has its
+    parent's); a replay keeps the log's priorities, whatever the code now says."""
+    _inst, log, out = run(prioritised, [], completed, priority=-2)
+    assert out.kind == "completed"
+    started = [e for e in log.events if e.__struct_config__.tag == "child_started"]
+    assert [e.priority for e in started] == [5, -2]  # type: ignore[attr-defined]
+    last_start = max(e.seq for e in started)
+    again = new_instance(reprioritised)  # replayed up to the starts: the children not ended
+    again.feed([e for e in log.events if e.seq <= last_start])
+    out2 = again.advance()
+    assert (out2.kind, out2.commands) == ("suspended", [])
+    assert [c.priority for c in again.children.values()] == [5, -2]
+
+
+def test_child_priority_out_of_range_is_a_typed_error() -> None:
+    """A child priority outside -1000..1000 fails the call with FlowControlError (the workflow
+    fails with it) and records no child."""
+    _inst, log, out = run(out_of_range, [])
     assert out.kind == "failed"
-    assert "priority=" in out.error and "from a step" in out.error
+    assert "FlowControlError" in out.error and "priority" in out.error
     assert not [e for e in log.events if e.__struct_config__.tag == "child_started"]

@@ -12,6 +12,10 @@
 --          a run is in one of them, and moves with its status keeping its score)
 -- KEYS[9]  partition clock offset (ms added to the server's time; absent in production: only a
 --          test environment that skips time sets it, see worker/testing.py)  wf:{pN}:clock
+-- KEYS[10] partition ready stream of band hi (runs of priority > 0)  wf:{pN}:ready:hi
+-- KEYS[11] partition ready stream of band lo (runs of priority < 0)  wf:{pN}:ready:lo
+--          (a run's wake-ups go to its band's stream: the run hash's field "priority", absent
+--          for priority 0, picks it; see world_redis/_keys.py)
 -- The keys of each run of the batch are named from ARGV[3] and its run id (they carry the
 -- partition's hash tag, so they are in the slot of the keys above; naming them here keeps the
 -- call's size independent of the batch's): run hash wf:{pN}:run:<id> (ARGV[3] .. run id),
@@ -171,6 +175,14 @@ local function ent_flush(ent_key, seen, dirty)
   call_sliced('HDEL', ent_key, del)
 end
 
+-- the ready stream of a run's band, from its run hash's "priority" (false: absent, priority 0)
+local function ready_of(priority)
+  if not priority then return KEYS[1] end
+  local level = tonumber(priority) or 0
+  if level > 0 then return KEYS[10] elseif level < 0 then return KEYS[11] end
+  return KEYS[1]
+end
+
 local replies = {}
 for i = 0, #batch - 1 do
   local run_key = ARGV[3] .. batch[i + 1][1]
@@ -184,7 +196,7 @@ for i = 0, #batch - 1 do
   local seen, dirty = {}, {}  -- entity fields read (false: absent) and changed by this commit
   local ended = false
 
-  local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner')
+  local meta = redis.call('HMGET', run_key, 'status', 'seq', 'lease_owner', 'priority')
   local status, seq, owner = meta[1], tonumber(meta[2]), meta[3]
   local results = {}
   local code = 'ok'
@@ -494,12 +506,12 @@ for i = 0, #batch - 1 do
         local related = redis.call('HMGET', run_key, 'children', 'watched')
         if related[1] or related[2] then  -- parents to tell, children to close: see the header
           redis.call('EXPIRE', run_key .. ':parents', retention)
-          redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', 'ended')
+          redis.call('XADD', ready_of(meta[4]), '*', 'run', run_id, 'reason', 'ended')
         end
       end
       if TERMINAL[status] then redis.call('EXPIRE', run_key, retention) end
       if wake ~= '' then
-        redis.call('XADD', KEYS[1], '*', 'run', run_id, 'reason', wake)
+        redis.call('XADD', ready_of(meta[4]), '*', 'run', run_id, 'reason', wake)
       end
     end
   end

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  run hash                wf:{pN}:run:<id>
 -- KEYS[2]  run event stream        wf:{pN}:run:<id>:ev
--- KEYS[3]  partition ready stream  wf:{pN}:ready
+-- KEYS[3]  partition ready stream of the run's priority band: wf:{pN}:ready (priority 0),
+--          wf:{pN}:ready:hi (> 0) or wf:{pN}:ready:lo (< 0) (see world_redis/_keys.py)
 -- KEYS[4]  pending-status index    wf:{pN}:idx:pending
 -- KEYS[5]  index by workflow name  wf:{pN}:idx:wf:<name>
 -- KEYS[6]  set of workflow names seen in the partition  wf:{pN}:workflows
@@ -15,7 +16,8 @@
 -- ARGV[7] the W3C trace context of the code that started the run, as JSON ("" or absent: none)
 -- ARGV[8] the parent run: the run whose workflow code started this one ("" or absent: none);
 --         stored as field "parent" of run_created and of the run hash
--- ARGV[9] the run's priority (flow control: higher first; "0" or absent: none, not stored)
+-- ARGV[9] the run's priority (higher first: its band, and its place where flow control parks
+--         callers; "0" or absent: none, not stored)
 --
 -- Wake-up: XADD <ready> * run <id> reason created, followed by the run_created entry's fields
 -- (type, ts, workflow, input, ...) when the input and trace take at most 1,024 bytes.

@@ -1,8 +1,10 @@
 -- migrate.lua: pin a run to another deployment on purpose and wake it (wf runs migrate).
 --
 -- KEYS[1]  run hash                   wf:{pN}:run:<id>
--- KEYS[2]  partition ready stream     wf:{pN}:ready
+-- KEYS[2]  partition ready stream of the run's priority band  wf:{pN}:ready (or :ready:hi,
+--          :ready:lo; see world_redis/_keys.py)
 -- KEYS[3]  the lane stream holding the run's waiting wake-ups, if any  wf:{pN}:q:<queue>@<old id>
+--          (its band's: wf:{pN}:q:<queue>@<old id>:hi for a run of priority > 0...)
 --          (optional: absent when the run waits in no lane)
 -- ARGV[1]  run id
 -- ARGV[2]  the deployment id to pin the run to (known: checked by the caller in the registry)

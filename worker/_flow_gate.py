@@ -59,6 +59,7 @@ class FlowStore(Protocol):
         priority: int,
         tag: str,
         reserve_ms: int,
+        clock_offset_ms: int = 0,
     ) -> FlowGrant: ...
     async def release(self, limit: str, member: str) -> list[str]: ...
     async def renew(self, limit: str, members: Sequence[str], hold_ms: int) -> int: ...
@@ -144,6 +145,7 @@ class FlowGate:
                 priority=inst.priority,
                 tag=f"{member}|{call.attempt}",
                 reserve_ms=self.lease_ms,
+                clock_offset_ms=self.worker.skipped_ms,
             )
             await self._wake(grant.woken)
             log = self.worker.log.bind(run_id=run_id, step_id=call.corr, limit=limit)

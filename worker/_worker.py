@@ -151,6 +151,7 @@ class Worker:
         self._advance_started = 0.0
         self._main_thread = threading.get_ident()
         self._clock_offset_ms = 0
+        self.skipped_ms = 0  # how far a test environment moved the world's clock (skip_clock)
         self.health_socket: socket.socket | None = None
         self.metrics_socket: socket.socket | None = None
         self.supervisor = Supervisor(self.log)
@@ -241,8 +242,10 @@ class Worker:
 
     def skip_clock(self, ms: int) -> None:
         """The world's clock moved ``ms`` ahead of the server's (a test environment skipping
-        time, see worker/testing.py): timers are due by the moved clock."""
+        time, see worker/testing.py): timers are due by the moved clock, and rate windows count
+        on it (``skipped_ms``)."""
         self._clock_offset_ms += ms
+        self.skipped_ms += ms
 
     def _saw_server_time(self, server_ms: int) -> None:
         if server_ms > 0:

@@ -67,11 +67,15 @@ class RedisFlow:
         priority: int,
         tag: str,
         reserve_ms: int,
+        clock_offset_ms: int = 0,
     ) -> FlowGrant:
-        """A slot of ``limit`` for ``member``, or its place in line (flow_acquire.lua)."""
+        """A slot of ``limit`` for ``member``, or its place in line (flow_acquire.lua).
+        ``clock_offset_ms``: how far a test environment moved the workflow clock (rate windows
+        count on it)."""
         await self.core._ready()
         holders, waiting, starts, info = self.core.keys.flow_keys(limit)
         args = [member, concurrency, hold_ms, rate, window_ms, priority, tag, kind, reserve_ms]
+        args.append(clock_offset_ms)
         reply = await self.core._eval("flow_acquire", [holders, waiting, starts, info], args)
         woken = tuple(_s(m) for m in reply[2:])
         return FlowGrant(code=flow_code(_s(reply[0])), retry_at_ms=int(reply[1]), woken=woken)

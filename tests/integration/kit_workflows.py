@@ -37,3 +37,17 @@ async def hook_then_sleep(token: str) -> str:
     payload = await create_hook(token=token)
     await sleep("2d")
     return str(payload)
+
+
+@step(name="kit.once_an_hour", rate="1/h")
+async def once_an_hour(n: int) -> int:
+    return n
+
+
+@workflow(name="kit.rate_limited")
+async def rate_limited() -> float:
+    """Three calls of a step allowed once an hour; the workflow clock's advance, in hours."""
+    before = now()
+    for n in range(3):
+        await once_an_hour(n)
+    return (now() - before).total_seconds() / 3600

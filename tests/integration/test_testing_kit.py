@@ -69,3 +69,13 @@ async def test_the_pytest_plugin_offers_the_fixture(workflow_env: Any, redis_ser
     async with workflow_env(MODULE, redis_url=redis_server.url) as env:
         run = await env.start(kw.month_later)
         assert 30 <= await run.result(timeout=20) < 31
+
+
+async def test_rate_windows_follow_the_skipped_clock(redis_server: Any) -> None:
+    """A step allowed once an hour, called three times: its rate window is counted on the
+    workflow clock, so skipping time lets the calls in; the run finishes at once with the clock
+    two hours on (the first call goes at once, the next two an hour apart each)."""
+    async with workflow_env(MODULE, redis_url=redis_server.url) as env:
+        run = await env.start(kw.rate_limited)
+        hours = await run.result(timeout=20)
+    assert 2 <= hours < 2.1

@@ -23,11 +23,15 @@
 -- ARGV[7]  start tag for the rate log ("<member>|<attempt>": a retried call counts once)
 -- ARGV[8]  kind: "step" or "workflow"
 -- ARGV[9]  reserve ms: how long a slot handed to a woken waiter is kept for it
+-- ARGV[10] ms the workflow clock is ahead of the server's (absent or 0 in production; a test
+--          environment that skips time, worker/testing.py): rate windows are counted on the
+--          workflow clock, as the timers that defer a start over the rate are
 --
 -- Reply: {code, retry_at_ms, woken member...}
 --   "ok"     the member holds a slot (and its start is in the rate log)
 --   "wait"   no free slot: parked in the waiting zset (woken when a slot is handed to it)
---   "later"  over the rate: retry_at_ms is when the window lets it in (no slot held, not parked)
+--   "later"  over the rate: retry_at_ms is when the window lets it in, on the server's clock (no
+--            slot held, not parked)
 -- woken: members handed a slot (reserved for them) or whose hold lapsed: the caller wakes
 -- their runs.
 -- Events emitted: none.
@@ -43,6 +47,7 @@ local prio = tonumber(ARGV[6])
 local tag = ARGV[7]
 local kind = ARGV[8]
 local reserve = tonumber(ARGV[9])
+local clock = now + (tonumber(ARGV[10] or '0') or 0)  -- the rate log's time
 local woken = {}
 
 redis.call('HSET', KEYS[4], 'kind', kind, 'concurrency', conc, 'rate', rate,
@@ -85,14 +90,14 @@ end
 
 -- the rate first: a start over the rate takes no slot and keeps no place in line
 if rate > 0 then
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - window)) do
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', clock - window)) do
     redis.call('ZREM', KEYS[3], old)
   end
   if not redis.call('ZSCORE', KEYS[3], tag) and redis.call('ZCARD', KEYS[3]) >= rate then
     local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
     redis.call('ZREM', KEYS[2], member)
     if redis.call('ZREM', KEYS[1], member) == 1 then fill() end
-    return reply('later', tonumber(oldest[2]) + window)
+    return reply('later', tonumber(oldest[2]) + window - (clock - now))  -- on the server's clock
   end
 end
 
@@ -113,5 +118,5 @@ if conc > 0 and not redis.call('ZSCORE', KEYS[1], member) then
   if rank then redis.call('ZREM', KEYS[2], member) end
 end
 if conc > 0 then redis.call('ZADD', KEYS[1], string.format('%d', now + hold), member) end
-if rate > 0 then redis.call('ZADD', KEYS[3], string.format('%d', now), tag) end
+if rate > 0 then redis.call('ZADD', KEYS[3], string.format('%d', clock), tag) end
 return reply('ok', 0)

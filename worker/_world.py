@@ -42,6 +42,7 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     seq: int = 0
     lease_owner: str = ""
     parent_run_id: str = ""  # the run whose workflow code started this one (child runs)
+    priority: int = 0  # start(..., priority=): its band, and its place where flow control parks
     # stored fields that could not be read: an integer or status that is not one, text that is
     # not JSON, a missing name; such a field holds its default (integers) or the stored text
     corrupt_fields: tuple[str, ...] = ()

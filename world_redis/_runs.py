@@ -25,7 +25,7 @@ from worker.world import (
     run_status,
 )
 
-_INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq")
+_INT_RUN_FIELDS = ("created_at", "started_at", "completed_at", "updated_at", "seq", "priority")
 _REQUIRED_RUN_FIELDS = ("created_at", "seq")
 _JSON_RUN_FIELDS = ("input", "output", "error")
 _RAW_JSON = msgspec.json.Decoder(msgspec.Raw)
@@ -93,6 +93,7 @@ def run_info(run_id: str, data: dict[str, str], codec: PayloadCodec | None = Non
         seq=ints["seq"] or 0,
         lease_owner=data.get("lease_owner", ""),
         parent_run_id=data.get("parent", ""),
+        priority=ints["priority"] or 0,
         corrupt_fields=tuple(corrupt),
     )
 

@@ -232,6 +232,8 @@ async def test_child_run_priority(world: RedisWorld) -> None:
         inherited_child = await inherited.result(timeout=60)
     assert await _child_priority(world, given_child) == ("5", 5)
     assert await _child_priority(world, inherited_child) == ("-4", -4)
+    infos = [await world.get_run(r) for r in (given_child, inherited_child, given.run_id)]
+    assert [i.priority if i else None for i in infos] == [5, -4, 0]  # RunInfo.priority
     (started,) = [e for e in await given.events() if isinstance(e, ChildStarted)]
     assert started.priority == 5
 

@@ -97,7 +97,10 @@ class Held:
     leased: bool = False  # heartbeats renew only leases actually taken
     lost: bool = False
     # the seq Redis answered when it was below what this worker has seen: the stored log went
-    # back (a failover to a replica that was behind), and the instance is rebuilt from it
+    # back (a failover to a replica that was behind), and the instance is rebuilt from it. Only
+    # answers to the run's own loop count, with no step of it running here: nothing else of
+    # this worker writes to the run then, so the answer is not older than what the instance
+    # holds (a heartbeat's answer can be: it runs beside the commits)
     behind: int | None = None
     released: bool = False  # the commit that ended the run gave up its lease (Commit.done)
     # started from its wake-up's run_created (Wakeup.created): the first commit takes the lease
@@ -488,7 +491,7 @@ class Worker:
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True
-        elif res.code != "ok" and res.seq < inst.seq:
+        elif res.code != "ok" and res.seq < inst.seq and not held.local:
             held.behind = res.seq
         elif res.appended and res.appended[0].seq <= inst.seq + 1:
             inst.feed(res.appended)
@@ -543,7 +546,7 @@ class Worker:
             finally:
                 held.releasing = False
             if code == "changed":
-                if seq < inst.seq:
+                if seq < inst.seq and not held.local:
                     held.behind = seq
                 held.known_seq = max(held.known_seq, seq)
                 continue
@@ -686,7 +689,7 @@ class Worker:
         if res.code == "lease":
             held.lost = True
             return False, None
-        if res.code != "ok" and res.seq < base:
+        if res.code != "ok" and res.seq < base and not held.local:
             held.behind = res.seq
         if res.code != "ok":
             if head is not None:

@@ -170,9 +170,6 @@ async def heartbeat_once(worker: Worker) -> None:
         elif seq > h.known_seq:
             h.known_seq = seq
             h.nudge.set()
-        elif seq < h.known_seq:  # the stored log went back: see Held.behind
-            h.behind = seq
-            h.nudge.set()
 
 
 async def timer_loop(worker: Worker, duty: Duty) -> None:

@@ -164,3 +164,18 @@ async def test_a_created_run_leased_by_a_live_worker_is_left_to_it(world: RedisW
         await world.redis.hset(run_key, mapping={"lease_owner": "", "lease_until": "0"})
         await world.redis.xadd(ready, {"run": run.run_id, "reason": "test"})
         assert await run.result(timeout=20) == 7
+
+
+async def test_a_heartbeat_answering_an_older_seq_changes_nothing(world: RedisWorld) -> None:
+    """A heartbeat runs beside the run's commits, so its answer can be older than a commit's
+    answer the worker already processed: a seq below the one the worker knows neither nudges
+    the holder nor marks its log as gone back (only the run's own loop does, see Held.behind)."""
+    worker = Worker(world)
+    await world.ensure_groups()
+    await world.create_run("wrun_older", "wf", "[]")
+    assert (await world.acquire("wrun_older", worker.token, 60_000)).code == "ok"
+    held = Held("wrun_older", wakeup("wrun_older"), known_seq=5, leased=True)
+    worker.held[held.run_id] = held
+    await heartbeat_once(worker)  # the stored seq is 1
+    assert held.behind is None and not held.nudge.is_set() and not held.lost
+    assert held.known_seq == 5

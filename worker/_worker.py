@@ -386,7 +386,7 @@ class Worker:
             wf = get_workflow(ev.workflow)
         except WorkflowNotRegisteredError:
             return None
-        if wf is None or wf.queue not in self.config.queues or wf.flow is not None:
+        if wf.queue not in self.config.queues or wf.flow is not None:
             return None  # forwarded, or its start waits for a slot: both want the lease first
         if ev.deployment not in ("", self.deployment):
             return None

@@ -154,11 +154,7 @@ def id_tails(run_id: str) -> Iterator[str]:
 def _id_places(run_id: str, head: str, corrs: Sequence[str]) -> dict[str, int]:
     """For the random parts of ``corrs`` that have the run's time part ``head``, their place in
     the run's id sequence (those found among the first 2n + 64 ids; the others stay spelled)."""
-    wanted = {
-        c[-16:]
-        for c in corrs
-        if len(c) > ID_LENGTH and c[-ID_LENGTH - 1] == "_" and c[-ID_LENGTH:-16] == head
-    }
+    wanted = {c[-16:] for c in corrs if _time_part(c) == head}
     places: dict[str, int] = {}
     if not wanted:
         return places
@@ -170,11 +166,14 @@ def _id_places(run_id: str, head: str, corrs: Sequence[str]) -> dict[str, int]:
     return places
 
 
+def _time_part(corr: str) -> str:
+    """The time part of ``corr`` when it is spelled as a correlation id (``<prefix>_<ULID>``),
+    else ""."""
+    return corr[-ID_LENGTH:-16] if len(corr) > ID_LENGTH and corr[-ID_LENGTH - 1] == "_" else ""
+
+
 def _head_of(corrs: Sequence[str]) -> str:
-    for c in corrs:
-        if len(c) > ID_LENGTH and c[-ID_LENGTH - 1] == "_":
-            return c[-ID_LENGTH:-16]
-    return ""
+    return next((head for c in corrs if (head := _time_part(c))), "")
 
 
 def encode_log(
@@ -214,7 +213,7 @@ def encode_log(
             short = spelled.get(corr)
             if short is None:
                 k = places.get(corr[-16:])
-                if k is not None and corr[-ID_LENGTH:-16] == head and corr[-ID_LENGTH - 1] == "_":
+                if k is not None and _time_part(corr) == head:
                     prefix = corr[: -ID_LENGTH - 1]
                     short = k if prefix == "step" else [prefix, k]
                 else:

@@ -40,10 +40,16 @@ class Batcher(Generic[Q, R]):
         return not self._queue and not self._sending
 
     async def submit(self, request: Q) -> R:
+        return await self.enqueue(request)
+
+    def enqueue(self, request: Q) -> asyncio.Future[R]:
+        """``submit`` without its coroutine: the future of the request's result (what the
+        hot path awaits, one frame less on every resumption)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((request, fut))
-        self._wake.set()
-        return await fut
+        if not self._wake.is_set():
+            self._wake.set()
+        return fut
 
     async def run(self, beat: Callable[[], None] | None = None) -> None:
         """Send batches until cancelled; ``beat`` is called when work comes after an idle spell

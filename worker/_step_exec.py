@@ -114,7 +114,9 @@ class StepExecutor:
             workflow_started_ms=inst.started_at_ms,
         )
         slots = self.slots
-        if not slots.try_take():
+        if slots.free > 0 and not slots.waiters:  # StepSlots.try_take, inline: once per step
+            slots.free -= 1
+        else:
             await slots.take()
         try:
             if not self.tracing:

@@ -637,6 +637,31 @@ class Worker:
         outcome = self._advance(inst, log)
         if inst.unensured:  # a fresh replay meets children its log started: create them if need be
             await ensure_children(self.world, inst, ())
+        elif head is not None and outcome.kind == "suspended" and len(outcome.commands) == 1:
+            call = self._next_in_sequence(held, inst, outcome.commands[0])
+            if call is not None:  # the commonest pass: the general path below, minus its searches
+                first = outcome.commands[0]
+                started = NewEvent("step_started", first.corr)
+                trio = [head, first, started]
+                res = await self.committer.enqueue(
+                    Commit(
+                        run_id=held.run_id,
+                        events=trio,
+                        token=self.token,
+                        expected_seq=base,
+                        fed=3,
+                    )
+                )
+                if res.code == "ok":
+                    r = res.results
+                    if r[0].status == "ok" and r[1].status == "ok" and r[2].status == "ok":
+                        held.known_seq = max(held.known_seq, res.seq)
+                        extras = (r[1].extra, r[2].extra)
+                        if inst.append_own(trio[1:], base + 2, res.now_ms, extras):
+                            return True, (call, r[2].extra)
+                return await self._committed(
+                    held, inst, log, head, base, outcome, trio, res, [call], []
+                )
         now_ms = self.now_ms()
         events: list[NewEvent] = []
         start: list[StepCall] = []
@@ -677,7 +702,7 @@ class Worker:
             with tracing.span("workflow.commit", inst.trace, attributes):
                 res = await self.committer.submit(commit)
         else:
-            res = await self.committer.submit(commit)
+            res = await self.committer.enqueue(commit)
         if held.acquiring:
             held.acquiring = False
             if res.code != "ok":  # see Held.acquiring
@@ -685,6 +710,47 @@ class Worker:
                 self._evict(held.run_id)
                 return False, None
             held.leased = True
+        return await self._committed(
+            held, inst, log, head, base, outcome, events, res, start, routed
+        )
+
+    def _next_in_sequence(
+        self, held: Held, inst: WorkflowInstance, created: NewEvent
+    ) -> StepCall | None:
+        """The step of the commonest pass, when this is one: the step this worker just ran is
+        done, and the code asked for exactly one new step, which this worker runs next, inline
+        (no other step of the run open or running here, no flow control, no queue of its own,
+        no trace spans, an input within bounds). None: the general path decides, the same way
+        (_startable finds that one step alone, and the commit is the same)."""
+        if created.type != "step_created" or held.local or held.acquiring or self.steps.tracing:
+            return None
+        call = inst.steps.get(created.corr)
+        if call is None or call.created or inst.pending_steps():
+            return None
+        fn = call.fn
+        if fn.flow is not None or step_queue(fn) is not None:
+            return None
+        payload = created.fields.get("input", "")
+        limit = self.world.max_payload_bytes
+        if len(payload) * 4 > limit and len(payload.encode()) > limit:
+            return None  # the general path fails the run with PayloadTooLargeError
+        return call
+
+    async def _committed(
+        self,
+        held: Held,
+        inst: WorkflowInstance,
+        log: Any,
+        head: NewEvent | None,
+        base: int,
+        outcome: Outcome,
+        events: list[NewEvent],
+        res: CommitResult,
+        start: list[StepCall],
+        routed: list[StepCall],
+    ) -> tuple[bool, tuple[StepCall, int] | None]:
+        """What a commit of _advance_and_commit's answer does to the run and this worker."""
+        done = outcome.kind in ("completed", "failed")
         held.known_seq = max(held.known_seq, res.seq)
         if res.code == "lease":
             held.lost = True
@@ -701,7 +767,7 @@ class Worker:
                 held.lost = solo.code == "lease"
             return res.code in ("conflict", "rejected") or head is not None, None
         # the end appended (its status changed here): the lease was given up with it
-        if done is not None and res.results[-1].status == "ok":
+        if done and res.results[-1].status == "ok":
             held.released, held.leased = True, False  # no heartbeat for a lease given up
         own = 0 if head is None else 1
         if any(r.status != "ok" for r in res.results) or not inst.append_own(

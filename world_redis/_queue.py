@@ -308,10 +308,17 @@ class RedisQueue:
         self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
     ) -> Wakeup | None:
         """The wake-up of one entry; None for an undecodable one, which is dead-lettered."""
-        p = self._partition_of(stream)
         if undecodable(fields):
+            p = self._partition_of(stream)
             await self._set_aside(stream, self.core.keys.dlq(p), message_id, fields, deliveries)
             return None
+        return self._decoded_wakeup(stream, message_id, fields, deliveries)
+
+    def _decoded_wakeup(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> Wakeup:
+        """The wake-up of an entry whose fields are text (see ``undecodable``)."""
+        p = self._partition_of(stream)
         run_id, reason = fields.get("run", ""), fields.get("reason", "")
         created = None
         if reason == "created" and fields.get("type") == "run_created":
@@ -495,9 +502,12 @@ class RedisQueue:
         for stream, rows in reply:
             for mid, fields in rows:
                 read += 1
-                w = await self._wakeup(stream, mid, fields, 1)
-                if w is not None:
-                    out.append(w)
+                if undecodable(fields):  # set aside (the await only then: once per entry)
+                    w = await self._wakeup(stream, mid, fields, 1)
+                    if w is not None:
+                        out.append(w)
+                else:
+                    out.append(self._decoded_wakeup(stream, mid, fields, 1))
         return read
 
     async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 
 from ._cli_dev import dev_command
 from ._cli_runs import CommandArgumentError, cancel_command, runs_command, start_command
@@ -34,6 +35,19 @@ from ._pool_world import InvalidQueueNameError, parse_queues
 from ._registry import get_workflow, import_workflow_modules
 from ._supervisor import DutyFailedError
 from ._worker import Worker, WorkerConfig
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a dependency except on Windows): the worker's
+    I/O and callbacks cost less there; asyncio's own loop otherwise. ``WORKFLOW_EVENT_LOOP=
+    asyncio`` keeps asyncio's."""
+    if os.environ.get("WORKFLOW_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _run_worker(args: argparse.Namespace) -> None:
@@ -326,8 +340,11 @@ def run_command(args: argparse.Namespace) -> int:
         "schedule": schedule_command,
     }
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(handlers[args.command](args))
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=_loop_factory()) as r,
+        ):
+            r.run(handlers[args.command](args))
         return 0
     except SystemExit:
         raise

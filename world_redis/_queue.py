@@ -50,6 +50,8 @@ def undecodable(fields: Mapping[str, str]) -> bool:
     """True when a field held bytes that are not UTF-8 (surrogates: see ``RedisWorld.from_url``)."""
     try:
         for name, value in fields.items():
+            if name.isascii() and value.isascii():  # no surrogate: nothing to encode
+                continue
             name.encode()
             value.encode()
     except UnicodeEncodeError:
@@ -95,6 +97,17 @@ def fields_dict(flat: Any) -> dict[str, str]:
     if isinstance(flat, dict):
         return flat
     return {_s(flat[i]): _s(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def text_fields(flat: list[Any]) -> dict[str, str]:
+    """``text_dict(fields_dict(flat))`` of a script reply's flat field list, in one pass where
+    every name and value is text already (replies are decoded: the usual case)."""
+    it = iter(flat)
+    fields = dict(zip(it, it, strict=True))
+    for name, value in fields.items():
+        if type(name) is not str or type(value) is not str:
+            return text_dict(fields_dict(flat))
+    return fields
 
 
 def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
@@ -173,7 +186,7 @@ class RedisQueue:
         flat = await self.core._eval("read_bands", streams, [GROUP, consumer, count])
         out: list[tuple[str, list[Entry]]] = []
         for i in range(0, len(flat), 2):
-            rows = [(text(mid), text_dict(fields_dict(fields))) for mid, fields in flat[i + 1]]
+            rows = [(text(mid), text_fields(fields)) for mid, fields in flat[i + 1]]
             out.append((streams[int(flat[i]) - 1], rows))
         return out
 

@@ -5,10 +5,12 @@ scripts, the keys and the payload codec."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -16,9 +18,16 @@ from worker.world import PartitionCountMismatchError, PayloadCodec, WorkflowErro
 
 from ._client import ClientFactory, RedisClient, text
 from ._keys import Keys, band_of
+from ._lean import LeanRedis
 from ._retry import with_retry
 
 PARTITIONS_PER_MASTER = 16  # the default partition count on a cluster, per master
+
+
+def lean_enabled() -> bool:
+    """Script calls and blocking reads on raw connections (_lean.py) unless
+    ``WORKFLOW_REDIS_LEAN=0``: then redis-py serves every command."""
+    return os.environ.get("WORKFLOW_REDIS_LEAN", "1").strip() not in ("0", "false", "no")
 
 
 def _script_source(name: str) -> str:
@@ -45,6 +54,9 @@ class RedisCore:
         self._scripts: dict[str, AsyncScript] = {}
         self._config_checked = False
         self._config_lock = asyncio.Lock()
+        # raw connections for script calls and blocking reads, once the client is resolved to
+        # a single server whose connections they can reproduce (see _lean.py)
+        self.lean: LeanRedis | None = None
 
     @property
     def redis(self) -> RedisClient:
@@ -52,6 +64,8 @@ class RedisCore:
         return self._client
 
     async def close(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
         await self._client.aclose()
 
     async def ready_of(self, run_id: str) -> str:
@@ -74,7 +88,20 @@ class RedisCore:
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._script(name)
+        if self.lean is not None:
+            return await with_retry(self._lean_eval, self.lean, script, keys, args)
         return await with_retry(script, keys=list(keys), args=list(args))
+
+    async def _lean_eval(
+        self, lean: LeanRedis, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """EVALSHA on the lean connection; a server that lost the script (restarted, flushed)
+        is given it again, as redis-py's Script does."""
+        try:
+            return await lean.evalsha(script.sha, keys, args)
+        except rexc.NoScriptError:
+            await lean.execute("SCRIPT", "LOAD", script.script)
+            return await lean.evalsha(script.sha, keys, args)
 
     # -- the deployment's settings -------------------------------------------------------------
 
@@ -101,6 +128,8 @@ class RedisCore:
                     self._client, self.cluster = found, True
                 self._factory = None
             await self._agree_partitions()
+            if not self.cluster and lean_enabled():
+                self.lean = LeanRedis.of(self._client)
             self._config_checked = True
 
     async def _agree_partitions(self) -> None:

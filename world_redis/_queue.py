@@ -35,6 +35,7 @@ from worker.world import (
 from ._client import Entry, entries, stream_replies, text, text_dict
 from ._core import RedisCore
 from ._keys import BANDS, GROUP
+from ._lean import stream_rows
 from ._retry import with_retry
 
 
@@ -160,6 +161,14 @@ class RedisQueue:
         await self.ensure_groups()
         reading: dict[KeyT, StreamIdT] = {k: v for k, v in streams.items()}
         try:
+            lean = self.core.lean
+            if lean is not None:  # a raw connection of its own while it blocks (see _lean.py)
+                command: list[Any] = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count]
+                if block_ms:
+                    command += ["BLOCK", block_ms]
+                command += ["STREAMS", *streams, *streams.values()]
+                run = lean.execute_blocking if block_ms else lean.execute
+                return stream_rows(await with_retry(run, *command))
             reply = await with_retry(
                 self.core.redis.xreadgroup,
                 GROUP,

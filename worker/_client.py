@@ -27,7 +27,7 @@ from ._errors import (
 from ._events import Event, NewEvent, RunCancelled, RunCompleted, RunFailed
 from ._flow import check_priority
 from ._ids import check_run_id, new_run_id
-from ._registry import WorkflowFunction, convert_args, get_workflow, has_workflow
+from ._registry import WorkflowFunction, get_workflow, has_workflow
 from ._replay import ChildCall, WorkflowInstance, current_instance
 from ._streams import read_stream
 from ._world import Commit, RunInfo, StepInfo, World
@@ -75,7 +75,7 @@ def check_payload(world: World, text: str, what: str) -> None:
 def encode_workflow_input(
     wf: WorkflowFunction, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str:
-    convert_args(wf.signature, list(args), kwargs, f"workflow {wf.name!r}")
+    wf.argspec.convert(list(args), kwargs, f"workflow {wf.name!r}")  # convert_args, faster
     payload: Any = list(args) if not kwargs else {"args": list(args), "kwargs": kwargs}
     return _serde.dumps(payload, what=f"arguments of workflow {wf.name!r}")
 

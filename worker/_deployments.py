@@ -38,7 +38,7 @@ import time
 import weakref
 from collections.abc import Iterable, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import msgspec
 
@@ -207,9 +207,22 @@ class DeploymentStore(Protocol):
 def deployment_store(world: object) -> DeploymentStore:
     """The deployment storage of ``world``; WorkflowError when its class offers none."""
     store = getattr(world, "deployments", None)
-    if not isinstance(store, DeploymentStore):
+    if not _is_store(store):
         raise WorkflowError(f"{type(world).__name__} has no deployment registry")
-    return store
+    return cast(DeploymentStore, store)
+
+
+_STORE_TYPES: dict[type, bool] = {}
+
+
+def _is_store(store: object) -> bool:
+    """``isinstance(store, DeploymentStore)``, answered once per class: a protocol's check
+    looks up each of its methods, and every start() asks."""
+    kind = type(store)
+    known = _STORE_TYPES.get(kind)
+    if known is None:
+        known = _STORE_TYPES[kind] = isinstance(store, DeploymentStore)
+    return known
 
 
 def live_window_ms() -> int:
@@ -240,7 +253,7 @@ async def resolve_deployment(world: object, workflow: str, explicit: str | None)
 
     An explicit id must have been registered (read fresh, not from the cache). Without one, the
     newest live deployment serving the workflow, from a read cached REGISTRY_CACHE_S."""
-    if not isinstance(getattr(world, "deployments", None), DeploymentStore):
+    if not _is_store(getattr(world, "deployments", None)):
         if explicit is not None:  # a World without a registry cannot check the id
             deployment_store(world)
         return ""

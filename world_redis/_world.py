@@ -45,6 +45,7 @@ from ._flow import RedisFlow
 from ._gauges import RedisGauges
 from ._hook_tokens import RedisHookTokens
 from ._keys import GROUP, STATUSES, Keys, band_of
+from ._lean import stream_rows
 from ._pools import RedisPools
 from ._presence import RedisPresence
 from ._queue import RedisQueue, _s
@@ -460,10 +461,16 @@ class RedisWorld:
         looks at the run itself)."""
         await self.core._ready()
         key = self.keys.events(run_id)
-        reply = await with_retry(
-            self.redis.xread, {key: f"{after_seq}-0"}, count=WAIT_PAGE, block=timeout_ms
-        )
-        rows = [entry for _, page in stream_replies(reply) for entry in page]
+        lean = self.core.lean
+        if lean is not None:  # a raw connection of its own while it blocks (see _lean.py)
+            command = ["XREAD", "COUNT", WAIT_PAGE, "BLOCK", timeout_ms, "STREAMS", key]
+            found = stream_rows(await with_retry(lean.execute_blocking, *command, f"{after_seq}-0"))
+        else:
+            reply = await with_retry(
+                self.redis.xread, {key: f"{after_seq}-0"}, count=WAIT_PAGE, block=timeout_ms
+            )
+            found = stream_replies(reply)
+        rows = [entry for _, page in found for entry in page]
         if not rows:  # nothing new, or a compacted run (no stream to block on)
             log = await self.compaction.read_log(run_id)
             rows = log.entries(after_seq) if log is not None else []

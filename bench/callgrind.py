@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -87,6 +86,7 @@ def flat_reply(reply: list[Any]) -> list[Any]:
 
 
 async def drive_script(port: int, pid: int, source: str) -> None:
+    import msgspec
     import redis.asyncio as aioredis
 
     r = aioredis.Redis(port=port, decode_responses=True)
@@ -122,7 +122,7 @@ async def drive_script(port: int, pid: int, source: str) -> None:
                     batch += ["attempt", "1"]
                 batch += ["step_created", corr, "", 4, "name", "noop", "input", '{"args":[1]}']
                 batch += ["step_started", corr, "", 0]
-            args = [86400, json.dumps(batch), f"{p}:run:"]
+            args = [86400, msgspec.msgpack.encode(batch), f"{p}:run:"]
             reply = flat_reply(await r.evalsha(sha, len(keys), *keys, *args))
             at = 0
             for rid in runs[b : b + SCRIPT_BATCH]:

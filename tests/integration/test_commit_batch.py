@@ -163,3 +163,16 @@ async def test_an_event_without_fields_and_one_with_ts_only(world: RedisWorld) -
         "corr": "s1",
         "attempt": "1",
     }
+
+
+async def test_field_text_reaches_the_entry_byte_for_byte(world: RedisWorld) -> None:
+    """Non-ASCII, quotes, newlines, NUL and long values are copied, never reinterpreted."""
+    (run_id,) = await same_partition_runs(world, 1)
+    text = 'ünï "cødé"\n\t\\ \x00 ☃ ' + "x" * 70_000
+    (res,) = await world.commit(
+        [Commit(run_id=run_id, events=[ev("step_created", "s☃", name="näme", input=text)])]
+    )
+    assert res.code == "ok", res
+    (created,) = (await entries(world, run_id))[2:]
+    assert (created["corr"], created["name"], created["input"]) == ("s☃", "näme", text)
+    assert res.appended == await world.read_events(run_id, 2)

@@ -535,7 +535,7 @@ class RedisWorld:
     def _commit_batch(self, batch: Sequence[Commit], taken: Sequence[list[str]]) -> bytes:
         """The batch argument of commit.lua: one flat MessagePack array (see the script's header)."""
         out: list[Any] = []
-        add = out.extend
+        add, push = out.extend, out.append  # (the quickest way to flatten a few pairs)
         codec = self.codec
         for c, hooks in zip(batch, taken, strict=True):
             done, acquire, events = c.done, c.acquire, c.events
@@ -559,13 +559,15 @@ class RedisWorld:
                 ts = fields.get("ts")
                 if ts is None:
                     add((ev.type, ev.corr, "", 2 * len(fields)))
-                    for pair in fields.items():
-                        add(pair)
+                    for k, v in fields.items():
+                        push(k)
+                        push(v)
                 else:  # the event's time travels apart from its other fields
                     add((ev.type, ev.corr, ts, 2 * len(fields) - 2))
-                    for pair in fields.items():
-                        if pair[0] != "ts":
-                            add(pair)
+                    for k, v in fields.items():
+                        if k != "ts":
+                            push(k)
+                            push(v)
         return _MSGPACK.encode(out)
 
     @staticmethod

@@ -108,6 +108,16 @@ local now = server_now + (tonumber(redis.call('GET', KEYS[9]) or '0') or 0)
 -- ('%.14g', and redis.call '%.17g'), which costs far more than the command they are part of.
 local function int(n) return string.format('%d', n) end
 local now_s = int(now)
+-- attempts and other small counts, formatted once per call
+local SMALL = {}
+local function small_int(n)
+  local s = SMALL[n]
+  if not s then
+    s = int(n)
+    if n >= 0 and n < 64 then SMALL[n] = s end
+  end
+  return s
+end
 
 local STATUS_KEY = { pending = 4, running = 5, completed = 6, failed = 7, cancelled = 8 }
 local TERMINAL = { completed = true, failed = true, cancelled = true }
@@ -290,6 +300,7 @@ while at < #b do
     code = 'conflict'
   else
     local appended = false
+    local last_id = nil  -- the id of the last entry appended: "<seq>-0"
     local seen = {}  -- entity fields read (false: absent)
     local dirty, ndirty = { false, false, false, false }, 0  -- and changed: see ent_flush
     ent_prefetch(ent_key, seen, pos, nev)
@@ -311,14 +322,14 @@ while at < #b do
       local patch_field = nil   -- record change `corr` in the entity hash (after the append)
       local claim_write = nil   -- a step event: the pool claim to record (false: end it)
       local child_write = nil   -- a child event: the child's state to record (after the append)
-      local claim_key = nil     -- a step event's entity field of its claim
+      local claim_key = nil     -- the entity field of a step's claim (step_created reads none)
       -- the entity's state, one field per step or wait: "status|attempt|retry_after|started_at|resume_at"
       -- (e1..e5; e4 is false while the step never started). Entity texts are built from text
       -- only: a number in a concatenation would be formatted as floating point (see int)
       local e1, e2, e3, e4, e5 = false, '0', '0', false, '0'
       local is_step = STEP_EVENT[etype]
       if corr ~= '' and (is_step or etype == 'wait_created' or etype == 'wait_completed') then
-        if is_step then claim_key = corr .. '|claim' end
+        if is_step and etype ~= 'step_created' then claim_key = corr .. '|claim' end
         ent_load(ent_key, seen, corr, claim_key)
         local state = seen[corr]
         if state == 'pending|0|0|0|0' then  -- a step just created (by this commit, often)
@@ -411,7 +422,7 @@ while at < #b do
           else
             attempt = attempt + 1
             extra = attempt
-            extra_name, extra_value = 'attempt', int(attempt)
+            extra_name, extra_value = 'attempt', small_int(attempt)
             entity = 'running|' .. extra_value .. '|0|' .. (e4 or now_s) .. '|0'
           end
         else
@@ -420,9 +431,9 @@ while at < #b do
               or (claim and claim ~= held_claim) then
             res = 'stale'
           elseif etype == 'step_completed' then
-            entity = 'completed|' .. int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
+            entity = 'completed|' .. small_int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
           elseif etype == 'step_failed' then
-            entity = 'failed|' .. int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
+            entity = 'failed|' .. small_int(attempt) .. '|0|' .. (e4 or '0') .. '|0'
           else
             local ra = tonumber(field(fat, v, 'retry_after') or '0') or 0
             if ra < now then ra = now end
@@ -507,12 +518,13 @@ while at < #b do
         if ts ~= '' and string.match(ts, '^%d+$') then ets = ts end
         -- the first write of this event: Redis refuses it if the stream already holds this
         -- position (the run hash and the stream disagree); then nothing of the event is written
-        local added = xadd(ev_key, string.format('%d-0', seq + 1), etype, ets, corr, src, from, v,
-          extra_name, extra_value)
+        local id = string.format('%d-0', seq + 1)
+        local added = xadd(ev_key, id, etype, ets, corr, src, from, v, extra_name, extra_value)
         if type(added) == 'table' and added.err then
           res = 'corrupt'
         else
           seq = seq + 1
+          last_id = id
           appended = true
           if entity then
             seen[corr] = entity
@@ -582,10 +594,11 @@ while at < #b do
     if appended then
       ent_flush(ent_key, seen, dirty, ndirty)
       local release = ended and token ~= '' and done_stream ~= ''
+      local seq_s = string.sub(last_id, 1, -3)  -- int(seq), cut from text already made
       if run_set == nil and not release then
-        redis.call('HSET', run_key, 'seq', int(seq), 'updated_at', now_s)
+        redis.call('HSET', run_key, 'seq', seq_s, 'updated_at', now_s)
       else
-        local rs = { 'seq', int(seq), 'updated_at', now_s }
+        local rs = { 'seq', seq_s, 'updated_at', now_s }
         for k, val in pairs(run_set or NONE) do rs[#rs + 1] = k; rs[#rs + 1] = val end
         if release then
           rs[#rs + 1] = 'lease_owner'; rs[#rs + 1] = ''

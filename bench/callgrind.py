@@ -116,7 +116,7 @@ async def drive_script(port: int, pid: int, source: str) -> None:
             for rid in runs[b : b + SCRIPT_BATCH]:
                 done = f"step_{step - 1:04d}"
                 corr = f"step_{step:04d}"
-                batch += [rid, "T", seqs[rid], "", "", "", "", -1, "", 0, 3 if step else 2]
+                batch += [rid, "T", seqs[rid], "", 0, 3 if step else 2]
                 if step:
                     batch += ["step_completed", done, "1700000000000", 4, "result", "1"]
                     batch += ["attempt", "1"]

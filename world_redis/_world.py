@@ -539,16 +539,16 @@ class RedisWorld:
         codec = self.codec
         for c, hooks in zip(batch, taken, strict=True):
             done, acquire, events = c.done, c.acquire, c.events
-            if done is None and acquire is None and not hooks:  # a step's commit
-                add((c.run_id, c.token, c.expected_seq, c.wake, "", "", "", -1, "", 0, len(events)))
+            if done is None and acquire is None and not hooks:  # a step's commit: no options
+                add((c.run_id, c.token, c.expected_seq, c.wake, 0, len(events)))
             else:
-                add((c.run_id, c.token, c.expected_seq, c.wake))
+                add((c.run_id, c.token, c.expected_seq, c.wake, 5 + len(hooks)))
                 if done is None:
                     add(("", "", ""))
                 else:
                     add((self.queue.wake_stream(done), GROUP, done.message_id))
                 add((-1, "") if acquire is None else acquire)
-                add((len(hooks), *hooks, len(events)))
+                add((*hooks, len(events)))
             for ev in events:
                 fields = ev.fields
                 if not fields:

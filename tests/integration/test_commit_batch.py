@@ -176,3 +176,25 @@ async def test_field_text_reaches_the_entry_byte_for_byte(world: RedisWorld) -> 
     (created,) = (await entries(world, run_id))[2:]
     assert (created["corr"], created["name"], created["input"]) == ("s☃", "näme", text)
     assert res.appended == await world.read_events(run_id, 2)
+
+
+async def test_a_run_with_options_then_a_plain_one(world: RedisWorld) -> None:
+    """A run whose commit takes its lease (options follow its head) and one without options:
+    each reads its own values."""
+    a, b = await same_partition_runs(world, 2)
+    got = await world.commit(
+        [
+            Commit(
+                run_id=a,
+                token="tok-a",
+                acquire=(30_000, ""),
+                events=[ev("step_created", "s1", name="add", input="[1]")],
+            ),
+            Commit(run_id=b, events=[ev("step_created", "s1", name="mul", input="[2]")]),
+        ]
+    )
+    assert [(r.code, statuses(r)) for r in got] == [("ok", [("ok", 0)]), ("ok", [("ok", 0)])]
+    assert await world.redis.hget(world.keys.run(a), "lease_owner") == "tok-a"
+    assert not await world.redis.hget(world.keys.run(b), "lease_owner")
+    assert (await entries(world, a))[2]["name"] == "add"
+    assert (await entries(world, b))[2]["name"] == "mul"

@@ -36,9 +36,10 @@
 --          themselves). Per run, in order:
 --            run_id, lease token ("" = external writer), expected seq (-1 = no check),
 --            wake reason ("" = none),
---            done: stream, group, message id of the holder's wake-up ("", "", "" = none),
---            acquire: lease ms (-1 = none), deployment id,
---            k, then k hook ids (hooks whose token another hook has reserved),
+--            k, then k options (k = 0: none; else at least 5):
+--              done: stream, group, message id of the holder's wake-up ("", "", "" = none),
+--              acquire: lease ms (-1 = none), deployment id,
+--              the ids of hooks whose token another hook has reserved (k - 5 of them),
 --            n, then n events, each: type, correlation id, ts ("" = none: the server's time),
 --              v, then v values: the event's other fields as name, value, name, value...
 --          acquire: the commit takes the lease as acquire.lua does (a lease that is free, lapsed
@@ -252,15 +253,18 @@ local replies, nr = {}, 0
 local at = 0  -- the position in b before the run being read
 while at < #b do
   local run_id, token, expected, wake = b[at + 1], b[at + 2], tonumber(b[at + 3]), b[at + 4]
-  local done_stream, done_group, done_id = b[at + 5], b[at + 6], b[at + 7]
-  local acquire_ms, acquire_dep = tonumber(b[at + 8]), b[at + 9]
-  local ntaken = b[at + 10]
+  local nopt = b[at + 5]
+  local done_stream, done_group, done_id, acquire_ms, acquire_dep = '', '', '', -1, ''
   local taken = NONE
-  if ntaken > 0 then
-    taken = {}
-    for j = at + 11, at + 10 + ntaken do taken[b[j]] = true end
+  if nopt > 0 then
+    done_stream, done_group, done_id = b[at + 6], b[at + 7], b[at + 8]
+    acquire_ms, acquire_dep = tonumber(b[at + 9]), b[at + 10]
+    if nopt > 5 then
+      taken = {}
+      for j = at + 11, at + 5 + nopt do taken[b[j]] = true end
+    end
   end
-  at = at + 11 + ntaken
+  at = at + 6 + nopt
   local nev = b[at]   -- the run's events start at b[at + 1]
   local run_key = ARGV[3] .. run_id
   local ev_key, ent_key = run_key .. ':ev', run_key .. ':ent'

@@ -167,8 +167,9 @@ local function ent_load(ent_key, seen, a, b2)
 end
 
 -- every entity field the run's `count` events at b[at + 1] will read, in one HMGET before the
--- first of them (an entity named by consecutive events is asked for once)
-local function ent_prefetch(ent_key, seen, at, count)
+-- first of them (an entity named by consecutive events is asked for once): the table `seen`
+-- of the run's entity fields (false: absent)
+local function ent_prefetch(ent_key, at, count)
   -- sized for a step's commit: a table grown value by value is rebuilt at each power of two
   local want, n, last = { false, false, false, false }, 0, nil
   for _ = 1, count do
@@ -186,6 +187,13 @@ local function ent_prefetch(ent_key, seen, at, count)
     end
     at = at + 4 + b[at + 4]
   end
+  if n == 4 then  -- a step's commit (a step ended, the next created and started)
+    local got = redis.call('HMGET', ent_key, want[1], want[2], want[3], want[4])
+    -- made at its size (when two names are one, both values are that field's)
+    return { [want[1]] = got[1] or false, [want[2]] = got[2] or false,
+      [want[3]] = got[3] or false, [want[4]] = got[4] or false }
+  end
+  local seen = {}
   -- in slices: Lua unpacks at most a few thousand values at once (a gather of 10,000 steps)
   for from = 1, n, UNPACK_MAX do
     local to = math.min(from + UNPACK_MAX - 1, n)
@@ -194,6 +202,7 @@ local function ent_prefetch(ent_key, seen, at, count)
       if seen[want[j]] == nil then seen[want[j]] = got[j - from + 1] or false end
     end
   end
+  return seen
 end
 
 -- redis.call(command, key, values...) for a long list of values, in slices
@@ -305,9 +314,8 @@ while at < #b do
   else
     local appended = false
     local last_id = nil  -- the id of the last entry appended: "<seq>-0"
-    local seen = {}  -- entity fields read (false: absent)
+    local seen = ent_prefetch(ent_key, pos, nev)  -- entity fields read (false: absent)
     local dirty, ndirty = { false, false, false, false }, 0  -- and changed: see ent_flush
-    ent_prefetch(ent_key, seen, pos, nev)
     while left > 0 do
       local etype, corr, ts, v = b[pos + 1], b[pos + 2], b[pos + 3], b[pos + 4]
       local fat = pos + 4  -- the event's fields: b[fat + 1 .. fat + v]

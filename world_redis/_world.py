@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, get_args
 
 import msgspec
@@ -504,13 +504,20 @@ class RedisWorld:
         end are released after (see _hook_tokens.py)."""
         await self.core._ready()
         taken, reserved = await self.hook_tokens.reserve(commits)
-        by_partition = self.queue._by_partition([c.run_id for c in commits])
-        results: list[CommitResult | None] = [None] * len(commits)
+        n = len(commits)
+        if self.keys.partitions == 1:  # one call for all (no partition to work out per run)
+            by_partition: Mapping[int, Sequence[int]] = {0: range(n)}
+        else:
+            by_partition = self.queue._by_partition([c.run_id for c in commits])
+        results: list[CommitResult | None] = [None] * n
         freed: list[list[Any]] = [[] for _ in commits]
         for p, idxs in by_partition.items():
-            batch = [commits[i] for i in idxs]
+            if len(idxs) == n:
+                batch, batch_taken = commits, taken
+            else:
+                batch, batch_taken = [commits[i] for i in idxs], [taken[i] for i in idxs]
             keys = self.keys.partition_keys(p)
-            payload = self._commit_batch(batch, [taken[i] for i in idxs])
+            payload = self._commit_batch(batch, batch_taken)
             # the script names each run's keys from the prefix (see commit.lua's header)
             args = [self.retention_s, payload, self.keys.run_prefix(p)]
             flat = await self.core._eval("commit", keys, args)

@@ -215,6 +215,14 @@ end
 -- dirty: the n fields this commit changed, in order (a field changed by consecutive events is
 -- listed once; one listed twice is written twice, with the same value)
 local function ent_flush(ent_key, seen, dirty, n)
+  if n == 2 then  -- a step's commit: two entities set
+    local k1, k2 = dirty[1], dirty[2]
+    local v1, v2 = seen[k1], seen[k2]
+    if v1 and v2 then
+      redis.call('HSET', ent_key, k1, v1, k2, v2)
+      return
+    end
+  end
   local set, ns, del, nd = { false, false, false, false }, 0, nil, 0
   for j = 1, n do
     local k = dirty[j]
@@ -249,6 +257,10 @@ local function xadd(key, id, etype, ts, corr, src, from, v, extra_name, extra_va
     end
     if v == 0 then return redis.pcall('XADD', key, id, 'type', etype, 'ts', ts) end
     return redis.pcall('XADD', key, id, 'type', etype, 'ts', ts, unpack(src, from + 1, from + v))
+  end
+  if v == 0 and corr ~= '' then  -- a step started: its attempt
+    return redis.pcall('XADD', key, id, 'type', etype, 'ts', ts, 'corr', corr,
+      extra_name, extra_value)
   end
   local args = { key, id, 'type', etype, 'ts', ts }
   local n = 6

@@ -354,7 +354,9 @@ while at < #b do
       local is_step = STEP_EVENT[etype]
       if corr ~= '' and (is_step or etype == 'wait_created' or etype == 'wait_completed') then
         if is_step and etype ~= 'step_created' then claim_key = corr .. '|claim' end
-        ent_load(ent_key, seen, corr, claim_key)
+        if seen[corr] == nil or (claim_key and seen[claim_key] == nil) then  -- not prefetched
+          ent_load(ent_key, seen, corr, claim_key)
+        end
         local state = seen[corr]
         if state == 'pending|0|0|0|0' then  -- a step just created (by this commit, often)
           e1 = 'pending'
@@ -415,7 +417,7 @@ while at < #b do
           entity = 'completed|0|0|0|' .. e5
         end
       elseif is_step then  -- step_started, step_completed, step_failed, step_retrying
-        local attempt = tonumber(e2 or '0')
+        local attempt = (e2 == '0' or not e2) and 0 or tonumber(e2)  -- (text to number costs)
         -- a pool worker's claim on the step: "<claim token>|<task entry id>" (see the header)
         local held_claim, held_task = nil, nil
         local record = seen[claim_key]
@@ -440,7 +442,7 @@ while at < #b do
             and held_task and held_task ~= (task or '') then
           res = 'exists'  -- another pool worker holds the step, for another task entry
         elseif etype == 'step_started' then
-          local ra = tonumber(e3 or '0')
+          local ra = (e3 == '0' or not e3) and 0 or tonumber(e3)
           if ra > now then
             res, extra = 'too_early', ra
           else

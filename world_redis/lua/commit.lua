@@ -133,6 +133,9 @@ local STEP_EVENT = { step_created = true, step_started = true, step_completed = 
 -- Tables are made only where needed: each one, and each key added to one, costs more than most
 -- of what this script does with it (see the batch's format in the header).
 local NONE = {}  -- an empty list or set that is only read
+-- Lists a run's commit fills from their first position, with a count, are made once per call and
+-- used again by each run: only positions up to the count are read, all of them written first.
+local WANT, DIRTY, SET = {}, {}, {}
 
 -- the value of field `name` among the v values of an event's fields at b[at + 1 .. at + v]
 -- (name, value, name, value...), or nil
@@ -170,8 +173,7 @@ end
 -- first of them (an entity named by consecutive events is asked for once): the table `seen`
 -- of the run's entity fields (false: absent)
 local function ent_prefetch(ent_key, at, count)
-  -- sized for a step's commit: a table grown value by value is rebuilt at each power of two
-  local want, n, last = { false, false, false, false }, 0, nil
+  local want, n, last = WANT, 0, nil
   for _ = 1, count do
     local etype, corr = b[at + 1], b[at + 2]
     if corr ~= '' and corr ~= last then
@@ -223,7 +225,7 @@ local function ent_flush(ent_key, seen, dirty, n)
       return
     end
   end
-  local set, ns, del, nd = { false, false, false, false }, 0, nil, 0
+  local set, ns, del, nd = SET, 0, nil, 0
   for j = 1, n do
     local k = dirty[j]
     local v = seen[k]
@@ -327,7 +329,7 @@ while at < #b do
     local appended = false
     local last_id = nil  -- the id of the last entry appended: "<seq>-0"
     local seen = ent_prefetch(ent_key, pos, nev)  -- entity fields read (false: absent)
-    local dirty, ndirty = { false, false, false, false }, 0  -- and changed: see ent_flush
+    local dirty, ndirty = DIRTY, 0  -- and changed: see ent_flush
     while left > 0 do
       local etype, corr, ts, v = b[pos + 1], b[pos + 2], b[pos + 3], b[pos + 4]
       local fat = pos + 4  -- the event's fields: b[fat + 1 .. fat + v]

@@ -198,3 +198,22 @@ async def test_a_run_with_options_then_a_plain_one(world: RedisWorld) -> None:
     assert not await world.redis.hget(world.keys.run(b), "lease_owner")
     assert (await entries(world, a))[2]["name"] == "add"
     assert (await entries(world, b))[2]["name"] == "mul"
+
+
+async def test_a_run_without_events_between_two_others(world: RedisWorld) -> None:
+    """No events: the run's count is 0 and the next run's head follows at once."""
+    a, b, c = await same_partition_runs(world, 3)
+    got = await world.commit(
+        [
+            Commit(run_id=a, events=[ev("step_created", "s1", name="add", input="[1]")]),
+            Commit(run_id=b, events=[], wake="nothing"),
+            Commit(run_id=c, events=[ev("step_created", "s1", name="mul", input="[3]")]),
+        ]
+    )
+    assert [(r.code, r.seq, statuses(r)) for r in got] == [
+        ("ok", 3, [("ok", 0)]),
+        ("ok", 2, []),
+        ("ok", 3, [("ok", 0)]),
+    ]
+    assert len(await entries(world, b)) == 2
+    assert (await entries(world, c))[2]["name"] == "mul"

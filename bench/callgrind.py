@@ -14,7 +14,8 @@ path can be judged while other work loads the machine. Two counts:
   ``bench.workloads`` against a private redis-server (not under callgrind); counted from the
   worker's start to the last run's completion, start-up of the process excluded.
 
-``--script FILE`` counts another version of commit.lua (both reply shapes are read); ``worker``
+``--script FILE`` counts another version of commit.lua that reads the same batch format (both
+reply shapes are read); ``worker``
 measures the ``worker`` and ``world_redis`` packages of the current directory. Needs valgrind
 (Debian's package) and prints where the callgrind output was written.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -86,6 +86,7 @@ def flat_reply(reply: list[Any]) -> list[Any]:
 
 
 async def drive_script(port: int, pid: int, source: str) -> None:
+    import msgspec
     import redis.asyncio as aioredis
 
     r = aioredis.Redis(port=port, decode_responses=True)
@@ -111,21 +112,20 @@ async def drive_script(port: int, pid: int, source: str) -> None:
     control("-z", pid)
     for step in range(STEPS):
         for b in range(0, SCRIPT_RUNS, SCRIPT_BATCH):
-            batch = []
+            batch: list[Any] = []  # flat (see commit.lua's header)
             for rid in runs[b : b + SCRIPT_BATCH]:
                 done = f"step_{step - 1:04d}"
-                evs: list[Any] = []
-                if step:
-                    fields = {"result": "1", "attempt": "1", "ts": "1700000000000"}
-                    evs.append(["step_completed", done, "", fields])
                 corr = f"step_{step:04d}"
-                evs.append(["step_created", corr, "", {"name": "noop", "input": '{"args":[1]}'}])
-                evs.append(["step_started", corr, "", {}])
-                batch.append([rid, "T", seqs[rid], "", evs, []])
-            args = [86400, json.dumps(batch), f"{p}:run:"]
+                batch += [rid, "T", seqs[rid], "", 0, 3 if step else 2]
+                if step:
+                    batch += ["step_completed", done, "1700000000000", 4, "result", "1"]
+                    batch += ["attempt", "1"]
+                batch += ["step_created", corr, "", 4, "name", "noop", "input", '{"args":[1]}']
+                batch += ["step_started", corr, "", 0]
+            args = [86400, msgspec.msgpack.encode(batch), f"{p}:run:"]
             reply = flat_reply(await r.evalsha(sha, len(keys), *keys, *args))
             at = 0
-            for rid, *_ in batch:
+            for rid in runs[b : b + SCRIPT_BATCH]:
                 if reply[at] != "ok":
                     raise RuntimeError(f"commit of {rid} answered {reply[at : at + 8]}")
                 seqs[rid] = int(reply[at + 1])

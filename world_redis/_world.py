@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, get_args
 
 import msgspec
 
@@ -16,6 +16,8 @@ from worker.world import (
     CommitResult,
     CorruptEventError,
     Event,
+    EventResult,
+    EventStatus,
     PayloadCodec,
     RunInfo,
     StartRequest,
@@ -58,7 +60,16 @@ from ._streams import RedisStreams
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
-_JSON = msgspec.json.Encoder()
+# the commit batch (see commit.lua's header): MessagePack, packed and unpacked faster than JSON
+_MSGPACK = msgspec.msgpack.Encoder()
+
+# The event results commit.lua answers most (every status, with a small extra such as a step's
+# attempt), made once and shared: EventResult is immutable.
+_EVENT_RESULTS: dict[tuple[str, int], EventResult] = {
+    (status, extra): EventResult(status, extra)
+    for status in get_args(EventStatus)
+    for extra in range(64)
+}
 
 
 WAIT_PAGE = 100  # events one wait_for_events returns at most
@@ -500,49 +511,30 @@ class RedisWorld:
         end are released after (see _hook_tokens.py)."""
         await self.core._ready()
         taken, reserved = await self.hook_tokens.reserve(commits)
-        by_partition = self.queue._by_partition([c.run_id for c in commits])
-        results: list[CommitResult | None] = [None] * len(commits)
+        n = len(commits)
+        if self.keys.partitions == 1:  # one call for all (no partition to work out per run)
+            by_partition: Mapping[int, Sequence[int]] = {0: range(n)}
+        else:
+            by_partition = self.queue._by_partition([c.run_id for c in commits])
+        results: list[CommitResult | None] = [None] * n
         freed: list[list[Any]] = [[] for _ in commits]
         for p, idxs in by_partition.items():
-            batch = [commits[i] for i in idxs]
+            if len(idxs) == n:
+                batch, batch_taken = commits, taken
+            else:
+                batch, batch_taken = [commits[i] for i in idxs], [taken[i] for i in idxs]
             keys = self.keys.partition_keys(p)
-            payload: list[Any] = []
-            codec = self.codec
-            for i, c in zip(idxs, batch, strict=True):
-                payload.append(
-                    [
-                        c.run_id,
-                        c.token,
-                        c.expected_seq,
-                        c.wake,
-                        [
-                            [
-                                ev.type,
-                                ev.corr,
-                                "",  # no event id: the entry id <seq>-0 is the event's id
-                                ev.fields
-                                if codec is None
-                                else codec.seal_fields(c.run_id, ev.corr, ev.fields),
-                            ]
-                            for ev in c.events
-                        ],
-                        taken[i],
-                        ""
-                        if c.done is None
-                        else [self.queue.wake_stream(c.done), GROUP, c.done.message_id],
-                        "" if c.acquire is None else list(c.acquire),
-                    ]
-                )
+            payload = self._commit_batch(batch, batch_taken)
             # the script names each run's keys from the prefix (see commit.lua's header)
-            args = [self.retention_s, _JSON.encode(payload), self.keys.run_prefix(p)]
+            args = [self.retention_s, payload, self.keys.run_prefix(p)]
             flat = await self.core._eval("commit", keys, args)
             at = 0  # the reply is one flat array (see commit.lua's header)
             for i, c in zip(idxs, batch, strict=True):
-                n = int(flat[at + 3])
-                end = at + 4 + 2 * n
+                end = at + 4 + 2 * int(flat[at + 3])
                 m = int(flat[end])
-                results[i] = self._commit_result(c, flat[at : at + 3], flat[at + 4 : end])
-                freed[i] = flat[end + 1 : end + 1 + m]
+                results[i] = self._commit_result(c, flat, at, end)
+                if m:
+                    freed[i] = flat[end + 1 : end + 1 + m]
                 at = end + 1 + m
             if at != len(flat):
                 raise WorkflowError(
@@ -550,14 +542,61 @@ class RedisWorld:
                     f"{len(batch)} runs"
                 )
         done = [r for r in results if r is not None]
-        await self.hook_tokens.release(commits, done, freed, reserved)
+        if reserved or any(freed):  # else no token to release (see RedisHookTokens.release)
+            await self.hook_tokens.release(commits, done, freed, reserved)
         return done
 
+    def _commit_batch(self, batch: Sequence[Commit], taken: Sequence[list[str]]) -> bytes:
+        """The batch argument of commit.lua: one flat MessagePack array (see the script's header)."""
+        out: list[Any] = []
+        add, push = out.extend, out.append  # (the quickest way to flatten a few pairs)
+        codec = self.codec
+        for c, hooks in zip(batch, taken, strict=True):
+            done, acquire, events = c.done, c.acquire, c.events
+            if done is None and acquire is None and not hooks:  # a step's commit: no options
+                add((c.run_id, c.token, c.expected_seq, c.wake, 0, len(events)))
+            else:
+                add((c.run_id, c.token, c.expected_seq, c.wake, 5 + len(hooks)))
+                if done is None:
+                    add(("", "", ""))
+                else:
+                    add((self.queue.wake_stream(done), GROUP, done.message_id))
+                add((-1, "") if acquire is None else acquire)
+                add((*hooks, len(events)))
+            for ev in events:
+                fields = ev.fields
+                if not fields:
+                    add((ev.type, ev.corr, "", 0))
+                    continue
+                if codec is not None:
+                    fields = codec.seal_fields(c.run_id, ev.corr, fields)
+                ts = fields.get("ts")
+                if ts is None:
+                    add((ev.type, ev.corr, "", 2 * len(fields)))
+                    for k, v in fields.items():
+                        push(k)
+                        push(v)
+                else:  # the event's time travels apart from its other fields
+                    add((ev.type, ev.corr, ts, 2 * len(fields) - 2))
+                    for k, v in fields.items():
+                        if k != "ts":
+                            push(k)
+                            push(v)
+        return _MSGPACK.encode(out)
+
     @staticmethod
-    def _commit_result(c: Commit, head: list[Any], pairs: list[Any]) -> CommitResult:
+    def _commit_result(c: Commit, flat: list[Any], at: int, end: int) -> CommitResult:
+        """One run's result from the reply: its head at flat[at:at + 3], then its events'
+        (status, extra) pairs up to flat[end] (see commit.lua's header)."""
         # replies are already str (decode_responses=True) and ints
-        code, seq, now = commit_code(head[0]), int(head[1]), int(head[2])
-        results = event_statuses(pairs)
+        code, seq, now = commit_code(flat[at]), int(flat[at + 1]), int(flat[at + 2])
+        known = _EVENT_RESULTS
+        results: list[EventResult] = []
+        for j in range(at + 4, end, 2):
+            r = known.get((flat[j], flat[j + 1]))
+            if r is None:  # a rarer answer: checked and built
+                (r,) = event_statuses(flat[j : j + 2])
+            results.append(r)
         appended = appended_events(c.events, results, seq, now, c.fed)
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 

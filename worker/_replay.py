@@ -171,6 +171,9 @@ class _NullSelector:
         pass
 
 
+_NULL_SELECTOR = _NullSelector()  # it keeps nothing: one serves every loop
+
+
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
@@ -210,7 +213,7 @@ class ReplayLoop(asyncio.BaseEventLoop):
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
-        self._selector = _NullSelector()
+        self._selector = _NULL_SELECTOR
         self._instance = instance
 
     def call_soon(  # type: ignore[override]
@@ -377,9 +380,12 @@ class WorkflowInstance:
                 )
             t = type(ev)
             if t is StepCompleted and self._log_open.get(ev.corr) == "step" and ev.seq != 1:
-                del self._log_open[ev.corr]  # _fold's work for the commonest event, inlined
-            else:
-                self._fold(ev)
+                # the commonest event: what _fold and the lines below do with it, inlined
+                del self._log_open[ev.corr]
+                self.seq = ev.seq
+                self.log.append(ev)
+                continue
+            self._fold(ev)
             self.seq = ev.seq
             if t is PatchRecorded:
                 self._marker_at[ev.corr] = self.log_length
@@ -422,12 +428,10 @@ class WorkflowInstance:
                 if call is None or call.created or call.future.done():
                     return False
                 self._log_open[corr] = "step"
-                call.created, call.status, call.attempt, call.retry_after = (
-                    True,
-                    "running",
-                    attempts[1],
-                    0,
-                )
+                call.created = True
+                call.status = "running"
+                call.attempt = attempts[1]
+                call.retry_after = 0
                 self._open.pop(corr, None)
                 self._active_steps[corr] = call
             elif not self._append_steps(events, attempts):
@@ -828,9 +832,11 @@ class WorkflowInstance:
         self._task = self._loop.create_task(self._fn(*args, **kwargs), context=ctx)
 
     def _advance(self) -> Outcome:
+        run_ready = self._loop.run_ready
         while True:
-            self._loop.run_ready()
-            if self._task is not None and self._task.done():
+            run_ready()
+            task = self._task
+            if task is not None and task.done():
                 return self._finish()
             try:
                 delivered = self._consume_until_resolution()
@@ -844,10 +850,20 @@ class WorkflowInstance:
 
     def _consume_until_resolution(self) -> bool:
         """Consume head events; stop after one that resumes code. False at the end of the log."""
-        log, base = self.log, self._base
+        log, base, steps = self.log, self._base, self.steps
         while self._pos - base < len(log):
             ev = log[self._pos - base]
-            resolved = self._consume(ev)
+            call = steps.get(ev.corr)
+            if call is not None and type(ev) is StepCompleted:
+                # _consume(ev) for the commonest event, inlined: _consume_step's first case
+                call.status = "completed"
+                self._active_steps.pop(ev.corr, None)
+                del steps[ev.corr]  # no event follows a terminal one: keep memory flat
+                if not call.future.done():
+                    call.future.set_result(self._result(ev))
+                resolved = True
+            else:
+                resolved = self._consume(ev)
             self._pos += 1
             if ev.ts > self.clock_ms:
                 self.clock_ms = ev.ts

@@ -146,6 +146,14 @@ class _PathError(Exception):
 
 def dumps(value: object, *, what: str = "value") -> str:
     """Serialize ``value`` to compact JSON text; ``what`` names it in error messages."""
+    t = type(value)
+    if t in _PLAIN_SCALARS or (t is int and _INT_MIN <= value < _INT_MAX):  # type: ignore[operator]
+        # a scalar that needs no tag (a step's commonest result): what dumps_bytes encodes,
+        # without _is_plain's walk
+        try:
+            return _ENCODER.encode(value).decode()
+        except UnicodeError:
+            pass  # a lone surrogate: dumps_bytes raises the error
     return dumps_bytes(value, what=what).decode()
 
 
@@ -170,7 +178,10 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) -> s
             elif t not in _PLAIN_SCALARS:
                 break
         else:
-            return _ENCODER.encode({"args": args}).decode()
+            try:
+                return _ENCODER.encode({"args": args}).decode()
+            except UnicodeError:
+                pass  # a lone surrogate: the general path raises dumps()'s error
         return dumps({"args": list(args)}, what=what)
     return dumps({"args": list(args), "kwargs": kwargs}, what=what)
 

@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import math
 import random
+import re
 import threading
 from typing import Any
 
@@ -95,18 +96,36 @@ class _Text(str):
         (math.nan, math.inf, -math.inf),
         (_Text("x"),),  # a subclass takes the general path
         ([1, {"$t": 2}],),
+        ("\u00e9\u4e2d\U0001f600",),
     ],
 )
 def test_dumps_args_edge_values(args: tuple[Any, ...]) -> None:
     assert _serde.dumps_args(args, {}, what="w") == _serde.dumps({"args": list(args)}, what="w")
 
 
-def test_dumps_args_errors_as_dumps() -> None:
+@pytest.mark.parametrize("args", [(object(),), ("\ud800",), (1, "a\udfff")])
+def test_dumps_args_errors_as_dumps(args: tuple[Any, ...]) -> None:
     with pytest.raises(_serde.SerializationError) as fast:
-        _serde.dumps_args((object(),), {}, what="arguments of step 's'")
+        _serde.dumps_args(args, {}, what="arguments of step 's'")
     with pytest.raises(_serde.SerializationError) as general:
-        _serde.dumps({"args": [object()]}, what="arguments of step 's'")
+        _serde.dumps({"args": list(args)}, what="arguments of step 's'")
     assert str(fast.value) == str(general.value)
+
+
+@given(value=_scalars | st.characters(codec=None) | st.integers())
+def test_dumps_of_a_scalar_writes_what_dumps_bytes_writes(value: Any) -> None:
+    assert _serde.dumps(value) == _serde.dumps_bytes(value).decode()
+
+
+@pytest.mark.parametrize("value", ["\ud800", 2**64, -(2**63) - 1, math.nan, _Text("x")])
+def test_dumps_of_edge_scalars_as_dumps_bytes(value: Any) -> None:
+    try:
+        expected = _serde.dumps_bytes(value, what="r").decode()
+    except _serde.SerializationError as exc:
+        with pytest.raises(_serde.SerializationError, match=re.escape(str(exc))):
+            _serde.dumps(value, what="r")
+    else:
+        assert _serde.dumps(value, what="r") == expected
 
 
 # -- the replay loop ----------------------------------------------------------------------------

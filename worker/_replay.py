@@ -838,6 +838,11 @@ class WorkflowInstance:
             task = self._task
             if task is not None and task.done():
                 return self._finish()
+            if self._pos - self._base >= len(self.log):
+                # the log is consumed (as after the code's wake-up, once per step): what the
+                # lines below end with, as _consume_until_resolution() answers False at once
+                # (terminal_event is None here: once set, advance() returns before this loop)
+                return self._suspend()
             try:
                 delivered = self._consume_until_resolution()
             except (NondeterminismError, CorruptEventError, SerializationError) as exc:

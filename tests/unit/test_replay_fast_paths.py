@@ -303,6 +303,8 @@ class Run:
     def __init__(self, wf: Any, arg: str, own: bool) -> None:
         self.inst = new_instance(wf)
         self.own = own
+        self.taken = 0  # results that went in through complete_own()
+        self.outstanding: list[str] = []  # steps started, oldest first
         self.outcomes: list[Any] = []
         self.states: list[dict[str, Any]] = []
         self.ts = START
@@ -315,7 +317,9 @@ class Run:
             self.ts += 3
             if head is not None and head.type == "step_completed":
                 seq, result = self.inst.seq + 1, head.fields["result"]
-                if not (self.own and self.inst.complete_own(head.corr, result, seq, self.ts)):
+                if self.own and self.inst.complete_own(head.corr, result, seq, self.ts):
+                    self.taken += 1
+                else:
                     self.inst.feed([make_event(head, seq, self.ts, 0)])
             elif head is not None:
                 self.inst.feed([make_event(head, self.inst.seq + 1, self.ts, 0)])
@@ -324,9 +328,12 @@ class Run:
             self.states.append(state(self.inst))
             if out.kind != "suspended":
                 return out
-            corr = out.commands[0].corr
-            fresh = [*out.commands, NewEvent("step_started", corr)]
-            assert self.inst.append_own(fresh, self.inst.seq + 1, self.ts, [0, 1])
+            created = [c.corr for c in out.commands]
+            fresh = [*out.commands, *(NewEvent("step_started", c) for c in created)]
+            attempts = [0] * len(created) + [1] * len(created)
+            assert self.inst.append_own(fresh, self.inst.seq + 1, self.ts, attempts)
+            self.outstanding += created
+            corr = self.outstanding.pop(0)  # the oldest step still running completes
             head = NewEvent("step_completed", corr, {"result": results[n % len(results)]})
             n += 1
 
@@ -343,9 +350,20 @@ def state(inst: WorkflowInstance) -> dict[str, Any]:
     }
 
 
+@workflow(name="t_fast.fan")
+async def fan(n: int) -> list[int]:
+    first = await double(1)
+    rest = await asyncio.gather(*(double(i) for i in range(n)))
+    return [first, *rest, await double(7)]
+
+
 @pytest.mark.parametrize(
     ("wf", "arg", "results"),
-    [(sequential, "[5]", ["0", "2", "4", "6", "8"]), (values, "[]", RESULTS)],
+    [
+        (sequential, "[5]", ["0", "2", "4", "6", "8"]),
+        (values, "[]", RESULTS),
+        (fan, "[4]", ["2", "0", "2", "4", "6", "14"]),
+    ],
 )
 def test_complete_own_then_advance_is_feed_then_advance(
     wf: Any, arg: str, results: list[str]
@@ -356,6 +374,7 @@ def test_complete_own_then_advance_is_feed_then_advance(
     assert out_own == out_fed
     assert own.outcomes == fed.outcomes
     assert own.states == fed.states
+    assert own.taken == len(own.outcomes) - 1  # every step result went in that way
     if wf is values:
         assert _serde.loads(out_own.output) == [_serde.loads(r) for r in RESULTS]
 

@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
 import random
+import sys
 import time
 import traceback
 import weakref
@@ -184,6 +186,21 @@ def _ignore_error(_loop: asyncio.AbstractEventLoop, _context: dict[str, Any]) ->
 
 
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # a constant of the platform
+_ENVIRON_DATA = getattr(os.environ, "_data", None)  # the mapping os.environ keeps, encoded
+_DEBUG_KEY = os.environ.encodekey("PYTHONASYNCIODEBUG") if _ENVIRON_DATA is not None else None
+
+
+def _asyncio_debug() -> bool:
+    """asyncio.coroutines._is_debug_mode(), which BaseEventLoop.__init__ asks for each loop: the
+    same test, with PYTHONASYNCIODEBUG read from os.environ's own mapping (os.environ.get()
+    raises and catches a KeyError when the variable is unset, the usual case)."""
+    if _ENVIRON_DATA is None or os.environ._data is not _ENVIRON_DATA:  # type: ignore[attr-defined]
+        return bool(_aio_coroutines._is_debug_mode())  # type: ignore[attr-defined]
+    return sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(_ENVIRON_DATA.get(_DEBUG_KEY))
+    )
+
+
 _new_handle = asyncio.Handle.__new__
 
 
@@ -204,7 +221,7 @@ class ReplayLoop(asyncio.BaseEventLoop):
         self._thread_id = None
         self._clock_resolution = _CLOCK_RESOLUTION
         self._exception_handler = _ignore_error  # what set_exception_handler() would store
-        self._debug = _aio_coroutines._is_debug_mode()  # type: ignore[attr-defined]
+        self._debug = _asyncio_debug()
         self.slow_callback_duration = 0.1
         self._current_handle = None
         self._task_factory = None

@@ -147,6 +147,21 @@ def test_replay_loop_has_every_attribute_of_the_base_loop() -> None:
     base.close()
 
 
+@pytest.mark.parametrize("value", [None, "", "1", "0"])
+def test_a_loop_is_in_debug_mode_as_asyncio_says(
+    value: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The debug flag is read at each loop's making, from PYTHONASYNCIODEBUG as it is then."""
+    if value is None:
+        monkeypatch.delenv("PYTHONASYNCIODEBUG", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONASYNCIODEBUG", value)
+    loop = _loop()
+    base = asyncio.BaseEventLoop()
+    assert loop.get_debug() == base.get_debug() == asyncio.coroutines._is_debug_mode()
+    base.close()
+
+
 def test_call_soon_makes_the_handle_the_base_makes() -> None:
     loop = _loop()
     ctx = contextvars.copy_context()

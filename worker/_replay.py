@@ -849,9 +849,10 @@ class WorkflowInstance:
         self._task = self._loop.create_task(self._fn(*args, **kwargs), context=ctx)
 
     def _advance(self) -> Outcome:
-        run_ready = self._loop.run_ready
+        loop = self._loop
         while True:
-            run_ready()
+            if loop._ready:  # (run_ready() of nothing ready does nothing)
+                loop.run_ready()
             task = self._task
             if task is not None and task.done():
                 return self._finish()

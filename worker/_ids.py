@@ -6,9 +6,9 @@ import base64
 import hashlib
 import hmac
 import os
-import random
 import re
 import time
+from _random import Random as _MersenneTwister
 
 from ._errors import InvalidRunIdError
 
@@ -72,21 +72,48 @@ def new_event_id() -> str:
     return new_id("evnt")
 
 
+class _IdBits(_MersenneTwister):
+    """The C Mersenne Twister alone: seeded once, by ``__new__`` (``random.Random`` adds a
+    Python-level ``__init__`` and ``seed`` around the same generator)."""
+
+
+def _ids_seed(text: str) -> int:
+    """The int ``random.Random(text)`` seeds its generator with (``Random.seed``, version 2)."""
+    data = text.encode()
+    return int.from_bytes(data + hashlib.sha512(data).digest())
+
+
 class DeterministicIds:
     """Correlation ids that depend only on the run and the order of calls in the workflow.
 
     The time part is the run's start time; the random part comes from a generator seeded by the
-    run id (separate from the workflow's user-facing random generator).
+    run id (separate from the workflow's user-facing random generator). That generator is the
+    one ``random.Random(f"{run_id}:ids")`` holds, made without the Python layer: its
+    ``getrandbits`` gives the same bits (a test holds the two and a few spelled ids together).
     """
 
+    __slots__ = ("_bits", "_head")
+
     def __init__(self, run_id: str, started_at_ms: int) -> None:
-        self._rng = random.Random(f"{run_id}:ids")
+        self._bits = _IdBits(_ids_seed(f"{run_id}:ids")).getrandbits
         # the ULID's first 10 characters spell the time alone: the same for every id of the run
-        self._head = _ulid_text(started_at_ms << 80)[:10]
+        # (_ulid_text(started_at_ms << 80)[:10]: its first 5 groups of 10 bits)
+        ms, p = started_at_ms, _PAIRS
+        self._head = (
+            f"{p[(ms >> 40) & 1023]}{p[(ms >> 30) & 1023]}{p[(ms >> 20) & 1023]}"
+            f"{p[(ms >> 10) & 1023]}{p[ms & 1023]}"
+        )
 
     def next(self, prefix: str) -> str:
-        r = self._rng.getrandbits(80)
-        return f"{prefix}_{self._head}{''.join([_PAIRS[(r >> s) & 1023] for s in _TAIL_SHIFTS])}"
+        r = self._bits(80)
+        p = _PAIRS
+        # the 80 bits as 8 pairs of Crockford characters, from the top (as _TAIL_SHIFTS spells
+        # them), unrolled: no list is built
+        return (
+            f"{prefix}_{self._head}{p[r >> 70]}{p[(r >> 60) & 1023]}{p[(r >> 50) & 1023]}"
+            f"{p[(r >> 40) & 1023]}{p[(r >> 30) & 1023]}{p[(r >> 20) & 1023]}"
+            f"{p[(r >> 10) & 1023]}{p[r & 1023]}"
+        )
 
 
 def lease_token(worker: str) -> str:

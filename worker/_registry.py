@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import inspect
 import os
 import sys
 import types
+from _thread import get_ident
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -84,12 +84,12 @@ class ArgSpec:
         if not (self.positional_only and not kwargs and len(args) == len(self.types)):
             return convert_args(self.signature, list(args), kwargs, what)
         out: list[Any] | None = None
-        for i, (value, ann) in enumerate(zip(args, self.types, strict=True)):
-            if ann is None or type(value) is ann:
+        for i, ann in enumerate(self.types):  # as many as args (checked above)
+            if ann is None or type(args[i]) is ann:
                 continue
             if out is None:
                 out = list(args)
-            out[i] = _serde.convert(value, ann, what=f"{what}, parameter {self.names[i]!r}")
+            out[i] = _serde.convert(args[i], ann, what=f"{what}, parameter {self.names[i]!r}")
         return (out if out is not None else list(args)), {}
 
 
@@ -156,18 +156,17 @@ class StepFunction:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         instance = current_instance.get()
-        if instance is not None and current_step.get() is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is instance._loop:
-                if self.flow is not None and self.flow.key is not None:
-                    self._check_key(args, kwargs)
-                payload = {"args": list(args), "kwargs": kwargs} if kwargs else {"args": list(args)}
-                return instance.call_step(
-                    self.name, _serde.dumps(payload, what=self.args_label), self
-                )
+        # the instance's loop runs in this thread (asyncio.get_running_loop() is instance._loop:
+        # a loop is set running in a thread only by advance() and close(), which note the thread)
+        if (
+            instance is not None
+            and instance.loop_thread == get_ident()
+            and current_step.get() is None
+        ):
+            if self.flow is not None and self.flow.key is not None:
+                self._check_key(args, kwargs)
+            input_json = _serde.dumps_args(args, kwargs, what=self.args_label)
+            return instance.call_step(self.name, input_json, self)
         return self.fn(*args, **kwargs)
 
     def _check_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -31,8 +31,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
 import random
+import sys
+import time
 import traceback
+import weakref
+from _thread import get_ident
+from asyncio import Future as _Future
+from asyncio import coroutines as _aio_coroutines
+from asyncio import format_helpers as _format_helpers
+from asyncio.events import _get_running_loop, _set_running_loop
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +93,7 @@ current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class StepCall:
     """A step the workflow called: its future, and what the log says about it so far."""
 
@@ -140,7 +149,7 @@ class ChildCall:
     awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What an advance ended with.
 
@@ -164,20 +173,85 @@ class _NullSelector:
         pass
 
 
+_NULL_SELECTOR = _NullSelector()  # it keeps nothing: one serves every loop
+
+
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _ignore_error(_loop: asyncio.AbstractEventLoop, _context: dict[str, Any]) -> None:
+    """The replay loop's exception handler: errors of tasks nobody awaits (a race's losers) are
+    part of the workflow's semantics, not something to print on the worker's stderr."""
+
+
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # a constant of the platform
+_ENVIRON_DATA = getattr(os.environ, "_data", None)  # the mapping os.environ keeps, encoded
+_DEBUG_KEY = os.environ.encodekey("PYTHONASYNCIODEBUG") if _ENVIRON_DATA is not None else None
+
+
+def _asyncio_debug() -> bool:
+    """asyncio.coroutines._is_debug_mode(), which BaseEventLoop.__init__ asks for each loop: the
+    same test, with PYTHONASYNCIODEBUG read from os.environ's own mapping (os.environ.get()
+    raises and catches a KeyError when the variable is unset, the usual case)."""
+    if _ENVIRON_DATA is None or os.environ._data is not _ENVIRON_DATA:  # type: ignore[attr-defined]
+        return bool(_aio_coroutines._is_debug_mode())  # type: ignore[attr-defined]
+    return sys.flags.dev_mode or (
+        not sys.flags.ignore_environment and bool(_ENVIRON_DATA.get(_DEBUG_KEY))
+    )
+
+
+_new_handle = asyncio.Handle.__new__
 
 
 class ReplayLoop(asyncio.BaseEventLoop):
     """An event loop with no I/O whose timers are durable waits and whose clock is the workflow's."""
 
     def __init__(self, instance: WorkflowInstance) -> None:
-        super().__init__()
-        self._selector = _NullSelector()
+        # BaseEventLoop.__init__'s attributes, set directly: one loop is made per run, and the
+        # base asks the platform for its clock resolution each time (a constant, read once
+        # above). A test holds this list to the base's, so a Python that adds one is noticed.
+        self._timer_cancelled_count = 0
+        self._closed = False
+        self._stopping = False
+        self._ready: deque[asyncio.Handle] = deque()
+        self._scheduled: list[asyncio.TimerHandle] = []
+        self._default_executor = None
+        self._internal_fds = 0
+        self._thread_id = None
+        self._clock_resolution = _CLOCK_RESOLUTION
+        self._exception_handler = _ignore_error  # what set_exception_handler() would store
+        self._debug = _asyncio_debug()
+        self.slow_callback_duration = 0.1
+        self._current_handle = None
+        self._task_factory = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._executor_shutdown_called = False
+        self._selector = _NULL_SELECTOR
         self._instance = instance
-        # errors of tasks nobody awaits (a race's losers) are part of the workflow's semantics,
-        # not something to print on the worker's stderr
-        self.set_exception_handler(lambda _loop, _context: None)
+
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        """BaseEventLoop.call_soon, lighter (a future's set_result wakes its task through here:
+        once per step). Its checks but the closed loop's are made in debug mode only: both go
+        to the base. The handle is the one Handle.__init__ makes outside debug mode: the
+        context given, else a copy of the current one, and no source traceback."""
+        if self._debug or self._closed:
+            return super().call_soon(callback, *args, context=context)  # its checks and errors
+        handle: Any = _new_handle(asyncio.Handle)
+        handle._context = contextvars.copy_context() if context is None else context
+        handle._loop = self
+        handle._callback = callback
+        handle._args = args
+        handle._cancelled = False
+        handle._repr = None
+        handle._source_traceback = None
+        self._ready.append(handle)
+        return handle  # type: ignore[no-any-return]
 
     def time(self) -> float:
         return self._instance.clock_ms / 1000.0
@@ -217,14 +291,30 @@ class ReplayLoop(asyncio.BaseEventLoop):
         """Run every ready callback. SystemExit and KeyboardInterrupt raised by workflow code
         are kept by the task that raised them (asyncio stores them, then re-raises): that task
         fails, as it would with any error, and the worker's own process goes on."""
-        ready: deque[asyncio.Handle] = self._ready  # type: ignore[attr-defined]
+        ready: deque[Any] = self._ready
         while ready:
             handle = ready.popleft()
-            if not handle._cancelled:
-                try:
-                    handle._run()
-                except (SystemExit, KeyboardInterrupt):
-                    continue
+            if handle._cancelled:
+                continue
+            # Handle._run, inlined (one frame less per callback); its error path is kept whole
+            try:
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                continue
+            except BaseException as exc:
+                self._callback_failed(handle, exc)
+
+    def _callback_failed(self, handle: Any, exc: BaseException) -> None:
+        """What Handle._run does when its callback raises: report to the exception handler."""
+        cb = _format_helpers._format_callback_source(handle._callback, handle._args)
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {cb}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
 
 class WorkflowInstance:
@@ -264,6 +354,10 @@ class WorkflowInstance:
         self._ids: DeterministicIds | None = None
         self._random: random.Random | None = None
         self._loop = ReplayLoop(self)
+        # the thread whose running loop _loop is (set by advance and close while they run it):
+        # "loop_thread == get_ident()" says what "get_running_loop() is _loop" says, without the
+        # getpid() system call asyncio makes on each get_running_loop() (see StepFunction)
+        self.loop_thread: int | None = None
         self._task: asyncio.Task[Any] | None = None
         self.finished: Outcome | None = None
         self.terminal_event: str | None = None
@@ -301,9 +395,15 @@ class WorkflowInstance:
                     f"run {self.run_id}: {event_name(ev)} does not follow log entry "
                     f"{self.seq}-0 (gap in log: entries are missing)"
                 )
+            t = type(ev)
+            if t is StepCompleted and self._log_open.get(ev.corr) == "step" and ev.seq != 1:
+                # the commonest event: what _fold and the lines below do with it, inlined
+                del self._log_open[ev.corr]
+                self.seq = ev.seq
+                self.log.append(ev)
+                continue
             self._fold(ev)
             self.seq = ev.seq
-            t = type(ev)
             if t is PatchRecorded:
                 self._marker_at[ev.corr] = self.log_length
             self.log.append(ev)
@@ -331,6 +431,40 @@ class WorkflowInstance:
         caller feeds the events instead."""
         if self._pos - self._base != len(self.log) or first_seq != self.seq + 1:
             return False
+        if len(events) == 2 and len(attempts) == 2:
+            created, started = events
+            corr = created.corr
+            if (
+                created.type == "step_created"
+                and started.type == "step_started"
+                and started.corr == corr
+            ):
+                # the inline path's commit: one step's creation and start. The same checks and
+                # effects as the loops of _append_steps make for this pair, without them
+                call = self.steps.get(corr)
+                if call is None or call.created or call.future.done():
+                    return False
+                self._log_open[corr] = "step"
+                call.created = True
+                call.status = "running"
+                call.attempt = attempts[1]
+                call.retry_after = 0
+                self._open.pop(corr, None)
+                self._active_steps[corr] = call
+            elif not self._append_steps(events, attempts):
+                return False
+        elif not self._append_steps(events, attempts):
+            return False
+        n = len(events)
+        self.seq += n
+        self._pos += n
+        self._base += n  # consumed, and never kept: positions stay absolute
+        if ts > self.clock_ms:
+            self.clock_ms = ts
+        return True
+
+    def _append_steps(self, events: Sequence[NewEvent], attempts: Sequence[int]) -> bool:
+        """append_own's checks and effects on the instance's calls, for any events."""
         steps = self.steps
         created: list[str] = []  # a commit creates few steps: a list is the cheaper check
         for new in events:
@@ -353,10 +487,45 @@ class WorkflowInstance:
                 active[call.corr] = call
             else:
                 call.status, call.attempt, call.retry_after = "running", attempt, 0
-        n = len(events)
-        self.seq += n
-        self._pos += n
-        self._base += n  # consumed, and never kept: positions stay absolute
+        return True
+
+    def complete_own(self, corr: str, result: str, seq: int, ts: int) -> bool:
+        """Record the step_completed (``result``: the step's JSON value) of a step this
+        instance's code awaits, just appended at ``seq`` (the next position) with time ``ts``,
+        with nothing unconsumed before it: its effect is what feeding
+        ``StepCompleted(seq=seq, id=entry_id(seq), ts=ts, corr=corr, result=result)`` and
+        consuming it at the next ``advance()`` would have, without building the event (the
+        code resumes at that advance). Anything else (another position, a step the code does
+        not await, a result that does not load, a callback ready to run before the step's):
+        False, nothing recorded, and the caller feeds the event instead."""
+        call = self.steps.get(corr)
+        task = self._task
+        if (
+            call is None
+            or seq != self.seq + 1
+            or self.finished is not None
+            or self._pos - self._base != len(self.log)
+            or self._log_open.get(corr) != "step"  # else feed() raises CorruptEventError
+            or call.future.done()
+            or task is None
+            or task.done()  # advance() would end the run without consuming the event
+            or self._loop._ready  # advance() would run these before consuming the event
+        ):
+            return False
+        try:
+            value = _serde.loads(result, what="field 'result'")
+        except SerializationError:
+            return False  # feed() and advance() fail the run with CorruptEventError
+        # feed(): the step closes in the log (_fold), the log moves on
+        del self._log_open[corr]
+        self.seq = seq
+        self._pos += 1
+        self._base += 1  # consumed, and never kept: positions stay absolute
+        # advance(): _consume_step and _consume_until_resolution consume it
+        call.status = "completed"
+        self._active_steps.pop(corr, None)
+        del self.steps[corr]
+        call.future.set_result(value)  # wakes the code: its task runs at advance()
         if ts > self.clock_ms:
             self.clock_ms = ts
         return True
@@ -404,12 +573,14 @@ class WorkflowInstance:
         """Run the code and consume events until the code needs events the log does not hold."""
         if self.finished is not None:
             return self.finished
-        previous = asyncio.events._get_running_loop()
-        asyncio.events._set_running_loop(self._loop)
+        previous = _get_running_loop()
+        _set_running_loop(self._loop)
+        self.loop_thread = get_ident()
         try:
             return self._advance()
         finally:
-            asyncio.events._set_running_loop(previous)
+            self.loop_thread = None
+            _set_running_loop(previous)
             consumed = self._pos - self._base
             if consumed >= DROP_CONSUMED_AFTER:
                 del self.log[:consumed]
@@ -425,17 +596,19 @@ class WorkflowInstance:
         error: BaseException | None = None
         task = self._task
         if task is not None and not task.done():
-            previous = asyncio.events._get_running_loop()
-            asyncio.events._set_running_loop(self._loop)
+            previous = _get_running_loop()
+            _set_running_loop(self._loop)
+            self.loop_thread = get_ident()
             try:
                 for pending in asyncio.all_tasks(self._loop):
                     pending.cancel()
                 self._loop.run_ready()
             finally:
-                asyncio.events._set_running_loop(previous)
+                self.loop_thread = None
+                _set_running_loop(previous)
             if task.done() and not task.cancelled():
                 error = task.exception()
-        self._loop._ready.clear()  # type: ignore[attr-defined]
+        self._loop._ready.clear()
         self._loop.close()
         return error
 
@@ -455,8 +628,11 @@ class WorkflowInstance:
         return self._ids.next(prefix)
 
     def call_step(self, name: str, input_json: str, fn: Any) -> asyncio.Future[Any]:
-        corr = self._next_id("step")
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        ids = self._ids  # _next_id("step"), inlined: once per step
+        if ids is None:
+            ids = self._ids = DeterministicIds(self.run_id, self.started_at_ms)
+        corr = ids.next("step")
+        fut: asyncio.Future[Any] = _Future(loop=self._loop)  # what loop.create_future() makes
         self.steps[corr] = StepCall(corr, name, input_json, fn, fut)
         self._open[corr] = None
         return fut
@@ -673,10 +849,18 @@ class WorkflowInstance:
         self._task = self._loop.create_task(self._fn(*args, **kwargs), context=ctx)
 
     def _advance(self) -> Outcome:
+        loop = self._loop
         while True:
-            self._loop.run_ready()
-            if self._task is not None and self._task.done():
+            if loop._ready:  # (run_ready() of nothing ready does nothing)
+                loop.run_ready()
+            task = self._task
+            if task is not None and task.done():
                 return self._finish()
+            if self._pos - self._base >= len(self.log):
+                # the log is consumed (as after the code's wake-up, once per step): what the
+                # lines below end with, as _consume_until_resolution() answers False at once
+                # (terminal_event is None here: once set, advance() returns before this loop)
+                return self._suspend()
             try:
                 delivered = self._consume_until_resolution()
             except (NondeterminismError, CorruptEventError, SerializationError) as exc:
@@ -689,12 +873,23 @@ class WorkflowInstance:
 
     def _consume_until_resolution(self) -> bool:
         """Consume head events; stop after one that resumes code. False at the end of the log."""
-        log, base = self.log, self._base
+        log, base, steps = self.log, self._base, self.steps
         while self._pos - base < len(log):
             ev = log[self._pos - base]
-            resolved = self._consume(ev)
+            call = steps.get(ev.corr)
+            if call is not None and type(ev) is StepCompleted:
+                # _consume(ev) for the commonest event, inlined: _consume_step's first case
+                call.status = "completed"
+                self._active_steps.pop(ev.corr, None)
+                del steps[ev.corr]  # no event follows a terminal one: keep memory flat
+                if not call.future.done():
+                    call.future.set_result(self._result(ev))
+                resolved = True
+            else:
+                resolved = self._consume(ev)
             self._pos += 1
-            self.clock_ms = max(self.clock_ms, ev.ts)
+            if ev.ts > self.clock_ms:
+                self.clock_ms = ev.ts
             if resolved or self.terminal_event is not None:
                 return True
         return False
@@ -752,7 +947,7 @@ class WorkflowInstance:
             self._active_steps.pop(call.corr, None)
             del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
             if not call.future.done():
-                call.future.set_result(self._payload(ev, "result"))
+                call.future.set_result(self._result(ev))
             return True
         if type(ev) is StepStarted:
             call.status, call.attempt, call.retry_after = "running", ev.attempt, 0
@@ -787,6 +982,13 @@ class WorkflowInstance:
             f"run {self.run_id}: event {ev.seq} {_tag(ev)} ({ev.corr}) belongs to a step call "
             "in the current code, but is not a step event"
         )
+
+    def _result(self, ev: StepCompleted) -> Any:
+        """_payload(ev, "result"), its error message spelled once rather than per step."""
+        try:
+            return _serde.loads(ev.result, what="field 'result'")
+        except SerializationError as exc:
+            raise CorruptEventError(f"run {self.run_id}: {event_name(ev)}: {exc}") from None
 
     def _payload(self, ev: Event, field_name: str) -> Any:
         """The value of a payload field of ``ev``; CorruptEventError when it does not load."""
@@ -861,6 +1063,16 @@ class WorkflowInstance:
         )
 
     def _suspend(self) -> Outcome:
+        if len(self._open) == 1 and not self._active_hooks and not self._markers_open:
+            # the common case: one step called since the last commit, nothing else to say (no
+            # hook to dispose, no marker): its creation is the whole answer, as below
+            step = self.steps.get(next(iter(self._open)))
+            if step is not None and not step.future.done():
+                fields = {"name": step.name, "input": step.input}
+                return Outcome("suspended", commands=[NewEvent("step_created", step.corr, fields)])
+        return self._suspend_all()
+
+    def _suspend_all(self) -> Outcome:
         hooks: list[NewEvent] = []
         commands: list[NewEvent] = []
         for corr in self._open:

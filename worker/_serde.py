@@ -66,7 +66,15 @@ from ._codec import ENV_VAR, envelope_key_id, is_envelope
 from ._errors import PayloadTooLargeError, SerializationError
 
 __all__ = ["PayloadTooLargeError", "RemoteError", "SerializationError", "StepRef", "check_size"]
-__all__ += ["convert", "dumps", "dumps_bytes", "loads", "register_codec", "set_stepref_resolver"]
+__all__ += [
+    "convert",
+    "dumps",
+    "dumps_args",
+    "dumps_bytes",
+    "loads",
+    "register_codec",
+    "set_stepref_resolver",
+]
 
 _TAG = "$t"
 _INT_MIN, _INT_MAX = -(2**63), 2**64
@@ -138,7 +146,44 @@ class _PathError(Exception):
 
 def dumps(value: object, *, what: str = "value") -> str:
     """Serialize ``value`` to compact JSON text; ``what`` names it in error messages."""
+    t = type(value)
+    if t in _PLAIN_SCALARS or (t is int and _INT_MIN <= value < _INT_MAX):  # type: ignore[operator]
+        # a scalar that needs no tag (a step's commonest result): what dumps_bytes encodes,
+        # without _is_plain's walk
+        try:
+            return _ENCODER.encode(value).decode()
+        except UnicodeError:
+            pass  # a lone surrogate: dumps_bytes raises the error
     return dumps_bytes(value, what=what).decode()
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) -> str:
+    """A call's arguments as stored: ``dumps({"args": [...], "kwargs": kwargs})``, the kwargs
+    key only when there are any.
+
+    Fast path: positional arguments that are all JSON scalars (str, bool, None, an int in the
+    raw range, a finite float) need no tag, so msgspec encodes them as they are, the tuple as
+    the same array a list gives; byte for byte what the general path writes (a test holds the
+    two together), without its walk over the value.
+    """
+    if not kwargs:
+        for arg in args:
+            t = type(arg)
+            if t is int:
+                if not _INT_MIN <= arg < _INT_MAX:
+                    break
+            elif t is float:
+                if arg - arg != 0.0:  # nan and +-inf
+                    break
+            elif t not in _PLAIN_SCALARS:
+                break
+        else:
+            try:
+                return _ENCODER.encode({"args": args}).decode()
+            except UnicodeError:
+                pass  # a lone surrogate: the general path raises dumps()'s error
+        return dumps({"args": list(args)}, what=what)
+    return dumps({"args": list(args), "kwargs": kwargs}, what=what)
 
 
 def dumps_bytes(value: object, *, what: str = "value") -> bytes:

@@ -633,7 +633,11 @@ class Worker:
             ts = max(self.now_ms(), inst.clock_ms)
             fields = head.fields
             fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
-            inst.feed([make_event(head, base + 1, ts, 0)])
+            # a step's result is recorded without building its event (as feed() would)
+            if head.type != "step_completed" or not inst.complete_own(
+                head.corr, fields.get("result", "null"), base + 1, ts
+            ):
+                inst.feed([make_event(head, base + 1, ts, 0)])
         outcome = self._advance(inst, log)
         if inst.unensured:  # a fresh replay meets children its log started: create them if need be
             await ensure_children(self.world, inst, ())

@@ -34,6 +34,7 @@ class Batcher(Generic[Q, R]):
         self._queue: list[tuple[Q, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
         self._sending = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of its callers
 
     def idle(self) -> bool:
         """Nothing queued and nothing on the wire: a batcher with no work cannot be late."""
@@ -45,7 +46,10 @@ class Batcher(Generic[Q, R]):
     def enqueue(self, request: Q) -> asyncio.Future[R]:
         """``submit`` without its coroutine: the future of the request's result (what the
         hot path awaits, one frame less on every resumption)."""
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():  # asked once: asking costs a system call (3.11)
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
         self._queue.append((request, fut))
         if not self._wake.is_set():
             self._wake.set()

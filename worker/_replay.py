@@ -569,11 +569,15 @@ class WorkflowInstance:
         """How many events were fed (consumed ones included)."""
         return self._base + len(self.log)
 
-    def advance(self) -> Outcome:
-        """Run the code and consume events until the code needs events the log does not hold."""
+    def advance(self, running: asyncio.AbstractEventLoop | None = None) -> Outcome:
+        """Run the code and consume events until the code needs events the log does not hold.
+
+        ``running``: the event loop running the caller, when the caller knows it (asking costs
+        a system call on Python 3.11: asyncio checks the process id); it is the running loop
+        again when this returns."""
         if self.finished is not None:
             return self.finished
-        previous = _get_running_loop()
+        previous = running if running is not None else _get_running_loop()
         _set_running_loop(self._loop)
         self.loop_thread = get_ident()
         try:

@@ -150,6 +150,9 @@ class Worker:
         # for room, and has started a read since it was last given a turn
         self.waiting_for_room = False
         self.read_turn = asyncio.Event()
+        # the loop running run(), while it runs: an instance's advance() puts it back as the
+        # running loop without asking which it is (asking costs a system call on Python 3.11)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._advancing: str | None = None
         self._advance_started = 0.0
         self._main_thread = threading.get_ident()
@@ -176,6 +179,7 @@ class Worker:
         exit non-zero and be replaced rather than live on half-dead.
         """
         await self.world.check_config()  # PartitionCountMismatchError before anything is read
+        self._loop = asyncio.get_running_loop()  # see _advance
         self.steps.tracing = tracing.enabled()  # a tracer provider is configured by now
         await self.world.ensure_groups()
         await self.pools.start()
@@ -213,6 +217,7 @@ class Worker:
         await asyncio.gather(supervised, stopping, return_exceptions=True)
         self.steps.shutdown()
         await duties.forget_self(self)
+        self._loop = None
         if failure is not None:
             raise failure
         self.log.info("worker_stopped")
@@ -886,7 +891,7 @@ class Worker:
         self._advancing = inst.run_id
         self._advance_started = time.monotonic()
         try:
-            return inst.advance()
+            return inst.advance(self._loop)
         finally:
             took = time.monotonic() - self._advance_started
             self._advancing = None

@@ -76,9 +76,12 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
         self.used = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # its loop, asked once (asking costs a system call on Python 3.11)
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -113,9 +116,9 @@ class _Connection(asyncio.Protocol):
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         """Write one packed command; the future of its reply."""
-        if self.lost is not None or self._transport is None:
+        if self.lost is not None or self._transport is None or self._loop is None:
             raise rexc.ConnectionError(f"Connection to Redis lost: {self.lost}")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters.append(fut)
         self._transport.write(payload)
         self.used = time.monotonic()

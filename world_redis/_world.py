@@ -597,7 +597,10 @@ class RedisWorld:
             if r is None:  # a rarer answer: checked and built
                 (r,) = event_statuses(flat[j : j + 2])
             results.append(r)
-        appended = appended_events(c.events, results, seq, now, c.fed)
+        # the worker feeds its instance itself (Commit.fed): nothing to build then
+        appended = (
+            [] if c.fed >= len(c.events) else appended_events(c.events, results, seq, now, c.fed)
+        )
         return CommitResult(code=code, seq=seq, now_ms=now, results=results, appended=appended)
 
     async def list_hooks(self, run_id: str) -> list[tuple[str, str, str]]:

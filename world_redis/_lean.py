@@ -13,16 +13,20 @@ over TCP or a Unix socket without TLS, RESP2, a password and user if any, a data
 Replies are decoded as the World's client decodes them (UTF-8, ``surrogateescape``); an error
 reply raises the exception class redis-py raises for it (NoScriptError, BusyLoadingError,
 ReadOnlyError, ResponseError...), and a lost connection fails every command on it with redis-py's
-ConnectionError, which ``with_retry`` retries on a new connection. As with the World's redis-py
-client, reads have no timeout; a connection idle longer than ``HEALTH_CHECK_S`` is replaced
-before use (redis-py pings such a connection first), so a connection a failover left behind is
-not written to.
+ConnectionError, which ``with_retry`` retries on a new connection. The client's timeouts apply
+as redis-py applies them: a reply that does not come within its ``socket_timeout`` (plus the
+time a blocking read may wait) fails with redis-py's TimeoutError and closes the connection (a
+server paused by SIGSTOP keeps its connections open), a connect takes at most its
+``socket_connect_timeout``. A connection idle longer than ``HEALTH_CHECK_S`` is replaced before
+use (redis-py pings such a connection first), so a connection a failover left behind is not
+written to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +40,17 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 HEALTH_CHECK_S = 30.0  # as the World's redis-py client (health_check_interval)
 IDLE_BLOCKING = 4  # connections for blocking reads kept open while idle, at most
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of ``name`` in the ``__init__`` of ``cls`` (or of its bases), else None."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            param = inspect.signature(init).parameters.get(name)
+            if param is not None and param.default is not inspect.Parameter.empty:
+                return param.default
+    return None
 
 
 class _ReplyError(Exception):
@@ -68,7 +83,8 @@ def pack(args: Sequence[Any]) -> bytes:
 class _Connection(asyncio.Protocol):
     """One connection; replies answer the commands in the order they were written."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
+        self._timeout = timeout  # seconds a reply may take (None: no limit)
         self._reader = hiredis.Reader(
             replyError=_ReplyError, encoding="utf-8", errors="surrogateescape"
         )
@@ -114,15 +130,24 @@ class _Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(error)
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        """Write one packed command; the future of its reply."""
-        if self.lost is not None or self._transport is None or self._loop is None:
+    def send(self, payload: bytes, wait_s: float = 0.0) -> asyncio.Future[Any]:
+        """Write one packed command; the future of its reply (``wait_s``: how long the command
+        itself may wait, a blocking read's BLOCK, beyond the reply timeout)."""
+        loop = self._loop
+        if self.lost is not None or self._transport is None or loop is None:
             raise rexc.ConnectionError(f"Connection to Redis lost: {self.lost}")
-        fut: asyncio.Future[Any] = self._loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._waiters.append(fut)
         self._transport.write(payload)
         self.used = time.monotonic()
+        if self._timeout is not None:
+            timer = loop.call_later(self._timeout + wait_s, self._expired, fut)
+            fut.add_done_callback(lambda _: timer.cancel())
         return fut
+
+    def _expired(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.done():  # as redis-py: the connection is closed, its commands fail
+            self._fail(rexc.TimeoutError("Timeout reading from Redis"))
 
     def close(self) -> None:
         self._fail(rexc.ConnectionError("Connection closed by the client"))
@@ -136,8 +161,15 @@ class LeanRedis:
     """Raw connections to the server a redis-py client talks to: one shared, pipelined, for
     commands that answer at once, and one per blocking read in flight."""
 
-    def __init__(self, target: dict[str, Any], handshake: list[list[Any]]) -> None:
+    def __init__(
+        self,
+        target: dict[str, Any],
+        handshake: list[list[Any]],
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         self._target = target  # host and port, or path
+        self._timeout, self._connect_timeout = timeout, connect_timeout
         self._handshake = handshake  # AUTH, SELECT, CLIENT SETNAME: each new connection's
         self._shared: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
@@ -169,19 +201,32 @@ class LeanRedis:
             handshake.append(["SELECT", int(kw["db"])])
         if kw.get("client_name"):
             handshake.append(["CLIENT", "SETNAME", kw["client_name"]])
-        return cls(target, handshake)
+        # the timeouts its connections get: the pool's, else its connection class's defaults
+        timeout = kw.get("socket_timeout", _default(pool.connection_class, "socket_timeout"))
+        connect = kw.get(
+            "socket_connect_timeout", _default(pool.connection_class, "socket_connect_timeout")
+        )
+        return cls(target, handshake, timeout, connect or timeout)
 
     async def _open(self) -> _Connection:
         if self._closed:
             raise rexc.ConnectionError("the World is closed")
         loop = asyncio.get_running_loop()
+        timeout = self._timeout
+
+        def made() -> _Connection:
+            return _Connection(timeout)
+
         try:
-            if "path" in self._target:
-                _, conn = await loop.create_unix_connection(_Connection, self._target["path"])
-            else:
-                _, conn = await loop.create_connection(
-                    _Connection, self._target["host"], self._target["port"]
-                )
+            async with asyncio.timeout(self._connect_timeout):
+                if "path" in self._target:
+                    _, conn = await loop.create_unix_connection(made, self._target["path"])
+                else:
+                    _, conn = await loop.create_connection(
+                        made, self._target["host"], self._target["port"]
+                    )
+        except TimeoutError as exc:
+            raise rexc.TimeoutError("Timeout connecting to Redis") from exc
         except OSError as exc:
             raise rexc.ConnectionError(f"Error connecting to Redis: {exc}") from exc
         try:
@@ -218,8 +263,9 @@ class LeanRedis:
             conn = await self._shared_connection()
         return await conn.send(pack(args))
 
-    async def execute_blocking(self, *args: Any) -> Any:
-        """A command that may block (XREAD ... BLOCK), on a connection of its own meanwhile."""
+    async def execute_blocking(self, *args: Any, wait_s: float = 0.0) -> Any:
+        """A command that may block (XREAD ... BLOCK) up to ``wait_s`` seconds, on a connection of
+        its own meanwhile."""
         conn = None
         while self._blocking and conn is None:
             candidate = self._blocking.pop()
@@ -230,7 +276,7 @@ class LeanRedis:
         if conn is None:
             conn = await self._open()
         try:
-            reply = await conn.send(pack(args))
+            reply = await conn.send(pack(args), wait_s)
         except BaseException:
             conn.close()  # cancelled mid-read, or lost: its reply would answer the next command
             raise

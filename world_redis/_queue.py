@@ -167,8 +167,13 @@ class RedisQueue:
                 if block_ms:
                     command += ["BLOCK", block_ms]
                 command += ["STREAMS", *streams, *streams.values()]
-                run = lean.execute_blocking if block_ms else lean.execute
-                return stream_rows(await with_retry(run, *command))
+                if block_ms:
+                    reply = await with_retry(
+                        lean.execute_blocking, *command, wait_s=block_ms / 1000
+                    )
+                else:
+                    reply = await with_retry(lean.execute, *command)
+                return stream_rows(reply)
             reply = await with_retry(
                 self.core.redis.xreadgroup,
                 GROUP,

@@ -475,7 +475,11 @@ class RedisWorld:
         lean = self.core.lean
         if lean is not None:  # a raw connection of its own while it blocks (see _lean.py)
             command = ["XREAD", "COUNT", WAIT_PAGE, "BLOCK", timeout_ms, "STREAMS", key]
-            found = stream_rows(await with_retry(lean.execute_blocking, *command, f"{after_seq}-0"))
+            found = stream_rows(
+                await with_retry(
+                    lean.execute_blocking, *command, f"{after_seq}-0", wait_s=timeout_ms / 1000
+                )
+            )
         else:
             reply = await with_retry(
                 self.redis.xread, {key: f"{after_seq}-0"}, count=WAIT_PAGE, block=timeout_ms

@@ -5,6 +5,8 @@ cancelled connections, AUTH and SELECT, and where they are not used."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -162,3 +164,33 @@ async def test_a_world_uses_them_on_a_single_server_and_not_when_told_not_to(
     await world.core.check_config()
     assert world.core.lean is None
     await world.close()
+
+
+async def test_a_paused_server_times_out_as_through_redis_py() -> None:
+    """A server paused by SIGSTOP keeps its connections open: a reply that does not come within
+    the client's socket_timeout fails with redis-py's TimeoutError (a blocking read: after its
+    BLOCK too), and the next command, once the server goes on, gets a connection that works."""
+    server = RedisServer.start()
+    client = aioredis.Redis(port=server.port, socket_timeout=0.5, decode_responses=True)
+    lean = LeanRedis.of(client)
+    assert lean is not None
+    try:
+        assert await lean.execute("PING") == "PONG"
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(rexc.TimeoutError):
+                await lean.execute("PING")
+            with pytest.raises(rexc.TimeoutError):
+                await lean.execute_blocking("BLPOP", "nothing", 1, wait_s=1.0)
+            assert time.monotonic() - began >= 1.4  # 0.5 s, then 0.5 s + the 1 s it may block
+            with pytest.raises(rexc.TimeoutError):  # redis-py's own, for comparison
+                await client.ping()
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert await lean.execute("PING") == "PONG"
+        assert await lean.execute_blocking("BLPOP", "nothing", 0.1, wait_s=0.1) is None
+    finally:
+        lean.close()
+        await client.aclose()
+        server.stop()

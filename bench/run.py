@@ -162,13 +162,16 @@ async def guarded(make: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def aof_throughput(prefix: str, workdir: Path) -> Result:
-    """Figure 2: figure 1 on a second private server with AOF everysec."""
+    """Figure 2: figure 1 on a second private server with AOF everysec. The AOF's pages still
+    in the page cache are written out before the next figure, so that the kernel does not
+    write them back while the next one is measured."""
     with private_redis(aof=True) as server:
         out = await ours.throughput(server, prefix, workdir)
         out["redis_config"] = {
             k: server.config_value(k) for k in ("appendonly", "appendfsync", "save")
         }
-        return out
+    os.sync()
+    return out
 
 
 async def ours_figures(server: RedisServer, wanted: set[str], tag: str) -> Result:

@@ -174,7 +174,6 @@ class LeanRedis:
         self._shared: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
         self._blocking: list[_Connection] = []  # idle connections for blocking reads
-        self._closed = False
 
     @classmethod
     def of(cls, client: Any) -> LeanRedis | None:
@@ -209,8 +208,6 @@ class LeanRedis:
         return cls(target, handshake, timeout, connect or timeout)
 
     async def _open(self) -> _Connection:
-        if self._closed:
-            raise rexc.ConnectionError("the World is closed")
         loop = asyncio.get_running_loop()
         timeout = self._timeout
 
@@ -280,7 +277,7 @@ class LeanRedis:
         except BaseException:
             conn.close()  # cancelled mid-read, or lost: its reply would answer the next command
             raise
-        if len(self._blocking) < IDLE_BLOCKING and not self._closed:
+        if len(self._blocking) < IDLE_BLOCKING:
             self._blocking.append(conn)
         else:
             conn.close()
@@ -290,7 +287,8 @@ class LeanRedis:
         return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def close(self) -> None:
-        self._closed = True
+        """Close the open connections; a later command opens new ones (as redis-py's client
+        does after ``aclose()``)."""
         for conn in [self._shared, *self._blocking]:
             if conn is not None:
                 with contextlib.suppress(Exception):

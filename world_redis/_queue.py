@@ -159,21 +159,14 @@ class RedisQueue:
         (``DEL`` by an operator) gets its group back, instead of every later read failing with
         NOGROUP."""
         await self.ensure_groups()
-        reading: dict[KeyT, StreamIdT] = {k: v for k, v in streams.items()}
         try:
             lean = self.core.lean
-            if lean is not None:  # a raw connection of its own while it blocks (see _lean.py)
+            if lean is not None and block_ms:  # a raw connection of its own while it blocks
                 command: list[Any] = ["XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count]
-                if block_ms:
-                    command += ["BLOCK", block_ms]
-                command += ["STREAMS", *streams, *streams.values()]
-                if block_ms:
-                    reply = await with_retry(
-                        lean.execute_blocking, *command, wait_s=block_ms / 1000
-                    )
-                else:
-                    reply = await with_retry(lean.execute, *command)
+                command += ["BLOCK", block_ms, "STREAMS", *streams, *streams.values()]
+                reply = await with_retry(lean.execute_blocking, *command, wait_s=block_ms / 1000)
                 return stream_rows(reply)
+            reading: dict[KeyT, StreamIdT] = {k: v for k, v in streams.items()}
             reply = await with_retry(
                 self.core.redis.xreadgroup,
                 GROUP,
@@ -336,10 +329,15 @@ class RedisQueue:
     ) -> Wakeup | None:
         """The wake-up of one entry; None for an undecodable one, which is dead-lettered."""
         if undecodable(fields):
-            p = self._partition_of(stream)
-            await self._set_aside(stream, self.core.keys.dlq(p), message_id, fields, deliveries)
+            await self._set_aside_undecodable(stream, message_id, fields, deliveries)
             return None
         return self._decoded_wakeup(stream, message_id, fields, deliveries)
+
+    async def _set_aside_undecodable(
+        self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
+    ) -> None:
+        p = self._partition_of(stream)
+        await self._set_aside(stream, self.core.keys.dlq(p), message_id, fields, deliveries)
 
     def _decoded_wakeup(
         self, stream: str, message_id: str, fields: dict[str, str], deliveries: int
@@ -529,10 +527,8 @@ class RedisQueue:
         for stream, rows in reply:
             for mid, fields in rows:
                 read += 1
-                if undecodable(fields):  # set aside (the await only then: once per entry)
-                    w = await self._wakeup(stream, mid, fields, 1)
-                    if w is not None:
-                        out.append(w)
+                if undecodable(fields):  # set aside (the only await here)
+                    await self._set_aside_undecodable(stream, mid, fields, 1)
                 else:
                     out.append(self._decoded_wakeup(stream, mid, fields, 1))
         return read

@@ -194,3 +194,14 @@ async def test_a_paused_server_times_out_as_through_redis_py() -> None:
         lean.close()
         await client.aclose()
         server.stop()
+
+
+async def test_a_closed_lean_client_reconnects_as_redis_py_does(lean: LeanRedis) -> None:
+    """close() closes what is open; a later command opens a new connection instead of failing
+    (redis-py's client does the same after aclose())."""
+    assert await lean.execute("PING") == "PONG"
+    lean.close()
+    assert await asyncio.wait_for(lean.execute("PING"), 5) == "PONG"
+    assert (
+        await asyncio.wait_for(lean.execute_blocking("BLPOP", "none", 0.1, wait_s=0.1), 5) is None
+    )

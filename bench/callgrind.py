@@ -162,10 +162,12 @@ def count_script(script: str) -> None:
 async def drive_worker(url: str, runs: int) -> None:
     sys.path.insert(0, os.getcwd())  # the packages of the current directory
     from bench.ours import client, create_ten_step_runs, engine, wait_count
+    from worker._cli import tune_gc
     from worker._logging import configure
     from worker._worker import Worker, WorkerConfig
 
     configure("WARNING")
+    tune_gc()  # as ``wf worker`` does
     async with engine(url, "wfcg") as world:
         await create_ten_step_runs(runs, 50)
         done_key = world.keys.idx_status(0, "completed")

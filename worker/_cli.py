@@ -50,11 +50,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-async def _run_worker(args: argparse.Namespace) -> None:
-    # a worker allocates many short-lived objects per step: collect the young generation less
-    # often, and keep the objects of imported modules out of every collection
+def tune_gc() -> None:
+    """A worker allocates many short-lived objects per step: collect the young generation less
+    often, and keep the objects of imported modules out of every collection."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+async def _run_worker(args: argparse.Namespace) -> None:
+    tune_gc()
     config = WorkerConfig(
         concurrency=args.concurrency,
         health_host=args.health_host,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextvars
 import os
 import random
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -27,8 +26,7 @@ class StepMetadata(msgspec.Struct, frozen=True, kw_only=True):
     started_at: datetime
 
 
-@dataclass(slots=True)  # not frozen: made once per step attempt, where a frozen init costs
-class StepContext:
+class StepContext(msgspec.Struct, gc=False):  # made once per step attempt: msgspec's C init
     """What a running step can ask about itself; metadata objects are built only when asked."""
 
     step_id: str

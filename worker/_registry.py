@@ -144,6 +144,8 @@ class StepFunction:
         self.name = name
         self.max_retries = max_retries
         self.queue = queue
+        # the queue it is routed to, None when it runs where its run does (step_queue(self))
+        self.routed = queue if queue and queue != DEFAULT_QUEUE else None
         self.flow = flow  # concurrency= / concurrency_key= / rate= (see _flow.py)
         self.signature = _hints(fn)
         self.argspec = ArgSpec(self.signature)

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from . import _serde
 from ._children import child_end_error, child_run_id
 from ._errors import (
@@ -93,9 +95,10 @@ current_instance: contextvars.ContextVar[WorkflowInstance | None] = contextvars.
 )
 
 
-@dataclass(slots=True)
-class StepCall:
-    """A step the workflow called: its future, and what the log says about it so far."""
+class StepCall(msgspec.Struct):
+    """A step the workflow called: its future, and what the log says about it so far (a
+    Struct: made once per step, and a Struct's ``__init__`` is msgspec's C, a dataclass's is
+    Python)."""
 
     corr: str
     name: str
@@ -149,8 +152,7 @@ class ChildCall:
     awaiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, gc=False):
     """What an advance ended with.
 
     ``kind`` is completed | failed | suspended, or the tag of a terminal event already in the log
@@ -162,7 +164,7 @@ class Outcome:
     kind: str
     output: str = "null"
     error: str = "null"
-    commands: list[NewEvent] = field(default_factory=list)
+    commands: list[NewEvent] = []  # (msgspec copies an empty default for each instance)
 
 
 class _NullSelector:
@@ -222,6 +224,9 @@ class ReplayLoop(asyncio.BaseEventLoop):
         self._clock_resolution = _CLOCK_RESOLUTION
         self._exception_handler = _ignore_error  # what set_exception_handler() would store
         self._debug = _asyncio_debug()
+        # every future made on this loop asks it get_debug() (once per step): answered by a
+        # C method of the flag (set_debug() keeps it current), not by the base's Python method
+        self.get_debug = self._debug.__bool__  # type: ignore[method-assign]
         self.slow_callback_duration = 0.1
         self._current_handle = None
         self._task_factory = None
@@ -252,6 +257,10 @@ class ReplayLoop(asyncio.BaseEventLoop):
         handle._source_traceback = None
         self._ready.append(handle)
         return handle  # type: ignore[no-any-return]
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        self.get_debug = self._debug.__bool__  # type: ignore[method-assign]
 
     def time(self) -> float:
         return self._instance.clock_ms / 1000.0
@@ -343,7 +352,7 @@ class WorkflowInstance:
         self.waits: dict[str, WaitCall] = {}
         self._waits_by_handle: dict[int, WaitCall] = {}
         self._open: dict[str, None] = {}  # calls whose creation is not in the log yet, in order
-        self._active_steps: dict[str, StepCall] = {}  # created, not yet completed or failed
+        self.active_steps: dict[str, StepCall] = {}  # created, not yet completed or failed
         self._active_waits: dict[str, WaitCall] = {}  # created, not yet completed or cancelled
         self.hooks: dict[str, HookCall] = {}
         self._active_hooks: dict[str, HookCall] = {}  # created, not yet disposed
@@ -450,7 +459,7 @@ class WorkflowInstance:
                 call.attempt = attempts[1]
                 call.retry_after = 0
                 self._open.pop(corr, None)
-                self._active_steps[corr] = call
+                self.active_steps[corr] = call
             elif not self._append_steps(events, attempts):
                 return False
         elif not self._append_steps(events, attempts):
@@ -477,7 +486,7 @@ class WorkflowInstance:
                 created.append(new.corr)
             elif new.type != "step_started" or not (call.created or new.corr in created):
                 return False
-        log_open, active = self._log_open, self._active_steps
+        log_open, active = self._log_open, self.active_steps
         for new, attempt in zip(events, attempts, strict=True):
             call = steps[new.corr]
             if new.type == "step_created":
@@ -523,7 +532,7 @@ class WorkflowInstance:
         self._base += 1  # consumed, and never kept: positions stay absolute
         # advance(): _consume_step and _consume_until_resolution consume it
         call.status = "completed"
-        self._active_steps.pop(corr, None)
+        self.active_steps.pop(corr, None)
         del self.steps[corr]
         call.future.set_result(value)  # wakes the code: its task runs at advance()
         if ts > self.clock_ms:
@@ -618,7 +627,7 @@ class WorkflowInstance:
 
     def pending_steps(self) -> list[StepCall]:
         """Steps in the log that have not completed or failed yet (cost: the open ones only)."""
-        return list(self._active_steps.values())
+        return list(self.active_steps.values())
 
     def pending_waits(self) -> list[WaitCall]:
         """Sleeps in the log whose wait_completed is not in the log yet."""
@@ -884,7 +893,7 @@ class WorkflowInstance:
             if call is not None and type(ev) is StepCompleted:
                 # _consume(ev) for the commonest event, inlined: _consume_step's first case
                 call.status = "completed"
-                self._active_steps.pop(ev.corr, None)
+                self.active_steps.pop(ev.corr, None)
                 del steps[ev.corr]  # no event follows a terminal one: keep memory flat
                 if not call.future.done():
                     call.future.set_result(self._result(ev))
@@ -948,7 +957,7 @@ class WorkflowInstance:
     def _consume_step(self, call: StepCall, ev: Event) -> bool:
         if type(ev) is StepCompleted:  # the commonest first
             call.status = "completed"
-            self._active_steps.pop(call.corr, None)
+            self.active_steps.pop(call.corr, None)
             del self.steps[call.corr]  # no event follows a terminal one: keep memory flat
             if not call.future.done():
                 call.future.set_result(self._result(ev))
@@ -970,14 +979,14 @@ class WorkflowInstance:
                 )
             call.created, call.status = True, "pending"
             self._open.pop(call.corr, None)
-            self._active_steps[call.corr] = call
+            self.active_steps[call.corr] = call
             return False
         if type(ev) is StepRetrying:
             call.status, call.retry_after = "pending", ev.retry_after
             return False
         if type(ev) is StepFailed:
             call.status = "failed"
-            self._active_steps.pop(call.corr, None)
+            self.active_steps.pop(call.corr, None)
             del self.steps[call.corr]
             if not call.future.done():
                 call.future.set_exception(_as_error(self._payload(ev, "error")))
@@ -1114,7 +1123,7 @@ class WorkflowInstance:
         """True when the code waits but has nothing durable outstanding to wait for."""
         return (
             not self._open
-            and not self._active_steps
+            and not self.active_steps
             and not self._active_waits
             and not self._active_hooks
             and not self.open_children()

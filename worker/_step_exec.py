@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -95,15 +95,14 @@ class StepExecutor:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run(
+    def run(
         self, inst: WorkflowInstance, call: StepCall, attempt: int, gated: bool = True
-    ) -> NewEvent:
-        """Run one attempt of ``call``; the event that records its outcome."""
+    ) -> Coroutine[Any, Any, NewEvent]:
+        """Run one attempt of ``call``; (a coroutine of) the event that records its outcome.
+
+        The commonest step (no flow control, no trace span, no metrics) is one coroutine:
+        ``_call``, which takes and gives back its concurrency slot itself."""
         fn: StepFunction = call.fn
-        if gated and fn.flow is not None and self.flow is not None:
-            # its flow-control slot held (renewed) while it runs, given back when it ends
-            async with self.flow.holding(inst.run_id, call.corr):
-                return await self.run(inst, call, attempt, False)
         ctx = StepContext(
             step_id=call.corr,
             step_name=fn.name,
@@ -113,27 +112,46 @@ class StepExecutor:
             workflow_name=inst.workflow_name,
             workflow_started_ms=inst.started_at_ms,
         )
-        slots = self.slots
-        if slots.free > 0 and not slots.waiters:  # StepSlots.try_take, inline: once per step
-            slots.free -= 1
-        else:
-            await slots.take()
+        if (gated and fn.flow is not None and self.flow is not None) or self.tracing:
+            return self._run_general(inst, call, attempt, gated, ctx)
+        if self.metrics is not None:
+            return self._slotted(fn, call.corr, call.input, ctx, attempt)
+        return self._call(fn, call.corr, call.input, ctx, attempt, True)
+
+    async def _run_general(
+        self,
+        inst: WorkflowInstance,
+        call: StepCall,
+        attempt: int,
+        gated: bool,
+        ctx: StepContext,
+    ) -> NewEvent:
+        fn: StepFunction = call.fn
+        if gated and fn.flow is not None and self.flow is not None:
+            # its flow-control slot held (renewed) while it runs, given back when it ends
+            async with self.flow.holding(inst.run_id, call.corr):
+                return await self.run(inst, call, attempt, False)
+        if not self.tracing:
+            return await self._slotted(fn, call.corr, call.input, ctx, attempt)
+        attributes = {
+            "workflow.run_id": inst.run_id,
+            "workflow.step_id": call.corr,
+            "workflow.step.attempt": attempt,
+        }
+        with tracing.span(f"workflow.step {fn.name}", inst.trace, attributes) as span:
+            event = await self._slotted(fn, call.corr, call.input, ctx, attempt)
+            tracing.step_outcome(span, event.type)
+            return event
+
+    async def _slotted(
+        self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int
+    ) -> NewEvent:
+        """One attempt in a slot of the worker's concurrency, timed for the metrics if any."""
+        await self.slots.take()
         try:
-            if not self.tracing:
-                if self.metrics is None:
-                    return await self._call(fn, call.corr, call.input, ctx, attempt)
-                return await self._timed(fn, call.corr, call.input, ctx, attempt)
-            attributes = {
-                "workflow.run_id": inst.run_id,
-                "workflow.step_id": call.corr,
-                "workflow.step.attempt": attempt,
-            }
-            with tracing.span(f"workflow.step {fn.name}", inst.trace, attributes) as span:
-                event = await self._timed(fn, call.corr, call.input, ctx, attempt)
-                tracing.step_outcome(span, event.type)
-                return event
+            return await self._timed(fn, corr, input_json, ctx, attempt)
         finally:
-            slots.release()
+            self.slots.release()
 
     async def run_task(
         self, fn: StepFunction, step_id: str, input_json: str, ctx: StepContext
@@ -157,8 +175,22 @@ class StepExecutor:
         return event
 
     async def _call(
-        self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int
+        self,
+        fn: StepFunction,
+        corr: str,
+        input_json: str,
+        ctx: StepContext,
+        attempt: int,
+        slotted: bool = False,
     ) -> NewEvent:
+        """One attempt; ``slotted``: in a slot of the worker's concurrency, taken and given
+        back here."""
+        if slotted:
+            slots = self.slots
+            if slots.free > 0 and not slots.waiters:  # StepSlots.try_take, inline: per step
+                slots.free -= 1
+            else:
+                await slots.take()
         token = current_step.set(ctx)
         try:
             raw = _serde.loads(input_json)
@@ -176,7 +208,9 @@ class StepExecutor:
             if hasattr(result, "__aiter__"):  # an async iterator: drained into a stream
                 result = await capture_stream_result(result, ctx, self.world)
             text = _serde.dumps(result, what=fn.result_label)
-            _serde.check_size(text, what=fn.result_label, limit=self.world.max_payload_bytes)
+            limit = self.world.max_payload_bytes
+            if len(text) * 4 > limit:  # (else it fits, whatever its characters: check_size)
+                _serde.check_size(text, what=fn.result_label, limit=limit)
             return NewEvent("step_completed", corr, {"result": text, "attempt": str(attempt)})
         # SystemExit, KeyboardInterrupt and GeneratorExit raised by step code are its failure and
         # must not end the worker (a real Ctrl-C stops the worker through its loop's signal
@@ -186,6 +220,12 @@ class StepExecutor:
             return self._error(fn, corr, exc, attempt, log)
         finally:
             current_step.reset(token)
+            if slotted:
+                slots = self.slots
+                if slots.waiters:
+                    slots.release()  # handed to the first waiter
+                else:
+                    slots.free += 1  # StepSlots.release with no waiter, inline: per step
 
     def _error(
         self, fn: StepFunction, corr: str, exc: BaseException, attempt: int, log: Any

@@ -734,10 +734,10 @@ class Worker:
         if created.type != "step_created" or held.local or held.acquiring or self.steps.tracing:
             return None
         call = inst.steps.get(created.corr)
-        if call is None or call.created or inst.pending_steps():
+        if call is None or call.created or inst.active_steps:
             return None
         fn = call.fn
-        if fn.flow is not None or step_queue(fn) is not None:
+        if fn.flow is not None or fn.routed is not None:  # (step_queue(fn), as the fn knows it)
             return None
         payload = created.fields.get("input", "")
         limit = self.world.max_payload_bytes

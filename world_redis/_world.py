@@ -45,7 +45,7 @@ from ._deployments import RedisDeployments
 from ._dlq import RedisDeadLetters
 from ._flow import RedisFlow
 from ._gauges import RedisGauges
-from ._hook_tokens import RedisHookTokens
+from ._hook_tokens import RedisHookTokens, Reserved
 from ._keys import GROUP, STATUSES, Keys, band_of
 from ._lean import stream_rows
 from ._pools import RedisPools
@@ -73,6 +73,18 @@ _EVENT_RESULTS: dict[tuple[str, int], EventResult] = {
 
 
 WAIT_PAGE = 100  # events one wait_for_events returns at most
+
+
+def _event_results(flat: list[Any], at: int, end: int) -> list[EventResult]:
+    """The (status, extra) pairs at flat[at + 4:end] as results (see RedisWorld._commit_result)."""
+    known = _EVENT_RESULTS
+    results: list[EventResult] = []
+    for j in range(at + 4, end, 2):
+        r = known.get((flat[j], flat[j + 1]))
+        if r is None:  # a rarer answer: checked and built
+            (r,) = event_statuses(flat[j : j + 2])
+        results.append(r)
+    return results
 
 
 class RedisWorld:
@@ -514,23 +526,31 @@ class RedisWorld:
         The hook tokens the commits ask for are reserved first, and the tokens of the hooks they
         end are released after (see _hook_tokens.py)."""
         await self.core._ready()
-        taken, reserved = await self.hook_tokens.reserve(commits)
         n = len(commits)
         if self.keys.partitions == 1:  # one call for all (no partition to work out per run)
             by_partition: Mapping[int, Sequence[int]] = {0: range(n)}
         else:
             by_partition = self.queue._by_partition([c.run_id for c in commits])
+        batches = [
+            (p, idxs, commits if len(idxs) == n else [commits[i] for i in idxs])
+            for p, idxs in by_partition.items()
+        ]
+        flats = [self._commit_batch(batch, None) for _, _, batch in batches]
+        reserved: Reserved = {}
+        # a hook_created among the events (its type is one of the batch's strings; a field
+        # holding that word alone only costs the search): the tokens asked for are reserved
+        # first, and the batches made again with the hooks whose token another holds
+        if any("hook_created" in flat for flat in flats):
+            taken, reserved = await self.hook_tokens.reserve(commits)
+            flats = [
+                self._commit_batch(batch, [taken[i] for i in idxs]) for _, idxs, batch in batches
+            ]
         results: list[CommitResult | None] = [None] * n
         freed: list[list[Any]] = [[] for _ in commits]
-        for p, idxs in by_partition.items():
-            if len(idxs) == n:
-                batch, batch_taken = commits, taken
-            else:
-                batch, batch_taken = [commits[i] for i in idxs], [taken[i] for i in idxs]
+        for (p, idxs, batch), flat_batch in zip(batches, flats, strict=True):
             keys = self.keys.partition_keys(p)
-            payload = self._commit_batch(batch, batch_taken)
             # the script names each run's keys from the prefix (see commit.lua's header)
-            args = [self.retention_s, payload, self.keys.run_prefix(p)]
+            args = [self.retention_s, _MSGPACK.encode(flat_batch), self.keys.run_prefix(p)]
             flat = await self.core._eval("commit", keys, args)
             at = 0  # the reply is one flat array (see commit.lua's header)
             for i, c in zip(idxs, batch, strict=True):
@@ -550,12 +570,17 @@ class RedisWorld:
             await self.hook_tokens.release(commits, done, freed, reserved)
         return done
 
-    def _commit_batch(self, batch: Sequence[Commit], taken: Sequence[list[str]]) -> bytes:
-        """The batch argument of commit.lua: one flat MessagePack array (see the script's header)."""
+    def _commit_batch(
+        self, batch: Sequence[Commit], taken: Sequence[list[str]] | None
+    ) -> list[Any]:
+        """The batch argument of commit.lua, before it is packed as one flat MessagePack array
+        (see the script's header); ``taken``: per commit, its hooks whose token another hook
+        holds (None: no commit asks for a token)."""
         out: list[Any] = []
         add, push = out.extend, out.append  # (the quickest way to flatten a few pairs)
         codec = self.codec
-        for c, hooks in zip(batch, taken, strict=True):
+        for i, c in enumerate(batch):
+            hooks = taken[i] if taken is not None else ()
             done, acquire, events = c.done, c.acquire, c.events
             if done is None and acquire is None and not hooks:  # a step's commit: no options
                 add((c.run_id, c.token, c.expected_seq, c.wake, 0, len(events)))
@@ -586,7 +611,7 @@ class RedisWorld:
                         if k != "ts":
                             push(k)
                             push(v)
-        return _MSGPACK.encode(out)
+        return out
 
     @staticmethod
     def _commit_result(c: Commit, flat: list[Any], at: int, end: int) -> CommitResult:
@@ -595,12 +620,13 @@ class RedisWorld:
         # replies are already str (decode_responses=True) and ints
         code, seq, now = commit_code(flat[at]), int(flat[at + 1]), int(flat[at + 2])
         known = _EVENT_RESULTS
-        results: list[EventResult] = []
-        for j in range(at + 4, end, 2):
-            r = known.get((flat[j], flat[j + 1]))
-            if r is None:  # a rarer answer: checked and built
-                (r,) = event_statuses(flat[j : j + 2])
-            results.append(r)
+        if end - at == 10:  # three events (a step's result, the next step's creation and start)
+            r0 = known.get((flat[at + 4], flat[at + 5]))
+            r1 = known.get((flat[at + 6], flat[at + 7]))
+            r2 = known.get((flat[at + 8], flat[at + 9]))
+            results = [r0, r1, r2] if r0 and r1 and r2 else _event_results(flat, at, end)
+        else:
+            results = _event_results(flat, at, end)
         # the worker feeds its instance itself (Commit.fed): nothing to build then
         appended = (
             [] if c.fed >= len(c.events) else appended_events(c.events, results, seq, now, c.fed)

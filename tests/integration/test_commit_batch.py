@@ -217,3 +217,26 @@ async def test_a_run_without_events_between_two_others(world: RedisWorld) -> Non
     ]
     assert len(await entries(world, b)) == 2
     assert (await entries(world, c))[2]["name"] == "mul"
+
+
+async def test_a_batch_reserves_the_tokens_its_hooks_ask_for_and_only_then(
+    world: RedisWorld,
+) -> None:
+    """A hook_created anywhere in a batch has its token reserved before the script runs (the
+    second asker of a token in the same batch gets a hook_conflict); a field that merely holds
+    the word "hook_created" (a step of that name) reserves nothing and commits as any other."""
+    a, b, c = await same_partition_runs(world, 3)
+    token = f"tok-{new_run_id()}"
+    commits = [
+        Commit(run_id=a, events=[ev("step_created", "s1", name="hook_created", input="[]")]),
+        Commit(run_id=b, events=[ev("hook_created", "h1", token=token, metadata="null")]),
+        Commit(run_id=c, events=[ev("hook_created", "h1", token=token, metadata="null")]),
+    ]
+    ra, rb, rc = await world.commit(commits)
+    assert (ra.code, [r.status for r in ra.results]) == ("ok", ["ok"])
+    assert (await entries(world, a))[-1]["name"] == "hook_created"
+    assert rb.code == "ok" and [e.__struct_config__.tag for e in rb.appended] == ["hook_created"]
+    assert rc.code == "ok" and [e.__struct_config__.tag for e in rc.appended] == ["hook_conflict"]
+    assert await world.find_hook(token) == (b, "h1", "null")
+    # nothing reserved for the step named after the event
+    assert await world.redis.get(world.keys.hook_token("hook_created")) is None

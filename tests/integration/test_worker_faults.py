@@ -13,7 +13,7 @@ import pytest
 from tests.e2e import fault_workflows as fw
 from tests.support import running_worker
 from worker import start
-from worker._errors import WorldUnavailableError
+from worker._errors import WorkflowRunFailedError, WorldUnavailableError
 from worker._worker import Worker, WorkerConfig
 from worker._world import Commit, CommitResult, Wakeup
 from world_redis import RedisWorld
@@ -82,3 +82,18 @@ async def test_timers_follow_the_server_clock(
     async with running_worker(Worker(world, config)):
         run = await start(fw.sleeps_then_adds, 1)
         assert await run.result(timeout=20) == 2
+
+
+async def test_every_step_gives_its_slot_back(world: RedisWorld) -> None:
+    """Steps that complete and steps that fail each give their slot of the worker's concurrency
+    back: with two slots, nine runs (three of them failing) all end, and both slots are free."""
+    config = WorkerConfig(concurrency=2, drain_timeout_s=1)
+    async with running_worker(Worker(world, config)) as worker:
+        ok = [await start(fw.echo_wf, i) for i in range(6)]
+        failing = [await start(fw.weird_error) for _ in range(3)]
+        assert [await run.result(timeout=30) for run in ok] == list(range(6))
+        for run in failing:
+            with pytest.raises(WorkflowRunFailedError):
+                await run.result(timeout=30)
+        slots = worker.steps.slots
+        assert (slots.free, len(slots.waiters)) == (2, 0)

@@ -451,3 +451,12 @@ def test_complete_own_of_a_bad_result_leaves_feed_to_fail_the_run() -> None:
     out_fed, out_own = fed.advance(), own.advance()
     assert out_fed.kind == out_own.kind == "failed"
     assert out_fed.error == out_own.error
+
+
+def test_get_debug_follows_set_debug() -> None:
+    """Futures ask their loop get_debug(): the replay loop answers what set_debug() last set."""
+    loop = _loop()
+    for flag in (True, False, True):
+        loop.set_debug(flag)
+        assert loop.get_debug() is flag
+        assert loop.create_future().get_loop() is loop

@@ -10,7 +10,8 @@ path can be judged while other work loads the machine. Two counts:
   each call committing ``[step_completed, step_created, step_started]`` per run as the inline
   path does. Counted from just before the first call to just after the last.
 - ``worker``: the worker's instructions per step (Python, its C extensions and the kernel entry
-  of its syscalls as seen from user space). An in-process Worker drains 300 ten-step runs of
+  of its syscalls as seen from user space), on the event loop ``wf worker`` runs on (uvloop
+  where it is installed). An in-process Worker drains 300 ten-step runs of
   ``bench.workloads`` against a private redis-server (not under callgrind); counted from the
   worker's start to the last run's completion, start-up of the process excluded.
 
@@ -185,7 +186,11 @@ def count_worker(runs: int) -> None:
         from bench.infra import private_redis
 
         with private_redis() as server:
-            asyncio.run(drive_worker(server.url, runs))
+            from worker._cli import _loop_factory
+
+            # the event loop ``wf worker`` runs on (uvloop where it is installed)
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(drive_worker(server.url, runs))
         return
     out = Path(tempfile.mkdtemp(prefix="wfcg-worker-"))
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p"]

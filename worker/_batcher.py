@@ -33,6 +33,7 @@ class Batcher(Generic[Q, R]):
         self._max = max_batch
         self._queue: list[tuple[Q, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
+        self._woken = False  # whether _wake is set
         self._sending = 0
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of its callers
 
@@ -51,7 +52,8 @@ class Batcher(Generic[Q, R]):
             loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._queue.append((request, fut))
-        if not self._wake.is_set():
+        if not self._woken:  # (the flag of self._wake, kept here: read once per request)
+            self._woken = True
             self._wake.set()
         return fut
 
@@ -61,11 +63,13 @@ class Batcher(Generic[Q, R]):
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._woken = False
             if beat is not None:
                 beat()
             while self._queue:
                 batch, self._queue = self._queue[: self._max], self._queue[self._max :]
                 if self._queue:
+                    self._woken = True
                     self._wake.set()  # let a sibling loop take the rest meanwhile
                 if await self._send_batch(batch) and beat is not None:
                     beat()

@@ -643,7 +643,16 @@ class Worker:
                 head.corr, fields.get("result", "null"), base + 1, ts
             ):
                 inst.feed([make_event(head, base + 1, ts, 0)])
-        outcome = self._advance(inst, log)
+        # the code advanced, timed: the watchdog reads _advancing (see start_watchdog)
+        self._advancing = inst.run_id
+        self._advance_started = began = time.monotonic()
+        try:
+            outcome = inst.advance(self._loop)
+        finally:
+            self._advancing = None
+            took = time.monotonic() - began
+            if took > self.config.block_threshold_s:
+                self._blocked(inst, took, log)
         if inst.unensured:  # a fresh replay meets children its log started: create them if need be
             await ensure_children(self.world, inst, ())
         elif head is not None and outcome.kind == "suspended" and len(outcome.commands) == 1:
@@ -887,22 +896,14 @@ class Worker:
         )
         return NewEvent("step_failed", call.corr, {"error": error_json(error)})
 
-    def _advance(self, inst: WorkflowInstance, log: Any) -> Outcome:
-        self._advancing = inst.run_id
-        self._advance_started = time.monotonic()
-        try:
-            return inst.advance(self._loop)
-        finally:
-            took = time.monotonic() - self._advance_started
-            self._advancing = None
-            if took > self.config.block_threshold_s:
-                log.warning(
-                    "workflow_blocked_loop",
-                    workflow=inst.workflow_name,
-                    seconds=round(took, 3),
-                    hint="workflow code ran synchronously without awaiting; move blocking work "
-                    "into a step",
-                )
+    def _blocked(self, inst: WorkflowInstance, took: float, log: Any) -> None:
+        """Workflow code held the event loop for ``took`` seconds in one advance: reported."""
+        log.warning(
+            "workflow_blocked_loop",
+            workflow=inst.workflow_name,
+            seconds=round(took, 3),
+            hint="workflow code ran synchronously without awaiting; move blocking work into a step",
+        )
 
     async def _fail_unloadable(self, held: Held, exc: Exception, log: Any) -> None:
         log.error("run_unloadable", error=str(exc), error_type=type(exc).__name__)

@@ -138,10 +138,14 @@ class StepExecutor:
             "workflow.step_id": call.corr,
             "workflow.step.attempt": attempt,
         }
-        with tracing.span(f"workflow.step {fn.name}", inst.trace, attributes) as span:
-            event = await self._slotted(fn, call.corr, call.input, ctx, attempt)
-            tracing.step_outcome(span, event.type)
-            return event
+        await self.slots.take()  # the span covers the attempt, not the wait for a slot
+        try:
+            with tracing.span(f"workflow.step {fn.name}", inst.trace, attributes) as span:
+                event = await self._timed(fn, call.corr, call.input, ctx, attempt)
+                tracing.step_outcome(span, event.type)
+                return event
+        finally:
+            self.slots.release()
 
     async def _slotted(
         self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int

@@ -788,7 +788,16 @@ class Worker:
         if done and res.results[-1].status == "ok":
             held.released, held.leased = True, False  # no heartbeat for a lease given up
         own = 0 if head is None else 1
-        if any(r.status != "ok" for r in res.results) or not inst.append_own(
+        if (
+            held.released
+            and len(events) == own + 1
+            and res.results[0].status == "ok"
+            and not inst.unensured
+        ):
+            # the run's end (and the step result before it), with its lease given up: the
+            # instance is let go at once (see _drive), so the events are not fed to it
+            inst.seq = res.seq
+        elif any(r.status != "ok" for r in res.results) or not inst.append_own(
             events[own:], base + own + 1, res.now_ms, [r.extra for r in res.results[own:]]
         ):
             inst.feed(appended_events(events, res.results, res.seq, res.now_ms, own))

@@ -1,0 +1,135 @@
+"""Wake-ups of a run whose holder stalled past its lease (its heartbeats and replies held up, as
+when Redis is paused) are not lost: one the stalled holder reads after another worker took the
+run over and let it go stays pending until the run is taken again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import RedisServer, eventually, running_worker
+from worker import create_hook, get_step_metadata, resume_hook, start, step, workflow
+from worker._worker import Worker, WorkerConfig
+from worker._world import Wakeup
+from world_redis import RedisWorld
+
+# per run: the first attempt of ``gated`` waits for the test to open its gate
+ENTERED: dict[str, asyncio.Event] = {}
+GATES: dict[str, asyncio.Event] = {}
+
+
+@step(name="stall.gated")
+async def gated(label: str) -> str:
+    if get_step_metadata().attempt == 1:
+        ENTERED[label].set()
+        await GATES[label].wait()
+    return f"attempt {get_step_metadata().attempt}"
+
+
+@workflow(name="stall.step_beside_hook")
+async def step_beside_hook(label: str, token: str) -> list[object]:
+    hook = create_hook(token=token)
+    first = await gated(label)
+    return [first, await hook]
+
+
+class ReadRecorder(RedisWorld):
+    """A real RedisWorld that remembers the ids of the wake-ups its worker read."""
+
+    read: set[str]
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        got = await super().read_wakeups(consumer, count, block_ms)
+        self.read.update(w.message_id for w in got)
+        return got
+
+
+async def work_left_unclaimed(world: RedisWorld, run_id: str) -> str:
+    """Why nothing would ever advance ``run_id``, or "" when something will: it ended, a live
+    lease holds it, or a wake-up of it is in the ready stream (read or not, it is not
+    acknowledged: acknowledged ones are deleted). One atomic snapshot."""
+    keys = world.keys
+    pipe = world.redis.pipeline(transaction=True)
+    pipe.hmget(keys.run(run_id), ["status", "seq", "lease_owner", "lease_until"])
+    pipe.time()
+    for band in keys.ready_bands(keys.partition(run_id)):
+        pipe.xrange(band, "-", "+")
+    (status, seq, owner, until), (sec, usec), *streams = await pipe.execute()
+    if status in ("completed", "failed", "cancelled"):
+        return ""
+    if owner and int(until or 0) > int(sec) * 1000 + int(usec) // 1000:
+        return ""
+    if any(fields.get("run") == run_id for rows in streams for _, fields in rows):
+        return ""
+    return f"run {status} at seq {seq}, lease owner {owner!r}, and no wake-up of it queued"
+
+
+def fast_worker(world: RedisWorld, lease_ms: int, heartbeat_ms: int) -> Worker:
+    config = WorkerConfig(
+        concurrency=10,
+        lease_ms=lease_ms,
+        heartbeat_ms=heartbeat_ms,
+        max_deliveries=1000,  # reclaims of the stalled worker's wake-ups are not its run's fault
+        drain_timeout_s=1,
+    )
+    return Worker(world, config)
+
+
+async def test_wakeup_for_a_run_taken_over_and_let_go_under_its_stalled_holder(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Worker X runs a step of a run whose lease lapses meanwhile (its heartbeats stalled);
+    worker Y takes the run over, runs the step again and lets the run go, parked on its hook.
+    The hook's payload then arrives and X, still holding the run in its own view, reads the
+    wake-up. When X's step ends, its commit finds the lease gone and X drops the run: the
+    wake-up must still be pending (it used to be acknowledged as a nudge to X, and the run,
+    with no lease and no wake-up, waited for good), and the run completes."""
+    label, token = f"gate-{prefix}", f"tok-{prefix}"
+    ENTERED[label], GATES[label] = asyncio.Event(), asyncio.Event()
+    world_x = ReadRecorder.from_url(redis_server.url, prefix=prefix)
+    world_x.read = set()
+    world_y = RedisWorld.from_url(redis_server.url, prefix=prefix)
+    # X: a lease of 1 s that its heartbeat, stalled for the test's length, never renews
+    x = fast_worker(world_x, lease_ms=1000, heartbeat_ms=600_000)
+    try:
+        async with running_worker(x):
+            await world_x.ensure_groups()
+            await world_y.check_config()
+            run_id = "wrun_01JSTALLRELEASE0000000001"
+            run = await start(step_beside_hook, label, token, world=world_x, run_id=run_id)
+            await asyncio.wait_for(ENTERED[label].wait(), 20)
+            assert run_id in x.held
+
+            async def lapsed() -> bool:
+                until = await world_x.redis.hget(world_x.keys.run(run_id), "lease_until")
+                return int(until or 0) < await world_x.server_time_ms()
+
+            await eventually(lapsed, 20, what="X's lease to lapse")
+
+            # Y takes the orphaned step over, runs it again, and lets the run go
+            async with running_worker(fast_worker(world_y, lease_ms=500, heartbeat_ms=100)):
+
+                async def let_go() -> bool:
+                    owner, status = await world_y.redis.hmget(
+                        world_y.keys.run(run_id), ["lease_owner", "status"]
+                    )
+                    steps = await run.steps()
+                    return status == "running" and not owner and steps[0].status == "completed"
+
+                await eventually(let_go, 20, what="Y to run the step and let the run go")
+
+            before = set(world_x.read)
+            await resume_hook(token, "late", world_x, request_id="r1")
+            await eventually(lambda: world_x.read - before, 20, what="X to read the wake-up")
+            held = x.held[run_id]
+            await eventually(held.nudge.is_set, 20, what="X to take the wake-up as a nudge")
+
+            GATES[label].set()  # X's first attempt ends; its commit finds the lease gone
+            await eventually(lambda: run_id not in x.held, 20, what="X to drop the run")
+            stranded = await work_left_unclaimed(world_x, run_id)
+            assert not stranded, stranded
+            assert await run.result(timeout=20) == ["attempt 2", "late"]
+    finally:
+        await world_x.close()
+        await world_y.close()
+        ENTERED.pop(label, None)
+        GATES.pop(label, None)

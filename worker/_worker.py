@@ -367,7 +367,10 @@ class Worker:
                 log.info("run_forwarded_to_deployment", deployment=acq.deployment, lane=target)
                 return
             if acq.code != "ok":
-                await self.world.ack([held.wakeup])
+                # a reclaimed wake-up may be the live holder's own (its lease renewed since the
+                # claim), which must stay pending until it lets the run go: left as it is
+                if acq.code != "busy" or held.wakeup.deliveries <= 1:
+                    await self.world.ack([held.wakeup])
                 return
             held.known_seq = acq.seq
             held.leased = True

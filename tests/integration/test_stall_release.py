@@ -1,10 +1,11 @@
 """Wake-ups of a run whose holder stalled past its lease (its heartbeats and replies held up, as
-when Redis is paused) are not lost: one the stalled holder reads after another worker took the
-run over and let it go stays pending until the run is taken again."""
+when Redis is paused) are not lost: neither one the stalled holder reads after another worker took
+the run over and let it go, nor the holder's own one that another worker reclaimed meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from tests.support import RedisServer, eventually, running_worker
 from worker import create_hook, get_step_metadata, resume_hook, start, step, workflow
@@ -128,6 +129,75 @@ async def test_wakeup_for_a_run_taken_over_and_let_go_under_its_stalled_holder(
             stranded = await work_left_unclaimed(world_x, run_id)
             assert not stranded, stranded
             assert await run.result(timeout=20) == ["attempt 2", "late"]
+    finally:
+        await world_x.close()
+        await world_y.close()
+        ENTERED.pop(label, None)
+        GATES.pop(label, None)
+
+
+class LateHeartbeat(RedisWorld):
+    """A real RedisWorld whose worker reclaims the wake-up of ``victim`` and, before it
+    dispatches it, lets ``late`` run: the holder's heartbeat, held up in a stall, landing
+    between the reclaim and the acquire that follows it."""
+
+    victim = ""
+    late: Callable[[], Awaitable[object]]
+    fired: asyncio.Event
+
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Wakeup]:
+        got = await super().reclaim(consumer, min_idle_ms, count)
+        if any(w.run_id == self.victim for w in got) and not self.fired.is_set():
+            await self.late()
+            self.fired.set()  # the worker dispatches ``got`` as this returns, with no await
+        return got
+
+
+async def queued_wakeups(world: RedisWorld, run_id: str) -> set[str]:
+    """Ids of the wake-ups of ``run_id`` in its ready streams (read or not: not acknowledged)."""
+    keys = world.keys
+    found: set[str] = set()
+    for band in keys.ready_bands(keys.partition(run_id)):
+        rows = await world.redis.xrange(band, "-", "+")
+        found.update(mid for mid, fields in rows if fields.get("run") == run_id)
+    return found
+
+
+async def test_reclaimed_wakeup_of_a_holder_renewed_late_stays_pending(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Worker X runs a step of a run whose lease lapses meanwhile (its heartbeats stalled); worker
+    Y reclaims the run's wake-up, and X's late heartbeat renews the lease before Y's acquire, which
+    answers "busy". The wake-up is X's own, the one that lets any worker reclaim the run should X
+    die or fail to hand it over: Y leaves it pending (it used to acknowledge it, and the run then
+    hung on X alone), and the run completes."""
+    label, token = f"gate-{prefix}", f"tok-{prefix}"
+    ENTERED[label], GATES[label] = asyncio.Event(), asyncio.Event()
+    world_x = RedisWorld.from_url(redis_server.url, prefix=prefix)
+    world_y = LateHeartbeat.from_url(redis_server.url, prefix=prefix)
+    world_y.fired = asyncio.Event()
+    x = fast_worker(world_x, lease_ms=1000, heartbeat_ms=600_000)
+    try:
+        async with running_worker(x):
+            await world_x.ensure_groups()
+            await world_y.check_config()
+            run_id = world_y.victim = "wrun_01JSTALLRELEASE0000000002"
+            run = await start(step_beside_hook, label, token, world=world_x, run_id=run_id)
+            await asyncio.wait_for(ENTERED[label].wait(), 20)
+            own = x.held[run_id].wakeup
+
+            async def x_heartbeat_late() -> object:
+                return await world_x.heartbeat(x.token, [run_id], [own], 60_000)
+
+            world_y.late = x_heartbeat_late
+            y = fast_worker(world_y, lease_ms=500, heartbeat_ms=100)
+            async with running_worker(y):
+                await asyncio.wait_for(world_y.fired.wait(), 20)
+                await eventually(lambda: run_id not in y.held, 20, what="Y to drop the wake-up")
+                assert own.message_id in await queued_wakeups(world_x, run_id)
+            GATES[label].set()
+            await resume_hook(token, "late", world_x, request_id="r1")
+            assert await run.result(timeout=20) == ["attempt 1", "late"]
     finally:
         await world_x.close()
         await world_y.close()

@@ -495,6 +495,9 @@ class Worker:
     async def _commit(
         self, held: Held, inst: WorkflowInstance, events: list[NewEvent], *, fenced: bool = True
     ) -> CommitResult:
+        # the wake-ups merged so far: their events are in the log, and in the instance if the
+        # log is where the instance is (a fenced commit answered "ok"), under this worker's lease
+        covered = len(held.merged) if fenced else 0
         res = await self.committer.submit(
             Commit(
                 run_id=held.run_id,
@@ -510,6 +513,8 @@ class Worker:
             held.behind = res.seq
         elif res.appended and res.appended[0].seq <= inst.seq + 1:
             inst.feed(res.appended)
+        if covered and res.code == "ok":  # a run held across many timers keeps few pending
+            self._ack_merged(held, covered)
         return res
 
     async def _drive(self, held: Held, log: Any, fresh: list[Event]) -> None:
@@ -575,11 +580,13 @@ class Worker:
             return
         self._evict(held.run_id)
 
-    def _ack_merged(self, held: Held) -> None:
-        """The run let go with the log seen past its merged wake-ups: they are done with."""
-        if held.merged:
-            self._spawn(self.world.ack(held.merged))
-            held.merged = []
+    def _ack_merged(self, held: Held, count: int | None = None) -> None:
+        """The log seen past the first ``count`` (default: all) merged wake-ups, by the run's
+        holder under its lease, or as it let the run go: they are done with."""
+        done = held.merged[:count]
+        if done:
+            self._spawn(self.world.ack(done))
+            del held.merged[: len(done)]
 
     async def _forward(self, held: Held, queue: str, log: Any) -> None:
         """A run of a workflow declared with a queue this worker does not serve: its lease given

@@ -5,10 +5,10 @@ the run over and let it go, nor the holder's own one that another worker reclaim
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from tests.support import RedisServer, eventually, running_worker
-from worker import create_hook, get_step_metadata, resume_hook, start, step, workflow
+from worker import create_hook, get_step_metadata, resume_hook, sleep, start, step, workflow
 from worker._worker import Worker, WorkerConfig
 from worker._world import Wakeup
 from world_redis import RedisWorld
@@ -203,3 +203,47 @@ async def test_reclaimed_wakeup_of_a_holder_renewed_late_stays_pending(
         await world_y.close()
         ENTERED.pop(label, None)
         GATES.pop(label, None)
+
+
+@workflow(name="stall.naps")
+async def naps(count: int) -> int:
+    for _ in range(count):
+        await sleep(0.1)
+    return count
+
+
+class AckRecorder(RedisWorld):
+    """A real RedisWorld that records the wake-ups of ``victim`` acknowledged while it runs."""
+
+    victim = ""
+    while_running: list[str]
+
+    async def ack(self, wakeups: Sequence[Wakeup]) -> None:
+        mine = [w.message_id for w in wakeups if w.run_id == self.victim]
+        if mine and await self.redis.hget(self.keys.run(self.victim), "status") == "running":
+            self.while_running += mine
+        await super().ack(wakeups)
+
+
+async def test_wakeups_of_a_run_held_across_timers_do_not_pile_up(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """A run whose worker holds it from one short sleep to the next gets a wake-up per timer
+    while held: each is acknowledged once a commit of the holder proves its event seen, not
+    kept pending (and renewed) until the run ends."""
+    world = AckRecorder.from_url(redis_server.url, prefix=prefix)
+    world.while_running = []
+    try:
+        async with running_worker(fast_worker(world, lease_ms=5000, heartbeat_ms=200)):
+            await world.ensure_groups()
+            run_id = world.victim = "wrun_01JSTALLRELEASE0000000003"
+            run = await start(naps, 10, world=world, run_id=run_id)
+            assert await run.result(timeout=20) == 10
+            await eventually(lambda: world.while_running, 20, what="a timer's wake-up acked")
+
+            async def none_queued() -> bool:  # a timer due as the run ended is dropped after it
+                return not await queued_wakeups(world, run_id)
+
+            await eventually(none_queued, 20, what="the run's wake-ups all acknowledged")
+    finally:
+        await world.close()

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from tests.e2e import fault_workflows as fw
 from tests.support import RedisServer, eventually, running_worker
 from worker import create_hook, get_step_metadata, resume_hook, sleep, start, step, workflow
 from worker._worker import Worker, WorkerConfig
-from worker._world import Wakeup
+from worker._world import Acquired, Wakeup
 from world_redis import RedisWorld
 
 # per run: the first attempt of ``gated`` waits for the test to open its gate
@@ -245,5 +246,85 @@ async def test_wakeups_of_a_run_held_across_timers_do_not_pile_up(
                 return not await queued_wakeups(world, run_id)
 
             await eventually(none_queued, 20, what="the run's wake-ups all acknowledged")
+    finally:
+        await world.close()
+
+
+class ResumeDuringBusyAcquire(RedisWorld):
+    """A real RedisWorld whose worker's acquire of ``victim``, once ``armed``, answers "busy" (a
+    holder has the run) and, before that answer reaches the worker, the holder lets the run go,
+    the run's hook is resumed and the worker reads that wake-up: a reply held up (a stall, a
+    loaded loop) while the holder and the hook's sender move on."""
+
+    victim = ""
+    hook_token = ""
+    holder = ""
+    armed = False
+    worker: Worker
+    read: set[str]
+
+    async def read_wakeups(self, consumer: str, count: int, block_ms: int) -> list[Wakeup]:
+        got = await super().read_wakeups(consumer, count, block_ms)
+        self.read.update(w.message_id for w in got if w.run_id == self.victim)
+        return got
+
+    async def acquire_many(
+        self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
+    ) -> list[Acquired]:
+        replies = await super().acquire_many(token, lease_ms, runs, deployment)
+        for (run_id, _), acq in zip(runs, replies, strict=True):
+            if run_id == self.victim and self.armed and acq.code == "busy":
+                self.armed = False
+                await self._holder_moves_on(acq.seq)
+        return replies
+
+    async def _holder_moves_on(self, seq: int) -> None:
+        assert (await self.release(self.victim, self.holder, seq))[0] == "ok"
+        seen = len(self.read)
+        await resume_hook(self.hook_token, "late", self, request_id="r1")
+        await eventually(lambda: len(self.read) > seen, 10, what="the hook's wake-up read")
+        held = self.worker.held[self.victim]  # it went to the run held here, being acquired
+        await eventually(held.nudge.is_set, 10, what="the wake-up dispatched")
+
+
+async def test_wakeup_read_while_an_acquire_answered_busy_is_on_its_way(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """A worker takes a timer's wake-up of a run another worker holds; its acquire answers
+    "busy", but before that answer arrives the holder lets the run go (parked on its hook), the
+    hook is resumed, and the worker reads the hook's wake-up, which goes to the run it is
+    acquiring. The worker then drops the timer's wake-up (the holder was live): the hook's must
+    still lead to the run being taken (it used to be acknowledged too, and the run, with no lease
+    and no wake-up, waited for good: wrun_chaos00360 at its hook_received, make chaos
+    redis-sigstop with raw connections without timeouts)."""
+    world = ResumeDuringBusyAcquire.from_url(redis_server.url, prefix=prefix)
+    world.read = set()
+    world.hook_token = f"tok-{prefix}"
+    world.holder = f"elsewhere#{prefix}"
+    try:
+        world.worker = fast_worker(world, lease_ms=5000, heartbeat_ms=200)
+        async with running_worker(world.worker):
+            await world.ensure_groups()
+            run_id = world.victim = "wrun_01JSTALLRELEASE0000000004"
+            run = await start(fw.echo_then_hook, world.hook_token, world=world, run_id=run_id)
+
+            async def parked() -> bool:
+                owner = await world.redis.hget(world.keys.run(run_id), "lease_owner")
+                hook = await world.find_hook(world.hook_token)
+                return hook is not None and not owner and run_id not in world.worker.held
+
+            await eventually(parked, 20, what="the run parked on its hook")
+            # another worker holds the run, and a timer's wake-up of it comes in
+            assert (await world.acquire(run_id, world.holder, 60_000)).code == "ok"
+            world.armed = True
+            await world.redis.xadd(
+                world.keys.ready(world.keys.partition(run_id)),
+                {"run": run_id, "reason": "timer:wait_x"},
+            )
+            try:
+                assert await run.result(timeout=20) == ["before", "late"]
+            except TimeoutError:
+                raise AssertionError(await work_left_unclaimed(world, run_id)) from None
+            assert not world.armed
     finally:
         await world.close()

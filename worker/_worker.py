@@ -113,6 +113,12 @@ class Held:
     # wake-ups that came in while a release was on the wire: they stay pending and are dispatched
     # again once the run is let go, as the release may have passed before their events were written
     deferred: list[Wakeup] = field(default_factory=list)
+    # wake-ups that came in while this worker held the run otherwise: a nudge to re-read the log.
+    # They stay pending (renewed with the lease) until the run is let go with the log seen past
+    # them (a release answered "ok", or the commit of its end), and are dispatched again when it
+    # is let go otherwise: a holder whose lease lapsed under it (a stall) drops the run, and the
+    # worker that took it over may have let it go before their events were written
+    merged: list[Wakeup] = field(default_factory=list)
 
 
 class Worker:
@@ -329,7 +335,8 @@ class Worker:
             self.log.info("wakeup_left_pending", run_id=w.run_id, message_id=w.message_id)
         else:
             held.nudge.set()  # the holder re-reads the log before it lets the run go
-            self._spawn(self.world.ack([w]))
+            if all(m.message_id != w.message_id for m in held.merged):
+                held.merged.append(w)
 
     async def _answer_legacy_health_check(self, w: Wakeup, check_id: str) -> None:
         try:
@@ -360,7 +367,10 @@ class Worker:
                 log.info("run_forwarded_to_deployment", deployment=acq.deployment, lane=target)
                 return
             if acq.code != "ok":
-                await self.world.ack([held.wakeup])
+                # a reclaimed wake-up may be the live holder's own (its lease renewed since the
+                # claim), which must stay pending until it lets the run go: left as it is
+                if acq.code != "busy" or held.wakeup.deliveries <= 1:
+                    await self.world.ack([held.wakeup])
                 return
             held.known_seq = acq.seq
             held.leased = True
@@ -377,7 +387,7 @@ class Worker:
                 del self.held[run_id]
             self._room.set()
             self.pools.room.set()
-            for w in held.deferred:
+            for w in (*held.deferred, *held.merged):
                 self._dispatch(w)
 
     def _creation(self, held: Held) -> list[Event] | None:
@@ -485,6 +495,9 @@ class Worker:
     async def _commit(
         self, held: Held, inst: WorkflowInstance, events: list[NewEvent], *, fenced: bool = True
     ) -> CommitResult:
+        # the wake-ups merged so far: their events are in the log, and in the instance if the
+        # log is where the instance is (a fenced commit answered "ok"), under this worker's lease
+        covered = len(held.merged) if fenced else 0
         res = await self.committer.submit(
             Commit(
                 run_id=held.run_id,
@@ -500,6 +513,8 @@ class Worker:
             held.behind = res.seq
         elif res.appended and res.appended[0].seq <= inst.seq + 1:
             inst.feed(res.appended)
+        if covered and res.code == "ok":  # a run held across many timers keeps few pending
+            self._ack_merged(held, covered)
         return res
 
     async def _drive(self, held: Held, log: Any, fresh: list[Event]) -> None:
@@ -541,6 +556,7 @@ class Worker:
                 continue
             if held.released:  # the commit of its end gave the run up (Commit.done)
                 self._evict(held.run_id)
+                self._ack_merged(held)
                 return
             if self.stopping.is_set() and inst.finished is None and inst.ended is None:
                 await self._safe_release(held, requeue=True)
@@ -555,12 +571,22 @@ class Worker:
                     held.behind = seq
                 held.known_seq = max(held.known_seq, seq)
                 continue
+            if code == "ok":
+                self._ack_merged(held)
             if inst.finished is not None or inst.ended is not None:
                 if inst.ended == "run_cancelled":
                     await self.flow.run_ended(inst)  # its workflow's slot, or its place in line
                 self._evict(held.run_id)
             return
         self._evict(held.run_id)
+
+    def _ack_merged(self, held: Held, count: int | None = None) -> None:
+        """The log seen past the first ``count`` (default: all) merged wake-ups, by the run's
+        holder under its lease, or as it let the run go: they are done with."""
+        done = held.merged[:count]
+        if done:
+            self._spawn(self.world.ack(done))
+            del held.merged[: len(done)]
 
     async def _forward(self, held: Held, queue: str, log: Any) -> None:
         """A run of a workflow declared with a queue this worker does not serve: its lease given

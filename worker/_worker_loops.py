@@ -159,8 +159,9 @@ async def heartbeat_once(worker: Worker) -> None:
     held = [h for h in worker.held.values() if h.leased]
     if not held:
         return
+    wakeups = [w for h in held for w in (h.wakeup, *h.merged)]
     seqs = await worker.world.heartbeat(
-        worker.token, [h.run_id for h in held], [h.wakeup for h in held], worker.config.lease_ms
+        worker.token, [h.run_id for h in held], wakeups, worker.config.lease_ms
     )
     for h in held:
         seq = seqs.get(h.run_id, 0)

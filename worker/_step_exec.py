@@ -162,11 +162,7 @@ class StepExecutor:
     ) -> NewEvent:
         """Run one attempt of a step a pool worker took from its queue (no workflow instance:
         the run is held, if at all, by another worker); the event that records its outcome."""
-        await self.slots.take()
-        try:
-            return await self._timed(fn, step_id, input_json, ctx, ctx.attempt)
-        finally:
-            self.slots.release()
+        return await self._slotted(fn, step_id, input_json, ctx, ctx.attempt)
 
     async def _timed(
         self, fn: StepFunction, corr: str, input_json: str, ctx: StepContext, attempt: int

@@ -111,13 +111,14 @@ def _word(text: str, words: tuple[str, ...], what: str) -> str:
 
 
 # the words as their Literal types: a reply's word is looked up, not checked then cast
-_COMMIT_CODE: dict[str, CommitCode] = {c: cast(CommitCode, c) for c in _COMMIT_CODES}
+# a reply's word -> its code (looked up on the hot path; commit_code() names an unknown word)
+COMMIT_CODE_OF: dict[str, CommitCode] = {c: cast(CommitCode, c) for c in _COMMIT_CODES}
 _EVENT_STATUS: dict[str, EventStatus] = {s: cast(EventStatus, s) for s in _EVENT_STATUSES}
 
 
 def commit_code(text: str) -> CommitCode:
     """A commit reply's code; WorkflowError for a word the script never answers."""
-    code = _COMMIT_CODE.get(text)
+    code = COMMIT_CODE_OF.get(text)
     if code is None:
         raise _unknown(text, _COMMIT_CODES, "commit code")
     return code

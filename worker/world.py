@@ -38,6 +38,7 @@ from ._pool_world import DEFAULT_QUEUE, PoolTask, QueueStats, RouteCode
 from ._schedule_spec import ScheduleRecord, ScheduleSpec, ScheduleTick
 from ._serde import check_size, dumps, loads
 from ._world import (
+    COMMIT_CODE_OF,
     RUN_STATUSES,
     AcquireCode,
     Acquired,
@@ -61,6 +62,7 @@ from ._world import (
 )
 
 __all__ = [
+    "COMMIT_CODE_OF",
     "DEFAULT_QUEUE",
     "HOOK_CONFLICT",
     "RUN_STATUSES",

@@ -11,9 +11,9 @@ from typing import Any, get_args
 import msgspec
 
 from worker.world import (
+    COMMIT_CODE_OF,
     Acquired,
     Commit,
-    CommitCode,
     CommitResult,
     CorruptEventError,
     Event,
@@ -66,8 +66,6 @@ _MSGPACK = msgspec.msgpack.Encoder()
 
 # The event results commit.lua answers most (every status, with a small extra such as a step's
 # attempt), made once and shared: EventResult is immutable.
-# a reply's commit code, looked up (commit_code() checks and names a word it never answers)
-_COMMIT_CODE: dict[str, CommitCode] = {c: c for c in get_args(CommitCode)}
 _EVENT_RESULTS: dict[tuple[str, int], EventResult] = {
     (status, extra): EventResult(status, extra)
     for status in get_args(EventStatus)
@@ -621,7 +619,7 @@ class RedisWorld:
         """One run's result from the reply: its head at flat[at:at + 3], then its events'
         (status, extra) pairs up to flat[end] (see commit.lua's header)."""
         # replies are already str (decode_responses=True) and ints
-        code = _COMMIT_CODE.get(flat[at]) or commit_code(flat[at])  # (a word it never answers)
+        code = COMMIT_CODE_OF.get(flat[at]) or commit_code(flat[at])  # (a word it never answers)
         seq, now = int(flat[at + 1]), int(flat[at + 2])
         known = _EVENT_RESULTS
         if end - at == 10:  # three events (a step's result, the next step's creation and start)

@@ -9,7 +9,7 @@ import os
 import sys
 import types
 from _thread import get_ident
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from . import _serde
@@ -79,7 +79,7 @@ class ArgSpec:
         ]
 
     def convert(
-        self, args: list[Any], kwargs: dict[str, Any], what: str
+        self, args: Sequence[Any], kwargs: dict[str, Any], what: str
     ) -> tuple[list[Any], dict[str, Any]]:
         if not (self.positional_only and not kwargs and len(args) == len(self.types)):
             return convert_args(self.signature, list(args), kwargs, what)
@@ -167,8 +167,8 @@ class StepFunction:
         ):
             if self.flow is not None and self.flow.key is not None:
                 self._check_key(args, kwargs)
-            input_json = _serde.dumps_args(args, kwargs, what=self.args_label)
-            return instance.call_step(self.name, input_json, self)
+            input_json, plain = _serde.encode_args(args, kwargs, what=self.args_label)
+            return instance.call_step(self.name, input_json, self, plain)
         return self.fn(*args, **kwargs)
 
     def _check_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -105,6 +105,9 @@ class StepCall(msgspec.Struct):
     input: str
     fn: Any
     future: asyncio.Future[Any]
+    # the arguments themselves when loading ``input`` gives them back as they are (JSON
+    # scalars, see _serde.encode_args): run by this process, the step skips the load
+    args: tuple[Any, ...] | None = None
     created: bool = False
     status: str = "new"  # new | pending | running | completed | failed
     attempt: int = 0
@@ -640,13 +643,15 @@ class WorkflowInstance:
             self._ids = DeterministicIds(self.run_id, self.started_at_ms)
         return self._ids.next(prefix)
 
-    def call_step(self, name: str, input_json: str, fn: Any) -> asyncio.Future[Any]:
+    def call_step(
+        self, name: str, input_json: str, fn: Any, args: tuple[Any, ...] | None = None
+    ) -> asyncio.Future[Any]:
         ids = self._ids  # _next_id("step"), inlined: once per step
         if ids is None:
             ids = self._ids = DeterministicIds(self.run_id, self.started_at_ms)
         corr = ids.next("step")
         fut: asyncio.Future[Any] = _Future(loop=self._loop)  # what loop.create_future() makes
-        self.steps[corr] = StepCall(corr, name, input_json, fn, fut)
+        self.steps[corr] = StepCall(corr, name, input_json, fn, fut, args)
         self._open[corr] = None
         return fut
 

@@ -71,6 +71,7 @@ __all__ += [
     "dumps",
     "dumps_args",
     "dumps_bytes",
+    "encode_args",
     "loads",
     "register_codec",
     "set_stepref_resolver",
@@ -159,12 +160,22 @@ def dumps(value: object, *, what: str = "value") -> str:
 
 def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) -> str:
     """A call's arguments as stored: ``dumps({"args": [...], "kwargs": kwargs})``, the kwargs
-    key only when there are any.
+    key only when there are any (see :func:`encode_args`)."""
+    return encode_args(args, kwargs, what=what)[0]
+
+
+def encode_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str
+) -> tuple[str, tuple[Any, ...] | None]:
+    """:func:`dumps_args`'s text, and ``args`` themselves when loading that text gives them
+    back as they are (None otherwise): a step run by the process that called it then skips
+    the load.
 
     Fast path: positional arguments that are all JSON scalars (str, bool, None, an int in the
     raw range, a finite float) need no tag, so msgspec encodes them as they are, the tuple as
     the same array a list gives; byte for byte what the general path writes (a test holds the
-    two together), without its walk over the value.
+    two together), without its walk over the value. Such a value loads as itself (the same
+    type and value: a float's text is its shortest round-trip form).
     """
     if not kwargs:
         for arg in args:
@@ -179,11 +190,11 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any], *, what: str) -> s
                 break
         else:
             try:
-                return _ENCODER.encode({"args": args}).decode()
+                return _ENCODER.encode({"args": args}).decode(), args
             except UnicodeError:
                 pass  # a lone surrogate: the general path raises dumps()'s error
-        return dumps({"args": list(args)}, what=what)
-    return dumps({"args": list(args), "kwargs": kwargs}, what=what)
+        return dumps({"args": list(args)}, what=what), None
+    return dumps({"args": list(args), "kwargs": kwargs}, what=what), None
 
 
 def dumps_bytes(value: object, *, what: str = "value") -> bytes:

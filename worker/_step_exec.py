@@ -116,7 +116,7 @@ class StepExecutor:
             return self._run_general(inst, call, attempt, gated, ctx)
         if self.metrics is not None:
             return self._slotted(fn, call.corr, call.input, ctx, attempt)
-        return self._call(fn, call.corr, call.input, ctx, attempt, True)
+        return self._call(fn, call.corr, call.input, ctx, attempt, True, call.args)
 
     async def _run_general(
         self,
@@ -182,9 +182,11 @@ class StepExecutor:
         ctx: StepContext,
         attempt: int,
         slotted: bool = False,
+        plain: tuple[Any, ...] | None = None,
     ) -> NewEvent:
         """One attempt; ``slotted``: in a slot of the worker's concurrency, taken and given
-        back here."""
+        back here; ``plain``: the arguments ``input_json`` loads as, when the caller holds
+        them (StepCall.args)."""
         if slotted:
             slots = self.slots
             if slots.free > 0 and not slots.waiters:  # StepSlots.try_take, inline: per step
@@ -193,10 +195,13 @@ class StepExecutor:
                 await slots.take()
         token = current_step.set(ctx)
         try:
-            raw = _serde.loads(input_json)
-            args, kwargs = fn.argspec.convert(
-                raw.get("args", []), raw.get("kwargs") or {}, fn.label
-            )
+            if plain is not None:
+                args, kwargs = fn.argspec.convert(plain, {}, fn.label)
+            else:
+                raw = _serde.loads(input_json)
+                args, kwargs = fn.argspec.convert(
+                    raw.get("args", []), raw.get("kwargs") or {}, fn.label
+                )
             if fn.is_async:
                 result = await fn.fn(*args, **kwargs)
             else:

@@ -4,6 +4,7 @@ event reaches its entry as given, and an event's ts is its entry's time, never a
 
 from __future__ import annotations
 
+from worker._events import NewEvent
 from worker._world import Commit
 from world_redis import RedisWorld
 
@@ -240,3 +241,82 @@ async def test_a_batch_reserves_the_tokens_its_hooks_ask_for_and_only_then(
     assert await world.find_hook(token) == (b, "h1", "null")
     # nothing reserved for the step named after the event
     assert await world.redis.get(world.keys.hook_token("hook_created")) is None
+
+
+async def test_the_inline_trio_and_its_near_misses_write_the_same_entries(
+    world: RedisWorld,
+) -> None:
+    """A step's result (with its time), the next step's creation and its start: the shape the
+    inline path commits, flattened on its own fast path. The same events with an extra field,
+    without a time or with the fields in another order take the general path; every run gets
+    exactly the entries the events say, each batch value where it belongs."""
+    runs = await same_partition_runs(world, 5)
+    for run_id in runs:
+        (res,) = await world.commit(
+            [
+                Commit(
+                    run_id=run_id,
+                    events=[
+                        ev("step_created", "s1", name="add", input="[1]"),
+                        ev("step_started", "s1"),
+                    ],
+                )
+            ]
+        )
+        assert res.code == "ok", res
+
+    def trio(head: dict[str, str]) -> list[NewEvent]:
+        return [
+            NewEvent("step_completed", "s1", head),
+            NewEvent("step_created", "s2", {"name": "mul", "input": '{"args":[2]}'}),
+            NewEvent("step_started", "s2"),
+        ]
+
+    heads = [
+        {"result": "3", "attempt": "1", "ts": "1700000000001"},  # the inline path's own
+        {"result": "4", "attempt": "1", "ts": "1700000000002", "extra": "x"},
+        {"result": "5", "attempt": "1"},  # no time: the server's
+        {"ts": "1700000000004", "attempt": "1", "result": "6"},  # another order
+        {"result": "7", "ts": "1700000000005", "attempt": "1"},
+    ]
+    flat = world._commit_batch(
+        [
+            Commit(run_id=r, events=trio(h), expected_seq=4)
+            for r, h in zip(runs, heads, strict=True)
+        ],
+        None,
+    )
+    assert flat[:26] == [
+        runs[0], "", 4, "", 0, 3,
+        "step_completed", "s1", "1700000000001", 4, "result", "3", "attempt", "1",
+        "step_created", "s2", "", 4, "name", "mul", "input", '{"args":[2]}',
+        "step_started", "s2", "", 0,
+    ]  # fmt: skip
+    got = await world.commit(
+        [Commit(run_id=r, events=trio(h), expected_seq=4) for r, h in zip(runs, heads, strict=True)]
+    )
+    assert [(r.code, r.seq, statuses(r)) for r in got] == [
+        ("ok", 7, [("ok", 0), ("ok", 0), ("ok", 1)])
+    ] * 5
+    for run_id, head, res in zip(runs, heads, got, strict=True):
+        done, created, started = (await entries(world, run_id))[4:]
+        fields = {k: v for k, v in head.items() if k != "ts"}
+        assert done == {
+            "type": "step_completed",
+            "ts": head.get("ts", str(res.now_ms)),
+            "corr": "s1",
+            **fields,
+        }
+        assert created == {
+            "type": "step_created",
+            "ts": str(res.now_ms),
+            "corr": "s2",
+            "name": "mul",
+            "input": '{"args":[2]}',
+        }
+        assert started == {
+            "type": "step_started",
+            "ts": str(res.now_ms),
+            "corr": "s2",
+            "attempt": "1",
+        }

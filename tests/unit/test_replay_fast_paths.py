@@ -87,6 +87,41 @@ class _Text(str):
     pass
 
 
+@given(
+    args=st.lists(_values, max_size=4).map(tuple),
+    kwargs=st.dictionaries(st.text(max_size=3), _values, max_size=2),
+)
+@example(args=(1, -0.0, 1e16, "$t", "\\u0041", None, False), kwargs={})
+@example(args=((1,),), kwargs={})
+@example(args=(2**64,), kwargs={})
+def test_encode_args_hands_back_only_what_loading_gives_back(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """A step run where it was called skips loading its input when encode_args hands its
+    arguments back: they must be what loading the text gives, value and type alike."""
+    text, plain = _serde.encode_args(args, kwargs, what="w")
+    assert text == _serde.dumps_args(args, kwargs, what="w")
+    if plain is None:
+        return
+    assert plain is args and not kwargs
+    loaded = _serde.loads(text)["args"]
+    assert [type(v) for v in loaded] == [type(v) for v in plain]
+    assert [repr(v) for v in loaded] == [repr(v) for v in plain]  # nan-safe, -0.0 apart from 0.0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [((1,),), ([1],), ({"a": 1},), (2**64,), (math.nan,), (math.inf,), (b"x",), (_Text("x"),)],
+)
+def test_encode_args_keeps_containers_and_tagged_values_to_the_load(args: tuple[Any, ...]) -> None:
+    """Containers (a tuple loads as a list), big ints, nan, inf, bytes and str subclasses are
+    loaded from the text, never handed back."""
+    _, plain = _serde.encode_args(args, {}, what="w")
+    assert plain is None
+    _, plain = _serde.encode_args(args, {"k": 1}, what="w")
+    assert plain is None
+
+
 @pytest.mark.parametrize(
     "args",
     [

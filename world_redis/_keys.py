@@ -20,7 +20,8 @@ the slot space would balance better, but would rename the keys of every existing
     wf:{p0}:ready:hi, wf:{p0}:ready:lo   stream  the same for runs of priority > 0 (band "hi")
                                               and < 0 (band "lo"): a read serves hi, then the
                                               stream above, then lo (see "Priority bands")
-    wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms
+    wf:{p0}:timers                    zset    "<run id>|<correlation id>" -> due ms (also
+                                              "<run id>|flow:<corr>" and "<run id>|lease")
     wf:{p0}:dlq                       stream  dead-lettered wake-ups with the reason (undecodable
                                               ones with each field as <name>:b64, raw bytes)
     wf:{p0}:idx:<status>              zset    run id -> created ms, one per status: a run is in the

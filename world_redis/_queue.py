@@ -620,6 +620,8 @@ class RedisQueue:
                 run, ev, *_ = self.core.keys.run_keys(runs[i][0])
                 keys += [run, ev]
                 args.append(runs[i][1])
+            p = self.core.keys.partition(runs[idxs[0]][0])
+            keys += [self.core.keys.timers(p), self.core.keys.clock(p)]
             reply = await self.core._eval("acquire", keys, args)
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = self._acquired(runs[i][0], r)

@@ -9,14 +9,22 @@ from .helpers import commit1, ev, eventually, new_run_id, run_with_steps, snapsh
 
 
 async def test_acquire_is_exclusive_while_the_lease_lives(world: RedisWorld) -> None:
-    """The first token gets the lease; a second token is "busy" and changes nothing; the holder may renew."""
+    """The first token gets the lease; a second token is "busy" and changes nothing but the
+    timer that wakes the run when the lease lapses (ghost_lease tests why); the holder may
+    renew."""
     run_id = new_run_id()
     assert await world.create_run(run_id, "wf_test", "[]")
     assert await world.acquire(run_id, "w1#a", 10_000) == Acquired("ok", 1, "pending", False)
     assert await world.redis.hget(world.keys.run(run_id), "lease_owner") == "w1#a"
+    until = int(await world.redis.hget(world.keys.run(run_id), "lease_until"))
 
     before = await snapshot(world)
     assert await world.acquire(run_id, "w2#b", 10_000) == Acquired("busy", 1, "pending", False)
+    timers = world.keys.timers(world.keys.partition(run_id))
+    assert await world.redis.zrange(timers, 0, -1, withscores=True) == [
+        (f"{run_id}|lease", until + 1)
+    ]
+    await world.redis.delete(timers)
     assert await snapshot(world) == before
 
     assert await world.acquire(run_id, "w1#a", 10_000) == Acquired("ok", 1, "pending", False)

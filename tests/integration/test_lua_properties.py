@@ -329,9 +329,12 @@ class CommitMachine(RuleBasedStateMachine):
     @rule(which=st.sampled_from([0, 1]), lease=st.sampled_from(LEASES))
     def take_lease(self, which: int, lease: str) -> None:
         run_id = self.run_ids[which]
-        self.run(self.world.acquire(run_id, lease, 600_000))
+        got = self.run(self.world.acquire(run_id, lease, 600_000))
         owner = self.run(self.world.redis.hget(self.world.keys.run(run_id), "lease_owner"))
         self.model.runs[run_id].lease_owner = owner or ""
+        if got.code == "busy":  # a timer wakes the run when the holder's lease lapses
+            until = self.run(self.world.redis.hget(self.world.keys.run(run_id), "lease_until"))
+            self.model.timers[f"{run_id}|lease"] = int(until) + 1
 
     @rule(which=st.sampled_from([0, 1]), lease=st.sampled_from(LEASES))
     def release_lease(self, which: int, lease: str) -> None:

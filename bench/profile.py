@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import workloads
-from bench.infra import ROOT, log, private_redis
+from bench.infra import ROOT, byte_compile, log, private_redis
 from bench.ours import client, create_ten_step_runs, engine, wait_count, worker_command, worker_env
 
 RUNS = 5_000
@@ -123,6 +123,7 @@ def spawn_profiled(url: str, raw: Path) -> subprocess.Popen[bytes]:
 
 async def record(runs: int, raw: Path) -> float:
     """Profile one worker draining ``runs`` pre-created ten-step runs; returns steps/s."""
+    byte_compile()
     with private_redis() as server:
         log(f"private redis-server on 127.0.0.1:{server.port}; creating {runs:,} runs")
         async with engine(server.url, "wfprof") as world:

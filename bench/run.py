@@ -40,6 +40,7 @@ from bench.infra import (
     RESULTS,
     ROOT,
     RedisServer,
+    byte_compile,
     ensure_peer_env,
     log,
     machine_info,
@@ -263,6 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.chdir(ROOT)
+    byte_compile()
     now = datetime.now(UTC)
     started = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     t0 = time.monotonic()

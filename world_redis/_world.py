@@ -536,15 +536,19 @@ class RedisWorld:
             (p, idxs, commits if len(idxs) == n else [commits[i] for i in idxs])
             for p, idxs in by_partition.items()
         ]
-        flats = [self._commit_batch(batch, None) for _, _, batch in batches]
+        flats: list[list[Any]] = []
+        hooked = False  # a hook_created among the events
+        for _, _, batch in batches:
+            flat, has_hook = self._commit_batch(batch, None)
+            flats.append(flat)
+            hooked = hooked or has_hook
         reserved: Reserved = {}
-        # a hook_created among the events (its type is one of the batch's strings; a field
-        # holding that word alone only costs the search): the tokens asked for are reserved
-        # first, and the batches made again with the hooks whose token another holds
-        if any("hook_created" in flat for flat in flats):
+        # the tokens the hooks ask for are reserved first, and the batches made again with the
+        # hooks whose token another holds
+        if hooked:
             taken, reserved = await self.hook_tokens.reserve(commits)
             flats = [
-                self._commit_batch(batch, [taken[i] for i in idxs]) for _, idxs, batch in batches
+                self._commit_batch(batch, [taken[i] for i in idxs])[0] for _, idxs, batch in batches
             ]
         results: list[CommitResult | None] = [None] * n
         freed: list[list[Any]] = [[] for _ in commits]
@@ -573,11 +577,13 @@ class RedisWorld:
 
     def _commit_batch(
         self, batch: Sequence[Commit], taken: Sequence[list[str]] | None
-    ) -> list[Any]:
+    ) -> tuple[list[Any], bool]:
         """The batch argument of commit.lua, before it is packed as one flat MessagePack array
-        (see the script's header); ``taken``: per commit, its hooks whose token another hook
-        holds (None: no commit asks for a token)."""
+        (see the script's header), and whether a hook_created is among its events; ``taken``:
+        per commit, its hooks whose token another hook holds (None: no commit asks for a
+        token)."""
         out: list[Any] = []
+        hooked = False
         add, push = out.extend, out.append  # (the quickest way to flatten a few pairs)
         codec = self.codec
         for i, c in enumerate(batch):
@@ -622,6 +628,8 @@ class RedisWorld:
                 add((-1, "") if acquire is None else acquire)
                 add((*hooks, len(events)))
             for ev in events:
+                if ev.type == "hook_created":
+                    hooked = True
                 fields = ev.fields
                 if not fields:
                     add((ev.type, ev.corr, "", 0))
@@ -640,7 +648,7 @@ class RedisWorld:
                         if k != "ts":
                             push(k)
                             push(v)
-        return out
+        return out, hooked
 
     @staticmethod
     def _commit_result(c: Commit, flat: list[Any], at: int, end: int) -> CommitResult:

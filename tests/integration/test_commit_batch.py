@@ -279,7 +279,7 @@ async def test_the_inline_trio_and_its_near_misses_write_the_same_entries(
         {"ts": "1700000000004", "attempt": "1", "result": "6"},  # another order
         {"result": "7", "ts": "1700000000005", "attempt": "1"},
     ]
-    flat = world._commit_batch(
+    flat, hooked = world._commit_batch(
         [
             Commit(run_id=r, events=trio(h), expected_seq=4)
             for r, h in zip(runs, heads, strict=True)
@@ -292,6 +292,7 @@ async def test_the_inline_trio_and_its_near_misses_write_the_same_entries(
         "step_created", "s2", "", 4, "name", "mul", "input", '{"args":[2]}',
         "step_started", "s2", "", 0,
     ]  # fmt: skip
+    assert not hooked
     got = await world.commit(
         [Commit(run_id=r, events=trio(h), expected_seq=4) for r, h in zip(runs, heads, strict=True)]
     )

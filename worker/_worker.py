@@ -661,7 +661,9 @@ class Worker:
         """
         base = inst.seq
         if head is not None:
-            ts = max(self.now_ms(), inst.clock_ms)
+            ts = self.now_ms()
+            if ts < inst.clock_ms:  # (max() costs a call of its own: once per step)
+                ts = inst.clock_ms
             fields = head.fields
             fields["ts"] = str(ts)  # the head is this worker's own: its fields dict too
             # a step's result is recorded without building its event (as feed() would)
@@ -699,7 +701,8 @@ class Worker:
                 if res.code == "ok":
                     r = res.results
                     if r[0].status == "ok" and r[1].status == "ok" and r[2].status == "ok":
-                        held.known_seq = max(held.known_seq, res.seq)
+                        if res.seq > held.known_seq:
+                            held.known_seq = res.seq
                         extras = (r[1].extra, r[2].extra)
                         if inst.append_own(trio[1:], base + 2, res.now_ms, extras):
                             return True, (call, r[2].extra)

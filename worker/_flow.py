@@ -11,7 +11,7 @@ start within any sliding window (``rate``, e.g. ``"100/m"``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,7 +109,7 @@ class FlowSpec:
         base = f"{self.kind[0]}:{self.name}"
         return _safe(base if key is None else f"{base}|{key}")
 
-    def key_of(self, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    def key_of(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
         """The ``concurrency_key`` of a call as text (None without a key function)."""
         if self.key is None:
             return None

@@ -77,20 +77,29 @@ class ArgSpec:
         self.types = [
             None if p.annotation in (_EMPTY, Any, object) else p.annotation for p in params
         ]
+        self.count = len(params)
+        # the parameters whose annotation says what a value must be: (position, type, name)
+        self.typed = [
+            (i, ann, name)
+            for i, (ann, name) in enumerate(zip(self.types, self.names, strict=True))
+            if ann is not None
+        ]
 
     def convert(
         self, args: Sequence[Any], kwargs: dict[str, Any], what: str
-    ) -> tuple[list[Any], dict[str, Any]]:
-        if not (self.positional_only and not kwargs and len(args) == len(self.types)):
+    ) -> tuple[Sequence[Any], dict[str, Any]]:
+        """The arguments converted to the parameters' annotations (``args`` itself when every
+        value already has its parameter's type); errors name the parameter."""
+        if not (self.positional_only and not kwargs and len(args) == self.count):
             return convert_args(self.signature, list(args), kwargs, what)
         out: list[Any] | None = None
-        for i, ann in enumerate(self.types):  # as many as args (checked above)
-            if ann is None or type(args[i]) is ann:
+        for i, ann, name in self.typed:  # as many as args (checked above)
+            if type(args[i]) is ann:
                 continue
             if out is None:
                 out = list(args)
-            out[i] = _serde.convert(args[i], ann, what=f"{what}, parameter {self.names[i]!r}")
-        return (out if out is not None else list(args)), {}
+            out[i] = _serde.convert(args[i], ann, what=f"{what}, parameter {name!r}")
+        return (args if out is None else out), {}
 
 
 class WorkflowFunction:
@@ -116,7 +125,7 @@ class WorkflowFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
-    def decode_args(self, input_json: str) -> tuple[list[Any], dict[str, Any]]:
+    def decode_args(self, input_json: str) -> tuple[Sequence[Any], dict[str, Any]]:
         raw = _serde.loads(input_json)
         if isinstance(raw, dict) and "args" in raw:
             args, kwargs = list(raw.get("args") or []), dict(raw.get("kwargs") or {})

@@ -337,7 +337,7 @@ class WorkflowInstance:
         run_id: str,
         workflow_name: str,
         fn: Callable[..., Coroutine[Any, Any, Any]],
-        decode_args: Callable[[str], tuple[list[Any], dict[str, Any]]],
+        decode_args: Callable[[str], tuple[Sequence[Any], dict[str, Any]]],
     ) -> None:
         self.run_id = run_id
         self.workflow_name = workflow_name

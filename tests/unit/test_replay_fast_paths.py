@@ -503,3 +503,38 @@ def test_get_debug_follows_set_debug() -> None:
         loop.set_debug(flag)
         assert loop.get_debug() is flag
         assert loop.create_future().get_loop() is loop
+
+
+# -- argument conversion ------------------------------------------------------------------------
+
+
+def _typed_step(a: int, b, c: float, d: Any) -> None:  # type: ignore[no-untyped-def]
+    pass
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (1, "x", 2.5, None),  # every annotated value has its type: handed back as it is
+        [1, {"k": 1}, 2, [3]],  # c: an int for a float parameter, converted
+        (True, None, 1.0, object()),  # a: a bool for an int parameter, as convert_args does
+    ],
+)
+def test_argspec_convert_agrees_with_convert_args(args: Any) -> None:
+    from worker._registry import ArgSpec, _hints, convert_args
+
+    sig = _hints(_typed_step)
+    spec = ArgSpec(sig)
+    fast, fast_kwargs = spec.convert(args, {}, "step 's'")
+    slow, slow_kwargs = convert_args(sig, list(args), {}, "step 's'")
+    assert list(fast) == slow and fast_kwargs == slow_kwargs == {}
+    assert [type(v) for v in fast] == [type(v) for v in slow]
+    if all(type(v) is t for v, t in zip(args, (int, type(args[1]), float), strict=False)):
+        assert fast is args
+
+
+def test_argspec_convert_names_the_parameter_it_cannot_convert() -> None:
+    from worker._registry import ArgSpec, _hints
+
+    with pytest.raises(_serde.SerializationError, match="parameter 'c'"):
+        ArgSpec(_hints(_typed_step)).convert((1, 2, "not a number", 4), {}, "step 's'")

@@ -164,7 +164,7 @@ def count_script(script: str) -> None:
 
 async def drive_worker(url: str, runs: int) -> None:
     sys.path.insert(0, os.getcwd())  # the packages of the current directory
-    from bench.ours import client, create_ten_step_runs, engine
+    from bench.ours import client, create_ten_step_runs, engine, wait_count
     from worker._cli import tune_gc
     from worker._logging import configure
     from worker._worker import Worker, WorkerConfig
@@ -179,11 +179,9 @@ async def drive_worker(url: str, runs: int) -> None:
         task = asyncio.create_task(worker.run())
         # polled once a second: the poll's own client (in this process) is not the worker's
         # work, and under callgrind a poll every few ms would weigh as much as the runs
-        deadline = time.monotonic() + 600
-        while int(await client(world).zcard(done_key)) < runs:
-            if time.monotonic() > deadline or task.done():
-                raise RuntimeError(f"the worker did not complete {runs} runs")
-            await asyncio.sleep(1.0)
+        await wait_count(
+            client(world), done_key, runs, timeout=600, alive=lambda: not task.done(), poll_s=1.0
+        )
         control("-d", os.getpid())
         worker.stop()
         await asyncio.wait_for(task, 30)

@@ -181,8 +181,10 @@ async def wait_count(
     failed_key: str | None = None,
     t0: float | None = None,
     on_poll: Callable[[Sample], Awaitable[None]] | None = None,
+    poll_s: float = POLL_S,
 ) -> tuple[float, float | None]:
-    """Poll ZCARD ``key`` until it reaches ``target``: (seconds since ``t0``, to the first one).
+    """Poll ZCARD ``key`` every ``poll_s`` until it reaches ``target``: (seconds since ``t0``,
+    to the first one).
 
     ``on_poll`` sees every poll's (time, count).
     """
@@ -203,7 +205,7 @@ async def wait_count(
             raise RuntimeError(f"the worker exited with {count}/{target} runs completed")
         if now > timeout:
             raise RuntimeError(f"timed out after {timeout:.0f} s with {count}/{target} completed")
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(poll_s)
 
 
 async def check_outputs_api(run_ids: list[str]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from (``bench.summary``); a system without a value gets no bar and says why in i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from bench.summary import Result, Row, by_metric, comparison
+from bench.targets import TARGETS, Target
 
 OURS_COLOR, PEER_COLOR = "#c0392b", "#7f8c8d"
 PANELS = (
@@ -25,8 +27,9 @@ PANELS = (
 )
 
 
-def panel(ax: Axes, rows: list[Row], title: str) -> None:
-    """One horizontal bar per system, its value written at the bar's end."""
+def panel(ax: Axes, rows: list[Row], title: str, bounds: Sequence[Target] = ()) -> None:
+    """One horizontal bar per system, its value written at the bar's end; each target on one
+    of the panel's rows is a dashed line across the panel, named in the panel's legend."""
     labels = [
         f"{r.system} ({r.unit})" if r.value is not None else f"{r.system}: {r.why[:40]}"
         for r in rows
@@ -47,6 +50,16 @@ def panel(ax: Axes, rows: list[Row], title: str) -> None:
                 va="center",
                 fontsize=8,
             )
+    for style, t in zip(("--", ":", "-."), bounds, strict=False):
+        ax.axvline(
+            t.bound,
+            color="black",
+            linestyle=style,
+            linewidth=1,
+            label=f"target: {t.chart[1] if t.chart else t.label} {t.text()}",
+        )
+    if bounds:
+        ax.legend(loc="lower right", fontsize=7)
     ax.margins(x=0.25)
 
 
@@ -55,7 +68,8 @@ def write(data: Result, paths: list[Path]) -> list[Path]:
     rows = comparison(data)
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(10, 13))
     for ax, (metric, title) in zip(axes, PANELS, strict=True):
-        panel(ax, by_metric(rows, metric), title)
+        bounds = [t for t in TARGETS if t.chart and t.chart[0] == metric]
+        panel(ax, by_metric(rows, metric), title, bounds)
     machine = data.get("machine", {})
     fig.suptitle(
         f"redis-workflows vs peers, {data.get('started_at', '?')}, "

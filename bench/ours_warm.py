@@ -4,7 +4,8 @@
    ``run.result()`` returns (it blocks on the run's event stream), after 5 warm-up runs.
 5. Per-step cost over one long run: one ``bench.long_run`` of 10,000 sequential steps; the mean gap
    between consecutive ``step_completed`` events of its log (their timestamps, ms resolution) over
-   steps 1-100 and 9,901-10,000; and the worker's RSS (``VmRSS``) before and after that run.
+   steps 1-100 and 9,901-10,000 and over each 1,000-step block; and the worker's RSS (``VmRSS``)
+   before and after that run.
 7. Fan-out: one ``bench.fan_out`` run gathering 1,000, then one gathering 10,000 parallel no-op
    steps, each timed from ``start()`` to ``result()``; steps/s = steps / seconds.
 """
@@ -46,7 +47,13 @@ async def latency(n: int = LATENCY_RUNS) -> dict[str, Any]:
 
 
 async def long_run(worker: WorkerProc, steps: int = workloads.LONG_RUN_STEPS) -> dict[str, Any]:
-    """Figure 5: one run of ``steps`` sequential no-op steps, gaps read from its event log."""
+    """Figure 5: one run of ``steps`` sequential no-op steps, gaps read from its event log.
+
+    A short run first, so that "RSS before" is the warm worker's and not a process still starting
+    (as it would be when this figure is the first, ``--only 5``)."""
+    warm = await start(workloads.long_run, 10)
+    if await warm.result(timeout=60) != 10:
+        raise RuntimeError("the warm-up long_run(10) returned a wrong value")
     rss_before = rss_mb(worker.proc.pid)
     t0 = time.perf_counter()
     run = await start(workloads.long_run, steps)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.summary import PEER_LABELS, Result, Row, comparison, dig, why_not
+from bench.targets import digits, verdicts
 
 Cell = str
 
@@ -59,10 +60,16 @@ def peer_cells(
 def ours_only_rows(ours: Result) -> list[tuple[str, Cell]]:
     """The figures no peer has: (label, our value)."""
     lr, fl, fo, sr = (ours.get(k) for k in ("long_run", "in_flight", "fan_out", "start_rate"))
+    blocks = dig(lr, "block_mean_gap_ms") or []
     return [
         (
             "10,000-step run: mean gap, steps 1-100 / 9,901-10,000",
             f"{fmt(dig(lr, 'mean_gap_ms_first'), 3)} / {fmt(dig(lr, 'mean_gap_ms_last'), 3)} ms",
+        ),
+        (
+            "10,000-step run: mean gap per 1,000-step block, first / last (largest / smallest)",
+            f"{fmt(blocks[0] if blocks else None, 3)} / {fmt(blocks[-1] if blocks else None, 3)}"
+            f" ms ({fmt(dig(lr, 'block_ratio_max_min'), 2)}x)",
         ),
         (
             "worker RSS before / after the 10,000-step run",
@@ -147,6 +154,21 @@ def command(data: Result) -> str:
     return " ".join(["python", *words[1:]])
 
 
+def target_lines(data: Result) -> list[str]:
+    """The targets (``bench/targets.py``) and this run's figure against each."""
+    vs = verdicts(data.get("ours", {}))
+    met = sum(1 for v in vs if v.met)
+    out = [
+        f"Targets ({met} of {len(vs)} met in this run; the chart draws each as a dashed line):",
+        "",
+    ]
+    for v in vs:
+        word = {True: "met", False: "**missed**", None: "not measured"}[v.met]
+        shown = "n/a" if v.value is None else f"{v.value:,.{digits(v.value)}f}"
+        out.append(f"- {v.target.label} {v.target.text()}: {shown}, {word}")
+    return out
+
+
 def section(data: Result) -> str:
     """The whole Markdown block."""
     m = data.get("machine", {})
@@ -158,9 +180,12 @@ def section(data: Result) -> str:
         f"Python {m.get('python', '?')}, Redis {m.get('redis', '?')}, on {data.get('started_at', '?')} "
         f"(`{command(data)}`, run `bench/results/{stamp}.json`, "
         f"{data.get('duration_s', '?')} s). Peers in the same run: {versions(data) or 'none'}. "
-        "The machine is noisy (±40 % hour to hour): compare within this table only.",
+        "The machine is shared and its speed varies, by up to 3x for every engine alike from one "
+        "hour or host to the next: compare within this table only.",
         "",
         *table(data),
+        "",
+        *target_lines(data),
         "",
         f"![ours vs peers: throughput, latency, memory](bench/results/{stamp}.png)",
         "",

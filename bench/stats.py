@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GAP_WINDOW = 100  # steps at each end of a long run whose mean gap is compared
+GAP_BLOCKS = 10  # equal blocks of a long run, each with its mean gap: the whole run's profile
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -32,12 +33,16 @@ def summary_ms(samples_ms: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def gap_stats(completed_ms: Sequence[int], window: int = GAP_WINDOW) -> dict[str, Any]:
+def gap_stats(
+    completed_ms: Sequence[int], window: int = GAP_WINDOW, blocks: int = GAP_BLOCKS
+) -> dict[str, Any]:
     """Mean gap between consecutive step completions over the first and the last ``window`` steps
-    (timestamps in ms, one per step, at least ``window`` of them), their ratio and the p50 gap."""
+    (timestamps in ms, one per step, at least ``window`` of them), their ratio and the p50 gap;
+    and the mean gap over each of ``blocks`` equal blocks of the run, so that a trend across the
+    whole run shows even where a short window is dominated by the 1 ms timestamp resolution."""
     n = len(completed_ms)
-    if n < max(window, 2):
-        raise ValueError(f"need at least {max(window, 2)} timestamps, got {n}")
+    if n < max(window, 2, 2 * blocks):
+        raise ValueError(f"need at least {max(window, 2, 2 * blocks)} timestamps, got {n}")
     gaps = [float(b - a) for a, b in itertools.pairwise(completed_ms)]
     first = (completed_ms[window - 1] - completed_ms[0]) / (window - 1)
     last = (completed_ms[n - 1] - completed_ms[n - window]) / (window - 1)
@@ -51,6 +56,22 @@ def gap_stats(completed_ms: Sequence[int], window: int = GAP_WINDOW) -> dict[str
         "p50_gap_ms": round(percentile(gaps, 50), 3),
         "mean_gap_ms_all": round((completed_ms[-1] - completed_ms[0]) / (n - 1), 4),
         "timestamp_resolution_ms": 1,
+        **block_gaps(completed_ms, blocks),
+    }
+
+
+def block_gaps(completed_ms: Sequence[int], blocks: int) -> dict[str, Any]:
+    """Mean gap within each of ``blocks`` consecutive blocks of steps (the last takes the rest),
+    the last block's over the first's, and the largest over the smallest."""
+    n = len(completed_ms)
+    size = n // blocks
+    bounds = [(b * size, (b + 1) * size - 1 if b < blocks - 1 else n - 1) for b in range(blocks)]
+    means = [(completed_ms[hi] - completed_ms[lo]) / (hi - lo) for lo, hi in bounds]
+    return {
+        "block_steps": size,
+        "block_mean_gap_ms": [round(m, 4) for m in means],
+        "block_ratio_last_first": round(means[-1] / means[0], 3) if means[0] > 0 else None,
+        "block_ratio_max_min": round(max(means) / min(means), 3) if min(means) > 0 else None,
     }
 
 

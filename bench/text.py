@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bench import targets
 from bench.summary import PEER_LABELS, Result, Row, by_metric, comparison, dig, why_not
 
 Lines = list[str]
@@ -76,11 +77,24 @@ def throughput_lines(tp: Result) -> Lines:
     ]
 
 
+def block_lines(ps: Result) -> Lines:
+    """The mean gap of each block of the long run (older result files have none)."""
+    means = ps.get("block_mean_gap_ms")
+    if not means:
+        return []
+    return [
+        f"   mean gap per {ps['block_steps']:,}-step block: "
+        + " ".join(f"{m:.3f}" for m in means)
+        + f" ms (last/first {ps['block_ratio_last_first']}, max/min {ps['block_ratio_max_min']})"
+    ]
+
+
 def long_run_lines(ps: Result) -> Lines:
     return [
         f"   ours: steps {ps['first_steps']} {ps['mean_gap_ms_first']:.4f} ms, steps "
         f"{ps['last_steps']} {ps['mean_gap_ms_last']:.4f} ms (ratio {ps['ratio_last_first']}); "
         f"p50 {ps['p50_gap_ms']} ms; whole run {ps['wall_seconds']:.2f} s",
+        *block_lines(ps),
         f"   worker RSS: {ps['worker_rss_mb_before']} MB before the run, "
         f"{ps['worker_rss_mb_after']} MB after it (peak so far {ps['worker_rss_mb_peak']} MB)",
     ]
@@ -222,6 +236,7 @@ def report(data: Result) -> str:
         if key in ours or (key in COMPARED and peers):
             out += ["", *lines]
     out += scale_report(ours.get("scale_out"))
+    out += ["", *targets.lines(ours)]
     return "\n".join(out)
 
 

@@ -65,3 +65,25 @@ def test_rows_say_why_a_value_is_missing() -> None:
     assert rows[("memory", "ours, compacted")].why == "skipped: no"
     assert rows[("throughput", "arq")].why == "ERROR: install failed: x"
     assert value_at({"a": {"b": 2}}, ("a", "b"), 10) == (20.0, "")
+
+
+def test_gap_stats_profiles_the_whole_run_in_blocks() -> None:
+    """1,000 steps 1 ms apart then 1,000 steps 3 ms apart: five blocks of 400 show the change
+    where it happens (the middle block straddles it), and the ratios compare the blocks."""
+    stamps = list(range(1000)) + [999 + 3 * k for k in range(1, 1001)]
+    out = gap_stats(stamps, window=100, blocks=5)
+    assert out["block_steps"] == 400
+    assert out["block_mean_gap_ms"][:2] == [1.0, 1.0]
+    assert out["block_mean_gap_ms"][3:] == [3.0, 3.0]
+    assert 1.0 < out["block_mean_gap_ms"][2] < 3.0
+    assert out["block_ratio_last_first"] == 3.0
+    assert out["block_ratio_max_min"] == 3.0
+
+
+def test_gap_stats_blocks_take_the_remainder_in_the_last() -> None:
+    """1,003 steps in 10 blocks: the last block runs to the final step, none is lost."""
+    stamps = [2 * k for k in range(1003)]
+    out = gap_stats(stamps, window=100, blocks=10)
+    assert out["block_steps"] == 100
+    assert out["block_mean_gap_ms"] == [2.0] * 10
+    assert out["block_ratio_max_min"] == 1.0

@@ -108,9 +108,14 @@ def py_spy() -> str:
     return found
 
 
-def spawn_profiled(url: str, raw: Path) -> subprocess.Popen[bytes]:
-    """``py-spy record`` running one worker on the prefix ``wfprof``, writing ``raw``."""
-    cmd = [py_spy(), "record", "-r", str(RATE_HZ), "-f", "raw", "-o", str(raw), "--"]
+def spawn_profiled(url: str, raw: Path, nonblocking: bool = False) -> subprocess.Popen[bytes]:
+    """``py-spy record`` running one worker on the prefix ``wfprof``, writing ``raw``.
+
+    ``nonblocking``: py-spy reads the worker's stacks without stopping it. By default it stops
+    the process for each sample, and the stop takes effect when the process next leaves the
+    kernel, which biases samples towards lines that make a system call."""
+    cmd = [py_spy(), "record", "-r", str(RATE_HZ), "-f", "raw", "-o", str(raw)]
+    cmd += ["--nonblocking", "--"] if nonblocking else ["--"]
     return subprocess.Popen(
         [*cmd, *worker_command()],
         cwd=str(ROOT),
@@ -121,7 +126,7 @@ def spawn_profiled(url: str, raw: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def record(runs: int, raw: Path) -> float:
+async def record(runs: int, raw: Path, nonblocking: bool = False) -> float:
     """Profile one worker draining ``runs`` pre-created ten-step runs; returns steps/s."""
     byte_compile()
     with private_redis() as server:
@@ -129,7 +134,7 @@ async def record(runs: int, raw: Path) -> float:
         async with engine(server.url, "wfprof") as world:
             await create_ten_step_runs(runs, 50)
             t0 = time.perf_counter()
-            proc = spawn_profiled(server.url, raw)
+            proc = spawn_profiled(server.url, raw, nonblocking)
             try:
                 seconds, _ = await wait_count(
                     client(world), world.keys.idx_status(0, "completed"), runs, 600, t0=t0
@@ -147,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=RUNS, help=f"ten-step runs (default {RUNS:,})")
     parser.add_argument("--raw", type=Path, help="aggregate this raw py-spy file instead")
     parser.add_argument("--keep", type=Path, help="keep the raw profile at this path")
+    parser.add_argument(
+        "--nonblocking",
+        action="store_true",
+        help="sample without stopping the worker (no bias towards system calls; stacks may tear)",
+    )
     args = parser.parse_args(argv)
     raw = args.raw
     if raw is None:
         raw = args.keep or Path(tempfile.mkdtemp(prefix="wfprof-")) / "worker.raw"
-        rate = asyncio.run(record(args.runs, raw))
+        rate = asyncio.run(record(args.runs, raw, args.nonblocking))
         print(
             f"{args.runs:,} runs x 10 steps, 1 worker, concurrency 200: {rate:,.0f} steps/s (start-up included, under py-spy)"
         )

@@ -112,8 +112,8 @@ def spawn_profiled(url: str, raw: Path, nonblocking: bool = False) -> subprocess
     """``py-spy record`` running one worker on the prefix ``wfprof``, writing ``raw``.
 
     ``nonblocking``: py-spy reads the worker's stacks without stopping it. By default it stops
-    the process for each sample, and the stop takes effect when the process next leaves the
-    kernel, which biases samples towards lines that make a system call."""
+    the process for each sample, which over-counts lines that make a system call (measured in
+    bench/PROFILE.md, last section)."""
     cmd = [py_spy(), "record", "-r", str(RATE_HZ), "-f", "raw", "-o", str(raw)]
     cmd += ["--nonblocking", "--"] if nonblocking else ["--"]
     return subprocess.Popen(

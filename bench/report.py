@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.summary import PEER_LABELS, Result, Row, comparison, dig, why_not
-from bench.targets import digits, verdicts
+from bench.targets import verdicts
 
 Cell = str
 
@@ -162,10 +162,7 @@ def target_lines(data: Result) -> list[str]:
         f"Targets ({met} of {len(vs)} met in this run; the chart draws each as a dashed line):",
         "",
     ]
-    for v in vs:
-        word = {True: "met", False: "**missed**", None: "not measured"}[v.met]
-        shown = "n/a" if v.value is None else f"{v.value:,.{digits(v.value)}f}"
-        out.append(f"- {v.target.label} {v.target.text()}: {shown}, {word}")
+    out += [f"- {v.target.label} {v.target.text()}: {v.shown}, {v.word('**missed**')}" for v in vs]
     return out
 
 

@@ -9,9 +9,8 @@ read, not gated (the exit code says whether every figure was measured).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from bench.summary import Result, dig
+from bench.summary import Result, value_at
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,8 @@ class Target:
 
     def text(self) -> str:
         sign = ">=" if self.at_least else "<="
-        digits = 0 if self.bound >= 100 else (1 if self.bound == int(self.bound) else 2)
-        return f"{sign} {self.bound:,.{digits}f} {self.unit}".rstrip()
+        places = 0 if self.bound >= 100 else (1 if self.bound == int(self.bound) else 2)
+        return f"{sign} {self.bound:,.{places}f} {self.unit}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,18 @@ class Verdict:
         t = self.target
         return self.value >= t.bound if t.at_least else self.value <= t.bound
 
+    @property
+    def shown(self) -> str:
+        """The figure as the report prints it: whole numbers from 100 up, else 3 decimals."""
+        if self.value is None:
+            return "n/a"
+        return f"{self.value:,.{0 if abs(self.value) >= 100 else 3}f}"
+
+    def word(self, missed: str = "MISSED") -> str:
+        return {True: "met", False: missed, None: "not measured"}[self.met]
+
     def line(self) -> str:
-        word = {True: "met", False: "MISSED", None: "not measured"}[self.met]
-        shown = "n/a" if self.value is None else f"{self.value:,.{digits(self.value)}f}"
-        return f"   {word:>12}: {self.target.label} {self.target.text()}: {shown}"
-
-
-def digits(value: float) -> int:
-    return 0 if abs(value) >= 100 else 3
+        return f"   {self.word():>12}: {self.target.label} {self.target.text()}: {self.shown}"
 
 
 TARGETS = (
@@ -104,12 +107,7 @@ TARGETS = (
 
 
 def verdicts(ours: Result, targets: tuple[Target, ...] = TARGETS) -> list[Verdict]:
-    out = []
-    for t in targets:
-        value: Any = dig(ours, *t.path)
-        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-        out.append(Verdict(t, None if number is None else float(number)))
-    return out
+    return [Verdict(t, value_at(ours, t.path)[0]) for t in targets]
 
 
 def lines(ours: Result) -> list[str]:

@@ -110,10 +110,10 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def private_redis(aof: bool = False) -> Iterator[RedisServer]:
+def private_redis(aof: bool = False, extra: tuple[str, ...] = ()) -> Iterator[RedisServer]:
     """Start redis-server on a free port with persistence off (``aof``: AOF on, ``appendfsync
     everysec``, as deploy/ recommends) and the stream node size of deploy/redis.conf; stop it and
-    remove its directory."""
+    remove its directory. ``extra``: more arguments (``--replicaof host port``...)."""
     binary = redis_binary()
     directory = Path(tempfile.mkdtemp(prefix="wfbench-redis-"))
     port = free_port()
@@ -129,6 +129,7 @@ def private_redis(aof: bool = False) -> Iterator[RedisServer]:
         "--dir", str(directory),
         "--daemonize", "no",
         "--logfile", str(directory / "redis.log"),
+        *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = RedisServer(f"redis://127.0.0.1:{port}/0", port, binary, directory, proc)

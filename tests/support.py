@@ -311,6 +311,14 @@ class RedisClusterNodes:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def restart(self, port: int, node_timeout_ms: int, extra: tuple[str, ...]) -> None:
+        """Start a dead node again on its port, data directory and cluster config: a master
+        that was failed over rejoins as a replica of the master that replaced it."""
+        i = self.ports.index(port)
+        assert self.procs[i].poll() is not None, f"node {port} is still running"
+        self.procs[i] = self._spawn(port, node_timeout_ms, extra)
+        wait_for(lambda: _ping(port), 10, what=f"cluster node on port {port} restarted")
+
     def cli(self, port: int, *args: str) -> str:
         """A command on one node through redis-cli (no redirections followed)."""
         cli = redis_cli_binary()

@@ -170,6 +170,26 @@ class WorldUnavailableError(WorkflowError, ConnectionError):
     """The World's backing store could not be reached after retries."""
 
 
+class ReplicaAckTimeoutError(WorldUnavailableError):
+    """A write reached the Redis master but fewer of its replicas than ``WORKFLOW_REPLICA_ACKS``
+    asked for acknowledged it within ``WORKFLOW_REPLICA_ACK_TIMEOUT_MS``: if the master fails
+    before a replica has it, the write is gone. Nothing that depends on it was done; repeating
+    the call is safe (``start()`` with the same ``run_id`` answers the same run). ``run_id``:
+    the run the write was for, when one run is named ("" otherwise)."""
+
+    def __init__(
+        self, what: str, acked: int, wanted: int, timeout_ms: int, run_id: str = ""
+    ) -> None:
+        about = f" of run {run_id}" if run_id else ""
+        super().__init__(
+            f"{what}{about}: written on the master, but {acked} of the {wanted} replicas "
+            f"asked for (WORKFLOW_REPLICA_ACKS) acknowledged it within {timeout_ms} ms; it is "
+            "lost if the master fails before a replica has it"
+        )
+        self.what, self.acked, self.wanted = what, acked, wanted
+        self.timeout_ms, self.run_id = timeout_ms, run_id
+
+
 class InvalidScheduleError(WorkflowError, ValueError):
     """A schedule option that cannot be used: a cron expression that does not parse, an interval
     that does not parse or is not positive, an unknown time zone, overlap or catchup value, or a

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -14,12 +15,20 @@ from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from worker.world import PartitionCountMismatchError, PayloadCodec, WorkflowError
+from worker.world import (
+    PartitionCountMismatchError,
+    PayloadCodec,
+    ReplicaAckTimeoutError,
+    WorkflowError,
+    get_logger,
+)
 
 from ._client import ClientFactory, RedisClient, text
 from ._keys import Keys, band_of
 from ._lean import LeanRedis
 from ._retry import with_retry
+
+_log = get_logger(component="world_redis")
 
 PARTITIONS_PER_MASTER = 16  # the default partition count on a cluster, per master
 
@@ -28,6 +37,56 @@ def lean_enabled() -> bool:
     """Script calls and blocking reads on raw connections (_lean.py) unless
     ``WORKFLOW_REDIS_LEAN=0``: then redis-py serves every command."""
     return os.environ.get("WORKFLOW_REDIS_LEAN", "1").strip() not in ("0", "false", "no")
+
+
+# scripts whose writes no replica is waited for: they write nothing (read_bands), or what they
+# write is housekeeping that a failover may lose at no cost (a lease renewed, taken or let go, a
+# due timer moved to its ready stream, a slot's hold renewed, expired index entries dropped, a
+# finished run's log compacted): each is done again, and commits are fenced against it
+UNACKED_SCRIPTS = frozenset(
+    {
+        "read_bands",
+        "acquire",
+        "heartbeat",
+        "release",
+        "promote_timers",
+        "flow_renew",
+        "expire_index",
+        "expire_compacted",
+        "compact",
+    }
+)
+ACK_SLICE_MS = 1000  # each WAIT's timeout while replicas are awaited with no end
+ACK_LOG_EVERY_S = 10.0  # how often a write still awaiting its replicas is logged
+
+
+def replica_ack_settings(acks: int | None, timeout_ms: int | None) -> tuple[int, int]:
+    """How many replicas must acknowledge each script's writes before its caller goes on
+    (``acks``, else ``WORKFLOW_REPLICA_ACKS``, default 0: none, Redis's asynchronous
+    replication) and how long to wait for them before ReplicaAckTimeoutError (``timeout_ms``,
+    else ``WORKFLOW_REPLICA_ACK_TIMEOUT_MS``; default 0: as long as it takes, as a synchronous
+    standby makes a PostgreSQL commit wait); ValueError naming the setting."""
+
+    def whole(value: int | str | None, name: str) -> int:
+        if value is None or value == "":
+            return 0
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} is not a whole number") from None
+        if isinstance(value, bool) or n < 0 or str(n) != str(value).strip():
+            raise ValueError(f"{name}={value!r}: expected a whole number >= 0")
+        return n
+
+    env = os.environ.get
+    wanted = whole(
+        acks if acks is not None else env("WORKFLOW_REPLICA_ACKS"), "WORKFLOW_REPLICA_ACKS"
+    )
+    timeout = whole(
+        timeout_ms if timeout_ms is not None else env("WORKFLOW_REPLICA_ACK_TIMEOUT_MS"),
+        "WORKFLOW_REPLICA_ACK_TIMEOUT_MS",
+    )
+    return wanted, timeout
 
 
 def _script_source(name: str) -> str:
@@ -39,7 +98,12 @@ class RedisCore:
     its parts)."""
 
     def __init__(
-        self, client: RedisClient | ClientFactory, prefix: str, partitions: int | None
+        self,
+        client: RedisClient | ClientFactory,
+        prefix: str,
+        partitions: int | None,
+        replica_acks: int | None = None,
+        replica_ack_timeout_ms: int | None = None,
     ) -> None:
         # a factory's first client may be replaced at first use (see _client.py)
         if isinstance(client, ClientFactory):
@@ -57,6 +121,10 @@ class RedisCore:
         # raw connections for script calls and blocking reads, once the client is resolved to
         # a single server whose connections they can reproduce (see _lean.py)
         self.lean: LeanRedis | None = None
+        # WAIT after each writing script (0: Redis's asynchronous replication, no WAIT)
+        self.replica_acks, self.replica_ack_timeout_ms = replica_ack_settings(
+            replica_acks, replica_ack_timeout_ms
+        )
 
     @property
     def redis(self) -> RedisClient:
@@ -88,6 +156,8 @@ class RedisCore:
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._script(name)
+        if self.replica_acks and name not in UNACKED_SCRIPTS:
+            return await with_retry(self._eval_acked, name, script, keys, args)
         if self.lean is not None:
             return await with_retry(self._lean_eval, self.lean, script, keys, args)
         return await with_retry(script, keys=list(keys), args=list(args))
@@ -102,6 +172,85 @@ class RedisCore:
         except rexc.NoScriptError:
             await lean.execute("SCRIPT", "LOAD", script.script)
             return await lean.evalsha(script.sha, keys, args)
+
+    async def _eval_acked(
+        self, name: str, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """The script, then ``WAIT <replica_acks> <ms>`` on the same connection: WAIT counts the
+        replicas that hold everything its connection wrote, so only the connection that ran the
+        script can ask first. While too few have it, a fence (a small write in the same slot,
+        then WAIT, on any connection to the same master) asks again: a master's replication
+        stream is in order, so a replica that holds the fence holds the script's writes too.
+        ReplicaAckTimeoutError once ``replica_ack_timeout_ms`` have passed (0: never). A
+        connection lost on the way, or a slot that moved to another master, is retried
+        (``with_retry``), the script with it, as any write whose reply was lost is (every script
+        is idempotent or fenced, see _retry.py)."""
+        wanted, timeout_ms = self.replica_acks, self.replica_ack_timeout_ms
+        slice_ms = min(timeout_ms, ACK_SLICE_MS) if timeout_ms else ACK_SLICE_MS
+        evalsha = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        wait = ["WAIT", wanted, slice_ms]
+        for _ in range(2):  # a second time once the script is loaded again
+            reply, acked = await self._then_wait(evalsha, wait, keys[0])
+            if not isinstance(reply, rexc.NoScriptError):
+                break
+            if self.lean is not None:
+                await self.lean.execute("SCRIPT", "LOAD", script.script)
+            else:
+                client: Any = self._client  # (on a cluster: every primary)
+                await with_retry(client.script_load, script.script)
+        if isinstance(reply, Exception):
+            raise reply
+        began = time.monotonic()
+        logged = began
+        while True:
+            if isinstance(acked, Exception):
+                raise acked
+            if int(acked) >= wanted:
+                return reply
+            waited = time.monotonic() - began + slice_ms / 1e3
+            if timeout_ms and waited * 1e3 >= timeout_ms:
+                raise ReplicaAckTimeoutError(name, int(acked), wanted, timeout_ms)
+            if time.monotonic() - logged >= ACK_LOG_EVERY_S:
+                logged = time.monotonic()
+                _log.warning(
+                    "replica_ack_waiting",
+                    script=name,
+                    acked=int(acked),
+                    wanted=wanted,
+                    waited_s=round(waited, 1),
+                )
+            fence = ["SET", self._fence_key(keys[0]), str(time.time()), "PX", "600000"]
+            _, acked = await self._then_wait(fence, wait, keys[0])
+
+    def _fence_key(self, key: str) -> str:
+        """A key in the slot of ``key`` (its hash tag), written to ask the replicas again."""
+        start = key.find("{")
+        end = key.find("}", start + 1)
+        tag = key[start : end + 1] if start >= 0 and end > start + 1 else ""
+        return (
+            f"{self.keys.prefix}:{tag}:replica-fence"
+            if tag
+            else f"{self.keys.prefix}:replica-fence"
+        )
+
+    async def _then_wait(self, command: list[Any], wait: list[Any], key: str) -> list[Any]:
+        """``command`` and WAIT on one connection, to the master that serves ``key``: the
+        replies (an error reply as its exception). On a cluster, a slot that moved meanwhile
+        raises (retried): the WAIT then counted the replicas of another master."""
+        if self.lean is not None:
+            return await self.lean.execute_together([command, wait], wait[2] / 1e3)
+        client: Any = self._client
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command(*command)
+        if not self.cluster:
+            pipe.execute_command(*wait)
+            return list(await pipe.execute(raise_on_error=False))
+        node = client.get_node_from_key(key)
+        pipe.execute_command(*wait, target_nodes=node)
+        replies = list(await pipe.execute(raise_on_error=False))
+        if client.get_node_from_key(key).name != node.name:
+            raise rexc.ClusterError(f"the slot of {key} moved to another master during a write")
+        return replies
 
     # -- the deployment's settings -------------------------------------------------------------
 

@@ -47,6 +47,8 @@ the slot space would balance better, but would rename the keys of every existing
                                               compaction order: the janitor drops them from the
                                               indexes once their :log has expired
     wf:{p0}:compact:lock              string  the worker compacting the partition now (expires)
+    wf:{p0}:replica-fence             string  written to ask the replicas again while a write
+                                              waits for them (WORKFLOW_REPLICA_ACKS; expires)
     wf:{p0}:run:<run id>:parents      set     "<parent run id>|<child corr>" of the runs whose
                                               workflow code awaits this run's end (child runs)
     wf:{p0}:run:<run id>:hooks        hash    the run's live hooks: hook id -> token, and

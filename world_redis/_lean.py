@@ -263,25 +263,44 @@ class LeanRedis:
     async def execute_blocking(self, *args: Any, wait_s: float = 0.0) -> Any:
         """A command that may block (XREAD ... BLOCK) up to ``wait_s`` seconds, on a connection of
         its own meanwhile."""
-        conn = None
-        while self._blocking and conn is None:
-            candidate = self._blocking.pop()
-            if candidate.lost is None and time.monotonic() - candidate.used <= HEALTH_CHECK_S:
-                conn = candidate
-            else:
-                candidate.close()
-        if conn is None:
-            conn = await self._open()
+        conn = await self._own_connection()
         try:
             reply = await conn.send(pack(args), wait_s)
         except BaseException:
             conn.close()  # cancelled mid-read, or lost: its reply would answer the next command
             raise
-        if len(self._blocking) < IDLE_BLOCKING:
+        self._give_back(conn)
+        return reply
+
+    async def _own_connection(self) -> _Connection:
+        """An idle connection of the blocking ones that is still good, else a new one."""
+        while self._blocking:
+            candidate = self._blocking.pop()
+            if candidate.lost is None and time.monotonic() - candidate.used <= HEALTH_CHECK_S:
+                return candidate
+            candidate.close()
+        return await self._open()
+
+    def _give_back(self, conn: _Connection) -> None:
+        """A connection whose commands have all answered: kept idle (up to IDLE_BLOCKING)."""
+        if conn.lost is None and len(self._blocking) < IDLE_BLOCKING:
             self._blocking.append(conn)
         else:
             conn.close()
-        return reply
+
+    async def execute_together(self, commands: Sequence[Sequence[Any]], wait_s: float) -> list[Any]:
+        """Commands sent back to back on one connection of their own (the last may block up to
+        ``wait_s`` seconds: a WAIT that must follow its write on the same connection); each
+        reply, or the error it answered, in order."""
+        conn = await self._own_connection()
+        try:
+            futures = [conn.send(pack(command), wait_s) for command in commands]
+            replies = await asyncio.gather(*futures, return_exceptions=True)
+        except BaseException:
+            conn.close()  # cancelled mid-read: its replies would answer the next command
+            raise
+        self._give_back(conn)
+        return list(replies)
 
     async def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         return await self.execute("EVALSHA", sha, len(keys), *keys, *args)

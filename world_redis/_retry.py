@@ -22,11 +22,12 @@ from redis import exceptions as rexc
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_delay,
     wait_exponential,
 )
 
-from worker.world import WorldUnavailableError
+from worker.world import ReplicaAckTimeoutError, WorldUnavailableError
 
 T = TypeVar("T")
 
@@ -53,17 +54,22 @@ async def with_retry(call: Callable[..., Awaitable[T]], *args: Any, **kwargs: An
     """Run ``call(*args, **kwargs)``; retry connection errors; WorldUnavailableError at the end."""
     try:
         return await call(*args, **kwargs)  # the common case, without the retry machinery
+    except ReplicaAckTimeoutError:
+        raise  # Redis answered: the write is there, its replicas are behind (see _core.py)
     except RETRYABLE:
         pass
     try:
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(RETRYABLE),
+            retry=retry_if_exception_type(RETRYABLE)
+            & retry_if_not_exception_type(ReplicaAckTimeoutError),
             wait=wait_exponential(multiplier=0.05, max=2.0),
             stop=stop_after_delay(_budget()),
             reraise=True,
         ):
             with attempt:
                 return await call(*args, **kwargs)
+    except ReplicaAckTimeoutError:
+        raise
     except RETRYABLE as exc:
         raise WorldUnavailableError(f"Redis unavailable: {exc}") from exc
     raise AssertionError("unreachable")  # pragma: no cover

@@ -20,6 +20,7 @@ from worker.world import (
     EventResult,
     EventStatus,
     PayloadCodec,
+    ReplicaAckTimeoutError,
     RunInfo,
     StartRequest,
     StepInfo,
@@ -95,6 +96,10 @@ class RedisWorld:
     or a ``ClientFactory`` that builds the right one at first use (what ``from_url`` passes).
     ``partitions``: None takes the count stored for the prefix, or stores the default (1 on one
     server, 16 per master on a cluster); a number must match the stored count.
+    ``replica_acks`` (else ``WORKFLOW_REPLICA_ACKS``, default 0): how many replicas must hold
+    each script's writes (a start, a commit, a hook's payload...) before the call returns, asked
+    with ``WAIT``; ``replica_ack_timeout_ms`` (else ``WORKFLOW_REPLICA_ACK_TIMEOUT_MS``; default
+    0: as long as it takes): how long before ReplicaAckTimeoutError (see RedisCore._eval_acked).
 
     Composed of parts that share one ``RedisCore`` (``core``: the client, the deployment's
     settings, scripts, keys): ``queue`` (wake-ups, leases, timers), ``presence`` and
@@ -113,10 +118,13 @@ class RedisWorld:
         max_payload_bytes: int | None = None,
         deployment: str | None = None,
         codec: PayloadCodec | None = None,
+        replica_acks: int | None = None,
+        replica_ack_timeout_ms: int | None = None,
     ) -> None:
         if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
             raise ValueError(f"partitions must be a whole number >= 1, got {partitions!r}")
-        self.core = RedisCore(client, prefix, partitions)  # the shared client (_core.py)
+        # the shared client (_core.py); ``replica_acks``: see RedisCore._eval_acked
+        self.core = RedisCore(client, prefix, partitions, replica_acks, replica_ack_timeout_ms)
         self.queue = RedisQueue(self.core)  # wake-ups, leases, timers (_queue.py)
         self.requests = RedisRequests(self.queue)  # request streams and replies (_requests.py)
         self.presence = RedisPresence(self.core)  # workers' status and health (_presence.py)
@@ -352,29 +360,34 @@ class RedisWorld:
         run, ev, *_ = k.run_keys(run_id)
         if self.codec is not None:
             input_json = self.codec.encrypt(input_json, run_id=run_id, field="input")
-        reply = await self.core._eval(
-            "create_run",
-            [
-                run,
-                ev,
-                k.ready(p, band_of(priority)),
-                k.idx_status(p, "pending"),
-                k.idx_workflow(p, workflow),
-                k.workflows(p),
-                k.log(run_id),
-            ],
-            [
-                run_id,
-                workflow,
-                input_json,
-                "",  # no event id: the entry id 1-0 is the event's id
-                deployment or self.deployment,
-                secrets.token_hex(16),
-                trace,
-                parent,
-                priority,
-            ],
-        )
+        try:
+            reply = await self.core._eval(
+                "create_run",
+                [
+                    run,
+                    ev,
+                    k.ready(p, band_of(priority)),
+                    k.idx_status(p, "pending"),
+                    k.idx_workflow(p, workflow),
+                    k.workflows(p),
+                    k.log(run_id),
+                ],
+                [
+                    run_id,
+                    workflow,
+                    input_json,
+                    "",  # no event id: the entry id 1-0 is the event's id
+                    deployment or self.deployment,
+                    secrets.token_hex(16),
+                    trace,
+                    parent,
+                    priority,
+                ],
+            )
+        except ReplicaAckTimeoutError as exc:  # the caller repeats start() with this run id
+            raise ReplicaAckTimeoutError(
+                "start", exc.acked, exc.wanted, exc.timeout_ms, run_id
+            ) from exc
         return bool(reply[0] == "created")
 
     async def get_run(self, run_id: str) -> RunInfo | None:

@@ -283,7 +283,9 @@ def run_id_of(i: int) -> str:
 
 
 async def _drive(scenario: Scenario, cluster: Cluster, prefix: str, exec_dir: Path) -> Figures:
-    world = RedisWorld.from_url(cluster.url, prefix=prefix)
+    # the driver's World waits for replicas as the workers do (their env says how many)
+    acks = int(scenario.env.get("WORKFLOW_REPLICA_ACKS", "0"))
+    world = RedisWorld.from_url(cluster.url, prefix=prefix, replica_acks=acks)
     figures = Figures(scenario.name, scenario.runs)
     acked: set[int] = set()
     stop_fault = threading.Event()

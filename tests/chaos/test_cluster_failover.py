@@ -56,6 +56,7 @@ class ReplicatedCluster(Cluster):
     """The harness's ``Cluster`` on a 3-master Redis Cluster with one replica per master."""
 
     nodes: RedisClusterNodes | None = None
+    rejoin: bool = False  # start the killed master again once failed over (it rejoins as replica)
     snapshot: dict[str, tuple[str, str]] = field(default_factory=dict)  # run -> (entry, event id)
     keys: Keys | None = None
 
@@ -137,6 +138,16 @@ class ReplicatedCluster(Cluster):
             snapshot_runs=len(self.snapshot),
             failover_s=round(failover, 1),
         )
+        if self.rejoin:
+            # as a supervisor would: the dead master starts again and becomes the replica of
+            # its replacement, which has none until then
+            nodes.restart(victim, NODE_TIMEOUT_MS, self.redis_args)
+            wait_for(
+                lambda: nodes.replication(victim).get("master_link_status") == "up",
+                60,
+                what=f"port {victim} replicating its replacement",
+            )
+            self.details.update(rejoined_s=round(time.monotonic() - began, 1))
 
     def last_events(self, r: redis.RedisCluster, runs: int) -> dict[str, tuple[str, str]]:
         """run id -> (stream entry id, event id) of its last event, for the runs that exist."""
@@ -193,13 +204,15 @@ class ReplicatedCluster(Cluster):
                 self.nodes.stop()
 
 
-def kill_busiest_master(cut_link_s: float = 0.0) -> Fault:
-    """One fault, KILL_AFTER_S into the scenario."""
+def kill_busiest_master(cut_link_s: float = 0.0, rejoin: bool = False) -> Fault:
+    """One fault, KILL_AFTER_S into the scenario; ``rejoin``: the killed master is started
+    again once the cluster has failed over."""
 
     def fault(cluster: Cluster, stop: threading.Event, rng: random.Random) -> int:
         assert isinstance(cluster, ReplicatedCluster)
         if stop.wait(KILL_AFTER_S):
             return 0
+        cluster.rejoin = rejoin
         cluster.kill_busiest_master(RUNS, cut_link_s)
         return 1
 
@@ -242,3 +255,24 @@ def test_master_sigkilled_with_replication_behind(tmp_path: Path) -> None:
     assert figures.failed == 0 and figures.wrong_result == 0, problems
     assert figures.double_commits == 0, problems
     assert figures.completed + figures.lost + figures.stuck == figures.runs, problems
+
+
+def test_master_sigkilled_behind_with_replica_acks(tmp_path: Path) -> None:
+    """The same fault with ``WORKFLOW_REPLICA_ACKS=1`` for the workers and the driver: every
+    write that acknowledges something (a start, a step's result, a hook's payload) waits for the
+    replica before its caller goes on, so what the master wrote while its replica was cut off
+    was acknowledged to no one. The killed master is started again once failed over (until it
+    rejoins as a replica, its replacement has none, and writes to its slots wait). No run whose
+    start() returned is lost, none is stranded, every run completes with its value. The master's
+    unreplicated writes are still measured (``writes_lost``): writes nobody was told of, done
+    again by the workers from what the promoted replica holds."""
+    sc = scenario("cluster-master-sigkill-lagging-acked", kill_busiest_master(LAG_S, True))
+    sc.env = {"WORKFLOW_REPLICA_ACKS": "1"}
+    sc.settle_seconds = 60.0
+    figures = run_scenario(sc, tmp_path)
+    problems = "\n".join(figures.problems[:20])
+    assert figures.faults == 1, problems
+    assert figures.lost == 0 and figures.stuck == 0, problems
+    assert figures.completed == figures.runs, problems
+    assert figures.failed == 0 and figures.wrong_result == 0, problems
+    assert figures.double_commits == 0, problems

@@ -40,7 +40,7 @@ from tests.support import (
     wait_for,
     wf_json,
 )
-from worker import create_schedule, get_run, resume_hook, start
+from worker import ReplicaAckTimeoutError, create_schedule, get_run, resume_hook, start
 from world_redis import RedisWorld
 
 DEPLOY = REPO / "deploy"
@@ -225,6 +225,23 @@ async def test_engine_runs_as_the_deploy_acl_user(acl_redis: DeployedRedis, tmp_
     # redis-py's handshake sends CLIENT SETINFO on Redis 7.2+ and ignores its refusal
     expected = {("command", "config|get"), ("command", "client|setinfo")}
     assert ("command", "config|get") in denied and denied <= expected, denied
+
+
+async def test_replica_acks_are_allowed_to_the_acl_user(acl_redis: DeployedRedis) -> None:
+    """WORKFLOW_REPLICA_ACKS under deploy's ACL: WAIT and the fence write are granted, so a start
+    that asks for a replica this server does not have times out as such, not as a refusal."""
+    world = RedisWorld.from_url(acl_redis.wf_url, replica_acks=1, replica_ack_timeout_ms=1500)
+    run_id = "wrun_acl_acks_" + secrets.token_hex(4)
+    try:
+        with pytest.raises(ReplicaAckTimeoutError) as caught:
+            await start(aw.acl_add, 1, 2, run_id=run_id, world=world)
+        assert (caught.value.what, caught.value.acked, caught.value.run_id) == ("start", 0, run_id)
+        assert await world.get_run(run_id) is not None  # written on the master all the same
+    finally:
+        await world.close()
+    with acl_redis.admin() as admin:
+        denied = {(e["reason"], e["object"]) for e in admin.acl_log()}
+    assert not [d for d in denied if d[1] in ("wait", "set", "evalsha")], denied
 
 
 async def test_worker_killed_as_the_acl_user_is_reclaimed(

@@ -34,6 +34,7 @@ WORKER_API = {
     "PayloadCodec",
     "PayloadTooLargeError",
     "RemoteError",
+    "ReplicaAckTimeoutError",
     "RetryableError",
     "Run",
     "RunNotFoundError",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from bench.replicas import acks_env, lines
 from bench.run import parse_only
 from bench.stats import Sample, gap_stats, percentile, steady_rate
 from bench.summary import comparison, value_at
@@ -87,3 +90,43 @@ def test_gap_stats_blocks_take_the_remainder_in_the_last() -> None:
     assert out["block_steps"] == 100
     assert out["block_mean_gap_ms"] == [2.0] * 10
     assert out["block_ratio_max_min"] == 1.0
+
+
+def test_replicas_report_prints_both_modes_with_their_figures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m bench.replicas``: one line per mode, each with its own figures; and the
+    setting it sets for a block is put back after it."""
+
+    def mode(acks: int, steady: float, p50: float) -> dict[str, object]:
+        return {
+            "replica_acks": acks,
+            "throughput": {
+                "steps_per_s": steady * 0.9,
+                "steady_steps_per_s": steady,
+                "cpu_us_per_step_steady": {"workers_total": 40.0 + acks, "redis": 30.0},
+            },
+            "latency_ms": {"p50_ms": p50, "p99_ms": p50 * 2},
+        }
+
+    data = {
+        "at": "2026-12-02T01:00:00Z",
+        "machine": {
+            "nproc": 2,
+            "cpu_model": "AMD EPYC",
+            "load_avg_1m_5m_15m": [1.0, 0.5, 0.2],
+            "python": "3.11.7",
+            "redis": "7.0.15",
+        },
+        "figures": {"none": mode(0, 20000, 1.0), "replica_acks_1": mode(1, 9000, 1.5)},
+    }
+    out = lines(data)
+    assert "nproc 2 | CPU AMD EPYC" in out[1]
+    assert "WORKFLOW_REPLICA_ACKS=0: total 18,000 steps/s, steady 20,000" in out[2]
+    assert "worker 40.0 µs" in out[2] and "p50 1.000 ms, p99 2.000 ms" in out[2]
+    assert "WORKFLOW_REPLICA_ACKS=1: total 8,100 steps/s, steady 9,000" in out[3]
+    assert "worker 41.0 µs" in out[3] and "p50 1.500 ms, p99 3.000 ms" in out[3]
+    monkeypatch.setenv("WORKFLOW_REPLICA_ACKS", "2")
+    with acks_env("1"):
+        assert os.environ["WORKFLOW_REPLICA_ACKS"] == "1"
+    assert os.environ["WORKFLOW_REPLICA_ACKS"] == "2"

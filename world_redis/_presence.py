@@ -140,12 +140,16 @@ class RedisPresence:
 
         Eviction silently deletes run keys; without AOF a restart loses every run. An ACL user
         without CONFIG GET (the recommended one) gets a warning that the check did not run;
-        managed services that refuse CONFIG in other ways report nothing.
+        managed services that refuse CONFIG in other ways report nothing. With
+        ``WORKFLOW_REPLICA_ACKS``, a primary with fewer replicas than that makes every write
+        wait: said too.
         """
         await self.core._ready()
-        client = self.core.redis
+        client: Any = self.core.redis
         if not isinstance(client, RedisCluster):
-            return await self._config_warnings(client.config_get, "")
+            return await self._config_warnings(client.config_get, "") + (
+                await self._replica_warnings(client.execute_command, "")
+            )
         await with_retry(client.initialize)
         warnings: list[str] = []
         for node in client.get_primaries():
@@ -156,8 +160,31 @@ class RedisPresence:
                 )
                 return reply
 
+            async def command(*args: Any, node: Any = node) -> Any:
+                return await client.execute_command(*args, target_nodes=node)
+
             warnings += await self._config_warnings(config_get, f"{node.name}: ")
+            warnings += await self._replica_warnings(command, f"{node.name}: ")
         return warnings
+
+    async def _replica_warnings(
+        self, command: Callable[..., Awaitable[Any]], where: str
+    ) -> list[str]:
+        """A primary that has fewer replicas acknowledging than WORKFLOW_REPLICA_ACKS asks for
+        (``WAIT N 200``: what the engine's user may send, where INFO may be denied)."""
+        wanted = self.core.replica_acks
+        if not wanted:
+            return []
+        try:
+            acked = int(await with_retry(command, "WAIT", wanted, 200))
+        except rexc.ResponseError as exc:
+            return [f"{where}replica check could not run ({exc}); WORKFLOW_REPLICA_ACKS needs WAIT"]
+        if acked >= wanted:
+            return []
+        return [
+            f"{where}WORKFLOW_REPLICA_ACKS={wanted} but {acked} replica(s) acknowledge this "
+            "primary: every write that waits for replicas waits until enough link"
+        ]
 
     @staticmethod
     async def _config_warnings(

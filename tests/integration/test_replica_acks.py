@@ -434,3 +434,15 @@ async def test_a_worker_holds_at_an_unacknowledged_commit_until_the_replica_retu
     assert "worker_started" in events, output
     bad = {"run_dead_lettered", "worker_failed", "run_processing_failed"} & set(events)
     assert not bad, output
+
+
+async def test_server_warnings_name_a_primary_with_too_few_replicas(worlds: MakeWorld) -> None:
+    """A worker logs `redis_configuration_risk` at start from ``server_warnings()``: with more
+    replicas asked for than acknowledge (2 of the 1 here) it says so, naming the setting; with
+    as many, or without the setting, nothing is said about replicas."""
+    too_many = await worlds(replica_acks=2).server_warnings()
+    (warning,) = [w for w in too_many if "WORKFLOW_REPLICA_ACKS" in w]
+    assert "WORKFLOW_REPLICA_ACKS=2 but 1 replica(s) acknowledge" in warning
+    for settings in ({"replica_acks": 1}, {"replica_acks": 0}):
+        said = await worlds(**settings).server_warnings()
+        assert not [w for w in said if "replica" in w.lower()], (settings, said)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from redis import exceptions as rexc
 from redis.typing import KeyT, StreamIdT
@@ -122,6 +122,23 @@ def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
         return [(p, 1) for p in partitions[:room]]
     base, extra = divmod(room, len(partitions))
     return [(p, base + (1 if i < extra else 0)) for i, p in enumerate(partitions)]
+
+
+T = TypeVar("T")
+
+
+async def _each(call: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
+    """``call`` for every item, all in flight at once (one script call per partition: on a
+    cluster each goes to its own slot); one item is awaited as it is, without a task. The first
+    error is raised once every call has ended."""
+    todo = list(items)
+    if len(todo) == 1:
+        await call(todo[0])
+        return
+    results = await asyncio.gather(*(call(item) for item in todo), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 class RedisQueue:
@@ -609,11 +626,13 @@ class RedisQueue:
     async def acquire_many(
         self, token: str, lease_ms: int, runs: Sequence[tuple[str, int]], deployment: str = ""
     ) -> list[Acquired]:
-        """Take the leases of several runs: one script call per partition. With a ``deployment``
-        a run pinned to another one answers "pinned", an unpinned one is pinned to it."""
+        """Take the leases of several runs: one script call per partition, all in flight at
+        once. With a ``deployment`` a run pinned to another one answers "pinned", an unpinned
+        one is pinned to it."""
         await self.core._ready()
         out: list[Acquired | None] = [None] * len(runs)
-        for idxs in self._by_partition([r for r, _ in runs]).values():
+
+        async def acquire(idxs: list[int]) -> None:
             keys: list[str] = []
             args: list[Any] = [token, lease_ms, deployment]
             for i in idxs:
@@ -625,6 +644,8 @@ class RedisQueue:
             reply = await self.core._eval("acquire", keys, args)
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = self._acquired(runs[i][0], r)
+
+        await _each(acquire, self._by_partition([r for r, _ in runs]).values())
         return [a for a in out if a is not None]
 
     def _log_events(self, run_id: str, rows: Sequence[Any]) -> list[Event]:
@@ -662,7 +683,8 @@ class RedisQueue:
     async def release_many(
         self, token: str, runs: Sequence[tuple[str, int, Wakeup | None]]
     ) -> list[tuple[str, int]]:
-        """Release several leases and acknowledge their wake-ups: one call per partition."""
+        """Release several leases and acknowledge their wake-ups: one call per wake-up stream
+        (in one partition), all in flight at once."""
         await self.core._ready()
         out: list[tuple[str, int] | None] = [None] * len(runs)
         groups: dict[str, list[int]] = {}  # one call per wake-up stream (in one partition)
@@ -671,7 +693,8 @@ class RedisQueue:
                 wakeup = runs[i][2]
                 stream = self.wake_stream(wakeup) if wakeup is not None else self.core.keys.ready(p)
                 groups.setdefault(stream, []).append(i)
-        for stream, idxs in groups.items():
+
+        async def release(stream: str, idxs: list[int]) -> None:
             keys = [stream]
             args: list[Any] = [token, GROUP]
             for i in idxs:
@@ -681,6 +704,8 @@ class RedisQueue:
             reply = await self.core._eval("release", keys, args)
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = (_s(r[0]), int(r[1]))
+
+        await _each(lambda item: release(*item), groups.items())
         return [r for r in out if r is not None]
 
     async def heartbeat(

@@ -565,11 +565,26 @@ class RedisWorld:
             ]
         results: list[CommitResult | None] = [None] * n
         freed: list[list[Any]] = [[] for _ in commits]
-        for (p, idxs, batch), flat_batch in zip(batches, flats, strict=True):
-            keys = self.keys.partition_keys(p)
-            # the script names each run's keys from the prefix (see commit.lua's header)
-            args = [self.retention_s, _MSGPACK.encode(flat_batch), self.keys.run_prefix(p)]
-            flat = await self.core._eval("commit", keys, args)
+        # one script call per partition (on a cluster a script's keys share one slot), all in
+        # flight at once: a failed one fails the batch (once all have ended), whose runs are
+        # replayed (fenced) from what the others committed
+        calls = [
+            self.core._eval(
+                "commit",
+                self.keys.partition_keys(p),
+                # the script names each run's keys from the prefix (see commit.lua's header)
+                [self.retention_s, _MSGPACK.encode(flat_batch), self.keys.run_prefix(p)],
+            )
+            for (p, _, _), flat_batch in zip(batches, flats, strict=True)
+        ]
+        if len(calls) == 1:
+            replies = [await calls[0]]
+        else:
+            replies = await asyncio.gather(*calls, return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+        for (_, idxs, batch), flat in zip(batches, replies, strict=True):
             at = 0  # the reply is one flat array (see commit.lua's header)
             for i, c in zip(idxs, batch, strict=True):
                 end = at + 4 + 2 * int(flat[at + 3])

@@ -219,19 +219,8 @@ class RedisCore:
                     wanted=wanted,
                     waited_s=round(waited, 1),
                 )
-            fence = ["SET", self._fence_key(keys[0]), str(time.time()), "PX", "600000"]
+            fence = ["SET", self.keys.replica_fence(keys[0]), str(time.time()), "PX", "600000"]
             _, acked = await self._then_wait(fence, wait, keys[0])
-
-    def _fence_key(self, key: str) -> str:
-        """A key in the slot of ``key`` (its hash tag), written to ask the replicas again."""
-        start = key.find("{")
-        end = key.find("}", start + 1)
-        tag = key[start : end + 1] if start >= 0 and end > start + 1 else ""
-        return (
-            f"{self.keys.prefix}:{tag}:replica-fence"
-            if tag
-            else f"{self.keys.prefix}:replica-fence"
-        )
 
     async def _then_wait(self, command: list[Any], wait: list[Any], key: str) -> list[Any]:
         """``command`` and WAIT on one connection, to the master that serves ``key``: the

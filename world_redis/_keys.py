@@ -221,6 +221,14 @@ class Keys:
     def compact_lock(self, partition: int) -> str:
         return f"{self.tag(partition)}:compact:lock"
 
+    def replica_fence(self, key: str) -> str:
+        """The fence in the slot of ``key`` (any key of the engine: its hash tag, ``{pN}``),
+        written to ask the replicas again while a write waits for them (see _core.py)."""
+        start = key.find("{")
+        end = key.find("}", start + 1)
+        tag = key[start : end + 1] if start >= 0 and end > start + 1 else ""
+        return f"{self.prefix}:{tag}:replica-fence" if tag else f"{self.prefix}:replica-fence"
+
     def run_keys(self, run_id: str) -> tuple[str, str, str, str]:
         """The run's keys: run hash, events, entities, live hooks (commit.lua derives the last
         three from the first by these suffixes)."""

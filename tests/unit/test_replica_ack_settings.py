@@ -131,3 +131,18 @@ def test_the_error_carries_what_was_acknowledged_and_names_the_run() -> None:
     assert "run-123" in text and "0 of the 1" in text and "300 ms" in text and ACKS in text
     anonymous = worker.ReplicaAckTimeoutError("commit", 1, 2, 1000)
     assert anonymous.run_id == "" and "of run" not in str(anonymous)
+
+
+def test_the_fence_shares_the_slot_of_the_key_it_follows() -> None:
+    """The fence written while a write waits for its replicas lands on the same master: the
+    same hash tag as the script's first key, whichever key that is."""
+    from redis.crc import key_slot
+
+    from world_redis._keys import Keys
+
+    keys = Keys("wf", 16)
+    for key in (keys.run("wrun_abc"), keys.ready(7), keys.timers(15), keys.partition_keys(3)[0]):
+        fence = keys.replica_fence(key)
+        assert fence.startswith("wf:{p") and fence.endswith("}:replica-fence"), fence
+        assert key_slot(fence.encode()) == key_slot(key.encode()), (key, fence)
+    assert keys.replica_fence("wf:plain") == "wf:replica-fence"  # no tag: one server

@@ -8,13 +8,14 @@ replica is promoted by the cluster itself (no ``CLUSTER FAILOVER`` from the test
 and the driver ride it out through their retry boundary (``WORKFLOW_REDIS_RETRY_SECONDS``,
 default 30 s).
 
-Redis replication is asynchronous and the engine does not use ``WAIT``: a write the old master
-acknowledged but had not sent to its replica when it died is gone. Measured here:
+Redis replication is asynchronous and by default the engine does not use ``WAIT``: a write the
+old master acknowledged but had not sent to its replica when it died is gone (the last scenario
+sets ``WORKFLOW_REPLICA_ACKS=1``). Measured here:
 
 - ``writes_lost``: just before the kill, the last event of every run (its position in the run's
-  log and its unique event id) is read from the masters; once everything has settled, an event
-  no longer at its position (or at it with another id: the log went back and grew again) was an
-  acknowledged write that the replica never received. ``runs_rolled_back`` counts the runs
+  log and all its fields, its time included) is read from the masters; once everything has
+  settled, an event no longer at its position (or there with other fields: the log went back and
+  grew again) was a write of the old master that the replica never received. ``runs_rolled_back`` counts the runs
   concerned, ``events_lost`` the events between the snapshot and what survived.
 - ``lost``: runs whose ``start()`` had returned and that the cluster no longer has.
 - ``stuck``: runs not terminal at the end (stranded with no wake-up, lease or timer to move them).
@@ -26,6 +27,7 @@ acknowledged but had not sent to its replica when it died is gone. Measured here
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -51,13 +53,20 @@ KILL_AFTER_S = 8.0  # into the 20 s over which runs are started
 LAG_S = 0.5  # how far behind the replica is, in the second scenario
 
 
+def fingerprint(fields: dict[str, str]) -> str:
+    """An event's fields as one string: events carry no id of their own (the entry id is the
+    event's position), so a log that went back and was written again at the same position is told
+    apart by its fields (a step's result and its time, an event's type)."""
+    return json.dumps(fields, sort_keys=True)
+
+
 @dataclass
 class ReplicatedCluster(Cluster):
     """The harness's ``Cluster`` on a 3-master Redis Cluster with one replica per master."""
 
     nodes: RedisClusterNodes | None = None
     rejoin: bool = False  # start the killed master again once failed over (it rejoins as replica)
-    snapshot: dict[str, tuple[str, str]] = field(default_factory=dict)  # run -> (entry, event id)
+    snapshot: dict[str, tuple[str, str]] = field(default_factory=dict)  # run -> (entry, fields)
     keys: Keys | None = None
 
     @property
@@ -150,7 +159,7 @@ class ReplicatedCluster(Cluster):
             self.details.update(rejoined_s=round(time.monotonic() - began, 1))
 
     def last_events(self, r: redis.RedisCluster, runs: int) -> dict[str, tuple[str, str]]:
-        """run id -> (stream entry id, event id) of its last event, for the runs that exist."""
+        """run id -> (stream entry id, its fields) of its last event, for the runs that exist."""
         assert self.keys is not None
         pipe = r.pipeline(transaction=False)
         ids = [run_id_of(i) for i in range(runs)]
@@ -160,7 +169,7 @@ class ReplicatedCluster(Cluster):
         for run_id, entries in zip(ids, pipe.execute(), strict=True):
             if entries:
                 entry_id, fields = entries[0]
-                found[run_id] = (entry_id, fields.get("id", ""))
+                found[run_id] = (entry_id, fingerprint(fields))
         return found
 
     def measure_lost_writes(self) -> None:
@@ -177,7 +186,7 @@ class ReplicatedCluster(Cluster):
             for (run_id, (entry_id, event_id)), entries in zip(
                 self.snapshot.items(), pipe.execute(), strict=True
             ):
-                kept = [(eid, f.get("id", "")) for eid, f in entries]
+                kept = [(eid, fingerprint(f)) for eid, f in entries]
                 if kept and kept[-1] == (entry_id, event_id):
                     continue
                 rolled_back.append(run_id)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -87,6 +87,22 @@ def replica_ack_settings(acks: int | None, timeout_ms: int | None) -> tuple[int,
         "WORKFLOW_REPLICA_ACK_TIMEOUT_MS",
     )
     return wanted, timeout
+
+
+T = TypeVar("T")
+
+
+async def all_at_once(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Each call's result, in order, all in flight at once (a batch's script calls, one per
+    partition: on a cluster each goes to its own slot); one call is awaited as it is, without a
+    task. The first error is raised once every call has ended, so that none is still writing."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast(list[T], results)
 
 
 def _script_source(name: str) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from redis import exceptions as rexc
 from redis.typing import KeyT, StreamIdT
@@ -33,7 +33,7 @@ from worker.world import (
 )
 
 from ._client import Entry, entries, stream_replies, text, text_dict
-from ._core import RedisCore
+from ._core import RedisCore, all_at_once
 from ._keys import BANDS, GROUP
 from ._lean import stream_rows
 from ._retry import with_retry
@@ -122,23 +122,6 @@ def split(room: int, partitions: Sequence[int]) -> list[tuple[int, int]]:
         return [(p, 1) for p in partitions[:room]]
     base, extra = divmod(room, len(partitions))
     return [(p, base + (1 if i < extra else 0)) for i, p in enumerate(partitions)]
-
-
-T = TypeVar("T")
-
-
-async def _each(call: Callable[[T], Awaitable[None]], items: Iterable[T]) -> None:
-    """``call`` for every item, all in flight at once (one script call per partition: on a
-    cluster each goes to its own slot); one item is awaited as it is, without a task. The first
-    error is raised once every call has ended."""
-    todo = list(items)
-    if len(todo) == 1:
-        await call(todo[0])
-        return
-    results = await asyncio.gather(*(call(item) for item in todo), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
 
 class RedisQueue:
@@ -645,7 +628,9 @@ class RedisQueue:
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = self._acquired(runs[i][0], r)
 
-        await _each(acquire, self._by_partition([r for r, _ in runs]).values())
+        await all_at_once(
+            [acquire(idxs) for idxs in self._by_partition([r for r, _ in runs]).values()]
+        )
         return [a for a in out if a is not None]
 
     def _log_events(self, run_id: str, rows: Sequence[Any]) -> list[Event]:
@@ -705,7 +690,7 @@ class RedisQueue:
             for i, r in zip(idxs, reply, strict=True):
                 out[i] = (_s(r[0]), int(r[1]))
 
-        await _each(lambda item: release(*item), groups.items())
+        await all_at_once([release(stream, idxs) for stream, idxs in groups.items()])
         return [r for r in out if r is not None]
 
     async def heartbeat(

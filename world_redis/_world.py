@@ -42,7 +42,7 @@ from ._client import (
     text_dict,
 )
 from ._compact import CompactedLogError, RedisCompaction
-from ._core import RedisCore
+from ._core import RedisCore, all_at_once
 from ._deployments import RedisDeployments
 from ._dlq import RedisDeadLetters
 from ._flow import RedisFlow
@@ -577,14 +577,7 @@ class RedisWorld:
             )
             for (p, _, _), flat_batch in zip(batches, flats, strict=True)
         ]
-        if len(calls) == 1:
-            replies = [await calls[0]]
-        else:
-            replies = await asyncio.gather(*calls, return_exceptions=True)
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    raise reply
-        for (_, idxs, batch), flat in zip(batches, replies, strict=True):
+        for (_, idxs, batch), flat in zip(batches, await all_at_once(calls), strict=True):
             at = 0  # the reply is one flat array (see commit.lua's header)
             for i, c in zip(idxs, batch, strict=True):
                 end = at + 4 + 2 * int(flat[at + 3])
